@@ -38,7 +38,8 @@ class DnsUnavailable(Exception):
     """
 
     def __init__(self, domain: str, reason: str, nameserver: str | None = None) -> None:
-        super().__init__(f"{domain}: {reason}" + (f" (nameserver {nameserver})" if nameserver else ""))
+        where = f" (nameserver {nameserver})" if nameserver else ""
+        super().__init__(f"{domain}: {reason}{where}")
         self.domain = domain
         self.reason = reason
         self.nameserver = nameserver
