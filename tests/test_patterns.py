@@ -1,0 +1,111 @@
+from decimal import Decimal
+
+import pytest
+
+from ct_actors.probe.patterns import (
+    CONFIDENCE,
+    candidates,
+    catchall_probe_address,
+    fold_name,
+    local_part,
+    template,
+)
+from ct_actors.probe.plan import Conclusion, ProbePlan
+
+
+@pytest.mark.parametrize(
+    ("name", "folded"),
+    [
+        ("José", "jose"),
+        ("Anne-Marie", "annemarie"),
+        ("O'Brien", "obrien"),
+        ("Straße", "strasse"),
+        ("Øyvind", "oyvind"),
+        ("Łukasz", "lukasz"),
+        ("  Van der Berg ", "vanderberg"),
+        ("李", ""),
+    ],
+)
+def test_fold_name(name: str, folded: str) -> None:
+    assert fold_name(name) == folded
+
+
+def test_local_parts_hyphenated_and_accented() -> None:
+    first, last = "Anne-Marie", "Lefèvre"
+    assert local_part("first.last", first, last) == "annemarie.lefevre"
+    assert local_part("firstlast", first, last) == "annemarielefevre"
+    assert local_part("f.last", first, last) == "a.lefevre"
+    assert local_part("first.l", first, last) == "annemarie.l"
+    assert local_part("first", first, last) == "annemarie"
+    assert local_part("last", first, last) == "lefevre"
+
+
+def test_candidate_order_and_cap() -> None:
+    people = [("Ann", "Lee"), ("Bob", "Ray"), ("Cy", "Zu"), ("Dee", "Ox")]
+    got = [(c.method_type, c.address, c.person) for c in candidates("acme.com", people)]
+    assert got[:6] == [
+        ("first.last", "ann.lee@acme.com", 0),
+        ("firstlast", "annlee@acme.com", 0),
+        ("f.last", "a.lee@acme.com", 0),
+        ("first.l", "ann.l@acme.com", 0),
+        ("first", "ann@acme.com", 0),
+        ("last", "lee@acme.com", 0),
+    ]
+    assert len(got) == 3 * 6 + 2  # the fourth person is ignored
+    assert got[-2:] == [("info", "info@acme.com", None), ("contact", "contact@acme.com", None)]
+
+
+def test_duplicates_removed_and_unusable_names_skipped() -> None:
+    got = [c.address for c in candidates("x.io", [("Lee", "Lee"), ("李", "王")])]
+    assert got == [
+        "lee.lee@x.io",
+        "leelee@x.io",
+        "l.lee@x.io",
+        "lee.l@x.io",
+        "lee@x.io",
+        "info@x.io",
+        "contact@x.io",
+    ]
+
+
+def test_roles_only_without_people() -> None:
+    assert [c.method_type for c in candidates("x.io", [])] == ["info", "contact"]
+
+
+def test_confidence_table() -> None:
+    assert CONFIDENCE["first.last"] == Decimal("0.95")
+    assert {CONFIDENCE[m] for m in ("firstlast", "f.last", "first.l")} == {Decimal("0.90")}
+    assert {CONFIDENCE[m] for m in ("first", "last")} == {Decimal("0.85")}
+    assert {CONFIDENCE[m] for m in ("info", "contact")} == {Decimal("0.70")}
+
+
+def test_template_is_never_a_person() -> None:
+    assert template("f.last", "acme.com") == "{f}.{last}@acme.com"
+    assert template("info", "acme.com") == "info@acme.com"
+
+
+def test_catchall_probe_addresses_are_random() -> None:
+    a, b = catchall_probe_address("x.io"), catchall_probe_address("x.io")
+    assert a != b and a.startswith("ct-probe-") and a.endswith("@x.io")
+
+
+def test_plan_catchall() -> None:
+    plan = ProbePlan("x.io", [("Ann", "Lee")], catchall_address="zz@x.io")
+    assert plan.current() is not None and plan.current().address == "zz@x.io"  # type: ignore[union-attr]
+    plan.answer(True)
+    assert plan.conclusion is Conclusion.CATCHALL and plan.current() is None
+
+
+def test_plan_pattern_and_no_pattern() -> None:
+    plan = ProbePlan("x.io", [("Ann", "Lee")], catchall_address="zz@x.io")
+    for _ in range(3):
+        plan.answer(False)
+    assert not plan.done
+    plan.answer(True)  # f.last accepted (catch-all probe, first.last, firstlast rejected)
+    assert plan.conclusion is Conclusion.PATTERN
+    assert plan.winner is not None and plan.winner.method_type == "f.last"
+    plan.restart()
+    while not plan.done:
+        plan.answer(False)
+    assert plan.conclusion is Conclusion.NO_PATTERN
+    assert len(plan.answers) == 1 + 6 + 2
