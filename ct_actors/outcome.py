@@ -87,3 +87,24 @@ class Outcome:
     @property
     def terminal(self) -> bool:
         return not isinstance(self.result, Deferred)
+
+
+def result_fields(result: Result) -> dict[str, Any]:
+    """The decision as plain JSON-friendly fields (for `probe`, `once` and logs)."""
+    if isinstance(result, Passed):
+        return {
+            "outcome": "PASS",
+            "execution_status": "ready",
+            "email_method": result.email_method,
+            "method_type": result.method_type,
+            "confidence_score": str(result.confidence),
+            "is_catchall": result.is_catchall,
+        }
+    if isinstance(result, Failed):
+        return {
+            "outcome": "FAIL",
+            "failure_code": str(result.code),
+            "imo_stage": result.code.imo_stage,
+            "blocking_reason": result.blocking_reason,
+        }
+    return {"outcome": "DEFERRED", "reason": result.reason, "retry_after": result.retry_after}

@@ -109,3 +109,36 @@ def test_plan_pattern_and_no_pattern() -> None:
         plan.answer(False)
     assert plan.conclusion is Conclusion.NO_PATTERN
     assert len(plan.answers) == 1 + 6 + 2
+
+
+def test_plan_greylisting_costs_one_wait() -> None:
+    plan = ProbePlan("x.io", [("Ann", "Lee")], catchall_address="zz@x.io")
+    plan.defer_greylisted()  # catch-all probe greylisted
+    plan.answer(False)  # first.last rejected
+    plan.defer_greylisted()  # firstlast greylisted
+    plan.answer(True)  # f.last accepted, but firstlast is still unknown: no conclusion yet
+    assert not plan.done
+    while plan.current() is not None:
+        plan.answer(False)
+    assert plan.waiting_for_greylist and plan.greylisted == {0, 2}
+    plan.resume()
+    assert plan.current() is not None and plan.current().address == "zz@x.io"  # type: ignore[union-attr]
+    plan.answer(False)
+    assert plan.current() is not None and plan.current().method_type == "firstlast"  # type: ignore[union-attr]
+    plan.answer(False)
+    # firstlast rejected: f.last, answered before the wait, now decides.
+    assert plan.conclusion is Conclusion.PATTERN
+    assert plan.winner is not None and plan.winner.method_type == "f.last"
+
+
+def test_plan_earlier_accept_wins_after_resume() -> None:
+    plan = ProbePlan("x.io", [("Ann", "Lee")], catchall_address="zz@x.io")
+    plan.answer(False)
+    plan.defer_greylisted()  # first.last greylisted
+    plan.answer(True)  # firstlast accepted
+    assert not plan.done
+    while plan.current() is not None:
+        plan.answer(False)
+    plan.resume()
+    plan.answer(True)  # first.last accepted on retry: it comes first in the contract order
+    assert plan.winner is not None and plan.winner.method_type == "first.last"

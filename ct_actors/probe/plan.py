@@ -1,9 +1,12 @@
 """The pure state machine of one domain's RCPT probing: which address to ask next and what the
 answers so far mean. The async shell (`ct_actors.probe.conversation`) only moves bytes.
 
-Only address answers (accepted / mailbox rejected) advance the plan. Everything else the server
-says — greylisting, "too many recipients", throttling, a policy block of our IP — is about the
-session or about us, so the shell handles it and asks the same question again or elsewhere.
+Only address answers (accepted / mailbox rejected) decide anything. Greylisting is handled the
+way a patient MTA would: a greylisted address is set aside and the remaining candidates are
+asked at once (registering their greylist triplets too), so the whole domain costs a single
+greylist wait; after it, `resume()` goes back to the earliest unanswered address. Everything
+else the server says — "too many recipients", throttling, a policy block of our IP — is about
+the session or about us, and the shell asks the same question again or elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class ProbePlan:
     conclusion: Conclusion | None = None
     winner: Candidate | None = None
     answers: list[tuple[str, bool]] = field(default_factory=list)
+    known: dict[int, bool] = field(default_factory=dict)  # step index -> mailbox exists
+    greylisted: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.catchall_address:
@@ -44,28 +49,40 @@ class ProbePlan:
     def done(self) -> bool:
         return self.conclusion is not None
 
+    @property
+    def waiting_for_greylist(self) -> bool:
+        """Every other question is asked; only greylisted ones remain."""
+        return not self.done and self.position >= len(self.steps) and bool(self.greylisted)
+
     def current(self) -> Candidate | None:
-        if self.done:
+        if self.done or self.position >= len(self.steps):
             return None
         return self.steps[self.position]
 
-    def answer(self, accepted: bool) -> None:
+    def answer(self, exists: bool) -> None:
         """Record an address answer for `current()` and advance."""
         step = self.current()
         if step is None:
-            raise RuntimeError("plan already concluded")
-        self.answers.append((step.address, accepted))
-        if self.position == 0:
-            if accepted:
-                self.conclusion = Conclusion.CATCHALL
-                return
-        elif accepted:
-            self.conclusion = Conclusion.PATTERN
-            self.winner = step
-            return
+            raise RuntimeError("no question is open")
+        self.answers.append((step.address, exists))
+        self.known[self.position] = exists
+        self.greylisted.discard(self.position)
+        self._advance()
+
+    def defer_greylisted(self) -> None:
+        """The server greylisted `current()`: ask it again after the greylist delay."""
+        if self.current() is None:
+            raise RuntimeError("no question is open")
+        self.greylisted.add(self.position)
         self.position += 1
-        if self.position >= len(self.steps):
-            self.conclusion = Conclusion.NO_PATTERN
+        self._advance(from_current=True)
+
+    def resume(self) -> None:
+        """After the greylist wait: continue from the earliest unanswered address."""
+        if self.greylisted:
+            self.position = min(self.greylisted)
+            self.greylisted.clear()
+            self._advance(from_current=True)
 
     def restart(self) -> None:
         """Forget all answers: a different MX host must be asked every question again."""
@@ -73,3 +90,29 @@ class ProbePlan:
         self.conclusion = None
         self.winner = None
         self.answers.clear()
+        self.known.clear()
+        self.greylisted.clear()
+
+    def _advance(self, *, from_current: bool = False) -> None:
+        """Move to the next question, concluding as soon as the answers so far allow."""
+        if not from_current:
+            self.position += 1
+        # Conclude in contract order: the first step whose answer is known-positive decides,
+        # but only if every earlier step is answered (none still greylisted).
+        for index, step in enumerate(self.steps):
+            exists = self.known.get(index)
+            if exists is None:
+                break
+            if exists:
+                if index == 0:
+                    self.conclusion = Conclusion.CATCHALL
+                else:
+                    self.conclusion = Conclusion.PATTERN
+                    self.winner = step
+                return
+        else:
+            self.conclusion = Conclusion.NO_PATTERN
+            return
+        # Skip questions already answered (after a resume).
+        while self.position < len(self.steps) and self.position in self.known:
+            self.position += 1

@@ -1,1 +1,19 @@
+"""A simulated internet for tests, demos and benchmarks: DNS + SMTP on 127.0.0.0/8.
 
+`world` holds the facts and the ground truth; `smtp_server` and `dns_server` play them on the
+wire; `memory` plays them without sockets (MockClock-friendly); `server` binds it all.
+"""
+
+from ct_actors.sim.stats import RcptEvent, SimStats
+from ct_actors.sim.world import Behaviour, Expected, SimDomain, SimHost, World, local_part
+
+__all__ = [
+    "Behaviour",
+    "Expected",
+    "RcptEvent",
+    "SimDomain",
+    "SimHost",
+    "SimStats",
+    "World",
+    "local_part",
+]

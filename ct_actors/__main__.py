@@ -1,0 +1,5 @@
+import sys
+
+from ct_actors.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""The dispatcher actor: input stage, per-domain de-duplication and the domain tasks.
+
+Jobs arrive from the loader one record at a time. The dispatcher normalises the domain
+(CT-I-NO-DOMAIN if it cannot), then groups records by domain: the first record of a domain
+starts a domain task (MX lookup through the resolver stage, then the SMTP probe through the
+pools); records of the same domain that arrive while it runs join it; a recent verdict from the
+cache answers at once. So a domain shared by many outreach_ids costs one probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+import trio
+
+from ct_actors.actors.resolver_stage import ResolverStage
+from ct_actors.dns.types import DnsUnavailable
+from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Result
+from ct_actors.probe.domain_probe import (
+    DomainResult,
+    HostVisitor,
+    RetryPolicy,
+    mx_only_result,
+    smtp_probe,
+)
+from ct_actors.probe.normalise import NormalisedDomain, UnusableDomain, normalise_domain
+from ct_actors.ttl_cache import TtlCache
+
+log = structlog.get_logger("ct_actors.dispatcher")
+
+NamesSource = Callable[[Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, list[tuple[str, str]]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    outreach_id: uuid.UUID
+    raw_domain: str | None
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    mode: Literal["smtp", "mx-only"] = "smtp"
+    verdict_ttl: float = 168 * 3600.0  # SMTPCheck cache_ttl_hours
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(slots=True)
+class _DomainGroup:
+    domain: NormalisedDomain
+    jobs: list[Job] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[Job],
+        send: trio.MemorySendChannel[Outcome],
+        *,
+        resolver: ResolverStage,
+        pools: HostVisitor,
+        settings: DispatchSettings,
+        names: NamesSource | None = None,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._resolver = resolver
+        self._pools = pools
+        self.settings = settings
+        self._names = names
+        self._groups: dict[str, _DomainGroup] = {}
+        self._verdicts: TtlCache[str, DomainResult] = TtlCache(settings.verdict_ttl)
+        self._stats = {"jobs": 0, "domains_probed": 0, "joined": 0, "cache_hits": 0}
+
+    def statistics(self) -> dict[str, int]:
+        return {**self._stats, "domains_in_flight": len(self._groups)}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._send, trio.open_nursery() as nursery:
+            task_status.started()
+            async with self._receive:
+                async for job in self._receive:
+                    await self._accept(job, nursery)
+            # Falling out of the nursery means every domain task has finished; closing our
+            # send side then tells the writer to flush and stop.
+
+    async def _accept(self, job: Job, nursery: trio.Nursery) -> None:
+        self._stats["jobs"] += 1
+        try:
+            domain = normalise_domain(job.raw_domain)
+        except UnusableDomain as exc:
+            failed = Failed(
+                FailureCode.NO_DOMAIN,
+                f"domain {exc.raw!r} unusable: {exc.reason}",
+                evidence={"raw_domain": exc.raw},
+            )
+            await self._emit(job, None, failed, None)
+            return
+        group = self._groups.get(domain.domain)
+        if group is not None:
+            self._stats["joined"] += 1
+            group.jobs.append(job)
+            return
+        cached = self._verdicts.get(domain.domain)
+        if cached is not None:
+            self._stats["cache_hits"] += 1
+            await self._emit_result(job, domain, cached, cached=True)
+            return
+        group = _DomainGroup(domain, [job])
+        self._groups[domain.domain] = group
+        nursery.start_soon(self._probe_domain, group)
+
+    async def _probe_domain(self, group: _DomainGroup) -> None:
+        name = group.domain.domain
+        try:
+            result = await self._decide(group)
+        finally:
+            # Records that joined while we worked get the same answer; none can join now.
+            del self._groups[name]
+        if result.result.kind != "deferred":
+            self._verdicts.put(name, result)
+        for job in group.jobs:
+            await self._emit_result(job, group.domain, result, cached=False)
+
+    async def _decide(self, group: _DomainGroup) -> DomainResult:
+        self._stats["domains_probed"] += 1
+        name = group.domain.domain
+        try:
+            mx = await self._resolver.lookup(name)
+        except DnsUnavailable as exc:
+            deferred = Deferred(
+                f"our resolver could not answer: {exc.reason}",
+                self.settings.retry.defer_seconds,
+                {"nameserver": exc.nameserver},
+            )
+            return DomainResult(deferred, None)
+        if self.settings.mode == "mx-only":
+            return mx_only_result(mx)
+        people: list[tuple[str, str]] = []
+        if self._names is not None:
+            by_id = await self._names([job.outreach_id for job in group.jobs])
+            for job in group.jobs:
+                people.extend(by_id.get(job.outreach_id, []))
+        return await smtp_probe(mx, people[:3], self._pools, self.settings.retry)
+
+    async def _emit_result(
+        self, job: Job, domain: NormalisedDomain, result: DomainResult, *, cached: bool
+    ) -> None:
+        outcome_result = _with_normalisation(result.result, job.raw_domain, domain, cached)
+        await self._emit(job, domain.domain, outcome_result, result.mx_host)
+
+    async def _emit(self, job: Job, domain: str | None, result: Result, mx: str | None) -> None:
+        duration = trio.current_time() - job.started_at
+        await self._send.send(Outcome(job.outreach_id, domain, result, mx, duration))
+
+
+def _with_normalisation(
+    result: Result, raw: str | None, domain: NormalisedDomain, cached: bool
+) -> Result:
+    """Every row says what was normalised, and whether the verdict came from the cache."""
+    extra: dict[str, object] = {
+        "raw_domain": raw,
+        "domain": domain.domain,
+        "normalised": list(domain.changes),
+    }
+    if cached:
+        extra["verdict_cache"] = True
+    return dataclasses.replace(result, evidence={**result.evidence, **extra})

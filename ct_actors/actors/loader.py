@@ -1,0 +1,146 @@
+"""The loader actor: claims pending spine records (leases) and feeds them to the dispatcher.
+
+It claims only as many records as it holds credits (see `credits.py`), renews the leases of
+records still in flight, and on stop closes its channel — the pipeline's shutdown signal —
+after which the stages drain in order. Claiming fails soft: if the database is down the loader
+waits and tries again; nothing is lost because nothing was claimed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+import trio
+
+from ct_actors.actors.credits import WorkCredits
+from ct_actors.actors.dispatcher import Job
+
+log = structlog.get_logger("ct_actors.loader")
+
+
+class Claimed(Protocol):
+    @property
+    def outreach_id(self) -> uuid.UUID: ...
+    @property
+    def domain(self) -> str | None: ...
+
+
+class ClaimStore(Protocol):
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> Sequence[Claimed]: ...
+    async def renew_leases(
+        self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float
+    ) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderSettings:
+    claim_batch: int = 200
+    lease_seconds: float = 300.0
+    idle_poll: float = 5.0  # how often to look for new work when none is pending
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+
+
+class LoaderActor:
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[Job],
+        store: ClaimStore,
+        *,
+        owner: str,
+        credits: WorkCredits,
+        settings: LoaderSettings,
+        transient_errors: tuple[type[BaseException], ...],
+        drain: bool = False,
+    ) -> None:
+        self._send = send
+        self._store = store
+        self._owner = owner
+        self._credits = credits
+        self.settings = settings
+        self._transient = transient_errors
+        self._drain = drain
+        self._stop = trio.Event()
+        self.drained = trio.Event()
+        self._stats = {
+            "claims": 0,
+            "claimed": 0,
+            "empty_claims": 0,
+            "claim_errors": 0,
+            "renewals": 0,
+        }
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def stop(self) -> None:
+        """Stop claiming; the channel closes and the pipeline drains behind it."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._renew_loop)
+            task_status.started()
+            async with self._send:
+                with trio.CancelScope() as claiming:
+                    nursery.start_soon(_cancel_on, self._stop, claiming)
+                    await self._claim_loop()
+            nursery.cancel_scope.cancel()
+
+    async def _claim_loop(self) -> None:
+        delay = self.settings.retry_initial
+        while True:
+            credits = await self._credits.acquire(self.settings.claim_batch)
+            try:
+                claimed = await self._store.claim(self._owner, credits, self.settings.lease_seconds)
+            except self._transient as exc:
+                self._credits.give_back(credits)
+                self._stats["claim_errors"] += 1
+                log.warning("claim_failed", error=str(exc), retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max)
+                continue
+            except BaseException:
+                self._credits.give_back(credits)
+                raise
+            delay = self.settings.retry_initial
+            self._stats["claims"] += 1
+            self._credits.give_back(credits - len(claimed))
+            if not claimed:
+                self._stats["empty_claims"] += 1
+                if self._drain and self._credits.in_flight == 0:
+                    log.info("drained", claimed_total=self._stats["claimed"])
+                    self.drained.set()
+                    return
+                await trio.sleep(self.settings.idle_poll if not self._drain else 0.05)
+                continue
+            self._stats["claimed"] += len(claimed)
+            now = trio.current_time()
+            for record in claimed:
+                self._credits.enter(record.outreach_id)
+            # If cancelled mid-batch, the unsent records stay in `credits` so the supervisor
+            # releases their leases with everything else still unfinished.
+            for record in claimed:
+                await self._send.send(Job(record.outreach_id, record.domain, now))
+
+    async def _renew_loop(self) -> None:
+        interval = max(1.0, self.settings.lease_seconds / 3)
+        while True:
+            await trio.sleep(interval)
+            ids = self._credits.records()
+            if not ids:
+                continue
+            try:
+                await self._store.renew_leases(self._owner, ids, self.settings.lease_seconds)
+                self._stats["renewals"] += 1
+            except self._transient as exc:
+                log.warning("lease_renewal_failed", error=str(exc), records=len(ids))
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

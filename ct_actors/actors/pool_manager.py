@@ -1,0 +1,109 @@
+"""The SMTP pool manager actor: one `HostPool` per MX host, created on first use and retired
+when idle; a global cap on open SMTP connections shared by every pool."""
+
+from __future__ import annotations
+
+import ssl
+from collections import Counter
+
+import structlog
+import trio
+
+from ct_actors.actors.smtp_pool import HostPool, HostVisit, PoolSettings, ProbeRequest
+from ct_actors.dns.types import MxHost
+from ct_actors.net.connector import Connector
+
+log = structlog.get_logger("ct_actors.pool_manager")
+
+
+class SmtpPoolManager:
+    def __init__(
+        self,
+        settings: PoolSettings,
+        connector: Connector,
+        *,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self._connector = connector
+        self._ssl_context = ssl_context
+        self.connections = trio.CapacityLimiter(max_connections)
+        self._pools: dict[str, HostPool] = {}
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        # Shared with every pool, so totals survive pool retirement.
+        self.counters: Counter[str] = Counter()
+        self._created = 0
+        self._retired = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                reap_every = max(1.0, self.settings.pool_idle_seconds / 2)
+                while not self._stop.is_set():
+                    with trio.move_on_after(reap_every):
+                        await self._stop.wait()
+                    self._reap()
+                for pool in self._pools.values():
+                    pool.close()
+        finally:
+            self._pools.clear()
+
+    def close(self) -> None:
+        """Shut down: every pool closes its channel and its workers QUIT their sessions."""
+        self._stop.set()
+
+    def pool(self, host: MxHost) -> HostPool:
+        pool = self._pools.get(host.name)
+        if pool is None or pool.host.addresses != host.addresses:
+            if self._nursery is None or self._stop.is_set():
+                raise RuntimeError("SMTP pool manager is not running")
+            if pool is not None:
+                pool.close()  # the host's addresses changed: start over with the new ones
+            pool = HostPool(
+                host,
+                settings=self.settings,
+                connector=self._connector,
+                connections=self.connections,
+                ssl_context=self._ssl_context,
+                counters=self.counters,
+                on_pressure=self._reclaim_idle,
+            )
+            self._pools[host.name] = pool
+            self._created += 1
+            self._nursery.start_soon(pool.run)
+        return pool
+
+    async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit:
+        return await self.pool(host).visit(request)
+
+    def _reclaim_idle(self) -> None:
+        # Idle sessions must not starve hosts with work waiting for a connection slot.
+        self.counters["idle_reclaims"] += sum(p.reclaim_idle() for p in self._pools.values())
+
+    def is_dead(self, host: MxHost) -> bool:
+        pool = self._pools.get(host.name)
+        return pool is not None and pool.is_dead()
+
+    def _reap(self) -> None:
+        for name, pool in list(self._pools.items()):
+            if pool.retirable(self.settings.pool_idle_seconds) and not pool.is_dead():
+                pool.close()
+                del self._pools[name]
+                self._retired += 1
+
+    def statistics(self, top: int = 5) -> dict[str, object]:
+        busiest = sorted(self._pools.values(), key=lambda p: p.workers, reverse=True)[:top]
+        return {
+            "pools": len(self._pools),
+            "pools_created": self._created,
+            "pools_retired": self._retired,
+            "sessions_opened_total": self.counters["sessions_opened"],
+            "open_sessions": sum(p.open_sessions for p in self._pools.values()),
+            "connections_in_use": self.connections.borrowed_tokens,
+            "dead_hosts": sum(1 for p in self._pools.values() if p.is_dead()),
+            "top_pools": [p.statistics() for p in busiest],
+        }

@@ -1,0 +1,352 @@
+"""The per-MX-host SMTP actor pool.
+
+One `HostPool` per MX host name. Its workers each own at most one SMTP session and take probe
+requests from the pool's unbuffered channel, so a request waits until a worker is free: that
+is the per-host concurrency limit, and the back-pressure towards the domain tasks. A worker
+reuses its session for several domains (RSET between them) for `session_reuse_seconds`, then
+says QUIT; an idle worker retires after `pool_idle_seconds`, and the manager retires a pool
+with no workers left.
+
+A host that refuses connections or times out before its greeting is marked dead for
+`dead_host_backoff` seconds: every domain on that host skips it at once instead of paying the
+connect timeout again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+import trio
+
+from ct_actors.actors.reply import ReplySlot
+from ct_actors.dns.types import MxHost
+from ct_actors.net.connector import Connector
+from ct_actors.probe.conversation import ConversationResult, HostOutcome, converse
+from ct_actors.probe.plan import ProbePlan
+from ct_actors.smtp.client import (
+    SmtpConnectError,
+    SmtpDisconnected,
+    SmtpError,
+    SmtpGreetingRejected,
+    SmtpSession,
+    SmtpTimeout,
+    open_session,
+)
+
+log = structlog.get_logger("ct_actors.smtp_pool")
+
+# Visit outcomes beyond the conversation's own (`HostOutcome`).
+CONNECT_FAILED = "connect-failed"
+TIMEOUT = "timeout"
+DISCONNECTED = "disconnected"
+GREETING_REJECTED = "greeting-rejected"
+PROTOCOL_ERROR = "protocol-error"
+HOST_DEAD = "host-dead"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    port: int = 25
+    helo_name: str = "localhost"
+    mail_from: str = ""
+    connect_timeout: float = 10.0
+    command_timeout: float = 30.0
+    starttls: Literal["opportunistic", "never"] = "opportunistic"
+    max_connections_per_host: int = 2
+    max_recipients_per_session: int = 10
+    session_reuse_seconds: float = 30.0
+    session_idle_seconds: float = 2.0
+    pool_idle_seconds: float = 60.0
+    dead_host_backoff: float = 300.0
+
+
+@dataclass(slots=True)
+class ProbeRequest:
+    domain: str
+    plan: ProbePlan
+    reply: ReplySlot[HostVisit] = field(default_factory=ReplySlot)
+
+
+@dataclass(slots=True)
+class HostVisit:
+    """What happened on one visit to one MX host, kept for the outcome row's audit trail."""
+
+    host: str
+    address: str | None
+    outcome: str
+    detail: str = ""
+    replies: list[str] = field(default_factory=list)
+    tls: bool = False
+    reused_session: bool = False
+
+    def audit(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "address": self.address,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "replies": self.replies,
+            "tls": self.tls,
+        }
+
+
+class HostPool:
+    def __init__(
+        self,
+        host: MxHost,
+        *,
+        settings: PoolSettings,
+        connector: Connector,
+        connections: trio.CapacityLimiter,
+        ssl_context: ssl.SSLContext | None = None,
+        counters: Counter[str] | None = None,
+        on_pressure: Callable[[], None] | None = None,
+    ) -> None:
+        self.host = host
+        self._on_pressure = on_pressure
+        self._counters = counters if counters is not None else Counter()
+        self.settings = settings
+        self._connector = connector
+        self._connections = connections
+        self._ssl_context = ssl_context
+        self._send, self._recv = trio.open_memory_channel[ProbeRequest](0)
+        self._nursery: trio.Nursery | None = None
+        self._running = trio.Event()
+        self._closed = trio.Event()
+        self.rcpt_limit = settings.max_recipients_per_session
+        self.dead_until = float("-inf")
+        self.workers = 0
+        self.idle_workers = 0
+        self.open_sessions = 0
+        self._waiting = 0
+        self._idle_sessions: set[trio.CancelScope] = set()
+        self.last_used = trio.current_time()
+        self._stats = {"requests": 0, "sessions_opened": 0, "rcpts": 0, "failures": 0}
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "host": self.host.name,
+            "workers": self.workers,
+            "idle_workers": self.idle_workers,
+            "open_sessions": self.open_sessions,
+            "rcpt_limit": self.rcpt_limit,
+            "dead": self.is_dead(),
+            **self._stats,
+        }
+
+    def reclaim_idle(self) -> int:
+        """Make workers holding idle sessions QUIT them now; returns how many were asked."""
+        scopes = list(self._idle_sessions)
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
+
+    def is_dead(self) -> bool:
+        return trio.current_time() < self.dead_until
+
+    def retirable(self, idle_for: float) -> bool:
+        return (
+            self.workers == 0
+            and self._waiting == 0
+            and trio.current_time() - self.last_used >= idle_for
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._running.set()
+            task_status.started()
+            await self._closed.wait()
+            # Closing the channel is the workers' shutdown signal; they QUIT their sessions.
+            await self._send.aclose()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def visit(self, request: ProbeRequest) -> HostVisit:
+        """Run `request`'s plan on this host; returns when a worker has finished with it."""
+        self.last_used = trio.current_time()
+        self._stats["requests"] += 1
+        if self.is_dead():
+            return HostVisit(self.host.name, None, HOST_DEAD, "marked dead by an earlier visit")
+        await self._running.wait()
+        if self._nursery is None or self._closed.is_set():
+            raise RuntimeError(f"pool {self.host.name} is closed")
+        if self.idle_workers == 0 and self.workers < self.settings.max_connections_per_host:
+            self.workers += 1
+            self._nursery.start_soon(self._worker)
+        self._waiting += 1
+        try:
+            await self._send.send(request)
+        finally:
+            self._waiting -= 1
+        visit = await request.reply.wait()
+        self.last_used = trio.current_time()
+        return visit
+
+    async def _worker(self) -> None:
+        stack: contextlib.AsyncExitStack | None = None
+        session: SmtpSession | None = None
+        opened_at = 0.0
+        try:
+            while True:
+                if session is not None:
+                    reuse_left = opened_at + self.settings.session_reuse_seconds
+                    wait = min(self.settings.session_idle_seconds, reuse_left - trio.current_time())
+                else:
+                    wait = self.settings.pool_idle_seconds
+                request: ProbeRequest | None = None
+                self.idle_workers += 1
+                try:
+                    with trio.move_on_after(max(0.0, wait)) as idle_scope:
+                        if session is not None:
+                            # reclaim_idle() may cancel this wait to free the connection.
+                            self._idle_sessions.add(idle_scope)
+                        request = await self._recv.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    self.idle_workers -= 1
+                    self._idle_sessions.discard(idle_scope)
+                if request is None:
+                    if stack is None:
+                        if self._waiting:
+                            continue  # a sender is mid-handoff: retiring now would strand it
+                        return  # idle long enough: retire
+                    await self._close(stack)
+                    stack, session = None, None
+                    continue
+                reused = session is not None
+                if session is not None and stack is not None:
+                    try:
+                        await session.rset()  # RSET between domains on a reused session
+                    except SmtpError:
+                        await self._close(stack)
+                        stack, session, reused = None, None, False
+                if session is None:
+                    try:
+                        stack, session = await self._open()
+                        opened_at = trio.current_time()
+                    except SmtpError as exc:
+                        request.reply.set(self._failed_open(exc))
+                        continue
+                visit = await self._serve(session, request, reused)
+                request.reply.set(visit)
+                if visit.outcome not in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
+                    # After anything unusual, start the next domain on a fresh connection.
+                    assert stack is not None
+                    await self._close(stack)
+                    stack, session = None, None
+        finally:
+            self.workers -= 1
+            if stack is not None:
+                await self._close(stack)
+
+    async def _open(self) -> tuple[contextlib.AsyncExitStack, SmtpSession]:
+        if not self.host.addresses:
+            raise SmtpConnectError("connect", "MX host has no address")
+        stack = contextlib.AsyncExitStack()
+        try:
+            try:
+                self._connections.acquire_nowait()
+            except trio.WouldBlock:
+                # Every connection slot is taken: ask idle sessions everywhere to QUIT.
+                if self._on_pressure is not None:
+                    self._on_pressure()
+                await self._connections.acquire()
+            stack.callback(self._connections.release)
+            session = await stack.enter_async_context(
+                open_session(
+                    self._connector,
+                    self.host.addresses[0],
+                    self.settings.port,
+                    helo_name=self.settings.helo_name,
+                    connect_timeout=self.settings.connect_timeout,
+                    command_timeout=self.settings.command_timeout,
+                    starttls=self.settings.starttls,
+                    ssl_context=self._ssl_context,
+                )
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        self.open_sessions += 1
+        self._stats["sessions_opened"] += 1
+        self._counters["sessions_opened"] += 1
+        return stack, session
+
+    async def _close(self, stack: contextlib.AsyncExitStack) -> None:
+        self.open_sessions -= 1
+        # Bounded cleanup: the session's own QUIT is under move_on_after(shield=True).
+        with (
+            trio.CancelScope(shield=True),
+            contextlib.suppress(SmtpError, OSError, trio.BrokenResourceError),
+        ):
+            await stack.aclose()
+
+    def _failed_open(self, exc: SmtpError) -> HostVisit:
+        self._stats["failures"] += 1
+        address = self.host.addresses[0] if self.host.addresses else None
+        if isinstance(exc, SmtpGreetingRejected):
+            outcome = GREETING_REJECTED
+            if exc.reply.code == 421 or (exc.reply.enhanced and exc.reply.enhanced.klass == 4):
+                outcome = HostOutcome.THROTTLED
+            return HostVisit(self.host.name, address, outcome, exc.reason)
+        if isinstance(exc, SmtpConnectError | SmtpTimeout):
+            # The host cannot be reached: every domain on it should skip it for a while.
+            self.dead_until = trio.current_time() + self.settings.dead_host_backoff
+            kind = TIMEOUT if isinstance(exc, SmtpTimeout) else CONNECT_FAILED
+            return HostVisit(self.host.name, address, kind, f"{exc.stage}: {exc.reason}")
+        return HostVisit(self.host.name, address, _error_kind(exc), f"{exc.stage}: {exc.reason}")
+
+    async def _serve(self, session: SmtpSession, request: ProbeRequest, reused: bool) -> HostVisit:
+        address = self.host.addresses[0]
+        try:
+            result: ConversationResult = await converse(
+                session,
+                request.plan,
+                mail_from=self.settings.mail_from,
+                rcpt_limit=self.rcpt_limit,
+            )
+        except SmtpError as exc:
+            self._stats["failures"] += 1
+            return HostVisit(
+                self.host.name,
+                address,
+                _error_kind(exc),
+                f"{exc.stage}: {exc.reason}",
+                reused_session=reused,
+            )
+        self._stats["rcpts"] += result.rcpts_sent
+        if result.rcpt_limit is not None:
+            self.rcpt_limit = min(self.rcpt_limit, result.rcpt_limit)
+        return HostVisit(
+            self.host.name,
+            address,
+            result.outcome,
+            result.detail,
+            result.replies,
+            tls=session.tls,
+            reused_session=reused,
+        )
+
+
+def _error_kind(exc: SmtpError) -> str:
+    if isinstance(exc, SmtpTimeout):
+        return TIMEOUT
+    if isinstance(exc, SmtpDisconnected):
+        return DISCONNECTED
+    if isinstance(exc, SmtpConnectError):
+        return CONNECT_FAILED
+    return PROTOCOL_ERROR

@@ -1,0 +1,218 @@
+"""The supervisor: builds the pipeline, starts the actors in dependency order, logs the periodic
+stats line, and runs the graceful stop.
+
+    loader --Job--> dispatcher --(resolver stage, SMTP pools)--> --Outcome--> writer
+
+Every channel is unbuffered; a record holds a credit from claim to commit. Stopping is
+channel-driven: the loader stops claiming and closes its channel; the dispatcher finishes its
+domain tasks and closes its channel; the writer flushes and returns; then the resolver stage and
+the pools are closed (workers QUIT their SMTP sessions). If that takes longer than the drain
+deadline the rest is cancelled, and every record still holding a credit has its lease released
+so it is pending again — nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from ct_actors.actors.credits import WorkCredits
+from ct_actors.actors.dispatcher import Dispatcher, DispatchSettings, Job, NamesSource
+from ct_actors.actors.loader import ClaimStore, LoaderActor, LoaderSettings
+from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
+from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
+from ct_actors.dns.types import MxResolver
+from ct_actors.outcome import Outcome
+
+log = structlog.get_logger("ct_actors.supervisor")
+
+
+class PipelineStore(ClaimStore, OutcomeStore, Protocol):
+    async def release(self, owner: str, ids: Sequence[uuid.UUID]) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    owner: str
+    max_in_flight: int = 512
+    drain_deadline: float = 60.0
+    stats_interval: float = 30.0
+    release_timeout: float = 10.0
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
+    resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    writer: WriterSettings = field(default_factory=WriterSettings)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        *,
+        store: PipelineStore,
+        resolver: MxResolver,
+        pools: SmtpPoolManager,
+        transient_db_errors: tuple[type[BaseException], ...],
+        names: NamesSource | None = None,
+        drain: bool = False,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._transient = transient_db_errors
+        self.credits = WorkCredits(settings.max_in_flight)
+        job_send, job_recv = trio.open_memory_channel[Job](0)
+        out_send, out_recv = trio.open_memory_channel[Outcome](0)
+        self.resolver = ResolverStage(resolver, settings.resolver)
+        self.pools = pools
+        self.writer = WriterActor(
+            out_recv,
+            store,
+            owner=settings.owner,
+            credits=self.credits,
+            settings=settings.writer,
+            transient_errors=transient_db_errors,
+        )
+        self.dispatcher = Dispatcher(
+            job_recv,
+            out_send,
+            resolver=self.resolver,
+            pools=pools,
+            settings=settings.dispatch,
+            names=names,
+        )
+        self.loader = LoaderActor(
+            job_send,
+            store,
+            owner=settings.owner,
+            credits=self.credits,
+            settings=settings.loader,
+            transient_errors=transient_db_errors,
+            drain=drain,
+        )
+        self._pipeline: trio.Nursery | None = None
+        self._outer: trio.Nursery | None = None
+        self._stop_requested = False
+        self._stopping = False
+        self.finished = trio.Event()
+        self.started_at = 0.0
+        self._last_stats = (0.0, 0)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started_at = trio.current_time()
+        self._last_stats = (self.started_at, 0)
+        async with trio.open_nursery() as outer:
+            self._outer = outer
+            outer.start_soon(self._stats_loop)
+            try:
+                async with trio.open_nursery() as pipeline:
+                    self._pipeline = pipeline
+                    await pipeline.start(self._run_writer)
+                    await pipeline.start(self.resolver.run)
+                    await pipeline.start(self.pools.run)
+                    await pipeline.start(self.dispatcher.run)
+                    await pipeline.start(self.loader.run)
+                    log.info(
+                        "pipeline_ready",
+                        owner=self.settings.owner,
+                        max_in_flight=self.settings.max_in_flight,
+                        mode=self.settings.dispatch.mode,
+                    )
+                    task_status.started()
+                    if self._stop_requested:
+                        self.request_stop()
+            finally:
+                await self._release_unfinished()
+                self.log_stats(final=True)
+                outer.cancel_scope.cancel()
+                self.finished.set()
+
+    async def _run_writer(self, *, task_status: trio.TaskStatus[None]) -> None:
+        await self.writer.run(task_status=task_status)
+        # The writer returns once every upstream stage has drained: nobody needs the resolver
+        # stage or the pools any more.
+        self.resolver.close()
+        self.pools.close()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def request_stop(self) -> None:
+        """Graceful stop: stop claiming, let in-flight records finish up to the drain deadline."""
+        self._stop_requested = True
+        if self._stopping or self._pipeline is None or self._outer is None:
+            return  # not running yet: applied as soon as the pipeline is ready
+        self._stopping = True
+        log.info(
+            "stopping",
+            in_flight=self.credits.in_flight,
+            drain_deadline=self.settings.drain_deadline,
+        )
+        self.loader.stop()
+        # In the outer nursery, so a pipeline that drains in time is not kept waiting by it.
+        self._outer.start_soon(self._enforce_deadline)
+
+    async def _enforce_deadline(self) -> None:
+        await trio.sleep(self.settings.drain_deadline)
+        log.warning("drain_deadline_reached", unfinished=self.credits.in_flight)
+        if self._pipeline is not None:
+            self._pipeline.cancel_scope.cancel()
+
+    async def _release_unfinished(self) -> None:
+        ids = self.credits.records()
+        if not ids:
+            return
+        with trio.move_on_after(self.settings.release_timeout, shield=True) as scope:
+            try:
+                await self._store.release(self.settings.owner, ids)
+            except self._transient as exc:
+                log.error(
+                    "lease_release_failed",
+                    records=len(ids),
+                    error=str(exc),
+                    note="leases expire on their own after lease_seconds",
+                )
+                return
+        if scope.cancelled_caught:
+            log.error("lease_release_timeout", records=len(ids))
+        else:
+            log.info("leases_released", records=len(ids))
+
+    # -- observability ---------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        now = trio.current_time()
+        done = sum(self.writer.outcomes.values())
+        elapsed = max(now - self.started_at, 1e-9)
+        last_t, last_done = self._last_stats
+        interval = max(now - last_t, 1e-9)
+        return {
+            "records_done": done,
+            "rate_interval": round((done - last_done) / interval, 2),
+            "rate_total": round(done / elapsed, 2),
+            "in_flight": self.credits.in_flight,
+            "outcomes": dict(self.writer.outcomes),
+            "loader": self.loader.statistics(),
+            "dispatcher": self.dispatcher.statistics(),
+            "resolver": self.resolver.statistics(),
+            "smtp": self.pools.statistics(),
+            "writer": self.writer.statistics(),
+        }
+
+    def log_stats(self, *, final: bool = False) -> None:
+        stats = self.statistics()
+        self._last_stats = (trio.current_time(), stats["records_done"])
+        log.info("stats_final" if final else "stats", **stats)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.stats_interval)
+            self.log_stats()

@@ -1,0 +1,287 @@
+"""`ct-actors` command line: migrate, run, once, probe, demo, bench.
+
+Exit codes: 0 success; 1 the command ran but its checks failed; 2 bad configuration or usage;
+3 the database is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+import trio_asyncio
+
+from ct_actors import __version__
+from ct_actors.config import Config, ConfigError, load_config
+from ct_actors.log import configure_logging
+from ct_actors.redact import redact_text
+from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE = 0, 1, 2, 3
+
+DEFAULT_CONFIG = Path("config/ct-actors.toml")
+
+log = structlog.get_logger("ct_actors.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ct-actors",
+        description=(
+            "Company Target prober daemon: for every outreach_id in outreach.outreach, look up "
+            "the domain's MX hosts, probe them over SMTP (EHLO, MAIL FROM, RCPT TO, RSET, QUIT; "
+            "never DATA) and write one terminal PASS row (outreach.company_target) or FAIL row "
+            "(outreach.company_target_errors)."
+        ),
+        epilog=(
+            "Configuration: TOML file (--config, $CT_CONFIG, else ./config/ct-actors.toml if it "
+            "exists), overridden by CT_<SECTION>_<KEY> environment variables such as "
+            "CT_DATABASE_URL. See docs/configuration.md. Exit codes: 0 ok, 1 checks failed, "
+            "2 bad configuration, 3 database unavailable."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"ct-actors {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="override log.format (json lines for production)",
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="override log.level"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser(
+        "migrate",
+        help="create or upgrade the schema (idempotent, safe to rerun)",
+        description="Apply sql/*.sql migrations once each, under an advisory lock.",
+    )
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        description="Claim pending records and probe them until stopped "
+        "(SIGTERM/SIGINT: graceful drain).",
+    )
+    run.add_argument(
+        "--drain",
+        action="store_true",
+        help="exit 0 once nothing is pending and nothing is in flight",
+    )
+
+    once = sub.add_parser(
+        "once",
+        help="process one outreach_id and print its outcome",
+        description="Run the single-pass gate for one outreach_id.",
+    )
+    once.add_argument("outreach_id", type=uuid.UUID, metavar="OUTREACH_ID")
+
+    probe = sub.add_parser(
+        "probe",
+        help="print the decision for a domain as JSON (no database)",
+        description="Normalise DOMAIN, look up its MX hosts and probe them; "
+        "prints the decision as JSON and writes nothing.",
+    )
+    probe.add_argument("domain", metavar="DOMAIN")
+    probe.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="'FIRST LAST'",
+        help="sample person for pattern candidates (repeat, at most 3)",
+    )
+    probe.add_argument("--mode", choices=("smtp", "mx-only"), help="override probe.mode")
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulated end-to-end run with an accuracy summary",
+        description="Create a fresh database, generate a simulated internet on "
+        "loopback, run the daemon until drained and compare every "
+        "outcome with the ground truth.",
+    )
+    demo.add_argument("--domains", type=int, default=3000, help="simulated domains (3000)")
+    demo.add_argument("--seed", type=int, default=7, help="world seed (7)")
+    demo.add_argument("--mode", choices=("smtp", "mx-only"), default="smtp")
+    demo.add_argument(
+        "--database",
+        default="ct_actors_demo",
+        help="database to (re)create on the configured server (ct_actors_demo)",
+    )
+    demo.add_argument(
+        "--latency-ms", type=float, default=20.0, help="simulated per-command SMTP latency (20)"
+    )
+
+    bench = sub.add_parser(
+        "bench",
+        help="throughput benchmark against the simulated internet",
+        description="Like demo, with 5,000 domains, 50±25 ms per SMTP command "
+        "and permissive throttles; prints records/s, latency "
+        "p50/p99, CPU per record, peak RSS, connections/domain.",
+    )
+    bench.add_argument("--domains", type=int, default=5000)
+    bench.add_argument("--seed", type=int, default=11)
+    bench.add_argument("--mode", choices=("smtp", "mx-only"), default="smtp")
+    bench.add_argument("--database", default="ct_actors_bench")
+    bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _load(args)
+        toolbox = load_toolbox(cfg.toolbox.path)
+    except (ConfigError, ToolboxError) as exc:
+        print(f"ct-actors: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
+    command = args.command
+    try:
+        if command == "migrate":
+            return trio.run(_migrate, cfg)
+        if command == "run":
+            return trio.run(_run, cfg, toolbox, args.drain)
+        if command == "once":
+            return trio.run(_once, cfg, toolbox, args.outreach_id)
+        if command == "probe":
+            return trio.run(_probe, cfg, toolbox, args)
+        if command in ("demo", "bench"):
+            from ct_actors.demo.harness import run_bench, run_demo
+
+            runner = run_demo if command == "demo" else run_bench
+            return trio.run(runner, cfg, toolbox, args)
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(command)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path: Path | None = args.config
+    if path is None and os.environ.get("CT_CONFIG"):
+        path = Path(os.environ["CT_CONFIG"])
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    overrides: dict[str, object] = {}
+    if args.log_format:
+        overrides["log.format"] = args.log_format
+    elif sys.stdout.isatty():
+        overrides["log.format"] = "console"
+    if args.log_level:
+        overrides["log.level"] = args.log_level
+    mode = getattr(args, "mode", None)
+    if args.command in ("probe",) and mode:
+        overrides["probe.mode"] = mode
+    if args.command in ("demo", "bench"):
+        # The demo builds its own complete configuration on top of this one.
+        overrides.setdefault("probe.mode", "mx-only")
+    return load_config(path, overrides=overrides)
+
+
+async def _with_store(cfg: Config, body: Any) -> int:
+    from ct_actors.db.store import DatabaseUnavailable, open_store
+
+    async with trio_asyncio.open_loop():
+        try:
+            store = await open_store(
+                cfg.database.url,
+                min_size=cfg.database.min_connections,
+                max_size=cfg.database.max_connections,
+            )
+        except DatabaseUnavailable as exc:
+            print(
+                f"ct-actors: database unavailable: {redact_text(str(exc), cfg.secrets())}",
+                file=sys.stderr,
+            )
+            return EXIT_DATABASE
+        try:
+            result: int = await body(store)
+            return result
+        finally:
+            await store.aclose()
+
+
+async def _migrate(cfg: Config) -> int:
+    from ct_actors.db.migrate import migrate
+
+    async def body(store: Any) -> int:
+        applied = await store.migrate(migrate)
+        log.info("migrated", applied=applied)
+        return EXIT_OK
+
+    return await _with_store(cfg, body)
+
+
+async def _run(cfg: Config, toolbox: Toolbox, drain: bool) -> int:
+    from ct_actors.app import run_pipeline
+
+    async def body(store: Any) -> int:
+        log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
+        await run_pipeline(cfg, toolbox, store, drain=drain)
+        log.info("daemon_stopped")
+        return EXIT_OK
+
+    return await _with_store(cfg, body)
+
+
+async def _once(cfg: Config, toolbox: Toolbox, outreach_id: uuid.UUID) -> int:
+    from ct_actors.once import process_one
+
+    async def body(store: Any) -> int:
+        result = await process_one(cfg, toolbox, store, outreach_id)
+        print(json.dumps(result, default=str))
+        return EXIT_OK
+
+    return await _with_store(cfg, body)
+
+
+async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+    from ct_actors.app import probe_domain
+    from ct_actors.outcome import result_fields
+    from ct_actors.probe.normalise import UnusableDomain, normalise_domain
+
+    people: list[tuple[str, str]] = []
+    for name in args.name[:3]:
+        first, _, last = name.strip().partition(" ")
+        if not last:
+            print(f"ct-actors: --name {name!r}: expected 'FIRST LAST'", file=sys.stderr)
+            return EXIT_CONFIG
+        people.append((first, last.strip()))
+    try:
+        domain = normalise_domain(args.domain)
+    except UnusableDomain as exc:
+        print(
+            json.dumps(
+                {
+                    "domain": args.domain,
+                    "outcome": "FAIL",
+                    "code": "CT-I-NO-DOMAIN",
+                    "reason": exc.reason,
+                }
+            )
+        )
+        return EXIT_OK
+    decided = await probe_domain(cfg, toolbox, domain.domain, people)
+    body = {
+        "domain": domain.domain,
+        "input": args.domain,
+        "normalised": list(domain.changes),
+        "mode": cfg.probe.mode,
+        **result_fields(decided.result),
+        "mx_host": decided.mx_host,
+        "evidence": decided.result.evidence,
+    }
+    print(json.dumps(body, default=str, indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

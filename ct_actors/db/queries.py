@@ -1,0 +1,304 @@
+"""Every SQL statement the store runs, in one place so they can be read (and EXPLAINed) together.
+
+Conventions:
+* explicit column lists everywhere (never `SELECT *`): the spine carries `sovereign_id`, which
+  this daemon must never read;
+* batch statements take parallel arrays and `unnest` them, so a batch is one round trip;
+* "terminal" means a company_target row in TERMINAL_STATUSES or an open error row. A resolved
+  error row (resolved_at set by an operator, with an ADR) no longer blocks the record.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Statuses after which a record is never touched again by the daemon. 'blocked' and 'pending'
+# rows (possibly written by other systems) are overwritten by our outcome.
+TERMINAL_STATUSES: Final = ("ready", "failed")
+_TERMINAL_SQL: Final = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
+
+
+def _not_terminal(id_expr: str, extra: str = "TRUE") -> str:
+    """Predicate: the record has no terminal outcome. Two separate NOT EXISTS (not NOT (A OR
+    B)) so the planner turns them into anti-joins over the unique indexes; an OR of EXISTS
+    becomes a hashed subplan that reads all of company_target on every claim. `extra` is a
+    condition on `{t}.outreach_id` repeated inside the subqueries (see CLAIM_AFTER)."""
+    return f"""
+    NOT EXISTS (SELECT 1 FROM outreach.company_target ct
+                WHERE ct.outreach_id = {id_expr} AND ct.execution_status IN {_TERMINAL_SQL}
+                  AND {extra.replace("{t}", "ct")})
+    AND NOT EXISTS (SELECT 1 FROM outreach.company_target_errors e
+                    WHERE e.outreach_id = {id_expr} AND e.resolved_at IS NULL
+                      AND {extra.replace("{t}", "e")})
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim
+# ---------------------------------------------------------------------------------------------
+# A lease row does not block a claim when it has expired (owner crashed, released, or deferred)
+# or when it belongs to a previous incarnation of the same owner (claimed before this store was
+# opened: the daemon restarted with the same name), and its not_before has passed.
+# Parameters shared by both claim variants: $1 owner, $2 limit, $3 lease seconds, $4 the
+# store's incarnation start (DB clock).
+_CLAIMABLE: Final = """
+    ((l.expires_at <= now() OR (l.owner = $1 AND l.claimed_at < $4))
+     AND (l.not_before IS NULL OR l.not_before <= now()))
+"""
+
+
+def _claim(range_on: str) -> str:
+    return f"""
+WITH candidates AS (
+    SELECT o.outreach_id, o.domain
+    FROM outreach.outreach o
+    WHERE {range_on.replace("{t}", "o")}
+      AND {_not_terminal("o.outreach_id", range_on)}
+      AND NOT EXISTS (SELECT 1 FROM ct_actors.lease l
+                      WHERE l.outreach_id = o.outreach_id AND NOT {_CLAIMABLE}
+                        AND {range_on.replace("{t}", "l")})
+    ORDER BY o.outreach_id
+    LIMIT $2
+    -- NO KEY UPDATE rather than UPDATE: it still excludes concurrent claimers (SKIP LOCKED),
+    -- but does not conflict with the KEY SHARE locks that FK checks on company_target take.
+    FOR NO KEY UPDATE OF o SKIP LOCKED
+),
+leased AS (
+    INSERT INTO ct_actors.lease AS l
+        (outreach_id, owner, claimed_at, expires_at, attempts, not_before, last_reason)
+    SELECT c.outreach_id, $1, now(), now() + make_interval(secs => $3), 1, NULL, NULL
+    FROM candidates c
+    ORDER BY c.outreach_id
+    ON CONFLICT (outreach_id) DO UPDATE
+        SET owner = excluded.owner,
+            claimed_at = excluded.claimed_at,
+            expires_at = excluded.expires_at,
+            attempts = l.attempts + 1,
+            not_before = NULL
+        -- Re-checked against the latest committed lease row: a claimer whose snapshot predates
+        -- another claimer's commit sees the live lease here and leaves the row alone.
+        WHERE {_CLAIMABLE}
+    RETURNING l.outreach_id, l.attempts
+)
+SELECT c.outreach_id, c.domain, leased.attempts
+FROM candidates c
+JOIN leased ON leased.outreach_id = c.outreach_id
+ORDER BY c.outreach_id
+"""
+
+
+# Keyset pagination: each claim continues after the last id this store claimed, so a claim costs
+# O(batch) instead of re-walking every already-finished record at the head of the spine; when
+# the range is exhausted the store wraps around with CLAIM_FROM_START (which also picks up
+# deferred and released records left behind the cursor). The range condition is repeated inside
+# the anti-join subqueries (redundant logically) so that the merge anti-joins the planner picks
+# start their index scans of company_target/errors/lease at the cursor, not at the beginning.
+CLAIM_FROM_START: Final = _claim("TRUE")
+CLAIM_AFTER: Final = _claim("{t}.outreach_id > $5")
+
+# ---------------------------------------------------------------------------------------------
+# Write outcomes: one statement, one transaction, one round trip for the whole batch.
+# ---------------------------------------------------------------------------------------------
+# Row kinds (computed by the encoder):
+#   pass        -> company_target 'ready'
+#   fail        -> company_target 'failed' + open error row
+#   fail_error  -> open error row only (CT-I-NOT-FOUND: there is no spine row to hang it on)
+#   noop        -> nothing (CT-I-ALREADY-PROCESSED); reported as already_terminal
+#   defer       -> lease released with not_before
+# Parameters: $1 owner, then the parallel arrays listed in WRITE_COLUMNS order.
+WRITE_COLUMNS: Final = (
+    ("outreach_id", "uuid"),
+    ("kind", "text"),
+    ("domain_normalised", "text"),
+    ("mx_host", "text"),
+    ("evidence", "text"),
+    ("email_method", "text"),
+    ("method_type", "text"),
+    ("confidence_score", "numeric"),
+    ("is_catchall", "boolean"),
+    ("failure_code", "text"),
+    ("blocking_reason", "text"),
+    ("severity", "text"),
+    ("imo_stage", "text"),
+    ("pipeline_stage", "text"),
+    ("retry_after", "float8"),
+    ("reason", "text"),
+)
+
+_WRITE_NAMES: Final = ", ".join(name for name, _typ in WRITE_COLUMNS)
+_UNNEST: Final = (
+    "unnest("
+    + ", ".join(f"${i + 2}::{typ}[]" for i, (_name, typ) in enumerate(WRITE_COLUMNS))
+    + ") AS t("
+    + ", ".join(name for name, _typ in WRITE_COLUMNS)
+    + ")"
+)
+
+WRITE_OUTCOMES: Final = f"""
+WITH input AS (
+    SELECT {_WRITE_NAMES} FROM {_UNNEST}
+),
+-- Already PASS/FAIL as of this statement's snapshot: nothing of theirs is touched.
+terminal AS (
+    SELECT i.outreach_id
+    FROM input i
+    JOIN outreach.company_target ct ON ct.outreach_id = i.outreach_id
+    WHERE ct.execution_status IN {_TERMINAL_SQL}
+    UNION
+    SELECT i.outreach_id
+    FROM input i
+    JOIN outreach.company_target_errors e ON e.outreach_id = i.outreach_id
+    WHERE e.resolved_at IS NULL
+),
+fresh AS (
+    SELECT {", ".join("i." + name for name, _typ in WRITE_COLUMNS)},
+           EXISTS (SELECT 1 FROM outreach.outreach o WHERE o.outreach_id = i.outreach_id)
+               AS in_spine
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM terminal t WHERE t.outreach_id = i.outreach_id)
+),
+-- company_target first: its unique index serialises two daemons racing on one record (the
+-- loser waits for the winner's commit, then the WHERE below sees the terminal row and skips),
+-- and the error row of a FAIL is only inserted when its company_target row was written, so the
+-- pair is all-or-nothing.
+ct_written AS (
+    INSERT INTO outreach.company_target AS ct
+        (outreach_id, execution_status, email_method, method_type, confidence_score,
+         is_catchall, imo_completed_at, domain_normalised, mx_host, evidence, updated_at)
+    SELECT f.outreach_id,
+           CASE f.kind WHEN 'pass' THEN 'ready' ELSE 'failed' END,
+           f.email_method, f.method_type, f.confidence_score, f.is_catchall, now(),
+           f.domain_normalised, f.mx_host, f.evidence::jsonb, now()
+    FROM fresh f
+    -- The spine check keeps a vanished spine row from failing the whole batch on the FK.
+    WHERE f.kind IN ('pass', 'fail') AND f.in_spine
+    ORDER BY f.outreach_id
+    ON CONFLICT (outreach_id) DO UPDATE
+        SET execution_status = excluded.execution_status,
+            email_method = excluded.email_method,
+            method_type = excluded.method_type,
+            confidence_score = excluded.confidence_score,
+            is_catchall = excluded.is_catchall,
+            imo_completed_at = excluded.imo_completed_at,
+            domain_normalised = excluded.domain_normalised,
+            mx_host = excluded.mx_host,
+            evidence = excluded.evidence,
+            updated_at = excluded.updated_at
+        WHERE ct.execution_status IS NULL OR ct.execution_status NOT IN {_TERMINAL_SQL}
+    RETURNING ct.outreach_id
+),
+err_written AS (
+    INSERT INTO outreach.company_target_errors
+        (outreach_id, pipeline_stage, failure_code, blocking_reason, severity, imo_stage,
+         retry_allowed, evidence)
+    SELECT f.outreach_id, f.pipeline_stage, f.failure_code, f.blocking_reason, f.severity,
+           f.imo_stage, false, f.evidence::jsonb
+    FROM fresh f
+    WHERE (f.kind = 'fail' AND f.outreach_id IN (SELECT w.outreach_id FROM ct_written w))
+       OR f.kind = 'fail_error'
+    ORDER BY f.outreach_id
+    ON CONFLICT (outreach_id) WHERE resolved_at IS NULL DO NOTHING
+    RETURNING outreach_id
+),
+deferred AS (
+    INSERT INTO ct_actors.lease AS l
+        (outreach_id, owner, claimed_at, expires_at, attempts, not_before, last_reason)
+    SELECT f.outreach_id, $1, now(), now(), 0,
+           now() + make_interval(secs => f.retry_after), f.reason
+    FROM fresh f
+    WHERE f.kind = 'defer'
+    ORDER BY f.outreach_id
+    ON CONFLICT (outreach_id) DO UPDATE
+        SET owner = excluded.owner,
+            expires_at = excluded.expires_at,
+            not_before = excluded.not_before,
+            last_reason = excluded.last_reason
+        -- Never clobber a live lease another daemon took over after ours expired.
+        WHERE l.owner = excluded.owner OR l.expires_at <= now()
+    RETURNING l.outreach_id
+),
+-- A record with a terminal outcome (written now or before) has no use for a lease.
+dropped AS (
+    DELETE FROM ct_actors.lease l
+    USING input i
+    WHERE l.outreach_id = i.outreach_id AND i.kind <> 'defer'
+    RETURNING l.outreach_id
+)
+SELECT i.outreach_id,
+       CASE
+           WHEN i.kind = 'defer' THEN
+               CASE WHEN EXISTS (SELECT 1 FROM terminal t WHERE t.outreach_id = i.outreach_id)
+                    THEN 'already_terminal' ELSE 'deferred' END
+           WHEN i.kind = 'pass'
+                AND EXISTS (SELECT 1 FROM ct_written w WHERE w.outreach_id = i.outreach_id)
+               THEN 'written'
+           WHEN i.kind IN ('fail', 'fail_error')
+                AND EXISTS (SELECT 1 FROM err_written w WHERE w.outreach_id = i.outreach_id)
+               THEN 'written'
+           WHEN i.kind IN ('pass', 'fail')
+                AND EXISTS (SELECT 1 FROM fresh f
+                            WHERE f.outreach_id = i.outreach_id AND NOT f.in_spine)
+               THEN 'not_in_spine'
+           ELSE 'already_terminal'
+       END AS status
+FROM input i
+"""
+
+# ---------------------------------------------------------------------------------------------
+# Leases
+# ---------------------------------------------------------------------------------------------
+RENEW_LEASES: Final = """
+UPDATE ct_actors.lease
+SET expires_at = now() + make_interval(secs => $3)
+WHERE outreach_id = ANY ($2::uuid[]) AND owner = $1
+RETURNING outreach_id
+"""
+
+# Released work is claimable again at once (expired lease); attempts and not_before are kept.
+RELEASE: Final = """
+UPDATE ct_actors.lease
+SET expires_at = now()
+WHERE outreach_id = ANY ($2::uuid[]) AND owner = $1 AND expires_at > now()
+RETURNING outreach_id
+"""
+
+RELEASE_ALL: Final = """
+UPDATE ct_actors.lease
+SET expires_at = now()
+WHERE owner = $1 AND expires_at > now()
+RETURNING outreach_id
+"""
+
+# ---------------------------------------------------------------------------------------------
+# Single-record and monitoring queries
+# ---------------------------------------------------------------------------------------------
+FETCH_SPINE: Final = """
+SELECT o.outreach_id, o.domain FROM outreach.outreach o WHERE o.outreach_id = $1
+"""
+
+TERMINAL_STATUS: Final = f"""
+SELECT coalesce(
+    (SELECT ct.execution_status FROM outreach.company_target ct
+     WHERE ct.outreach_id = $1 AND ct.execution_status IN {_TERMINAL_SQL}),
+    (SELECT 'failed' FROM outreach.company_target_errors e
+     WHERE e.outreach_id = $1 AND e.resolved_at IS NULL LIMIT 1)
+)
+"""
+
+PENDING_COUNT: Final = f"""
+SELECT count(*) FROM outreach.outreach o WHERE {_not_terminal("o.outreach_id")}
+"""
+
+COUNTS_BY_OUTCOME: Final = """
+SELECT 'PASS' AS outcome, count(*) AS n
+FROM outreach.company_target WHERE execution_status = 'ready'
+UNION ALL
+SELECT failure_code, count(*)
+FROM outreach.company_target_errors
+WHERE resolved_at IS NULL AND failure_code IS NOT NULL
+GROUP BY failure_code
+"""
+
+SET_LOCAL_STATEMENT_TIMEOUT: Final = "SELECT set_config('statement_timeout', $1, true)"
+
+INCARNATION_START: Final = "SELECT clock_timestamp()"

@@ -1,0 +1,546 @@
+"""The trio-facing database store.
+
+Every public method is a trio coroutine that makes exactly one trio->asyncio crossing
+(`trio_asyncio.aio_as_trio`, ~150 µs of CPU each) and, on the hot path, one database round trip:
+`claim` and `write_outcomes` move a whole batch per call. The caller owns the asyncio loop: all
+of this must run inside `trio_asyncio.open_loop()`.
+
+Error contract (see `ct_actors.db.errors`): connection trouble and transient conflicts surface as
+`DatabaseUnavailable` (retry with backoff, never FAIL a record because of it); a schema that is
+not ours as `SchemaError`; anything else as `QueryError`. No message ever contains the
+password of the URL.
+
+Leases (ct_actors.lease) make the work queue safe to share between several daemons:
+* `claim` locks pending spine rows with SKIP LOCKED and upserts a lease per record;
+* a live lease blocks other owners; an expired one is claimable by anyone; the owner must be
+  unique per running process (leases this owner took before this store was opened, i.e. by a
+  previous incarnation that crashed, are claimable again at once);
+* `write_outcomes` deletes the leases of finished records, or releases deferred ones with a
+  `not_before`; `release` hands unfinished work back immediately (shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ParamSpec, TypeVar, cast
+from uuid import UUID
+
+import asyncpg
+import structlog
+import trio
+import trio_asyncio
+
+from ct_actors.db import queries as q
+from ct_actors.db.encode import encode_outcomes
+from ct_actors.db.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    QueryError,
+    SchemaError,
+    StoreError,
+)
+from ct_actors.db.migrate import migrate as _migrate
+from ct_actors.db.redact import Redactor, scrub_text
+from ct_actors.outcome import Outcome
+
+__all__ = [
+    "ClaimedRecord",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "QueryError",
+    "SchemaError",
+    "SpineRecord",
+    "Store",
+    "StoreError",
+    "StoreStatistics",
+    "WriteReport",
+    "open_store",
+    "translate_exception",
+]
+
+log = structlog.get_logger("ct_actors.db")
+
+P = ParamSpec("P")
+# An asyncio-side coroutine taking an asyncpg connection, like ct_actors.db.migrate.migrate.
+MigrationRunner = Callable[[Any], Awaitable[list[str]]]
+T = TypeVar("T")
+
+# How many rows an operator names query may contribute.
+MAX_NAMES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRecord:
+    outreach_id: UUID
+    domain: str | None
+    # How many times this record has been claimed, this claim included (deferrals and crashes
+    # make it grow); lets the caller notice a record that keeps coming back.
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpineRecord:
+    outreach_id: UUID
+    domain: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReport:
+    written: list[UUID]
+    # Already PASS/FAIL before this write (another daemon, an earlier run, a re-sent batch), or
+    # CT-I-ALREADY-PROCESSED outcomes: nothing was changed for them.
+    already_terminal: list[UUID]
+    deferred: list[UUID]
+    # PASS/FAIL outcomes whose spine row disappeared since the claim: nothing written.
+    not_in_spine: list[UUID] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StoreStatistics:
+    round_trips: int = 0
+    crossings: int = 0
+    claims: int = 0
+    rows_claimed: int = 0
+    writes: int = 0
+    rows_written: int = 0
+    rows_already_terminal: int = 0
+    rows_deferred: int = 0
+    rows_not_in_spine: int = 0
+    errors: int = 0
+    # Wall-clock seconds spent in claim / write_outcomes calls (crossing + database).
+    claim_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Exception translation
+# ---------------------------------------------------------------------------------------------
+# SQLSTATE classes/codes that mean "the database is not available to us right now".
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "40", "28", "3D")  # connection, resources, operator
+# intervention (shutdown, statement timeout), rollback (deadlock/serialization), auth, no db
+_UNAVAILABLE_CODES = frozenset({"55P03"})  # lock_not_available (lock_timeout)
+_SCHEMA_CODES = frozenset({"42P01", "42703", "3F000", "42883", "42P10"})
+# undefined table/column/schema/function, ON CONFLICT without a matching unique index
+
+
+def translate_exception(exc: BaseException, redactor: Redactor, what: str) -> StoreError:
+    """Map anything asyncpg/asyncio raises to our hierarchy, with a redacted message."""
+    if isinstance(exc, StoreError):
+        return exc
+    name = type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    detail = redactor.text(exc) or name
+    message = f"{what} on {redactor.redacted_url}: {name}: {detail}"
+    kind: type[StoreError]
+    if isinstance(exc, asyncpg.PostgresError) and isinstance(sqlstate, str):
+        if sqlstate in _UNAVAILABLE_CODES or sqlstate[:2] in _UNAVAILABLE_CLASSES:
+            kind = DatabaseUnavailable
+        elif sqlstate in _SCHEMA_CODES:
+            kind = SchemaError
+        else:
+            kind = QueryError
+    elif isinstance(exc, asyncpg.ClientConfigurationError) or (
+        isinstance(exc, ValueError) and what == "connect"
+    ):
+        kind = ConfigurationError
+    elif isinstance(
+        exc,
+        OSError | asyncio.TimeoutError | ConnectionError | EOFError | asyncpg.InternalClientError,
+    ) or (
+        # "connection is closed", "pool is closing", ...; other InterfaceErrors are our bugs.
+        isinstance(exc, asyncpg.InterfaceError)
+        and any(w in str(exc).lower() for w in ("closed", "closing", "connection", "terminated"))
+    ):
+        kind = DatabaseUnavailable
+    else:
+        kind = QueryError
+    return kind(message, sqlstate=sqlstate if isinstance(sqlstate, str) else None, cause=name)
+
+
+# Errors asyncpg reports through the loop's exception handler (not to any caller) when a
+# connection dies under it: a protocol waiter nobody awaits any more ("Future exception was never
+# retrieved: ConnectionError: unexpected connection_lost() call"), or a pooled connection reset
+# with a transaction open. trio_asyncio's default handler re-raises every such report into the
+# loop's nursery, which would take the whole daemon down on a database restart; the operation
+# that hit the dead connection has already raised DatabaseUnavailable to its caller, and the
+# pool replaces the connection. So these are logged, not raised.
+_BACKGROUND_NOISE: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
+)
+
+
+def _loop_exception_handler(loop: Any, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    message = str(context.get("message") or "")
+    if isinstance(exc, _BACKGROUND_NOISE) or "Resetting connection with an active" in message:
+        log.warning(
+            "db_background_error",
+            message=scrub_text(message),
+            error=scrub_text(f"{type(exc).__name__}: {exc}") if exc is not None else None,
+        )
+        return
+    loop.default_exception_handler(context)
+
+
+def install_loop_exception_handler(loop: Any) -> bool:
+    """Install `_loop_exception_handler` on the running asyncio loop unless the application set
+    its own (which must then tolerate asyncpg's background connection errors). Idempotent."""
+    current = loop.get_exception_handler()
+    if current is None:
+        loop.set_exception_handler(_loop_exception_handler)
+        return True
+    return current is _loop_exception_handler
+
+
+async def _keep_session(_conn: Any) -> None:
+    """Pool reset hook, replacing asyncpg's default `RESET ALL; UNLISTEN *; ...`, which costs a
+    round trip on every release. We never change session state (only SET LOCAL and
+    transaction-scoped advisory locks), and asyncpg rolls back any open transaction before
+    calling this hook."""
+    return None
+
+
+# asyncpg < 0.30 has no `reset` hook; there the default reset query (one more round trip per
+# release) is merely slower.
+_POOL_HAS_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+class Store:
+    """Open with `open_store`; close with `aclose` (or `async with store:`)."""
+
+    def __init__(self, pool: Any, redactor: Redactor, incarnation: dt.datetime) -> None:
+        self._pool = pool
+        self._redactor = redactor
+        # DB-clock time this store was opened; see the lease notes in the module docstring.
+        self._incarnation = incarnation
+        self._stats = StoreStatistics()
+        # Keyset-pagination cursor per owner (see queries.CLAIM_AFTER).
+        self._cursor: dict[str, UUID | None] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Store {self._redactor.redacted_url}{' closed' if self._closed else ''}>"
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._redactor.redacted_url
+
+    def statistics(self) -> StoreStatistics:
+        return replace(self._stats)
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Close the pool. Shielded, so it completes during cancellation; connections still
+        busy after `grace` seconds are terminated."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(grace) as scope:
+                try:
+                    await trio_asyncio.aio_as_trio(self._pool.close)()
+                except Exception:
+                    scope.cancel()
+            if scope.cancelled_caught:
+                self._pool.terminate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _call(
+        self, what: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        self._stats.crossings += 1
+        try:
+            return cast(T, await trio_asyncio.aio_as_trio(fn)(*args, **kwargs))
+        except StoreError:
+            self._stats.errors += 1
+            raise
+        except Exception as exc:
+            self._stats.errors += 1
+            # `from None`: the original text may quote the DSN; translate keeps its class name
+            # and SQLSTATE.
+            raise translate_exception(exc, self._redactor, what) from None
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        self._stats.round_trips += 1
+        return cast(list[Any], await self._pool.fetch(sql, *args))
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        self._stats.round_trips += 1
+        return await self._pool.fetchval(sql, *args)
+
+    # -- schema -----------------------------------------------------------------------------
+    async def migrate(self, runner: MigrationRunner | None = None) -> list[str]:
+        """Apply pending migrations on one pooled connection; returns the versions applied.
+        `runner` defaults to `ct_actors.db.migrate.migrate` (injectable for tests)."""
+        run_migrations = _migrate if runner is None else runner
+
+        async def run() -> list[str]:
+            async with self._pool.acquire() as conn:
+                return await run_migrations(conn)
+
+        return await self._call("migrate", run)
+
+    # -- hot path ---------------------------------------------------------------------------
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedRecord]:
+        """Lease up to `limit` pending records for `owner`, ordered by outreach_id.
+
+        Pending = in the spine, not PASS/FAIL, no open error row, no live lease of another
+        owner, not deferred into the future. Usually one round trip; two when the store's
+        cursor reaches the end of the spine and wraps around.
+        """
+        if limit <= 0:
+            return []
+        if not lease_seconds > 0:
+            # A lease that is born expired is claimable by everyone: double processing.
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
+        started = time.perf_counter()
+        after = self._cursor.get(owner)
+
+        async def run() -> tuple[list[Any], UUID | None]:
+            rows: list[Any] = []
+            cursor: UUID | None = None
+            async with self._pool.acquire() as conn:
+                if after is not None:
+                    self._stats.round_trips += 1
+                    rows = list(
+                        await conn.fetch(
+                            q.CLAIM_AFTER, owner, limit, lease_seconds, self._incarnation, after
+                        )
+                    )
+                    if len(rows) == limit:
+                        return rows, rows[-1]["outreach_id"]
+                self._stats.round_trips += 1
+                more = await conn.fetch(
+                    q.CLAIM_FROM_START,
+                    owner,
+                    limit - len(rows),
+                    lease_seconds,
+                    self._incarnation,
+                )
+                if len(more) == limit - len(rows):
+                    cursor = more[-1]["outreach_id"]
+                # else: the whole spine was scanned; start from the beginning next time.
+                rows.extend(more)
+                return rows, cursor
+
+        try:
+            rows, cursor = await self._call("claim", run)
+        finally:
+            self._stats.claim_seconds += time.perf_counter() - started
+        self._cursor[owner] = cursor
+        self._stats.claims += 1
+        self._stats.rows_claimed += len(rows)
+        # Sorted as a whole: after a wrap-around the rows come in two ascending runs.
+        return sorted(
+            (
+                ClaimedRecord(
+                    outreach_id=r["outreach_id"], domain=r["domain"], attempts=int(r["attempts"])
+                )
+                for r in rows
+            ),
+            key=lambda r: r.outreach_id,
+        )
+
+    async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> WriteReport:
+        """Persist a batch in one statement (one transaction, one round trip).
+
+        Passed -> company_target 'ready'. Failed -> error row + company_target 'failed'
+        (CT-I-NOT-FOUND: error row only; CT-I-ALREADY-PROCESSED: nothing). Deferred -> lease
+        released with not_before = now() + retry_after. Records already terminal are never
+        modified and come back in `already_terminal`. Raises ValueError (nothing written) if a
+        record appears twice in the batch or a confidence is outside [0, 1].
+        """
+        if not outcomes:
+            return WriteReport([], [], [])
+        batch = encode_outcomes(outcomes)
+        started = time.perf_counter()
+        try:
+            rows = await self._call(
+                "write outcomes", self._fetch, q.WRITE_OUTCOMES, owner, *batch.args()
+            )
+        finally:
+            self._stats.write_seconds += time.perf_counter() - started
+        status = {r["outreach_id"]: r["status"] for r in rows}
+        report = WriteReport([], [], [], [])
+        lists = {
+            "written": report.written,
+            "already_terminal": report.already_terminal,
+            "deferred": report.deferred,
+            "not_in_spine": report.not_in_spine,
+        }
+        for outcome in outcomes:
+            st = status.get(outcome.outreach_id)
+            if st not in lists:  # pragma: no cover - the statement returns one row per input
+                raise QueryError(f"write outcomes: no status for {outcome.outreach_id} ({st!r})")
+            lists[st].append(outcome.outreach_id)
+        self._stats.writes += 1
+        self._stats.rows_written += len(report.written)
+        self._stats.rows_already_terminal += len(report.already_terminal)
+        self._stats.rows_deferred += len(report.deferred)
+        self._stats.rows_not_in_spine += len(report.not_in_spine)
+        return report
+
+    async def renew_leases(
+        self, owner: str, ids: Iterable[UUID], lease_seconds: float
+    ) -> list[UUID]:
+        """Extend `owner`'s leases; returns the ids still held (a missing id was lost: taken
+        over after expiry, or finished)."""
+        id_list = list(ids)
+        if not id_list:
+            return []
+        rows = await self._call(
+            "renew leases", self._fetch, q.RENEW_LEASES, owner, id_list, lease_seconds
+        )
+        return [r["outreach_id"] for r in rows]
+
+    async def release(self, owner: str, ids: Iterable[UUID] | None = None) -> list[UUID]:
+        """Hand unfinished work back: the records become claimable at once. `ids=None`
+        releases every live lease of `owner` (shutdown)."""
+        if ids is None:
+            rows = await self._call("release", self._fetch, q.RELEASE_ALL, owner)
+        else:
+            id_list = list(ids)
+            if not id_list:
+                return []
+            rows = await self._call("release", self._fetch, q.RELEASE, owner, id_list)
+        return [r["outreach_id"] for r in rows]
+
+    # -- single record (`once`) -----------------------------------------------------------
+    async def fetch_spine(self, outreach_id: UUID) -> SpineRecord | None:
+        rows = await self._call("fetch spine", self._fetch, q.FETCH_SPINE, outreach_id)
+        if not rows:
+            return None
+        return SpineRecord(outreach_id=rows[0]["outreach_id"], domain=rows[0]["domain"])
+
+    async def terminal_status(self, outreach_id: UUID) -> str | None:
+        """'ready' (PASS), 'failed' (FAIL: company_target 'failed' or an open error row), or
+        None when the record is still pending."""
+        value = await self._call("terminal status", self._fetchval, q.TERMINAL_STATUS, outreach_id)
+        return None if value is None else str(value)
+
+    # -- operator-configured names query (off by default) -------------------------------------
+    async def _names_one(
+        self, query: str, outreach_id: UUID, statement_timeout: float
+    ) -> list[tuple[str, str]]:
+        # READ ONLY: the query is operator-supplied text; whatever it says, it cannot write.
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            self._stats.round_trips += 4  # BEGIN, set_config, prepare+fetch, COMMIT
+            timeout_ms = str(max(1, int(statement_timeout * 1000)))
+            await conn.fetchval(q.SET_LOCAL_STATEMENT_TIMEOUT, timeout_ms)
+            cursor = await conn.cursor(query, outreach_id)
+            # A few extra rows so that rows with NULL names do not starve the result.
+            rows = await cursor.fetch(MAX_NAMES * 4)
+        names: list[tuple[str, str]] = []
+        for row in rows:
+            if len(row) < 2 or row[0] is None or row[1] is None:
+                continue
+            first, last = str(row[0]).strip(), str(row[1]).strip()
+            if first and last:
+                names.append((first, last))
+            if len(names) == MAX_NAMES:
+                break
+        return names
+
+    async def fetch_names(
+        self, query: str, outreach_id: UUID, *, statement_timeout: float = 5.0
+    ) -> list[tuple[str, str]]:
+        """Run the operator's names query (`$1` = outreach_id, returns first_name, last_name)
+        in a READ ONLY transaction with a statement timeout; at most 3 (first, last) pairs."""
+        return await self._call(
+            "names query", self._names_one, query, outreach_id, statement_timeout
+        )
+
+    async def fetch_names_batch(
+        self, query: str, ids: Iterable[UUID], *, statement_timeout: float = 5.0
+    ) -> dict[UUID, list[tuple[str, str]]]:
+        """`fetch_names` for many records in one crossing, concurrently on the pool (so at
+        most max_size at a time)."""
+        id_list = list(dict.fromkeys(ids))
+        if not id_list:
+            return {}
+
+        async def run() -> dict[UUID, list[tuple[str, str]]]:
+            results = await asyncio.gather(
+                *(self._names_one(query, i, statement_timeout) for i in id_list),
+                return_exceptions=True,
+            )
+            out: dict[UUID, list[tuple[str, str]]] = {}
+            for oid, res in zip(id_list, results, strict=True):
+                if isinstance(res, BaseException):
+                    raise res
+                out[oid] = res
+            return out
+
+        return await self._call("names query", run)
+
+    # -- monitoring ---------------------------------------------------------------------------
+    async def pending_count(self) -> int:
+        """Spine records without a terminal outcome (including leased and deferred ones)."""
+        return int(await self._call("pending count", self._fetchval, q.PENDING_COUNT))
+
+    async def counts_by_outcome(self) -> dict[str, int]:
+        """{'PASS': n, '<failure code>': n, ...} over terminal outcomes (open error rows)."""
+        rows = await self._call("counts by outcome", self._fetch, q.COUNTS_BY_OUTCOME)
+        return {str(r["outcome"]): int(r["n"]) for r in rows}
+
+
+async def open_store(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    command_timeout: float = 60.0,
+    connect_timeout: float = 10.0,
+    application_name: str = "ct-actors",
+) -> Store:
+    """Open a connection pool. Raises DatabaseUnavailable (redacted) if the server cannot be
+    reached or refuses us, ConfigurationError if the URL is unusable."""
+    redactor = Redactor(url)
+
+    async def run() -> tuple[Any, dt.datetime]:
+        install_loop_exception_handler(asyncio.get_running_loop())
+        options: dict[str, Any] = {}
+        if _POOL_HAS_RESET:
+            options["reset"] = _keep_session
+        pool = await asyncpg.create_pool(
+            dsn=url,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            timeout=connect_timeout,
+            server_settings={"application_name": application_name},
+            **options,
+        )
+        try:
+            incarnation = await pool.fetchval(q.INCARNATION_START)
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool, incarnation
+
+    try:
+        pool, incarnation = await trio_asyncio.aio_as_trio(run)()
+    except Exception as exc:
+        raise translate_exception(exc, redactor, "connect") from None
+    return Store(pool, redactor, incarnation)

@@ -1,0 +1,422 @@
+"""`ct-actors demo` and `ct-actors bench`: a fresh database, a simulated internet in a separate
+process, the real daemon pipeline until drained, and a comparison with the ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import trio
+import trio_asyncio
+from trio_asyncio import aio_as_trio
+
+from ct_actors.app import run_pipeline
+from ct_actors.config import Config
+from ct_actors.db.migrate import migrate
+from ct_actors.db.store import DatabaseUnavailable, open_store
+from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
+from ct_actors.log import configure_logging
+from ct_actors.redact import redact_url
+from ct_actors.sim.world import World
+from ct_actors.toolbox import Toolbox
+
+EXIT_OK, EXIT_FAILED, EXIT_DATABASE = 0, 1, 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    domains: int
+    seed: int
+    mode: str
+    database: str
+    latency_ms: float
+    jitter_ms: float
+    per_host: int
+    max_connections: int
+    max_in_flight: int
+
+
+async def run_demo(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+    scenario = Scenario(
+        "demo",
+        args.domains,
+        args.seed,
+        args.mode,
+        args.database,
+        args.latency_ms,
+        args.latency_ms / 2,
+        per_host=4,
+        max_connections=256,
+        max_in_flight=1024,
+    )
+    result = await _run(cfg, toolbox, scenario)
+    if result is None:
+        return EXIT_DATABASE
+    _print_summary(result)
+    return EXIT_OK if result["accuracy"]["mismatches"] == 0 else EXIT_FAILED
+
+
+async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+    scenario = Scenario(
+        "bench",
+        args.domains,
+        args.seed,
+        args.mode,
+        args.database,
+        50.0,
+        25.0,
+        per_host=64,
+        max_connections=2048,
+        max_in_flight=4096,
+    )
+    result = await _run(cfg, toolbox, scenario)
+    if result is None:
+        return EXIT_DATABASE
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_summary(result)
+    return EXIT_OK
+
+
+async def _run(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, Any] | None:
+    workdir = Path(tempfile.mkdtemp(prefix=f"ct-actors-{scenario.name}-"))
+    log_path = workdir / "daemon.jsonl"
+    world_path = workdir / "world.json"
+    db_url = _with_database(cfg.database.url, scenario.database)
+    async with trio_asyncio.open_loop():
+        print(f"[{scenario.name}] database {redact_url(db_url)}", file=sys.stderr)
+        try:
+            await _recreate_database(cfg.database.url, scenario.database)
+        except (OSError, asyncpg.PostgresError, DatabaseUnavailable) as exc:
+            print(
+                f"ct-actors {scenario.name}: PostgreSQL is not reachable at "
+                f"{redact_url(cfg.database.url)} ({type(exc).__name__}: {exc}). Start "
+                "PostgreSQL or set CT_DATABASE_URL to a server where this user may create "
+                "databases.",
+                file=sys.stderr,
+            )
+            return None
+        sim = await SimProcess.start(scenario, world_path)
+        world = sim.world
+        try:
+            rows = spine_rows(world, scenario.seed)
+            await _seed(db_url, world, rows)
+            print(
+                f"[{scenario.name}] world: {len(world.domains)} domains, "
+                f"{len(world.live_hosts())} SMTP hosts; spine: {len(rows)} records; "
+                f"logs: {log_path}",
+                file=sys.stderr,
+            )
+            demo_cfg = _scenario_config(cfg, scenario, world, db_url)
+            with log_path.open("w") as log_file:
+                configure_logging("json", "info", stream=log_file, secrets=cfg.secrets())
+                store = await open_store(db_url, min_size=1, max_size=4)
+                usage_before = resource.getrusage(resource.RUSAGE_SELF)
+                started = time.perf_counter()
+                try:
+                    supervisor = await run_pipeline(
+                        demo_cfg, toolbox, store, drain=True, handle_signals=False
+                    )
+                finally:
+                    elapsed = time.perf_counter() - started
+                    usage_after = resource.getrusage(resource.RUSAGE_SELF)
+                    await store.aclose()
+                configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
+        finally:
+            sim_stats = await sim.stop()
+        outcomes = await _fetch_outcomes(db_url)
+    cpu = (usage_after.ru_utime - usage_before.ru_utime) + (
+        usage_after.ru_stime - usage_before.ru_stime
+    )
+    return _evaluate(
+        scenario,
+        world,
+        rows,
+        outcomes,
+        supervisor.statistics(),
+        sim_stats,
+        supervisor.writer.durations,
+        elapsed,
+        cpu,
+        usage_after.ru_maxrss,
+        log_path,
+    )
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+async def _recreate_database(admin_url: str, database: str) -> None:
+    if not database.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name {database!r}")
+    conn = await aio_as_trio(asyncpg.connect)(admin_url, timeout=5)
+    try:
+        await aio_as_trio(conn.execute)(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await aio_as_trio(conn.execute)(f'CREATE DATABASE "{database}"')
+    finally:
+        with trio.CancelScope(shield=True):
+            await aio_as_trio(conn.close)()
+
+
+async def _seed(db_url: str, world: World, rows: list[SpineRow]) -> None:
+    conn = await aio_as_trio(asyncpg.connect)(db_url, timeout=5)
+    try:
+        await aio_as_trio(migrate)(conn)
+        await aio_as_trio(conn.execute)(PEOPLE_DDL)
+        await aio_as_trio(conn.copy_records_to_table)(
+            "outreach",
+            schema_name="outreach",
+            columns=["outreach_id", "domain"],
+            records=[(r.outreach_id, r.raw_domain) for r in rows],
+        )
+        people = [
+            (r.outreach_id, i, first, last)
+            for r in rows
+            if r.domain is not None
+            for i, (first, last) in enumerate(world.people(r.domain))
+        ]
+        await aio_as_trio(conn.copy_records_to_table)(
+            "people",
+            schema_name="ct_demo",
+            columns=["outreach_id", "ord", "first_name", "last_name"],
+            records=people,
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            await aio_as_trio(conn.close)()
+
+
+async def _fetch_outcomes(db_url: str) -> dict[Any, dict[str, Any]]:
+    conn = await aio_as_trio(asyncpg.connect)(db_url, timeout=5)
+    try:
+        rows = await aio_as_trio(conn.fetch)(
+            """SELECT ct.outreach_id, ct.execution_status, ct.method_type, ct.confidence_score,
+                      ct.is_catchall, e.failure_code
+                 FROM outreach.company_target ct
+            LEFT JOIN outreach.company_target_errors e
+                   ON e.outreach_id = ct.outreach_id AND e.resolved_at IS NULL
+                WHERE ct.execution_status IN ('ready', 'failed')"""
+        )
+        return {r["outreach_id"]: dict(r) for r in rows}
+    finally:
+        with trio.CancelScope(shield=True):
+            await aio_as_trio(conn.close)()
+
+
+class SimProcess:
+    """The simulated internet in its own process, as remote servers would be."""
+
+    def __init__(self, process: trio.Process, world: World, buffer: bytes) -> None:
+        self.process = process
+        self.world = world
+        self._buffer = buffer
+
+    @classmethod
+    async def start(cls, scenario: Scenario, world_path: Path) -> SimProcess:
+        command = [
+            sys.executable, "-m", "ct_actors.sim", "serve",
+            "--seed", str(scenario.seed), "--domains", str(scenario.domains),
+            "--world-file", str(world_path),
+            "--latency-ms", str(scenario.latency_ms), "--jitter-ms", str(scenario.jitter_ms),
+        ]  # fmt: skip
+        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        buffer = b""
+        try:
+            with trio.fail_after(120):
+                while b"sim_ready" not in buffer:
+                    chunk = await process.stdout.receive_some()
+                    if not chunk:
+                        raise RuntimeError("the simulated internet exited before it was ready")
+                    buffer += chunk
+            world = World.from_json(await trio.Path(world_path).read_text())
+        except BaseException:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+            raise
+        return cls(process, world, buffer)
+
+    async def stop(self) -> dict[str, Any]:
+        """SIGTERM, read its final stats line, wait for it to exit."""
+        self.process.terminate()
+        assert self.process.stdout is not None
+        with trio.move_on_after(30, shield=True) as scope:
+            while chunk := await self.process.stdout.receive_some():
+                self._buffer += chunk
+            await self.process.wait()
+        if scope.cancelled_caught:
+            self.process.kill()
+        for line in self._buffer.decode(errors="replace").splitlines():
+            if '"sim_stopped"' in line:
+                stats: dict[str, Any] = json.loads(line).get("stats", {})
+                return stats
+        return {}
+
+
+def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) -> Config:
+    return dataclasses.replace(
+        cfg,
+        database=dataclasses.replace(cfg.database, url=db_url, lease_seconds=600),
+        dns=dataclasses.replace(
+            cfg.dns,
+            nameservers=(world.dns_address,),
+            port=world.dns_port,
+            timeout=2.0,
+            max_in_flight=256,
+        ),
+        smtp=dataclasses.replace(
+            cfg.smtp,
+            port=world.smtp_port,
+            helo_name="prober.ct-actors-sim.test",
+            mail_from="postmaster@prober.ct-actors-sim.test",
+            starttls="never",
+            connect_timeout=2.0,
+            command_timeout=10.0,
+            max_connections=scenario.max_connections,
+            max_connections_per_host=scenario.per_host,
+            greylist_retry_delay=world.greylist_delay + 0.5,
+            greylist_max_retries=2,
+            dead_host_backoff=60.0,
+            session_reuse_seconds=30,
+            pool_idle_seconds=30,
+        ),
+        probe=dataclasses.replace(
+            cfg.probe,
+            mode=cast(Literal["smtp", "mx-only"], scenario.mode),
+            names_query=NAMES_QUERY,
+            max_in_flight=scenario.max_in_flight,
+            claim_batch=500,
+        ),
+        log=dataclasses.replace(cfg.log, stats_interval=5.0),
+        daemon=dataclasses.replace(cfg.daemon, owner=f"{scenario.name}:{os.getpid()}"),
+    )
+
+
+def _evaluate(
+    scenario: Scenario,
+    world: World,
+    rows: list[SpineRow],
+    outcomes: dict[Any, dict[str, Any]],
+    stats: dict[str, Any],
+    sim_stats: dict[str, Any],
+    durations: Iterable[float],
+    elapsed: float,
+    cpu: float,
+    maxrss_kb: int,
+    log_path: Path,
+) -> dict[str, Any]:
+    by_code: Counter[str] = Counter()
+    mismatches: list[dict[str, Any]] = []
+    for row in rows:
+        got = outcomes.get(row.outreach_id)
+        got_label = _label(got)
+        by_code[" ".join(got_label.split(" ")[:2])] += 1
+        want_label = _expected_label(world, row, scenario.mode)
+        if got_label != want_label:
+            behaviour = world.domain(row.domain).behaviour if row.domain else "unusable"
+            mismatches.append(
+                {
+                    "outreach_id": str(row.outreach_id),
+                    "domain": row.raw_domain,
+                    "behaviour": str(behaviour),
+                    "expected": want_label,
+                    "got": got_label,
+                }
+            )
+    done = stats["records_done"]
+    ordered = sorted(durations)
+    return {
+        "scenario": dataclasses.asdict(scenario),
+        "records": len(rows),
+        "outcomes": dict(by_code),
+        "elapsed_s": round(elapsed, 2),
+        "records_per_s": round(done / elapsed, 1) if elapsed else None,
+        "latency_p50_s": round(_pct(ordered, 0.50), 3),
+        "latency_p99_s": round(_pct(ordered, 0.99), 3),
+        "cpu_s_per_record": round(cpu / max(done, 1), 5),
+        "peak_rss_mb": round(maxrss_kb / 1024, 1),
+        "server_side": {
+            k: sim_stats.get(k)
+            for k in ("connections", "rcpts", "rejected_421", "data_attempts", "dropped")
+        },
+        "smtp_sessions_per_domain": round(
+            stats["smtp"]["sessions_opened_total"] / max(stats["dispatcher"]["domains_probed"], 1),
+            3,
+        ),
+        "accuracy": {
+            "checked": len(rows),
+            "mismatches": len(mismatches),
+            "percent": round(100 * (len(rows) - len(mismatches)) / max(len(rows), 1), 2),
+            "examples": mismatches[:10],
+        },
+        "log": str(log_path),
+    }
+
+
+def _label(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "PENDING"
+    if row["execution_status"] == "failed":
+        return f"FAIL {row['failure_code']}"
+    catchall = " catchall" if row["is_catchall"] else ""
+    return f"PASS {row['method_type']} {row['confidence_score']:.2f}{catchall}"
+
+
+def _expected_label(world: World, row: SpineRow, mode: str) -> str:
+    if row.domain is None:
+        return "FAIL CT-I-NO-DOMAIN"
+    exp = world.expected_mx_only(row.domain) if mode == "mx-only" else world.expected(row.domain)
+    if exp.outcome == "DEFERRED":
+        return "PENDING"
+    if exp.outcome == "FAIL":
+        return f"FAIL {exp.code}"
+    catchall = " catchall" if exp.is_catchall else ""
+    return f"PASS {exp.method_type} {exp.confidence:.2f}{catchall}"
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    acc = result["accuracy"]
+    lines = [
+        f"ct-actors {result['scenario']['name']}: {result['records']} records, "
+        f"mode {result['scenario']['mode']}",
+        "",
+        "outcomes:",
+        *(f"  {code:<24} {count:>6}" for code, count in sorted(result["outcomes"].items())),
+        "",
+        f"throughput        {result['records_per_s']} records/s ({result['elapsed_s']} s wall)",
+        f"latency p50/p99   {result['latency_p50_s']} s / {result['latency_p99_s']} s",
+        f"cpu per record    {result['cpu_s_per_record'] * 1000:.2f} ms",
+        f"peak RSS          {result['peak_rss_mb']} MB",
+        f"SMTP sessions     {result['smtp_sessions_per_domain']} per probed domain",
+        f"server side       {json.dumps(result['server_side'])}",
+        f"accuracy          {acc['percent']}% ({acc['checked'] - acc['mismatches']}/"
+        f"{acc['checked']} match the ground truth)",
+    ]
+    for example in acc["examples"]:
+        lines.append(f"  mismatch: {json.dumps(example)}")
+    lines.append(f"daemon log        {result['log']}")
+    print("\n".join(lines))

@@ -1,0 +1,72 @@
+"""Seed a demo/bench database's spine from a simulated world.
+
+The demo plays the upstream system here: it writes synthetic `outreach.outreach` rows (ids from
+a seeded generator, so runs are repeatable) and a `ct_demo.people` table of sample names that
+the daemon reads through the operator-style `probe.names_query`. The daemon itself never mints
+ids or writes the spine.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+
+from ct_actors.sim.world import World
+
+NAMES_QUERY = "SELECT first_name, last_name FROM ct_demo.people WHERE outreach_id = $1 ORDER BY ord"
+
+PEOPLE_DDL = """
+CREATE SCHEMA IF NOT EXISTS ct_demo;
+CREATE TABLE IF NOT EXISTS ct_demo.people (
+    outreach_id uuid NOT NULL,
+    ord int NOT NULL,
+    first_name text NOT NULL,
+    last_name text NOT NULL,
+    PRIMARY KEY (outreach_id, ord)
+);
+"""
+
+# Spine values that no normalisation may turn into a domain: expected CT-I-NO-DOMAIN.
+UNUSABLE = (None, "", "   ", "n/a", "sales@", "192.0.2.10", "https://", "bob@example-sim.com")
+
+
+@dataclass(frozen=True, slots=True)
+class SpineRow:
+    outreach_id: uuid.UUID
+    raw_domain: str | None
+    domain: str | None  # the world's domain this row should resolve to; None when unusable
+
+
+def spine_rows(world: World, seed: int, *, shared_fraction: float = 0.1) -> list[SpineRow]:
+    """One row per domain, a few domains with several rows (shared by several companies, e.g.
+    subsidiaries), spine values written as messy URLs, and a few unusable values."""
+    rng = random.Random(seed * 7919 + 1)
+    rows: list[SpineRow] = []
+
+    def new_id() -> uuid.UUID:
+        return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+    for name in sorted(world.domains):
+        copies = 1 + (rng.randint(1, 3) if rng.random() < shared_fraction else 0)
+        for _ in range(copies):
+            rows.append(SpineRow(new_id(), _messy(rng, name), name))
+    for index in range(max(3, len(world.domains) // 200)):
+        rows.append(SpineRow(new_id(), UNUSABLE[index % len(UNUSABLE)], None))
+    rng.shuffle(rows)
+    return rows
+
+
+def _messy(rng: random.Random, domain: str) -> str:
+    style = rng.random()
+    if style < 0.55:
+        return domain
+    if style < 0.70:
+        return f"https://www.{domain}/"
+    if style < 0.80:
+        return f"http://{domain}/about-us?ref=crm"
+    if style < 0.90:
+        return domain.upper()
+    if style < 0.95:
+        return f"www.{domain}."
+    return f"{domain}:443"

@@ -1,0 +1,73 @@
+"""`ct-actors once OUTREACH_ID`: the single-pass gate for one record, through the same probe
+and the same idempotent write as the daemon."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import trio
+
+from ct_actors.app import probe_domain
+from ct_actors.config import Config
+from ct_actors.db.store import Store
+from ct_actors.outcome import Failed, FailureCode, Outcome, result_fields
+from ct_actors.probe.normalise import UnusableDomain, normalise_domain
+from ct_actors.toolbox import Toolbox
+
+
+async def process_one(
+    cfg: Config, toolbox: Toolbox, store: Store, outreach_id: uuid.UUID
+) -> dict[str, Any]:
+    started = trio.current_time()
+    spine = await store.fetch_spine(outreach_id)
+    if spine is None:
+        failed = Failed(FailureCode.NOT_FOUND, "outreach_id is not in outreach.outreach")
+        return await _write(store, cfg, Outcome(outreach_id, None, failed))
+    status = await store.terminal_status(outreach_id)
+    if status is not None:
+        # Idempotent by design: report, write nothing.
+        return {
+            "outreach_id": str(outreach_id),
+            "outcome": "ALREADY-PROCESSED",
+            "failure_code": str(FailureCode.ALREADY_PROCESSED),
+            "execution_status": status,
+            "written": False,
+        }
+    try:
+        domain = normalise_domain(spine.domain)
+    except UnusableDomain as exc:
+        failed = Failed(
+            FailureCode.NO_DOMAIN,
+            f"domain {exc.raw!r} unusable: {exc.reason}",
+            evidence={"raw_domain": exc.raw},
+        )
+        return await _write(store, cfg, Outcome(outreach_id, None, failed))
+    people: list[tuple[str, str]] = []
+    if cfg.probe.names_query:
+        people = await store.fetch_names(cfg.probe.names_query, outreach_id)
+    decided = await probe_domain(cfg, toolbox, domain.domain, people)
+    evidence = {
+        **decided.result.evidence,
+        "raw_domain": spine.domain,
+        "normalised": list(domain.changes),
+    }
+    result = dataclasses.replace(decided.result, evidence=evidence)
+    outcome = Outcome(
+        outreach_id, domain.domain, result, decided.mx_host, trio.current_time() - started
+    )
+    return await _write(store, cfg, outcome)
+
+
+async def _write(store: Store, cfg: Config, outcome: Outcome) -> dict[str, Any]:
+    report = await store.write_outcomes(cfg.daemon.owner, [outcome])
+    already = outcome.outreach_id in set(report.already_terminal)
+    return {
+        "outreach_id": str(outcome.outreach_id),
+        "domain": outcome.domain,
+        **result_fields(outcome.result),
+        "mx_host": outcome.mx_host,
+        "written": outcome.terminal and not already,
+        "already_terminal": already,
+    }

@@ -1,0 +1,198 @@
+"""`python -m ct_actors.sim`: serve a simulated world on loopback, or print its ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ct_actors.sim.server import serve_world
+from ct_actors.sim.world import DEFAULT_MIX, Behaviour, World
+
+
+def _emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_mix(text: str) -> dict[Behaviour, float]:
+    mix: dict[Behaviour, float] = {}
+    for item in text.split(","):
+        name, sep, weight = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError(item)
+            mix[Behaviour(name.strip())] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad mix item {item!r}; expected BEHAVIOUR=WEIGHT with BEHAVIOUR one of "
+                + ", ".join(b.value for b in Behaviour)
+            ) from None
+    return mix
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A reader polling for the file must never see half a world.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+async def _serve(world: World, world_file: Path) -> None:
+    # Listen for signals before announcing readiness, so a SIGTERM right after the
+    # sim_ready line is never lost.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            stats = await nursery.start(serve_world, world)
+            _emit(
+                {
+                    "event": "sim_ready",
+                    "pid": os.getpid(),
+                    "seed": world.seed,
+                    "domains": len(world.domains),
+                    "hosts": len(world.hosts),
+                    "listeners": len(world.live_hosts()),
+                    "dns": f"{world.dns_address}:{world.dns_port}",
+                    "smtp_port": world.smtp_port,
+                    "world_file": str(world_file),
+                }
+            )
+            async for signum in signals:
+                _emit(
+                    {
+                        "event": "sim_stopped",
+                        "signal": signal.Signals(signum).name,
+                        "stats": stats.statistics(),
+                    }
+                )
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    world = World.generate(
+        args.seed,
+        args.domains,
+        mix=args.mix,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        smtp_port=args.smtp_port,
+        dns_address=args.dns_address,
+        dns_port=args.dns_port,
+        greylist_delay=args.greylist_delay,
+        tarpit_delay=args.tarpit_delay,
+        conn_limit=args.conn_limit,
+    )
+    _write_atomically(args.world_file, world.to_json())
+    failed = False
+    try:
+        trio.run(_serve, world, args.world_file)
+    except* OSError as group:
+        # Typically a port already in use: say so in one line rather than a traceback.
+        errors = [str(exc) for exc in _leaves(group)]
+        sys.stderr.write(json.dumps({"event": "sim_error", "errors": errors}) + "\n")
+        failed = True
+    return 1 if failed else 0
+
+
+def _cmd_truth(args: argparse.Namespace) -> int:
+    world = World.from_json(args.world_file.read_text(encoding="utf-8"))
+    for row in world.ground_truth_rows(mx_only=args.mx_only):
+        sys.stdout.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ct_actors.sim",
+        description="A deterministic simulated internet (authoritative DNS + SMTP servers on "
+        "127.0.0.0/8) for tests, demos and benchmarks of the prober.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="generate a world, write it to --world-file and serve it until SIGTERM/SIGINT",
+        description="Generate a world from --seed, write its JSON to --world-file, bind DNS "
+        "and one SMTP listener per live MX host, print one JSON line "
+        '{"event": "sim_ready", ...} when bound, and serve until SIGTERM or SIGINT (then '
+        'print {"event": "sim_stopped", "stats": ...}).',
+        epilog="example: python -m ct_actors.sim serve --seed 1 --domains 1000 "
+        "--world-file /tmp/world.json --smtp-port 2525 --dns-port 5353",
+    )
+    serve.add_argument("--seed", type=int, required=True, help="world seed (same seed, same world)")
+    serve.add_argument("--domains", type=int, required=True, help="number of domains")
+    serve.add_argument("--world-file", type=Path, required=True, help="where to write world JSON")
+    serve.add_argument(
+        "--latency-ms", type=float, default=50.0, help="mean SMTP reply delay (%(default)s)"
+    )
+    serve.add_argument(
+        "--jitter-ms", type=float, default=25.0, help="uniform +/- around the mean (%(default)s)"
+    )
+    serve.add_argument(
+        "--smtp-port", type=int, default=2525, help="SMTP port on every host IP (%(default)s)"
+    )
+    serve.add_argument(
+        "--dns-address", default="127.0.53.53", help="DNS server address (%(default)s)"
+    )
+    serve.add_argument("--dns-port", type=int, default=5353, help="DNS UDP port (%(default)s)")
+    serve.add_argument(
+        "--greylist-delay",
+        type=float,
+        default=2.0,
+        help="seconds before a greylisted retry is accepted (%(default)s)",
+    )
+    serve.add_argument(
+        "--tarpit-delay", type=float, default=3.0, help="tarpit banner delay, s (%(default)s)"
+    )
+    serve.add_argument(
+        "--conn-limit",
+        type=int,
+        default=4,
+        help="sessions a conn_limit_421 host allows before 421 (%(default)s)",
+    )
+    serve.add_argument(
+        "--mix",
+        type=_parse_mix,
+        default=None,
+        metavar="B=W,...",
+        help="behaviour weights, e.g. verifiable=0.7,catchall=0.3 (default: "
+        + ",".join(f"{b.value}={w}" for b, w in DEFAULT_MIX.items())
+        + ")",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    truth = sub.add_parser(
+        "truth",
+        help="print a world's expected outcomes as JSON lines",
+        description="Read a world file written by `serve` and print one JSON object per domain "
+        "with the outcome a correct prober must reach.",
+    )
+    truth.add_argument("--world-file", type=Path, required=True, help="world JSON from `serve`")
+    truth.add_argument(
+        "--mx-only", action="store_true", help="expectations for MX-only mode (no SMTP)"
+    )
+    truth.set_defaults(func=_cmd_truth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""What the simulated servers saw, plus the little server-side state shared across sessions.
+
+One `SimStats` is shared by every SMTP session and the DNS server of a world, so tests and the
+benchmark can check the prober's manners (pacing, concurrency, no DATA) from the far side.
+Greylist triplets and per-host session counts live here too: they must outlive a session, and
+`handle_session` has no other object that does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, NamedTuple
+
+
+class RcptEvent(NamedTuple):
+    time: float  # trio.current_time() when the RCPT command arrived
+    host: str
+    domain: str  # recipient domain, lower-case
+
+
+class SimStats:
+    def __init__(self) -> None:
+        self.connections: Counter[str] = Counter()  # accepted TCP connections per host
+        self.open: Counter[str] = Counter()  # connections open right now per host
+        self.peak_concurrent: Counter[str] = Counter()  # max of `open`, 421-ed ones included
+        self.admitted: Counter[str] = Counter()  # sessions past the conn-limit check, now
+        self.commands: Counter[str] = Counter()  # by verb
+        self.replies: Counter[str] = Counter()  # by reply code
+        self.rejected_421: Counter[str] = Counter()  # per host, conn-limit refusals
+        self.dropped: Counter[str] = Counter()  # per host, drop_mid hang-ups
+        self.idle_timeouts = 0
+        self.data_attempts = 0
+        self.rcpts: list[RcptEvent] = []
+        self.dns_queries: Counter[str] = Counter()  # by query type
+        self.dns_rcodes: Counter[str] = Counter()
+        self.dns_malformed = 0
+        # (host, sender, recipient) -> virtual time of the first attempt
+        self.greylist: dict[tuple[str, str, str], float] = {}
+
+    def connection_opened(self, host: str) -> int:
+        """Count a new connection and return its 0-based sequence number on that host."""
+        seq = self.connections[host]
+        self.connections[host] += 1
+        self.open[host] += 1
+        if self.open[host] > self.peak_concurrent[host]:
+            self.peak_concurrent[host] = self.open[host]
+        return seq
+
+    def connection_closed(self, host: str) -> None:
+        self.open[host] -= 1
+
+    def rcpt_times(self, domain: str) -> list[float]:
+        return [e.time for e in self.rcpts if e.domain == domain]
+
+    def statistics(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        return {
+            "connections": sum(self.connections.values()),
+            "connections_by_host": dict(self.connections),
+            "peak_concurrent_by_host": dict(self.peak_concurrent),
+            "open_connections": sum(self.open.values()),
+            "commands": dict(self.commands),
+            "replies": dict(self.replies),
+            "rejected_421": sum(self.rejected_421.values()),
+            "rejected_421_by_host": dict(self.rejected_421),
+            "dropped": sum(self.dropped.values()),
+            "idle_timeouts": self.idle_timeouts,
+            "data_attempts": self.data_attempts,
+            "rcpts": len(self.rcpts),
+            "rcpt_domains": len({e.domain for e in self.rcpts}),
+            "greylist_entries": len(self.greylist),
+            "dns_queries": dict(self.dns_queries),
+            "dns_rcodes": dict(self.dns_rcodes),
+            "dns_malformed": self.dns_malformed,
+        }

@@ -1,0 +1,521 @@
+"""The async shell around `reply`: one SMTP conversation over a `Connector` stream.
+
+    async with open_session(connector, "192.0.2.25", 25, helo_name="probe.example.net",
+                            connect_timeout=10, command_timeout=30) as session:
+        await session.mail_from("bounce@example.net")
+        reply = await session.rcpt("jane.doe@example.com")
+        verdict = classify_rcpt(reply)
+
+Rules of the shell:
+
+* Replies are returned, never raised: a 550 to RCPT is data for `classify_rcpt`. The exceptions
+  (`ct_actors.smtp.errors`) are for "no usable reply": timeout, EOF, reset, bad framing, or a
+  greeting/EHLO refusal after which there is no session.
+* Every step waits at most its timeout (connect: `connect_timeout`; greeting: `greeting_timeout`,
+  default `command_timeout`; each command: `command_timeout`, covering send and reply). Time comes
+  only from trio, so the whole conversation runs under `trio.testing.MockClock`.
+* After a timeout, EOF, protocol error or cancellation mid-command the session is *broken*: a late
+  reply could be mistaken for the next command's, so every later command raises
+  `SmtpDisconnected` and `aclose` skips QUIT.
+* There is no DATA. `format_command` refuses it, and nothing here would send it.
+* `aclose` is bounded: QUIT under `trio.move_on_after(quit_timeout, shield=True)`, then a forceful
+  close. It never raises for a broken or already-closed connection.
+* One task at a time per session (no PIPELINING); concurrent use raises `trio.BusyResourceError`.
+
+STARTTLS (RFC 3207) is opportunistic like MTA-to-MTA delivery: used when offered and the mode is
+"opportunistic", with a context that does not verify certificates (there is no name to verify a
+probe against, and a refused upgrade must not cost us the answer). A non-220 reply to STARTTLS
+means "carry on in plaintext". Any bytes already buffered when the server says 220 are a
+plaintext-injection attempt and end the session (`SmtpProtocolError`). After the handshake the
+EHLO knowledge is discarded and EHLO is sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import trio
+
+from ct_actors.net.connector import Connector
+from ct_actors.smtp.errors import (
+    SmtpCommandRefused,
+    SmtpConnectError,
+    SmtpDisconnected,
+    SmtpError,
+    SmtpGreetingRejected,
+    SmtpProtocolError,
+    SmtpRejected,
+    SmtpTimeout,
+    SmtpTlsError,
+    Stage,
+)
+from ct_actors.smtp.reply import (
+    Reply,
+    ReplyParser,
+    format_command,
+    mail_from_arg,
+    parse_extensions,
+    rcpt_to_arg,
+)
+from ct_actors.smtp.transcript import TEXT_LIMIT, TranscriptEntry
+
+__all__ = [
+    "DEFAULT_QUIT_TIMEOUT",
+    "SmtpClient",
+    "SmtpCommandRefused",
+    "SmtpConnectError",
+    "SmtpDisconnected",
+    "SmtpError",
+    "SmtpGreetingRejected",
+    "SmtpProtocolError",
+    "SmtpRejected",
+    "SmtpSession",
+    "SmtpTimeout",
+    "SmtpTlsError",
+    "StartTlsMode",
+    "TranscriptEntry",
+    "connect_session",
+    "open_session",
+    "opportunistic_tls_context",
+]
+
+StartTlsMode = Literal["opportunistic", "never"]
+
+RECEIVE_SIZE = 65536
+DEFAULT_QUIT_TIMEOUT = 2.0
+_HELO_FALLBACK_CODES = frozenset({500, 502})  # "command unrecognized/not implemented"
+
+
+@functools.cache
+def opportunistic_tls_context() -> ssl.SSLContext:
+    """A client context that encrypts but does not authenticate (opportunistic TLS). Built once:
+    no CA store is loaded since nothing is verified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _describe(exc: BaseException) -> str:
+    """A short stable reason for audit rows: errno name when there is one."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else None
+    target = cause if cause is not None else exc
+    if isinstance(target, ssl.SSLError):  # before OSError: its errno is an SSL_ERROR_* number
+        return f"tls: {target.reason or type(target).__name__}"
+    if isinstance(target, OSError) and target.errno is not None:
+        return errno.errorcode.get(target.errno, str(target.errno))
+    text = str(target)
+    return (text or type(target).__name__)[:120]
+
+
+class SmtpSession:
+    """One connected conversation. Build it with `open_session`, not directly."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        address: str,
+        port: int,
+        helo_name: str,
+        command_timeout: float,
+        quit_timeout: float,
+        started_at: float,
+        transcript: list[TranscriptEntry] | None = None,
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.helo_name = helo_name
+        self.command_timeout = command_timeout
+        self.quit_timeout = quit_timeout
+        self.greeting: Reply | None = None
+        self.ehlo_reply: Reply | None = None
+        self.esmtp = False
+        self.extensions: dict[str, str] = {}
+        self.tls = False
+        self.transcript: list[TranscriptEntry] = transcript if transcript is not None else []
+        self._stream: trio.abc.Stream = stream
+        self._parser = ReplyParser()
+        self._pending: deque[Reply] = deque()
+        self._started_at = started_at
+        self._commands = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._busy = False
+        self._broken: str | None = None
+        self._server_closing = False
+        self._closed = False
+
+    # -- public commands ---------------------------------------------------------------------
+
+    async def mail_from(self, sender: str) -> Reply:
+        """MAIL FROM:<sender>; an empty sender sends the null reverse-path <>."""
+        return await self._command("mail", "MAIL", functools.partial(mail_from_arg, sender))
+
+    async def rcpt(self, address: str) -> Reply:
+        return await self._command("rcpt", "RCPT", functools.partial(rcpt_to_arg, address))
+
+    async def rset(self) -> Reply:
+        return await self._command("rset", "RSET", None)
+
+    async def noop(self) -> Reply:
+        return await self._command("noop", "NOOP", None)
+
+    @property
+    def usable(self) -> bool:
+        """False once closed, broken, or after the server said 421 (closing)."""
+        return not (self._closed or self._broken is not None or self._server_closing)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "port": self.port,
+            "started_at": self._started_at,
+            "duration": trio.current_time() - self._started_at,
+            "commands": self._commands,
+            "bytes_sent": self._bytes_sent,
+            "bytes_received": self._bytes_received,
+            "esmtp": self.esmtp,
+            "tls": self.tls,
+            "broken": self._broken,
+        }
+
+    async def aclose(self) -> None:
+        """QUIT (bounded by `quit_timeout`, shielded from outer cancellation) and close. Never
+        hangs; never raises for a dead connection; idempotent."""
+        if self._closed:
+            return
+        try:
+            if self.usable and not self._busy:
+                timeout = min(self.quit_timeout, self.command_timeout)
+                started = trio.current_time()
+                with (
+                    trio.move_on_after(self.quit_timeout, shield=True) as scope,
+                    contextlib.suppress(SmtpError),  # already recorded in the transcript
+                ):
+                    await self._exchange("quit", format_command("QUIT"), timeout)
+                if scope.cancelled_caught:
+                    self._record("quit", "QUIT", None, f"timeout after {timeout:g}s", started)
+        finally:
+            self._closed = True
+            await self._close_stream()
+
+    # -- handshake (used by open_session) ------------------------------------------------------
+
+    async def _handshake(
+        self,
+        *,
+        greeting_timeout: float,
+        starttls: StartTlsMode,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> None:
+        greeting = await self._exchange("greeting", None, greeting_timeout)
+        self.greeting = greeting
+        if not greeting.is_positive:
+            raise SmtpGreetingRejected(greeting)
+        await self._hello()
+        if starttls == "opportunistic" and "STARTTLS" in self.extensions:
+            await self._starttls(ssl_context or opportunistic_tls_context(), server_hostname)
+
+    async def _hello(self) -> None:
+        reply = await self._command("ehlo", "EHLO", self.helo_name)
+        if reply.is_positive:
+            self.esmtp = True
+            self.extensions = parse_extensions(reply)
+        elif reply.code in _HELO_FALLBACK_CODES:
+            reply = await self._command("ehlo", "HELO", self.helo_name)
+            if not reply.is_positive:
+                raise SmtpRejected("ehlo", reply)
+            self.esmtp = False
+            self.extensions = {}
+        else:
+            raise SmtpRejected("ehlo", reply)
+        self.ehlo_reply = reply
+
+    async def _starttls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        reply = await self._command("starttls", "STARTTLS", None)
+        if reply.code == 421:
+            raise SmtpRejected("starttls", reply)
+        if reply.code != 220:
+            return  # RFC 3207: e.g. 454 TLS not available; opportunistic, so carry on in clear
+        if self._pending or self._parser.has_partial:
+            self._broken = "data after STARTTLS reply"
+            raise SmtpProtocolError("server sent data after its STARTTLS reply", "starttls")
+        started = trio.current_time()
+        ssl_stream = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
+        ok = False
+        try:
+            with trio.move_on_after(self.command_timeout) as scope:
+                await ssl_stream.do_handshake()
+                ok = True
+            if scope.cancelled_caught:
+                raise SmtpTimeout("starttls", self.command_timeout)
+        except trio.BrokenResourceError as exc:
+            err = SmtpTlsError(_describe(exc))
+            self._fail("starttls", "TLS handshake", err, started)
+            raise err from None
+        except SmtpTimeout as err:
+            self._fail("starttls", "TLS handshake", err, started)
+            raise
+        finally:
+            if not ok and self._broken is None:
+                self._broken = "interrupted TLS handshake"
+        self._stream = ssl_stream
+        self.tls = True
+        version = ssl_stream.version()
+        cipher = ssl_stream.cipher()
+        detail = f"{version} {cipher[0]}" if cipher else str(version)
+        self._record("starttls", "TLS handshake", None, detail, started)
+        # RFC 3207 §4.2: forget everything learnt before TLS and EHLO again.
+        self.esmtp = False
+        self.extensions = {}
+        self.ehlo_reply = None
+        await self._hello()
+
+    # -- the one exchange primitive -----------------------------------------------------------
+
+    async def _command(self, stage: Stage, verb: str, arg: str | Callable[[], str] | None) -> Reply:
+        try:
+            line = format_command(verb, arg() if callable(arg) else arg)
+        except SmtpCommandRefused as exc:
+            self._record(stage, verb, None, f"refused: {exc.reason}", trio.current_time())
+            raise
+        return await self._exchange(stage, line, self.command_timeout)
+
+    async def _exchange(self, stage: Stage, line: bytes | None, limit: float) -> Reply:
+        """Send `line` (None: just read, for the greeting) and read exactly one reply."""
+        if self._closed:
+            raise SmtpDisconnected(stage, "session closed")
+        if self._broken is not None:
+            raise SmtpDisconnected(stage, f"session unusable after {self._broken}")
+        if self._server_closing:
+            raise SmtpDisconnected(stage, "server sent 421 and is closing")
+        if self._busy:
+            raise trio.BusyResourceError("another task is using this SMTP session")
+        command = line[:-2].decode("ascii") if line is not None else None
+        started = trio.current_time()
+        self._busy = True
+        ok = False
+        try:
+            reply = await self._send_and_receive(stage, line, limit)
+            ok = True
+        except SmtpError as exc:
+            self._fail(stage, command, exc, started)
+            raise
+        finally:
+            self._busy = False
+            if not ok and self._broken is None:
+                self._broken = "interrupted command"  # cancelled mid-command
+        if reply.code == 421:
+            self._server_closing = True
+        self._record(stage, command, reply, None, started)
+        return reply
+
+    async def _send_and_receive(self, stage: Stage, line: bytes | None, limit: float) -> Reply:
+        pending = self._pending
+        if pending and line is not None:
+            unsolicited = pending.popleft()
+            if unsolicited.code == 421:
+                return unsolicited  # the server announced it is closing; that is our answer
+            raise SmtpProtocolError(f"unsolicited reply {unsolicited.code} before command", stage)
+        with trio.move_on_after(limit):
+            if line is not None:
+                try:
+                    await self._stream.send_all(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise SmtpDisconnected(stage, _describe(exc)) from None
+                self._commands += 1
+                self._bytes_sent += len(line)
+            while not pending:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise SmtpDisconnected(stage, _describe(exc)) from None
+                if not data:
+                    raise SmtpDisconnected(stage)
+                self._bytes_received += len(data)
+                try:
+                    pending.extend(self._parser.feed(bytes(data)))
+                except SmtpProtocolError as exc:
+                    raise SmtpProtocolError(exc.reason, stage) from None
+            return pending.popleft()
+        raise SmtpTimeout(stage, limit)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _fail(self, stage: Stage, command: str | None, exc: SmtpError, started: float) -> None:
+        if self._broken is None:
+            self._broken = f"{type(exc).__name__} at {stage}"
+        self._record(stage, command, None, exc.reason, started)
+
+    def _record(
+        self,
+        stage: Stage,
+        command: str | None,
+        reply: Reply | None,
+        note: str | None,
+        started: float,
+    ) -> None:
+        if reply is not None:
+            code: int | None = reply.code
+            enhanced = str(reply.enhanced) if reply.enhanced is not None else None
+            text = reply.text[:TEXT_LIMIT]
+        else:
+            code, enhanced, text = None, None, (note or "")[:TEXT_LIMIT]
+        elapsed = trio.current_time() - started
+        self.transcript.append(
+            TranscriptEntry(stage, command, code, enhanced, text, started, elapsed)
+        )
+
+    async def _close_stream(self) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await trio.aclose_forcefully(self._stream)
+
+
+async def connect_session(
+    connector: Connector,
+    address: str,
+    port: int = 25,
+    *,
+    helo_name: str,
+    connect_timeout: float,
+    command_timeout: float,
+    starttls: StartTlsMode = "opportunistic",
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    greeting_timeout: float | None = None,
+    quit_timeout: float = DEFAULT_QUIT_TIMEOUT,
+) -> SmtpSession:
+    """Connect, read the greeting, EHLO (HELO fallback), optional STARTTLS. The caller owns the
+    returned session and must `aclose` it; prefer `open_session`. On failure the connection is
+    closed and the exception carries the transcript so far (`exc.transcript`)."""
+    if not helo_name or any(c.isspace() for c in helo_name):
+        raise SmtpCommandRefused("ehlo", "helo_name must be a non-empty name without spaces")
+    started = trio.current_time()
+    transcript: list[TranscriptEntry] = []
+    target = f"{address}:{port}"
+    try:
+        stream = await _connect(connector, address, port, connect_timeout)
+    except SmtpError as exc:
+        transcript.append(
+            TranscriptEntry(
+                "connect", target, None, None, exc.reason, started, trio.current_time() - started
+            )
+        )
+        exc.transcript = tuple(transcript)
+        raise
+    transcript.append(
+        TranscriptEntry(
+            "connect", target, None, None, "connected", started, trio.current_time() - started
+        )
+    )
+    session = SmtpSession(
+        stream,
+        address=address,
+        port=port,
+        helo_name=helo_name,
+        command_timeout=command_timeout,
+        quit_timeout=quit_timeout,
+        started_at=started,
+        transcript=transcript,
+    )
+    try:
+        await session._handshake(
+            greeting_timeout=command_timeout if greeting_timeout is None else greeting_timeout,
+            starttls=starttls,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
+        )
+    except SmtpError as exc:
+        await session.aclose()
+        exc.transcript = tuple(session.transcript)
+        raise
+    except BaseException:
+        await session.aclose()
+        raise
+    return session
+
+
+async def _connect(connector: Connector, address: str, port: int, limit: float) -> trio.abc.Stream:
+    try:
+        with trio.fail_after(limit):
+            return await connector.connect(address, port)
+    except trio.TooSlowError:
+        raise SmtpTimeout("connect", limit) from None
+    except OSError as exc:
+        raise SmtpConnectError(_describe(exc)) from None
+
+
+@asynccontextmanager
+async def open_session(
+    connector: Connector,
+    address: str,
+    port: int = 25,
+    *,
+    helo_name: str,
+    connect_timeout: float,
+    command_timeout: float,
+    starttls: StartTlsMode = "opportunistic",
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    greeting_timeout: float | None = None,
+    quit_timeout: float = DEFAULT_QUIT_TIMEOUT,
+) -> AsyncIterator[SmtpSession]:
+    """`connect_session` as an async context manager; QUIT and close on exit, always."""
+    session = await connect_session(
+        connector,
+        address,
+        port,
+        helo_name=helo_name,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        starttls=starttls,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        greeting_timeout=greeting_timeout,
+        quit_timeout=quit_timeout,
+    )
+    try:
+        yield session
+    finally:
+        await session.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpClient:
+    """Configuration bound once (from the daemon config), sessions opened per MX host."""
+
+    connector: Connector
+    helo_name: str
+    connect_timeout: float = 10.0
+    command_timeout: float = 30.0
+    starttls: StartTlsMode = "opportunistic"
+    ssl_context: ssl.SSLContext | None = None
+    greeting_timeout: float | None = None
+    quit_timeout: float = DEFAULT_QUIT_TIMEOUT
+
+    def session(
+        self, address: str, port: int = 25, *, server_hostname: str | None = None
+    ) -> AbstractAsyncContextManager[SmtpSession]:
+        return open_session(
+            self.connector,
+            address,
+            port,
+            helo_name=self.helo_name,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            starttls=self.starttls,
+            ssl_context=self.ssl_context,
+            server_hostname=server_hostname,
+            greeting_timeout=self.greeting_timeout,
+            quit_timeout=self.quit_timeout,
+        )

@@ -1,0 +1,96 @@
+"""An in-memory stand-in for the PostgreSQL store, with the same claim/lease/write semantics
+the real one enforces in SQL (terminal rows are never overwritten)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from ct_actors.outcome import Deferred, Outcome
+
+
+@dataclass(frozen=True)
+class Claimed:
+    outreach_id: uuid.UUID
+    domain: str | None
+
+
+@dataclass
+class Report:
+    written: list[uuid.UUID] = field(default_factory=list)
+    already_terminal: list[uuid.UUID] = field(default_factory=list)
+    deferred: list[uuid.UUID] = field(default_factory=list)
+
+
+class Unavailable(Exception):
+    pass
+
+
+class FakeStore:
+    def __init__(self, spine: dict[uuid.UUID, str | None]) -> None:
+        self.spine = dict(spine)
+        self.terminal: dict[uuid.UUID, Outcome] = {}
+        self.leases: dict[uuid.UUID, tuple[str, float]] = {}
+        self.not_before: dict[uuid.UUID, float] = {}
+        self.deferred: dict[uuid.UUID, Outcome] = {}
+        self.writes: list[tuple[float, int]] = []
+        self.claims: list[tuple[float, int]] = []
+        self.fail_writes = 0  # raise Unavailable for the next N writes
+        self.released: list[uuid.UUID] = []
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        out: list[Claimed] = []
+        for oid in sorted(self.spine):
+            if len(out) >= limit:
+                break
+            if oid in self.terminal or self.not_before.get(oid, -1.0) > now:
+                continue
+            lease = self.leases.get(oid)
+            if lease is not None and lease[1] > now:
+                continue
+            self.leases[oid] = (owner, now + lease_seconds)
+            out.append(Claimed(oid, self.spine[oid]))
+        self.claims.append((now, len(out)))
+        return out
+
+    async def renew_leases(self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float) -> int:
+        await trio.lowlevel.checkpoint()
+        for oid in ids:
+            if self.leases.get(oid, ("", 0))[0] == owner:
+                self.leases[oid] = (owner, trio.current_time() + lease_seconds)
+        return len(ids)
+
+    async def release(self, owner: str, ids: Sequence[uuid.UUID]) -> int:
+        await trio.lowlevel.checkpoint()
+        for oid in ids:
+            if self.leases.get(oid, ("", 0))[0] == owner:
+                del self.leases[oid]
+                self.released.append(oid)
+        return len(ids)
+
+    async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> Report:
+        await trio.lowlevel.checkpoint()
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise Unavailable("database unavailable (fake)")
+        report = Report()
+        now = trio.current_time()
+        for outcome in outcomes:
+            oid = outcome.outreach_id
+            self.leases.pop(oid, None)
+            if oid in self.terminal:
+                report.already_terminal.append(oid)
+            elif isinstance(outcome.result, Deferred):
+                self.not_before[oid] = now + outcome.result.retry_after
+                self.deferred[oid] = outcome
+                report.deferred.append(oid)
+            else:
+                self.terminal[oid] = outcome
+                report.written.append(oid)
+        self.writes.append((now, len(outcomes)))
+        return report
