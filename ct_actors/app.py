@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -145,6 +145,7 @@ async def run_pipeline(
     resolver: MxResolver | None = None,
     connector: Connector | None = None,
     handle_signals: bool = True,
+    reload: Callable[[], None] | None = None,
 ) -> Supervisor:
     """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal."""
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
@@ -159,7 +160,7 @@ async def run_pipeline(
         )
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(_signal_loop, supervisor, nursery.cancel_scope)
+                nursery.start_soon(_signal_loop, supervisor, nursery.cancel_scope, reload)
             await nursery.start(supervisor.run)
             log.info("ready", owner=cfg.daemon.owner, mode=cfg.probe.mode)
             await supervisor.finished.wait()
@@ -176,11 +177,14 @@ async def _maybe_resolver(cfg: Config, resolver: MxResolver | None) -> AsyncIter
         yield real
 
 
-async def _signal_loop(supervisor: Supervisor, cancel_scope: trio.CancelScope) -> None:
+async def _signal_loop(
+    supervisor: Supervisor, cancel_scope: trio.CancelScope, reload: Callable[[], None] | None
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.warning("reload_requested", note="reload is applied by `ct-actors run` only")
+                if reload is not None:
+                    reload()
                 continue
             if supervisor.stop_requested:
                 log.warning("second_stop_signal", signal=signal.Signals(signum).name)

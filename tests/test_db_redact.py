@@ -38,7 +38,7 @@ SECRET = "s3cr3t-P@ss:w/rd?#x"
         # Raw (unencoded) '@', ':', '/', '?', '#' in the password are masked whole.
         (f"postgresql://ct:{SECRET}@db/outreach", "postgresql://ct:***@db/outreach"),
         ("host=db user=ct password=hunter22 dbname=x", "host=db user=ct password=*** dbname=x"),
-        ("host=db password='with space' dbname=x", "host=db password=*** dbname=x"),
+        ("host=db password='with space' dbname=x", "host=db password='***' dbname=x"),
         ("not a url", "not a url"),
         ("", ""),
     ],

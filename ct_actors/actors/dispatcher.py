@@ -41,6 +41,7 @@ class Job:
     outreach_id: uuid.UUID
     raw_domain: str | None
     started_at: float = 0.0
+    people: tuple[tuple[str, str], ...] = ()  # sample names for pattern candidates
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +66,12 @@ class Dispatcher:
         resolver: ResolverStage,
         pools: HostVisitor,
         settings: DispatchSettings,
-        names: NamesSource | None = None,
     ) -> None:
         self._receive = receive
         self._send = send
         self._resolver = resolver
         self._pools = pools
         self.settings = settings
-        self._names = names
         self._groups: dict[str, _DomainGroup] = {}
         self._verdicts: TtlCache[str, DomainResult] = TtlCache(settings.verdict_ttl)
         self._stats = {"jobs": 0, "domains_probed": 0, "joined": 0, "cache_hits": 0}
@@ -141,11 +140,9 @@ class Dispatcher:
             return DomainResult(deferred, None)
         if self.settings.mode == "mx-only":
             return mx_only_result(mx)
-        people: list[tuple[str, str]] = []
-        if self._names is not None:
-            by_id = await self._names([job.outreach_id for job in group.jobs])
-            for job in group.jobs:
-                people.extend(by_id.get(job.outreach_id, []))
+        # Names were fetched by the loader for the whole claim batch; every record that joined
+        # the domain contributes, in arrival order, up to the contract's three.
+        people = [person for job in group.jobs for person in job.people]
         return await smtp_probe(mx, people[:3], self._pools, self.settings.retry)
 
     async def _emit_result(

@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.actors.dispatcher import Job
+from ct_actors.actors.dispatcher import Job, NamesSource
 
 log = structlog.get_logger("ct_actors.loader")
 
@@ -55,8 +55,10 @@ class LoaderActor:
         credits: WorkCredits,
         settings: LoaderSettings,
         transient_errors: tuple[type[BaseException], ...],
+        names: NamesSource | None = None,
         drain: bool = False,
     ) -> None:
+        self._names = names
         self._send = send
         self._store = store
         self._owner = owner
@@ -122,10 +124,28 @@ class LoaderActor:
             now = trio.current_time()
             for record in claimed:
                 self._credits.enter(record.outreach_id)
+            people = await self._fetch_names([record.outreach_id for record in claimed])
             # If cancelled mid-batch, the unsent records stay in `credits` so the supervisor
             # releases their leases with everything else still unfinished.
             for record in claimed:
-                await self._send.send(Job(record.outreach_id, record.domain, now))
+                names = tuple(people.get(record.outreach_id, ()))
+                await self._send.send(Job(record.outreach_id, record.domain, now, names))
+
+    async def _fetch_names(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+        """Sample names for the whole claim batch in one query (the operator's names_query).
+        The records are already leased, so a database hiccup is waited out, not skipped:
+        probing without the names would give a different (role-only) answer."""
+        if self._names is None:
+            return {}
+        delay = self.settings.retry_initial
+        while True:
+            try:
+                return await self._names(ids)
+            except self._transient as exc:
+                log.warning("names_query_failed", error=str(exc), records=len(ids),
+                            retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max)
 
     async def _renew_loop(self) -> None:
         interval = max(1.0, self.settings.lease_seconds / 3)

@@ -84,7 +84,6 @@ class Supervisor:
             resolver=self.resolver,
             pools=pools,
             settings=settings.dispatch,
-            names=names,
         )
         self.loader = LoaderActor(
             job_send,
@@ -93,6 +92,7 @@ class Supervisor:
             credits=self.credits,
             settings=settings.loader,
             transient_errors=transient_db_errors,
+            names=names,
             drain=drain,
         )
         self._pipeline: trio.Nursery | None = None

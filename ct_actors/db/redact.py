@@ -1,78 +1,40 @@
 """Keep database passwords out of every message, log line and exception.
 
-`redact_url` is for showing *which* database we talk to; `Redactor.text` scrubs arbitrary text
-(asyncpg exception messages, which may quote the DSN) given the URL whose secret must not leak.
-Both are total: they never raise, whatever garbage they are handed, because they run on error
-paths where a second exception would hide the first.
+The patterns live in `ct_actors.redact` (one implementation for the whole daemon); this module
+adds what the store needs on its error paths: the secrets of one particular URL, in every
+spelling they may appear in, and a `Redactor` bound to that URL. Everything here is total: it
+never raises, because it runs on error paths where a second exception would hide the first.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote
 
-MASK = "***"
+from ct_actors import redact as _common
+
+MASK = _common.MASK
 MIN_SECRET_LENGTH = 3
 
 # Query-string / keyword parameters that carry secrets in libpq-style DSNs.
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
-
-# scheme://user:secret@host (any scheme, so a DSN quoted inside a message is caught too). The
-# secret runs greedily to the token's *last* '@': operators paste passwords with raw '@', ':',
-# '/' in them, and cutting at the first '@' would leave the tail visible.
-_URL_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#'\"<>]*:)[^\s'\"<>]*@")
-# password=secret in a query string or a keyword/value DSN ("host=x password=y")
+# password=secret in a keyword/value DSN ("host=x password=y")
 _KV_SECRET = re.compile(r"(?P<key>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.I)
 
 
 def redact_url(url: str) -> str:
-    """`postgresql://user:pw@host:5432/db?sslmode=require&password=pw` ->
-    `postgresql://user:***@host:5432/db?sslmode=require&password=***`."""
+    """`postgresql://user:pw@host:5432/db?password=pw` -> `postgresql://user:***@host:5432/db?password=***`."""
     try:
-        return _redact_url(url)
+        return _common.redact_url(str(url))
     except Exception:
-        # Unparseable: fall back to pattern scrubbing; better an odd string than a leak.
-        return _scrub_patterns(str(url))
-
-
-def _redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        # Not a URL at all (keyword/value DSN or junk).
-        return _scrub_patterns(url)
-    # Userinfo ends at the *last* '@': a raw password may contain '@', '/', '?' or '#'. (An '@'
-    # inside a query string makes us mask too much, which is the safe way to be wrong.)
-    userinfo, at, rest = rest.rpartition("@")
-    prefix = ""
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        prefix = f"{user}:{MASK}@" if colon else f"{user}@"
-    rest, hash_sep, fragment = rest.partition("#")
-    rest, q_sep, query = rest.partition("?")
-    if q_sep:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-            pairs = [(k, MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
-            query = urlencode(pairs, safe="*")
-    out = f"{scheme}://{prefix}{rest}"
-    if q_sep:
-        out += f"?{query}"
-    if hash_sep:
-        out += f"#{fragment}"
-    return out
-
-
-def _scrub_patterns(text: str) -> str:
-    text = _URL_USERINFO.sub(lambda m: f"{m.group('head')}{MASK}@", text)
-    return _KV_SECRET.sub(lambda m: f"{m.group('key')}{MASK}", text)
+        return "<unprintable url>"
 
 
 def scrub_text(text: str) -> str:
-    """Mask credentials in free text by shape alone (URL userinfo, password=...), for messages
-    with no particular URL at hand. Never raises."""
+    """Mask credentials in free text by shape alone (URL userinfo, password=...). Never raises."""
     try:
-        return _scrub_patterns(str(text))
+        return _common.redact_text(str(text))
     except Exception:
         return "<unprintable>"
 
@@ -128,4 +90,4 @@ class Redactor:
             out = f"<unprintable {type(text).__name__}>"
         for secret in self.secrets:
             out = out.replace(secret, MASK)
-        return _scrub_patterns(out)
+        return scrub_text(out)
