@@ -52,6 +52,10 @@ async def test_answers_and_counts() -> None:
                 (10, "mx1.example.com"),
                 (20, "mx2.example.com"),
             ]
+            assert wire.interpret_mx("example.com", reply.reply) == [
+                (10, "mx1.example.com"),
+                (20, "mx2.example.com"),
+            ]
             nx = await client.query("missing.example.com", "A")
             assert nx.rcode() == dns.rcode.NXDOMAIN
             stats = client.statistics()
@@ -321,6 +325,66 @@ async def test_close_wakes_pending_queries() -> None:
             assert failures == ["client closed"]
             with pytest.raises(RuntimeError):
                 await client.query("example.com", "MX")
+
+
+async def test_cancelled_query_leaves_the_client_usable() -> None:
+    server = DropFirst(RECORDS, drop=1)
+    with trio.fail_after(5):
+        async with (
+            serving(server),
+            UdpDnsClient(["127.0.77.1"], port=server.port, timeout=0.3) as client,
+        ):
+            with trio.move_on_after(0.1) as scope:
+                await client.query("example.com", "MX")
+            assert scope.cancelled_caught
+            assert client.statistics()["in_flight"] == 0
+            assert a_address(await client.query("mx1.example.com", "A")) == "192.0.2.1"
+            await trio.sleep(0.4)  # past the cancelled attempt's deadline
+            stats = client.statistics()
+    assert (stats["sent"], stats["timeouts"], stats["in_flight"]) == (2, 0, 0)
+
+
+class Late(FakeDnsServer):
+    """Answers every query, `delay` seconds late."""
+
+    def __init__(self, *args: Any, delay: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+
+    async def handle_udp(self, data: bytes, address: Any) -> None:
+        assert self.nursery is not None
+        reply = self.udp_reply(dns.message.from_wire(data))
+
+        async def later() -> None:
+            await trio.sleep(self.delay)
+            await self.send(reply, address)
+
+        self.nursery.start_soon(later)
+
+
+async def test_timeouts_expire_together_and_late_replies_are_stray(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = Late(numbered_hosts(50), delay=3.0)
+    async with (
+        serving(server),
+        UdpDnsClient(["127.0.77.1"], port=server.port, timeout=2.0, attempts=1) as client,
+    ):
+        failures: list[float] = []
+
+        async def ask(i: int) -> None:
+            with pytest.raises(DnsUnavailable, match="timeout"):
+                await client.query(f"h{i}.example", "A")
+            failures.append(trio.current_time())
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(ask, i)
+        assert failures == [pytest.approx(start + 2.0)] * 50
+        await trio.sleep(2.0)  # the replies arrive, a second after their queries gave up
+        stats = client.statistics()
+    assert (stats["timeouts"], stats["received"], stats["stray"]) == (50, 50, 50)
 
 
 async def test_body_exception_propagates_unwrapped() -> None:

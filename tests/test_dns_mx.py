@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from ct_actors.dns import wire
 from ct_actors.dns.client import DnsReply
 from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.mx import DnsMxResolver
@@ -52,7 +53,9 @@ class FakeClient:
         )
         self.asked[key] += 1
         await trio.sleep(self.delay)
-        return DnsReply(self.server.build_response(query), "192.0.2.53", False)
+        # Through the wire format and the client's own parser, as a real reply would go.
+        data = self.server.build_response(query).to_wire()
+        return DnsReply(wire.decode_reply(data), "192.0.2.53", False, data)
 
 
 async def test_found_with_addresses_and_protocol() -> None:

@@ -79,7 +79,7 @@ class DnsMxResolver:
     async def lookup(self, domain: str) -> MxLookup:
         self._stats["lookups"] += 1
         try:
-            qname = wire.to_name(domain)
+            wire.name_to_wire(domain)
         except ValueError as exc:
             # A string that cannot be a DNS name cannot exist in the DNS; asking would only
             # fail the same way forever and keep the record pending.
@@ -91,9 +91,9 @@ class DnsMxResolver:
                 detail=f"invalid domain name, not queried: {exc}",
                 extra={"invalid_name": "true"},
             )
-        reply = await self._client.exchange(qname, dns.rdatatype.MX)
+        reply = await self._client.exchange(domain, dns.rdatatype.MX)
         try:
-            verdict = wire.interpret_mx(domain, reply.message)
+            verdict = wire.interpret_mx(domain, reply.reply)
         except DnsUnavailable as exc:
             raise DnsUnavailable(domain, exc.reason, reply.nameserver) from None
         if isinstance(verdict, MxLookup):
@@ -214,7 +214,7 @@ class DnsMxResolver:
             await trio.lowlevel.checkpoint()
             return ()
         try:
-            return wire.interpret_a(host, reply.message)
+            return wire.interpret_a(host, reply.reply)
         except DnsUnavailable as exc:
             raise DnsUnavailable(host, exc.reason, reply.nameserver) from None
 
