@@ -1,0 +1,217 @@
+"""A fake mail network for actor tests: responsive SMTP hosts on in-memory streams.
+
+Unlike `ct_actors.smtp.testing.ScriptedServer` (a fixed script per connection), a `MailHost`
+answers whatever the client asks, by rules: which local parts exist, a catch-all, greylisting,
+a per-transaction recipient limit, per-address reply overrides, dropping a connection at a given
+command. Every line the server reads is recorded with its virtual receive time and session
+number, and the host counts concurrent sessions, so tests can assert exact command sequences,
+exact timelines and concurrency limits. Everything waits with `trio.sleep` only, so it runs under
+`MockClock(autojump_threshold=0)`.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+import trio.testing
+
+from ct_actors.dns.types import MxHost
+
+HELO = "probe.ct-actors.test"
+MAIL_FROM = "bounce@ct-actors.test"
+
+_CATCHALL_RE = re.compile(r"ct-probe-[0-9a-f]{20}")
+
+RcptRule = Callable[[str], tuple[int, str] | None]
+
+
+def now() -> float:
+    return trio.current_time()
+
+
+def anon(line: str) -> str:
+    """Replace the random catch-all probe token so command sequences can be compared."""
+    return _CATCHALL_RE.sub("ct-probe-X", line)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    time: float
+    session: int  # 1-based, per host, in connection order
+    line: str  # the command as received, without CRLF
+
+
+@dataclass(eq=False)
+class MailHost:
+    """One fake MX host.
+
+    Reply order for RCPT: `drop`, greylisting, the recipient limit, `rcpt_rule`, then
+    `mailboxes` / `catchall` (250) or 550 5.1.1. Every reply comes `latency` seconds after the
+    command was read (the greeting `latency` seconds after the connection). After any 421 reply
+    the server closes the connection, as real servers do.
+    """
+
+    name: str
+    address: str
+    latency: float = 0.25
+    refuse: bool = False
+    connect_delay: float = 0.0  # math.inf: black-holed SYN
+    greeting: tuple[int, str] = (220, "mx.test ESMTP")
+    mailboxes: frozenset[str] = frozenset()  # local parts that exist
+    catchall: bool = False
+    rcpt_rule: RcptRule | None = None  # local part -> reply, or None for the default
+    rcpt_limit: int | None = None  # 452 4.5.3 past this many RCPTs in one transaction
+    greylist: float | None = None  # seconds an address stays greylisted (math.inf: forever)
+    drop: dict[int, str] = field(default_factory=dict)  # session -> command prefix: close there
+    events: list[Event] = field(default_factory=list)
+    connects: list[float] = field(default_factory=list)  # connection attempt times
+    sessions: int = 0
+    active: int = 0
+    max_active: int = 0
+    _first_seen: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mx(self) -> MxHost:
+        return self.as_mx(10)
+
+    def as_mx(self, preference: int) -> MxHost:
+        return MxHost(self.name, preference, (self.address,))
+
+    def commands(self, session: int | None = None) -> list[str]:
+        return [anon(e.line) for e in self.events if session is None or e.session == session]
+
+    def times(self, prefix: str) -> list[float]:
+        return [e.time for e in self.events if e.line.upper().startswith(prefix.upper())]
+
+    async def serve(self, stream: trio.abc.Stream, net: FakeNet) -> None:
+        self.sessions += 1
+        session = self.sessions
+        self.active += 1
+        net.active += 1
+        self.max_active = max(self.max_active, self.active)
+        net.max_active = max(net.max_active, net.active)
+        conv = _Conversation(self, session, stream)
+        try:
+            await conv.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.active -= 1
+            net.active -= 1
+            await trio.aclose_forcefully(stream)
+
+    def rcpt_reply(self, address: str, in_transaction: int) -> tuple[int, str]:
+        local = address.partition("@")[0].lower()
+        if self.greylist is not None:
+            first = self._first_seen.setdefault(address.lower(), now())
+            if now() - first < self.greylist:
+                return 451, "4.7.1 Greylisted, try again later"
+        if self.rcpt_limit is not None and in_transaction > self.rcpt_limit:
+            return 452, "4.5.3 Too many recipients"
+        if self.rcpt_rule is not None and (ruled := self.rcpt_rule(local)) is not None:
+            return ruled
+        if self.catchall or local in self.mailboxes:
+            return 250, "2.1.5 Ok"
+        return 550, "5.1.1 User unknown"
+
+
+class _Conversation:
+    def __init__(self, host: MailHost, session: int, stream: trio.abc.Stream) -> None:
+        self.host = host
+        self.session = session
+        self.stream = stream
+        self.buf = bytearray()
+        self.rcpts = 0
+
+    async def send(self, code: int, *lines: str) -> bool:
+        """Reply after the host's latency; False when the server closes after it (421)."""
+        await trio.sleep(self.host.latency)
+        texts = lines or ("",)
+        out = []
+        for i, text in enumerate(texts):
+            sep = " " if i == len(texts) - 1 else "-"
+            out.append(f"{code}{sep}{text}".rstrip() + "\r\n")
+        await self.stream.send_all("".join(out).encode())
+        return code != 421
+
+    async def readline(self) -> str | None:
+        while (nl := self.buf.find(b"\n")) < 0:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buf += data
+        raw = bytes(self.buf[: nl + 1])
+        del self.buf[: nl + 1]
+        return raw.rstrip(b"\r\n").decode()
+
+    async def run(self) -> None:
+        host = self.host
+        if not await self.send(*host.greeting) or host.greeting[0] >= 400:
+            return
+        while (line := await self.readline()) is not None:
+            host.events.append(Event(now(), self.session, line))
+            drop = host.drop.get(self.session)
+            if drop is not None and line.upper().startswith(drop.upper()):
+                return  # close without a reply
+            verb = line.split(" ", 1)[0].upper()
+            if verb in ("EHLO", "HELO"):
+                ok = await self.send(250, f"{host.name} Hello", "PIPELINING", "ENHANCEDSTATUSCODES")
+            elif verb == "MAIL":
+                self.rcpts = 0
+                ok = await self.send(250, "2.1.0 Ok")
+            elif verb == "RCPT":
+                self.rcpts += 1
+                address = line.partition("<")[2].rstrip(">")
+                ok = await self.send(*host.rcpt_reply(address, self.rcpts))
+            elif verb == "RSET":
+                self.rcpts = 0
+                ok = await self.send(250, "2.0.0 Ok")
+            elif verb == "QUIT":
+                await self.send(221, "2.0.0 Bye")
+                return
+            else:
+                ok = await self.send(502, "5.5.2 Command not implemented")
+            if not ok:
+                return
+
+
+class FakeNet:
+    """A `Connector` over a set of `MailHost`s, keyed by address; unknown addresses refuse."""
+
+    def __init__(self, nursery: trio.Nursery, hosts: Iterable[MailHost]) -> None:
+        self._nursery = nursery
+        self.hosts = {h.address: h for h in hosts}
+        self.attempts: list[tuple[float, str]] = []
+        self.active = 0
+        self.max_active = 0
+
+    async def connect(self, address: str, port: int) -> trio.abc.Stream:
+        self.attempts.append((now(), address))
+        host = self.hosts.get(address)
+        if host is not None:
+            host.connects.append(now())
+        delay = host.connect_delay if host is not None else 0.0
+        if delay == math.inf:
+            await trio.sleep_forever()
+        if delay:
+            await trio.sleep(delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        if host is None or host.refuse:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"Connection refused: {address}")
+        client, server = trio.testing.memory_stream_pair()
+        self._nursery.start_soon(host.serve, server, self)
+        return client
+
+
+def rcpt(local: str, domain: str) -> str:
+    return f"RCPT TO:<{local}@{domain}>"
+
+
+MAIL = f"MAIL FROM:<{MAIL_FROM}>"
+EHLO = f"EHLO {HELO}"

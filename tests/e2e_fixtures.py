@@ -1,0 +1,42 @@
+"""Fixtures for the end-to-end and CLI tests (helpers are in `e2e_support`). Use from a test
+module with `pytest_plugins = ["dbfixtures", "e2e_fixtures"]`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import DaemonProcess, SimProcess
+
+
+@pytest.fixture
+def start_sim(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
+    """`start_sim(seed=..., domains=..., ...)`: a SimProcess stopped after the test, whatever
+    happened."""
+    started: list[SimProcess] = []
+
+    def start(**kwargs: Any) -> SimProcess:
+        sim = SimProcess.start(tmp_path, **kwargs)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
+    """`start_daemon(config, *args)`: a DaemonProcess killed after the test if still running."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, *args: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(config, *args, env=env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()

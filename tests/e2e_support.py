@@ -1,0 +1,507 @@
+"""Helpers for the end-to-end and CLI tests: the simulated internet and the daemon as real
+processes on real loopback sockets, a seeded spine in a real PostgreSQL database, and the
+comparison of what the daemon wrote with the world's ground truth.
+
+Everything here is synchronous (subprocesses, reader threads, `asyncio.run` for the database),
+so the tests read as a script of what an operator would do. The fixtures are in `e2e_fixtures`
+(use `pytest_plugins = ["dbfixtures", "e2e_fixtures"]`); importing a plugin module from a test
+module defeats pytest's assertion rewriting, hence the split, as with dbfixtures/conftest_db.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow
+from ct_actors.sim.world import World
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLBOX = REPO / "config" / "SNAP_ON_TOOLBOX.yaml"
+HELO_NAME = "prober.ct-actors-sim.test"
+MAIL_FROM = "postmaster@prober.ct-actors-sim.test"
+# The operations runbook ships outside this repository; its queries are copied in the tests and
+# compared with it when it is there.
+RUNBOOK = Path("/work/shared/seeds/operations-runbook.md")
+
+# Loopback ports for the simulated internet. Chosen at random (per test) below the ephemeral
+# range, and retried on a clash, so several suites (or several checkouts) can run at once.
+_PORT_LOW, _PORT_HIGH = 20000, 26000
+_DNS_OFFSET = 6000
+
+
+# ─── processes ──────────────────────────────────────────────────────────────────────────────
+
+
+class LineReader:
+    """Drains a pipe in a daemon thread (so the child never blocks on a full pipe) and keeps
+    every line for inspection."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for raw in iter(self._stream.readline, b""):
+                with self._cond:
+                    self._lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    @property
+    def lines(self) -> list[str]:
+        with self._cond:
+            return list(self._lines)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
+        """Wait until `predicate(lines)` holds; False on EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self._lines):
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    return predicate(self._lines)
+                self._cond.wait(min(remaining, 0.5))
+            return True
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def json_events(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The JSON objects among `lines` (log lines); anything else is skipped."""
+    out = []
+    for line in lines:
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def _is_outcome(line: str) -> bool:
+    return '"event":"outcome"' in line or '"event": "outcome"' in line
+
+
+def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+    """Send `sig` (if still running) and wait; SIGKILL after `timeout`. Returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+class SimProcess:
+    """`python -m ct_actors.sim serve` in its own process, as remote servers would be."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], world: World, out: LineReader, err: LineReader
+    ) -> None:
+        self.proc = proc
+        self.world = world
+        self.out = out
+        self.err = err
+        self.stats: dict[str, Any] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        seed: int,
+        domains: int,
+        latency_ms: float = 5.0,
+        jitter_ms: float = 2.0,
+        greylist_delay: float = 1.0,
+        tarpit_delay: float = 1.0,
+        attempts: int = 6,
+    ) -> SimProcess:
+        world_file = workdir / f"world-{seed}-{domains}.json"
+        failures: list[str] = []
+        for _ in range(attempts):
+            smtp_port = random.randrange(_PORT_LOW, _PORT_HIGH)
+            command = [
+                sys.executable, "-m", "ct_actors.sim", "serve",
+                "--seed", str(seed), "--domains", str(domains), "--world-file", str(world_file),
+                "--smtp-port", str(smtp_port), "--dns-port", str(smtp_port + _DNS_OFFSET),
+                "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
+                "--greylist-delay", str(greylist_delay), "--tarpit-delay", str(tarpit_delay),
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+            )
+            out, err = LineReader(proc.stdout), LineReader(proc.stderr)
+            ready = out.wait_for(lambda lines: any('"sim_ready"' in x for x in lines), 60)
+            if ready:
+                world = World.from_json(world_file.read_text(encoding="utf-8"))
+                assert world.smtp_port == smtp_port
+                return cls(proc, world, out, err)
+            _stop_process(proc, signal.SIGKILL, 10)
+            err.join(5)
+            # A port clash (another suite's simulator) is retried on other ports.
+            failures.append(f"port {smtp_port}: {err.text.strip()[-500:] or 'no output'}")
+        raise RuntimeError("the simulated internet did not start: " + "; ".join(failures))
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM; returns the `stats` of its `sim_stopped` line (empty if it had to be
+        killed). Safe to call twice."""
+        if self.stats is not None:
+            return self.stats
+        _stop_process(self.proc, signal.SIGTERM, timeout)
+        self.out.join(5)
+        for event in json_events(self.out.lines):
+            if event.get("event") == "sim_stopped":
+                self.stats = dict(event.get("stats", {}))
+                break
+        else:
+            self.stats = {}
+        return self.stats
+
+    def __enter__(self) -> SimProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class DaemonProcess:
+    """`python -m ct_actors --config CONFIG ARGS...` with its JSON log lines collected."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ct_actors", "--config", str(config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+        self.out = LineReader(self.proc.stdout)
+        self.err = LineReader(self.proc.stderr)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        events = json_events(self.out.lines)
+        return events if name is None else [e for e in events if e.get("event") == name]
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return self.events("outcome")
+
+    def wait_for_outcomes(self, count: int, timeout: float) -> bool:
+        """Wait until `count` canonical `outcome` lines have been logged."""
+        return self.out.wait_for(lambda lines: sum(map(_is_outcome, lines)) >= count, timeout)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for a normal exit; on timeout kill it and fail with its output."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"ct-actors {' '.join(self.args)} did not exit within {timeout} s\n"
+                + self.diagnostics()
+            ) from None
+        self.out.join(5)
+        self.err.join(5)
+        return rc
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def diagnostics(self, tail: int = 30) -> str:
+        return (
+            "--- stdout (tail) ---\n"
+            + "\n".join(self.out.lines[-tail:])
+            + "\n--- stderr (tail) ---\n"
+            + "\n".join(self.err.lines[-tail:])
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def ct_actors_cli(
+    *args: str,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    module: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run the `ct-actors` console script (or `python -m ct_actors` with module=True)."""
+    if module:
+        command = [sys.executable, "-m", "ct_actors", *args]
+    else:
+        script = Path(sys.executable).with_name("ct-actors")
+        assert script.exists(), f"console script not installed next to {sys.executable}"
+        command = [str(script), *args]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+# ─── configuration ──────────────────────────────────────────────────────────────────────────
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a TOML basic string for everything we write
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in keys.items()) + "\n"
+        for name, keys in sections.items()
+    )
+
+
+def daemon_sections(
+    db_url: str,
+    world: World,
+    *,
+    mode: str = "smtp",
+    lease_seconds: int = 300,
+    owner: str | None = None,
+    **overrides: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """A complete daemon configuration against `world` (served by a SimProcess)."""
+    sections: dict[str, dict[str, Any]] = {
+        "database": {"url": db_url, "lease_seconds": lease_seconds},
+        "dns": {
+            "nameservers": [world.dns_address],
+            "port": world.dns_port,
+            "timeout": 2.0,
+            "attempts": 2,
+        },
+        "smtp": {
+            "port": world.smtp_port,
+            "helo_name": HELO_NAME,
+            "mail_from": MAIL_FROM,
+            "starttls": "never",
+            "connect_timeout": 5.0,
+            "command_timeout": 5.0,
+            "quit_timeout": 2.0,
+            "max_connections": 64,
+            "max_connections_per_host": 2,
+            "greylist_retry_delay": world.greylist_delay + 0.5,
+            "greylist_max_retries": 2,
+            "dead_host_backoff": 60.0,
+        },
+        "probe": {"mode": mode, "names_query": NAMES_QUERY, "claim_batch": 100},
+        "writer": {"batch_size": 100, "flush_interval": 0.1},
+        "toolbox": {"path": TOOLBOX},
+        "log": {"format": "json", "level": "info", "stats_interval": 5.0},
+        "daemon": {"drain_deadline": 15.0},
+    }
+    if owner is not None:
+        sections["daemon"]["owner"] = owner
+    for name, keys in overrides.items():
+        sections.setdefault(name, {}).update(keys)
+    return sections
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    path.write_text(toml_text(sections), encoding="utf-8")
+    return path
+
+
+# ─── database ───────────────────────────────────────────────────────────────────────────────
+
+
+def db_run(url: str, fn: Callable[[Any], Any]) -> Any:
+    """Run `await fn(conn)` on a fresh asyncpg connection to `url` (outside trio)."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def db_fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async def fetch(conn: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+
+    result: list[dict[str, Any]] = db_run(url, fetch)
+    return result
+
+
+def db_val(url: str, sql: str, *args: Any) -> Any:
+    async def fetchval(conn: Any) -> Any:
+        return await conn.fetchval(sql, *args)
+
+    return db_run(url, fetchval)
+
+
+def seed_spine(url: str, world: World, rows: Sequence[SpineRow]) -> None:
+    """Write the spine (`outreach.outreach`) and the demo's people table, as upstream would."""
+
+    async def seed(conn: Any) -> None:
+        await conn.execute(PEOPLE_DDL)
+        await conn.copy_records_to_table(
+            "outreach",
+            schema_name="outreach",
+            columns=["outreach_id", "domain"],
+            records=[(r.outreach_id, r.raw_domain) for r in rows],
+        )
+        await conn.copy_records_to_table(
+            "people",
+            schema_name="ct_demo",
+            columns=["outreach_id", "ord", "first_name", "last_name"],
+            records=[
+                (r.outreach_id, i, first, last)
+                for r in rows
+                if r.domain is not None
+                for i, (first, last) in enumerate(world.people(r.domain))
+            ],
+        )
+
+    db_run(url, seed)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the daemon wrote, keyed by outreach_id."""
+
+    targets: dict[uuid.UUID, dict[str, Any]]  # outreach.company_target
+    errors: dict[uuid.UUID, list[dict[str, Any]]]  # outreach.company_target_errors
+    leases: dict[uuid.UUID, dict[str, Any]]  # ct_actors.lease, with live/deferred flags
+
+    def label(self, outreach_id: uuid.UUID) -> str:
+        """The record's outcome as a label comparable with `expected_label`."""
+        ct = self.targets.get(outreach_id)
+        errors = self.errors.get(outreach_id, [])
+        if ct is not None and ct["execution_status"] == "ready":
+            catchall = " catchall" if ct["is_catchall"] else ""
+            return f"PASS {ct['method_type']} {ct['confidence_score']:.2f}{catchall}"
+        if errors:
+            return f"FAIL {errors[0]['failure_code']}"
+        return "PENDING"
+
+
+def snapshot(url: str) -> Snapshot:
+    targets = db_fetch(
+        url,
+        """SELECT outreach_id, email_method, method_type, confidence_score, execution_status,
+                  imo_completed_at, is_catchall, domain_normalised, mx_host,
+                  evidence::text AS evidence
+             FROM outreach.company_target""",
+    )
+    errors = db_fetch(
+        url,
+        """SELECT error_id, outreach_id, pipeline_stage, failure_code, blocking_reason, severity,
+                  imo_stage, retry_allowed, created_at, resolved_at, evidence::text AS evidence
+             FROM outreach.company_target_errors ORDER BY error_id""",
+    )
+    leases = db_fetch(
+        url,
+        """SELECT outreach_id, owner, expires_at, attempts, not_before, last_reason,
+                  expires_at > now() AS live,
+                  coalesce(not_before > now(), false) AS deferred
+             FROM ct_actors.lease""",
+    )
+    by_error: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for row in errors:
+        row["evidence"] = json.loads(row["evidence"]) if row["evidence"] else None
+        by_error.setdefault(row["outreach_id"], []).append(row)
+    for row in targets:
+        row["evidence"] = json.loads(row["evidence"]) if row["evidence"] else None
+    return Snapshot(
+        targets={r["outreach_id"]: r for r in targets},
+        errors=by_error,
+        leases={r["outreach_id"]: r for r in leases},
+    )
+
+
+# ─── ground truth ───────────────────────────────────────────────────────────────────────────
+
+
+def expected_label(world: World, row: SpineRow, mode: str = "smtp") -> str:
+    """What a correct prober leaves for `row` (the same labels as `Snapshot.label`)."""
+    if row.domain is None:
+        return "FAIL CT-I-NO-DOMAIN"
+    exp = world.expected_mx_only(row.domain) if mode == "mx-only" else world.expected(row.domain)
+    if exp.outcome == "DEFERRED":
+        return "PENDING"
+    if exp.outcome == "FAIL":
+        return f"FAIL {exp.code}"
+    assert exp.confidence is not None
+    catchall = " catchall" if exp.is_catchall else ""
+    return f"PASS {exp.method_type} {exp.confidence:.2f}{catchall}"
+
+
+def mismatches(
+    world: World, rows: Sequence[SpineRow], snap: Snapshot, mode: str = "smtp"
+) -> list[dict[str, str]]:
+    out = []
+    for row in rows:
+        want, got = expected_label(world, row, mode), snap.label(row.outreach_id)
+        if want != got:
+            behaviour = str(world.domain(row.domain).behaviour) if row.domain else "unusable"
+            out.append(
+                {
+                    "outreach_id": str(row.outreach_id),
+                    "raw_domain": repr(row.raw_domain),
+                    "behaviour": behaviour,
+                    "expected": want,
+                    "got": got,
+                }
+            )
+    return out
