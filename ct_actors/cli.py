@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="'FIRST LAST'",
-        help="sample person for pattern candidates (repeat, at most 3)",
+        help="sample person for pattern candidates (repeat, at most 3); split at the first "
+        "space, or write 'FIRST,LAST' when a name has several words ('Mary Ann,Lee')",
     )
     probe.add_argument("--mode", choices=("smtp", "mx-only"), help="override probe.mode")
 
@@ -183,7 +184,7 @@ def _load(args: argparse.Namespace) -> Config:
     if args.command in ("demo", "bench"):
         # The demo builds its own complete configuration on top of this one.
         overrides.setdefault("probe.mode", "mx-only")
-    return load_config(path, overrides=overrides)
+    return load_config(path, overrides=overrides, probing=args.command != "migrate")
 
 
 async def _with_store(cfg: Config, body: Any) -> int:
@@ -279,9 +280,11 @@ async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int
 
     people: list[tuple[str, str]] = []
     for name in args.name[:3]:
-        first, _, last = name.strip().partition(" ")
-        if not last:
-            print(f"ct-actors: --name {name!r}: expected 'FIRST LAST'", file=sys.stderr)
+        first, _, last = name.strip().partition("," if "," in name else " ")
+        first = first.strip()
+        if not first or not last.strip():
+            print(f"ct-actors: --name {name!r}: expected 'FIRST LAST' or 'FIRST,LAST'",
+                  file=sys.stderr)
             return EXIT_CONFIG
         people.append((first, last.strip()))
     try:

@@ -623,9 +623,14 @@ def load_config(
     path: Path | None,
     env: Mapping[str, str] = os.environ,
     overrides: dict[str, object] | None = None,
+    *,
+    probing: bool = True,
 ) -> Config:
     """Defaults < file < `CT_<SECTION>_<KEY>` environment < overrides (`{"smtp.port": 2525}`,
-    values typed or as strings). Raises ConfigError listing every problem found."""
+    values typed or as strings). Raises ConfigError listing every problem found.
+
+    `probing=False` is for commands that never talk to a mail server (`migrate`): the smtp-mode
+    identity requirements are skipped; every key is still parsed and checked."""
     errors: list[str] = []
     # dotted key -> (raw value, from_text, label used in messages)
     raw: dict[str, tuple[object, bool, str]] = {}
@@ -706,7 +711,7 @@ def load_config(
     extra = tuple(s for s in (env.get("PGPASSWORD"),) if s)
     cfg = Config(**sections, source=path, extra_secrets=extra)
     if not errors:
-        errors.extend(_cross_check(cfg, labels))
+        errors.extend(_cross_check(cfg, labels, probing=probing))
     if errors:
         where = f" ({path})" if path is not None else ""
         header = f"configuration refused{where}: {len(errors)} problem(s)"
@@ -714,7 +719,7 @@ def load_config(
     return cfg
 
 
-def _cross_check(cfg: Config, labels: Mapping[str, str]) -> list[str]:
+def _cross_check(cfg: Config, labels: Mapping[str, str], *, probing: bool) -> list[str]:
     """Rules spanning several keys, and smtp-mode requirements."""
 
     def where(dotted: str) -> str:
@@ -742,7 +747,7 @@ def _cross_check(cfg: Config, labels: Mapping[str, str]) -> list[str]:
             f"({cfg.probe.max_in_flight}), got {cfg.probe.claim_batch}"
         )
 
-    if cfg.probe.mode == "smtp":
+    if probing and cfg.probe.mode == "smtp":
         alt = 'or run with probe.mode = "mx-only" (CT_PROBE_MODE=mx-only)'
         helo = cfg.smtp.helo_name
         if helo is None:

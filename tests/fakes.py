@@ -58,6 +58,15 @@ class FakeStore:
         self.claims.append((now, len(out)))
         return out
 
+    async def leased_elsewhere(self, owner: str) -> int:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        return sum(
+            1
+            for oid, (holder, expires) in self.leases.items()
+            if holder != owner and expires > now and oid not in self.terminal
+        )
+
     async def renew_leases(self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float) -> int:
         await trio.lowlevel.checkpoint()
         for oid in ids:

@@ -13,7 +13,6 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-import pytest
 import trio
 import trio.testing
 
@@ -307,11 +306,6 @@ async def test_global_cap_holds_while_two_hosts_are_busy(
     assert done["b.test"] == 2.75
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a session that goes idle while another host already waits for a connection "
-    "slot keeps the slot until session_idle_seconds (reclaim only runs when the waiter arrives)",
-)
 async def test_session_going_idle_releases_the_slot_to_a_waiting_host(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -386,11 +380,6 @@ async def test_connect_timeout_marks_the_host_dead(
     assert len(net.attempts) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request already queued for a worker when its host is marked dead still "
-    "pays a full connect timeout (the worker does not check is_dead() before connecting)",
-)
 async def test_request_queued_behind_a_dead_host_is_not_sent_to_connect_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -422,7 +411,7 @@ async def test_greeting_421_is_a_throttled_visit_not_a_dead_host(
             assert now() == 0.25
             stats = manager.pool(host.mx).statistics()
     assert visit.outcome == HostOutcome.THROTTLED
-    assert visit.detail == "421 mx1.test Too many connections, try again later"
+    assert visit.detail == "greeting: 421 mx1.test Too many connections, try again later"
     assert stats["dead"] is False
     assert stats["failures"] == 1
     assert stats["open_sessions"] == 0
@@ -467,11 +456,6 @@ async def test_session_closed_by_server_while_idle_is_replaced_transparently(
     assert host.connects == [0.0, 1.25]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when a host's addresses change the manager closes the old pool, and a domain "
-    "task queued on it (waiting for a worker) gets trio.ClosedResourceError instead of a visit",
-)
 async def test_address_change_does_not_break_a_domain_queued_on_the_old_pool(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

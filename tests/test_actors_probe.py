@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
-import pytest
 import trio
 import trio.testing
 
@@ -325,11 +324,6 @@ async def test_mailbox_full_counts_as_existing(autojump_clock: trio.testing.Mock
     assert not result.result.is_catchall
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a blocklist rejection in the greeting (554 5.7.1 ... spamhaus) becomes a "
-    "'greeting-rejected' visit, so the record gets a terminal CT-M-SMTP-FAIL instead of Deferred",
-)
 async def test_spamhaus_block_in_the_greeting_is_deferred(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

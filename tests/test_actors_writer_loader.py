@@ -411,12 +411,6 @@ class RenewalsFail(RecordingStore):
         raise Unavailable("database unavailable (fake)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a record still in flight whose lease expired (renewals failed) is claimed again "
-    "by the same loader: it is sent twice and credits.enter() overwrites its entry, so one "
-    "credit is never returned",
-)
 async def test_loader_reclaiming_its_own_expired_lease_does_not_leak_a_credit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -131,6 +131,15 @@ def test_smtp_mode_requires_helo_and_mail_from() -> None:
     assert len(info.value.errors) == 2
 
 
+def test_commands_that_never_probe_need_no_smtp_identity() -> None:
+    # `migrate` on a fresh server, before the operator has chosen the HELO name.
+    cfg = load_config(None, env={}, probing=False)
+    assert (cfg.probe.mode, cfg.smtp.helo_name, cfg.smtp.mail_from) == ("smtp", None, None)
+    with pytest.raises(ConfigError) as info:  # every other key is still checked
+        load_config(None, env={"CT_SMTP_PORT": "0"}, probing=False)
+    assert "smtp.port" in info.value.message
+
+
 def test_mx_only_mode_needs_no_smtp_identity() -> None:
     cfg = load_config(None, env={}, overrides={"probe.mode": "mx-only"})
     assert cfg.smtp.helo_name is None and cfg.smtp.mail_from is None

@@ -152,10 +152,7 @@ def test_stop_kill_and_restart_write_each_outcome_once(
     (stats,) = third.events("stats_final")
     assert stats["writer"]["already_terminal"] == 0
 
-    if stranded:
-        # Known bug, pinned down by test_a_stop_while_a_claim_is_answered_strands_no_lease
-        # (strict xfail). Replace this branch by `assert stranded == []` once it is fixed.
-        pytest.xfail(f"bug: SIGTERM left {len(stranded)} live leases behind (a claim cut short)")
+    assert stranded == []
 
 
 # ─── the same properties, pinned down deterministically in-process ───────────────────────────
@@ -198,12 +195,6 @@ def in_process_supervisor(store: Any, world: World, connector: Any, *, drain: bo
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a stop that cancels the loader while a claim is in flight loses the claim's "
-    "answer after the database committed the leases: they stay live, owned by nobody, until "
-    "database.lease_seconds pass",
-)
 async def test_a_stop_while_a_claim_is_answered_strands_no_lease(store: Store, db: Db) -> None:
     world = World.generate(1, 10, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
@@ -224,11 +215,6 @@ async def test_a_stop_while_a_claim_is_answered_strands_no_lease(store: Store, d
     assert stranded == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `run --drain` exits when a claim comes back empty, although records leased by "
-    "a crashed daemon are still pending and become claimable when its leases expire",
-)
 async def test_drain_finishes_records_a_crashed_daemon_still_leases(store: Store, db: Db) -> None:
     world = World.generate(2, 6, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)

@@ -28,6 +28,9 @@ class WorkCredits:
     def available(self) -> int:
         return self._free.value
 
+    def __contains__(self, outreach_id: object) -> bool:
+        return outreach_id in self._records
+
     def records(self) -> list[uuid.UUID]:
         return list(self._records)
 

@@ -34,6 +34,7 @@ class ClaimStore(Protocol):
     async def renew_leases(
         self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float
     ) -> object: ...
+    async def leased_elsewhere(self, owner: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class LoaderSettings:
     idle_poll: float = 5.0  # how often to look for new work when none is pending
     retry_initial: float = 1.0
     retry_max: float = 60.0
+    claim_timeout: float = 30.0  # a claim is never cut short by a stop; this bounds the wait
 
 
 class LoaderActor:
@@ -65,6 +67,7 @@ class LoaderActor:
         self._credits = credits
         self.settings = settings
         self._transient = transient_errors
+        self._claim_errors: tuple[type[BaseException], ...] = (*transient_errors, trio.TooSlowError)
         self._drain = drain
         self._stop = trio.Event()
         self.drained = trio.Event()
@@ -74,6 +77,8 @@ class LoaderActor:
             "empty_claims": 0,
             "claim_errors": 0,
             "renewals": 0,
+            "reclaimed_own": 0,
+            "waits_for_other_leases": 0,
         }
 
     def statistics(self) -> dict[str, int]:
@@ -98,8 +103,8 @@ class LoaderActor:
         while True:
             credits = await self._credits.acquire(self.settings.claim_batch)
             try:
-                claimed = await self._store.claim(self._owner, credits, self.settings.lease_seconds)
-            except self._transient as exc:
+                claimed = await self._claim(credits)
+            except self._claim_errors as exc:
                 self._credits.give_back(credits)
                 self._stats["claim_errors"] += 1
                 log.warning("claim_failed", error=str(exc), retry_in=delay)
@@ -111,25 +116,52 @@ class LoaderActor:
                 raise
             delay = self.settings.retry_initial
             self._stats["claims"] += 1
-            self._credits.give_back(credits - len(claimed))
+            # A record still in flight here can come back when its lease lapsed (renewals
+            # failed): the claim renewed the lease, and it must not be sent a second time.
+            fresh = [record for record in claimed if record.outreach_id not in self._credits]
+            self._stats["reclaimed_own"] += len(claimed) - len(fresh)
+            self._credits.give_back(credits - len(fresh))
             if not claimed:
                 self._stats["empty_claims"] += 1
-                if self._drain and self._credits.in_flight == 0:
+                if await self._drained():
                     log.info("drained", claimed_total=self._stats["claimed"])
                     self.drained.set()
                     return
                 await trio.sleep(self.settings.idle_poll if not self._drain else 0.05)
                 continue
-            self._stats["claimed"] += len(claimed)
+            self._stats["claimed"] += len(fresh)
             now = trio.current_time()
-            for record in claimed:
+            for record in fresh:
                 self._credits.enter(record.outreach_id)
-            people = await self._fetch_names([record.outreach_id for record in claimed])
+            people = await self._fetch_names([record.outreach_id for record in fresh])
             # If cancelled mid-batch, the unsent records stay in `credits` so the supervisor
             # releases their leases with everything else still unfinished.
-            for record in claimed:
+            for record in fresh:
                 names = tuple(people.get(record.outreach_id, ()))
                 await self._send.send(Job(record.outreach_id, record.domain, now, names))
+
+    async def _claim(self, credits: int) -> Sequence[Claimed]:
+        # Shielded: a stop that cancelled the claim after the database committed it would lose
+        # the answer, and those leases would stay live, owned by no one, for lease_seconds.
+        with trio.CancelScope(shield=True), trio.fail_after(self.settings.claim_timeout):
+            claimed = await self._store.claim(self._owner, credits, self.settings.lease_seconds)
+        return claimed
+
+    async def _drained(self) -> bool:
+        """In drain mode: nothing claimable, nothing in flight here, and no record held by a
+        live lease of another daemon (one that crashed a moment ago still holds its records
+        until the leases expire; they are pending, so draining must wait for them)."""
+        if not self._drain or self._credits.in_flight:
+            return False
+        try:
+            held = await self._store.leased_elsewhere(self._owner)
+        except self._transient as exc:
+            log.warning("claim_failed", error=str(exc), retry_in=self.settings.retry_initial)
+            return False
+        if held:
+            self._stats["waits_for_other_leases"] += 1
+            await trio.sleep(min(1.0, self.settings.idle_poll))
+        return held == 0
 
     async def _fetch_names(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
         """Sample names for the whole claim batch in one query (the operator's names_query).

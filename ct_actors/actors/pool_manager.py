@@ -9,7 +9,7 @@ from collections import Counter
 import structlog
 import trio
 
-from ct_actors.actors.smtp_pool import HostPool, HostVisit, PoolSettings, ProbeRequest
+from ct_actors.actors.smtp_pool import HostPool, HostVisit, PoolClosed, PoolSettings, ProbeRequest
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 
@@ -58,7 +58,7 @@ class SmtpPoolManager:
 
     def pool(self, host: MxHost) -> HostPool:
         pool = self._pools.get(host.name)
-        if pool is None or pool.host.addresses != host.addresses:
+        if pool is None or set(pool.host.addresses) != set(host.addresses):
             if self._nursery is None or self._stop.is_set():
                 raise RuntimeError("SMTP pool manager is not running")
             if pool is not None:
@@ -78,7 +78,14 @@ class SmtpPoolManager:
         return pool
 
     async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit:
-        return await self.pool(host).visit(request)
+        while True:
+            try:
+                return await self.pool(host).visit(request)
+            except PoolClosed:
+                # The pool was replaced (new addresses) or retired while the request queued.
+                if self._stop.is_set():
+                    raise
+                await trio.lowlevel.checkpoint()
 
     def _reclaim_idle(self) -> None:
         # Idle sessions must not starve hosts with work waiting for a connection slot.

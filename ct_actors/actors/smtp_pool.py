@@ -29,11 +29,12 @@ from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import ConversationResult, HostOutcome, converse
 from ct_actors.probe.plan import ProbePlan
+from ct_actors.smtp.classify import SessionVerdict, classify_ehlo, classify_greeting
 from ct_actors.smtp.client import (
     SmtpConnectError,
     SmtpDisconnected,
     SmtpError,
-    SmtpGreetingRejected,
+    SmtpRejected,
     SmtpSession,
     SmtpTimeout,
     open_session,
@@ -48,6 +49,11 @@ DISCONNECTED = "disconnected"
 GREETING_REJECTED = "greeting-rejected"
 PROTOCOL_ERROR = "protocol-error"
 HOST_DEAD = "host-dead"
+
+
+class PoolClosed(Exception):
+    """The pool shut down (or was replaced) before a worker took the request; the caller may
+    retry on the manager's current pool for the host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,16 +184,18 @@ class HostPool:
         self.last_used = trio.current_time()
         self._stats["requests"] += 1
         if self.is_dead():
-            return HostVisit(self.host.name, None, HOST_DEAD, "marked dead by an earlier visit")
+            return self._dead_visit()
         await self._running.wait()
         if self._nursery is None or self._closed.is_set():
-            raise RuntimeError(f"pool {self.host.name} is closed")
+            raise PoolClosed(self.host.name)
         if self.idle_workers == 0 and self.workers < self.settings.max_connections_per_host:
             self.workers += 1
             self._nursery.start_soon(self._worker)
         self._waiting += 1
         try:
             await self._send.send(request)
+        except trio.ClosedResourceError:
+            raise PoolClosed(self.host.name) from None
         finally:
             self._waiting -= 1
         visit = await request.reply.wait()
@@ -195,64 +203,90 @@ class HostPool:
         return visit
 
     async def _worker(self) -> None:
-        stack: contextlib.AsyncExitStack | None = None
-        session: SmtpSession | None = None
-        opened_at = 0.0
+        conn: _Conn | None = None
         try:
             while True:
-                if session is not None:
-                    reuse_left = opened_at + self.settings.session_reuse_seconds
-                    wait = min(self.settings.session_idle_seconds, reuse_left - trio.current_time())
+                if conn is not None and self._slot_wanted():
+                    # Another host waits for a connection slot: hand ours over rather than
+                    # idle on it, unless a request for this host is already queued.
+                    try:
+                        request: ProbeRequest | None = self._recv.receive_nowait()
+                    except trio.WouldBlock:
+                        await self._close(conn)
+                        conn = None
+                        continue
+                    except trio.EndOfChannel:
+                        return
                 else:
-                    wait = self.settings.pool_idle_seconds
-                request: ProbeRequest | None = None
-                self.idle_workers += 1
-                try:
-                    with trio.move_on_after(max(0.0, wait)) as idle_scope:
-                        if session is not None:
-                            # reclaim_idle() may cancel this wait to free the connection.
-                            self._idle_sessions.add(idle_scope)
-                        request = await self._recv.receive()
-                except trio.EndOfChannel:
-                    return
-                finally:
-                    self.idle_workers -= 1
-                    self._idle_sessions.discard(idle_scope)
+                    request = None
                 if request is None:
-                    if stack is None:
+                    try:
+                        request = await self._idle_receive(conn)
+                    except trio.EndOfChannel:
+                        return
+                if request is None:
+                    if conn is None:
                         if self._waiting:
                             continue  # a sender is mid-handoff: retiring now would strand it
                         return  # idle long enough: retire
-                    await self._close(stack)
-                    stack, session = None, None
+                    await self._close(conn)
+                    conn = None
                     continue
-                reused = session is not None
-                if session is not None and stack is not None:
-                    try:
-                        await session.rset()  # RSET between domains on a reused session
-                    except SmtpError:
-                        await self._close(stack)
-                        stack, session, reused = None, None, False
-                if session is None:
-                    try:
-                        stack, session = await self._open()
-                        opened_at = trio.current_time()
-                    except SmtpError as exc:
-                        request.reply.set(self._failed_open(exc))
-                        continue
-                visit = await self._serve(session, request, reused)
-                request.reply.set(visit)
-                if visit.outcome not in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
-                    # After anything unusual, start the next domain on a fresh connection.
-                    assert stack is not None
-                    await self._close(stack)
-                    stack, session = None, None
+                conn = await self._handle(request, conn)
         finally:
             self.workers -= 1
-            if stack is not None:
-                await self._close(stack)
+            if conn is not None:
+                await self._close(conn)
 
-    async def _open(self) -> tuple[contextlib.AsyncExitStack, SmtpSession]:
+    def _slot_wanted(self) -> bool:
+        return self._connections.statistics().tasks_waiting > 0
+
+    async def _idle_receive(self, conn: _Conn | None) -> ProbeRequest | None:
+        """Wait for the next request; None when the idle (or session reuse) time ran out."""
+        if conn is not None:
+            reuse_left = conn.opened_at + self.settings.session_reuse_seconds
+            wait = min(self.settings.session_idle_seconds, reuse_left - trio.current_time())
+        else:
+            wait = self.settings.pool_idle_seconds
+        self.idle_workers += 1
+        try:
+            with trio.move_on_after(max(0.0, wait)) as idle_scope:
+                if conn is not None:
+                    # reclaim_idle() may cancel this wait to free the connection.
+                    self._idle_sessions.add(idle_scope)
+                return await self._recv.receive()
+            return None
+        finally:
+            self.idle_workers -= 1
+            self._idle_sessions.discard(idle_scope)
+
+    async def _handle(self, request: ProbeRequest, conn: _Conn | None) -> _Conn | None:
+        """Serve one request; returns the connection to keep for the next one, if any."""
+        reused = conn is not None
+        if conn is not None:
+            try:
+                await conn.session.rset()  # RSET between domains on a reused session
+            except SmtpError:
+                await self._close(conn)
+                conn, reused = None, False
+        if conn is None:
+            if self.is_dead():
+                # Another worker found the host dead while this request was queued.
+                request.reply.set(self._dead_visit())
+                return None
+            try:
+                conn = await self._open()
+            except SmtpError as exc:
+                request.reply.set(self._failed_open(exc))
+                return None
+        visit = await self._serve(conn.session, request, reused)
+        request.reply.set(visit)
+        if visit.outcome not in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
+            # After anything unusual, start the next domain on a fresh connection.
+            await self._close(conn)
+            return None
+        return conn
+    async def _open(self) -> _Conn:
         if not self.host.addresses:
             raise SmtpConnectError("connect", "MX host has no address")
         stack = contextlib.AsyncExitStack()
@@ -284,25 +318,32 @@ class HostPool:
         self.open_sessions += 1
         self._stats["sessions_opened"] += 1
         self._counters["sessions_opened"] += 1
-        return stack, session
+        return _Conn(stack, session, trio.current_time())
 
-    async def _close(self, stack: contextlib.AsyncExitStack) -> None:
+    async def _close(self, conn: _Conn) -> None:
         self.open_sessions -= 1
         # Bounded cleanup: the session's own QUIT is under move_on_after(shield=True).
         with (
             trio.CancelScope(shield=True),
             contextlib.suppress(SmtpError, OSError, trio.BrokenResourceError),
         ):
-            await stack.aclose()
+            await conn.stack.aclose()
+
+    def _dead_visit(self) -> HostVisit:
+        return HostVisit(self.host.name, None, HOST_DEAD, "marked dead by an earlier visit")
 
     def _failed_open(self, exc: SmtpError) -> HostVisit:
         self._stats["failures"] += 1
         address = self.host.addresses[0] if self.host.addresses else None
-        if isinstance(exc, SmtpGreetingRejected):
-            outcome = GREETING_REJECTED
-            if exc.reply.code == 421 or (exc.reply.enhanced and exc.reply.enhanced.klass == 4):
-                outcome = HostOutcome.THROTTLED
-            return HostVisit(self.host.name, address, outcome, exc.reason)
+        if isinstance(exc, SmtpRejected) and exc.stage in ("greeting", "ehlo"):
+            classify = classify_greeting if exc.stage == "greeting" else classify_ehlo
+            verdict = classify(exc.reply)
+            # A refusal of *us* (blocklist, 5.7.x) must never read as an answer about the host.
+            outcome = {
+                SessionVerdict.POLICY_BLOCKED: HostOutcome.POLICY_BLOCKED,
+                SessionVerdict.THROTTLED: HostOutcome.THROTTLED,
+            }.get(verdict, GREETING_REJECTED)
+            return HostVisit(self.host.name, address, outcome, f"{exc.stage}: {exc.reason}")
         if isinstance(exc, SmtpConnectError | SmtpTimeout):
             # The host cannot be reached: every domain on it should skip it for a while.
             self.dead_until = trio.current_time() + self.settings.dead_host_backoff
@@ -340,6 +381,15 @@ class HostPool:
             tls=session.tls,
             reused_session=reused,
         )
+
+
+@dataclass(slots=True)
+class _Conn:
+    """One open SMTP session and the exit stack that QUITs it and frees its connection slot."""
+
+    stack: contextlib.AsyncExitStack
+    session: SmtpSession
+    opened_at: float
 
 
 def _error_kind(exc: SmtpError) -> str:

@@ -289,6 +289,13 @@ PENDING_COUNT: Final = f"""
 SELECT count(*) FROM outreach.outreach o WHERE {_not_terminal("o.outreach_id")}
 """
 
+# Live leases of other daemons on records that are still pending: `run --drain` must wait for
+# them (their owner may have crashed; the records become claimable when the leases expire).
+LEASED_ELSEWHERE: Final = f"""
+SELECT count(*) FROM ct_actors.lease l
+WHERE l.expires_at > now() AND l.owner <> $1 AND {_not_terminal("l.outreach_id")}
+"""
+
 COUNTS_BY_OUTCOME: Final = """
 SELECT 'PASS' AS outcome, count(*) AS n
 FROM outreach.company_target WHERE execution_status = 'ready'

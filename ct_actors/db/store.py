@@ -506,6 +506,10 @@ class Store:
         """Spine records without a terminal outcome (including leased and deferred ones)."""
         return int(await self._call("pending count", self._fetchval, q.PENDING_COUNT))
 
+    async def leased_elsewhere(self, owner: str) -> int:
+        """Pending records held by a live lease of another owner."""
+        return int(await self._call("leased elsewhere", self._fetchval, q.LEASED_ELSEWHERE, owner))
+
     async def counts_by_outcome(self) -> dict[str, int]:
         """{'PASS': n, '<failure code>': n, ...} over terminal outcomes (open error rows)."""
         rows = await self._call("counts by outcome", self._fetch, q.COUNTS_BY_OUTCOME)
