@@ -19,17 +19,22 @@ from ct_actors.actors.dispatcher import DispatchSettings, NamesSource
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
+from ct_actors.actors.smtp_gate import GuardSettings
 from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
-from ct_actors.config import Config
+from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import MxResolver
+from ct_actors.log import set_level
 from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
-from ct_actors.toolbox import Toolbox
+from ct_actors.throttle.budget import UsageStore
+from ct_actors.throttle.calendar import UtcClock
+from ct_actors.throttle.limiter import ToolThrottles
+from ct_actors.toolbox import Toolbox, ToolboxError
 
 log = structlog.get_logger("ct_actors.app")
 
@@ -45,12 +50,14 @@ def pool_settings(cfg: Config) -> PoolSettings:
         connect_timeout=smtp.connect_timeout,
         command_timeout=smtp.command_timeout,
         starttls=smtp.starttls,
+        initial_connections_per_host=smtp.initial_connections_per_host,
         max_connections_per_host=smtp.max_connections_per_host,
         max_recipients_per_session=smtp.max_recipients_per_session,
         session_reuse_seconds=float(smtp.session_reuse_seconds),
         session_idle_seconds=smtp.session_idle_seconds,
         pool_idle_seconds=float(smtp.pool_idle_seconds),
         dead_host_backoff=smtp.dead_host_backoff,
+        dead_host_backoff_max=smtp.dead_host_backoff_max,
     )
 
 
@@ -61,6 +68,7 @@ def retry_policy(cfg: Config, toolbox: Toolbox) -> RetryPolicy:
         greylist_retries=cfg.smtp.greylist_max_retries,
         throttle_delay=backoff.initial_delay,
         throttle_retries=backoff.max_retries,
+        throttle_strategy=backoff.strategy,
         defer_seconds=float(cfg.probe.defer_seconds),
     )
 
@@ -72,6 +80,18 @@ def resolver_settings(cfg: Config, toolbox: Toolbox) -> ResolverSettings:
         cache_ttl=mx.cache_ttl or 0.0,
         retry_delay=mx.backoff.initial_delay,
         max_retries=mx.backoff.max_retries,
+        retry_strategy=mx.backoff.strategy,
+        failure_domains=cfg.killswitch.resolver_failure_domains,
+    )
+
+
+def guard_settings(cfg: Config) -> GuardSettings:
+    ks = cfg.killswitch
+    return GuardSettings(
+        blocklist_hosts=ks.blocklist_hosts,
+        blocklist_window=ks.blocklist_window,
+        port_blocked_hosts=ks.port_blocked_hosts,
+        reachability_window=ks.reachability_window,
     )
 
 
@@ -93,6 +113,21 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
         writer=WriterSettings(
             batch_size=cfg.writer.batch_size, flush_interval=cfg.writer.flush_interval
         ),
+        guard=guard_settings(cfg),
+    )
+
+
+def make_throttles(
+    cfg: Config, toolbox: Toolbox, usage: UsageStore | None, clock: UtcClock | None = None
+) -> ToolThrottles:
+    """The registry's limits for our three tools. Must be called inside trio (the UTC clock is
+    anchored to trio's clock at that moment)."""
+    return ToolThrottles(
+        dict(toolbox.tools),
+        clock=clock or UtcClock.from_wall(),
+        usage=usage,
+        budget_block=cfg.throttle.budget_block,
+        transient_errors=TRANSIENT_DB_ERRORS,
     )
 
 
@@ -145,9 +180,11 @@ async def run_pipeline(
     resolver: MxResolver | None = None,
     connector: Connector | None = None,
     handle_signals: bool = True,
-    reload: Callable[[], None] | None = None,
+    load: Callable[[], tuple[Config, Toolbox]] | None = None,
+    clock: UtcClock | None = None,
 ) -> Supervisor:
-    """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal."""
+    """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal.
+    `load` re-reads the config and the registry on SIGHUP (see `Reloader`)."""
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
         supervisor = Supervisor(
             pipeline_settings(cfg, toolbox),
@@ -157,10 +194,12 @@ async def run_pipeline(
             transient_db_errors=TRANSIENT_DB_ERRORS,
             names=names_source(cfg, store),
             drain=drain,
+            throttles=make_throttles(cfg, toolbox, store, clock),
         )
+        reloader = Reloader(supervisor, cfg, toolbox, load) if load is not None else None
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(_signal_loop, supervisor, nursery.cancel_scope, reload)
+                nursery.start_soon(_signal_loop, supervisor, nursery.cancel_scope, reloader)
             await nursery.start(supervisor.run)
             log.info("ready", owner=cfg.daemon.owner, mode=cfg.probe.mode)
             await supervisor.finished.wait()
@@ -177,8 +216,60 @@ async def _maybe_resolver(cfg: Config, resolver: MxResolver | None) -> AsyncIter
         yield real
 
 
+class Reloader:
+    """SIGHUP: re-read the config file and the registry, validate both, and only then swap the
+    reloadable parts in, in one synchronous step (no other task runs in between): limits apply
+    from the next call, work in flight carries on, counters and per-host state carry over.
+    A refused file changes nothing. SIGHUP also clears tripped kill switches: it is how the
+    operator says "fixed"."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        cfg: Config,
+        toolbox: Toolbox,
+        load: Callable[[], tuple[Config, Toolbox]],
+    ) -> None:
+        self.supervisor = supervisor
+        self.config = cfg
+        self.toolbox = toolbox
+        self._load = load
+
+    def __call__(self) -> bool:
+        log.info("reload_requested")
+        try:
+            new_cfg, new_toolbox = self._load()
+        except (ConfigError, ToolboxError) as exc:
+            log.error("reload_failed", error=str(exc), note="running configuration unchanged")
+            return False
+        config_changes = self.config.reloadable_diff(new_cfg)
+        toolbox_changes = self.toolbox.diff(new_toolbox)
+        running = self.config.reloaded(new_cfg)
+        # From here on nothing awaits: the swap is atomic for every other task.
+        sup = self.supervisor
+        sup.reconfigure(pipeline_settings(running, new_toolbox))
+        sup.pools.update_settings(
+            pool_settings(running), max_connections=running.smtp.max_connections
+        )
+        if sup.throttles is not None:
+            sup.throttles.update(
+                dict(new_toolbox.tools), budget_block=running.throttle.budget_block
+            )
+        if running.log.level != self.config.log.level:
+            set_level(running.log.level)
+        cleared = sup.clear_kill_switches()
+        self.config, self.toolbox = running, new_toolbox
+        log.info(
+            "reloaded",
+            config_changes=config_changes,
+            toolbox_changes=toolbox_changes,
+            kill_switches_cleared=cleared,
+        )
+        return True
+
+
 async def _signal_loop(
-    supervisor: Supervisor, cancel_scope: trio.CancelScope, reload: Callable[[], None] | None
+    supervisor: Supervisor, cancel_scope: trio.CancelScope, reload: Reloader | None
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:

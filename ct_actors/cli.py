@@ -21,7 +21,7 @@ import trio_asyncio
 
 from ct_actors import __version__
 from ct_actors.config import Config, ConfigError, load_config
-from ct_actors.log import configure_logging, set_level
+from ct_actors.log import configure_logging
 from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
 
@@ -224,38 +224,13 @@ async def _migrate(cfg: Config) -> int:
 async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
     from ct_actors.app import run_pipeline
 
-    current = {"config": cfg, "toolbox": toolbox}
-
-    def reload() -> None:
-        """SIGHUP: re-read and validate config and registry; an invalid file changes nothing.
-        This version applies log.level live; every other change is reported and takes effect
-        at the next restart (live throttle reload comes with the throttles)."""
-        log.info("reload_requested")
-        try:
-            new_cfg = _load(args)
-            new_toolbox = load_toolbox(new_cfg.toolbox.path)
-        except (ConfigError, ToolboxError) as exc:
-            log.error("reload_failed", error=str(exc), note="running configuration unchanged")
-            return
-        old_cfg, old_toolbox = current["config"], current["toolbox"]
-        assert isinstance(old_cfg, Config) and isinstance(old_toolbox, Toolbox)
-        config_changes = old_cfg.reloadable_diff(new_cfg)
-        toolbox_changes = old_toolbox.diff(new_toolbox)
-        applied = []
-        if new_cfg.log.level != old_cfg.log.level:
-            set_level(new_cfg.log.level)
-            applied.append("log.level")
-        log.info(
-            "reloaded",
-            config_changes=config_changes,
-            toolbox_changes=toolbox_changes,
-            applied_now=applied,
-            note="other changes take effect at the next restart",
-        )
+    def load() -> tuple[Config, Toolbox]:
+        new_cfg = _load(args)
+        return new_cfg, load_toolbox(new_cfg.toolbox.path)
 
     async def body(store: Any) -> int:
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
-        await run_pipeline(cfg, toolbox, store, drain=args.drain, reload=reload)
+        await run_pipeline(cfg, toolbox, store, drain=args.drain, load=load)
         log.info("daemon_stopped")
         return EXIT_OK
 

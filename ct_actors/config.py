@@ -45,9 +45,11 @@ __all__ = [
     "DaemonConfig",
     "DatabaseConfig",
     "DnsConfig",
+    "KillSwitchConfig",
     "LogConfig",
     "ProbeConfig",
     "SmtpConfig",
+    "ThrottleConfig",
     "ToolboxConfig",
     "WriterConfig",
     "env_var_name",
@@ -183,8 +185,11 @@ class SmtpConfig:
         KeySpec("choice", False, "STARTTLS policy", choices=("opportunistic", "never")),
     )
     max_connections: int = _key(64, KeySpec("int", True, "global SMTP connection cap", ge=1))
+    initial_connections_per_host: int = _key(
+        1, KeySpec("int", True, "adaptive per-MX-host window: starting size", ge=1)
+    )
     max_connections_per_host: int = _key(
-        2, KeySpec("int", True, "initial per-MX-host pool size", ge=1)
+        4, KeySpec("int", True, "adaptive per-MX-host window: upper bound", ge=1)
     )
     max_recipients_per_session: int = _key(
         10, KeySpec("int", True, "RCPT commands per mail transaction", ge=1, le=100)
@@ -199,7 +204,10 @@ class SmtpConfig:
         60, KeySpec("int", True, "retire an idle MX host pool after", ge=0)
     )
     dead_host_backoff: float = _key(
-        300.0, KeySpec("float", True, "skip an unreachable MX host for", ge=0)
+        300.0, KeySpec("float", True, "skip an unreachable MX host for (first time)", ge=0)
+    )
+    dead_host_backoff_max: float = _key(
+        3600.0, KeySpec("float", True, "dead-host backoff doubles up to", ge=0)
     )
     greylist_retry_delay: float = _key(
         120.0, KeySpec("float", True, "wait before retrying a greylisted RCPT", ge=0)
@@ -255,6 +263,33 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ThrottleConfig:
+    budget_block: int = _key(
+        20, KeySpec("int", True, "day/month budget calls reserved per database round trip", ge=1)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchConfig:
+    resolver_failure_domains: int = _key(
+        20, KeySpec("int", True, "distinct domains failing on the resolver in a row", ge=1)
+    )
+    blocklist_hosts: int = _key(
+        3, KeySpec("int", True, "distinct MX hosts blocklisting us within the window", ge=1)
+    )
+    blocklist_window: float = _key(
+        3600.0, KeySpec("float", True, "seconds over which blocklisting hosts count", gt=0)
+    )
+    port_blocked_hosts: int = _key(
+        10, KeySpec("int", True, "distinct MX hosts unreachable in a row (port 25)", ge=1)
+    )
+    reachability_window: float = _key(
+        900.0,
+        KeySpec("float", True, "CT-M-SMTP-FAIL needs a successful connection this recent", gt=0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     owner: str = _key_factory(_default_owner, KeySpec("str", False, "lease owner id"))
     drain_deadline: float = _key(60.0, KeySpec("float", True, "shutdown drain seconds", gt=0))
@@ -267,6 +302,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "probe": ProbeConfig,
     "writer": WriterConfig,
     "toolbox": ToolboxConfig,
+    "throttle": ThrottleConfig,
+    "killswitch": KillSwitchConfig,
     "log": LogConfig,
     "daemon": DaemonConfig,
 }
@@ -300,6 +337,8 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
     toolbox: ToolboxConfig = field(default_factory=ToolboxConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    killswitch: KillSwitchConfig = field(default_factory=KillSwitchConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     # Where the config came from (None: defaults + environment only).
@@ -344,6 +383,18 @@ class Config:
     def restart_required(self, new: Config) -> list[str]:
         """Changed keys that SIGHUP cannot apply; the running values stay in effect for them."""
         return [k for k in self.changed_keys(new) if not _SPECS[k].reload]
+
+    def reloaded(self, new: Config) -> Config:
+        """What the daemon runs after SIGHUP: `new`'s reloadable keys, this config's others."""
+        sections: dict[str, Any] = {}
+        for section in _SECTIONS:
+            changes = {
+                f.name: getattr(getattr(new, section), f.name)
+                for f in dataclasses.fields(_SECTIONS[section])
+                if f.metadata["spec"].reload
+            }
+            sections[section] = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **sections)
 
     def reloadable_diff(self, new: Config) -> list[str]:
         """One human line per changed key, saying whether SIGHUP applies it or a restart is
@@ -730,6 +781,17 @@ def _cross_check(cfg: Config, labels: Mapping[str, str], *, probing: bool) -> li
         errors.append(
             f"{where('database.min_connections')}: must be <= database.max_connections "
             f"({cfg.database.max_connections}), got {cfg.database.min_connections}"
+        )
+    if cfg.smtp.initial_connections_per_host > cfg.smtp.max_connections_per_host:
+        errors.append(
+            f"{where('smtp.initial_connections_per_host')}: must be <= "
+            f"smtp.max_connections_per_host ({cfg.smtp.max_connections_per_host}), "
+            f"got {cfg.smtp.initial_connections_per_host}"
+        )
+    if cfg.smtp.dead_host_backoff > cfg.smtp.dead_host_backoff_max:
+        errors.append(
+            f"{where('smtp.dead_host_backoff')}: must be <= smtp.dead_host_backoff_max "
+            f"({cfg.smtp.dead_host_backoff_max:g}), got {cfg.smtp.dead_host_backoff:g}"
         )
     if cfg.smtp.max_connections_per_host > cfg.smtp.max_connections:
         errors.append(

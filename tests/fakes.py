@@ -3,12 +3,15 @@ the real one enforces in SQL (terminal rows are never overwritten)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from ct_actors.db.errors import DatabaseUnavailable
+from ct_actors.db.store import check_usage_window
 from ct_actors.outcome import Deferred, Outcome
 
 
@@ -103,3 +106,63 @@ class FakeStore:
                 report.written.append(oid)
         self.writes.append((now, len(outcomes)))
         return report
+
+
+class MemoryUsageStore:
+    """`Store.reserve_usage` / `refund_usage` / `usage` in memory, for MockClock tests of the
+    day/month budgets: same grants, same refusals of bad arguments (ValueError), and a
+    checkpoint per call where the real store has a database round trip.
+
+    One instance shared by several throttles plays "several daemons on one database"; keeping
+    the instance across a simulated restart plays "the counters survive a restart".
+    """
+
+    def __init__(self) -> None:
+        self.used: dict[tuple[str, str, dt.datetime], int] = {}
+        self.calls: list[tuple[str, str, str, dt.datetime, int]] = []  # (method, tool, scope,
+        # window, amount) in call order, failed calls included
+        self.fail_calls = 0  # raise DatabaseUnavailable for the next N calls
+
+    def _begin(self, method: str, tool_id: str, scope: str, window: dt.datetime, n: int) -> None:
+        self.calls.append((method, tool_id, scope, window, n))
+        if self.fail_calls:
+            self.fail_calls -= 1
+            raise DatabaseUnavailable(f"{method}: database unavailable (fake)")
+
+    async def reserve_usage(
+        self, tool_id: str, scope: str, window_start: dt.datetime, want: int, limit: int
+    ) -> int:
+        check_usage_window(scope, window_start)
+        if want < 1:
+            raise ValueError(f"want must be >= 1, got {want!r}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        # Checkpoint first, then read-modify-write with no await in between: atomic under trio,
+        # as the single statement is in PostgreSQL.
+        await trio.lowlevel.checkpoint()
+        self._begin("reserve", tool_id, scope, window_start, want)
+        key = (tool_id, scope, window_start)
+        used = self.used.get(key, 0)
+        granted = max(0, min(want, limit - used))
+        self.used[key] = used + granted
+        return granted
+
+    async def refund_usage(
+        self, tool_id: str, scope: str, window_start: dt.datetime, count: int
+    ) -> None:
+        check_usage_window(scope, window_start)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count!r}")
+        await trio.lowlevel.checkpoint()
+        if count == 0:
+            return  # the real store does not go to the database either
+        self._begin("refund", tool_id, scope, window_start, count)
+        key = (tool_id, scope, window_start)
+        if key in self.used:
+            self.used[key] = max(0, self.used[key] - count)
+
+    async def usage(self, tool_id: str, scope: str, window_start: dt.datetime) -> int:
+        check_usage_window(scope, window_start)
+        await trio.lowlevel.checkpoint()
+        self._begin("usage", tool_id, scope, window_start, 0)
+        return self.used.get((tool_id, scope, window_start), 0)

@@ -39,6 +39,9 @@ SETTINGS = PoolSettings(
     connect_timeout=10.0,
     command_timeout=30.0,
     starttls="never",
+    # A fixed window (initial = maximum) for the tests of sessions and reuse; the adaptive
+    # window has its own tests below.
+    initial_connections_per_host=2,
     max_connections_per_host=2,
     max_recipients_per_session=10,
     session_reuse_seconds=30.0,
@@ -50,6 +53,11 @@ SETTINGS = PoolSettings(
 
 def settings(**changes: object) -> PoolSettings:
     return dataclasses.replace(SETTINGS, **changes)  # type: ignore[arg-type]
+
+
+def fixed_window(n: int) -> PoolSettings:
+    """n sessions per host from the start, never more (initial = maximum)."""
+    return settings(max_connections_per_host=n, initial_connections_per_host=n)
 
 
 def request(domain: str, people: Sequence[tuple[str, str]] = ()) -> ProbeRequest:
@@ -106,6 +114,7 @@ async def test_two_domains_reuse_one_session_with_rset_and_quit_at_idle_timeout(
                 "workers": 1,  # idle, without a session, until pool_idle_seconds
                 "idle_workers": 1,
                 "open_sessions": 0,
+                "window": 2,
                 "rcpt_limit": 10,
                 "dead": False,
                 "requests": 2,
@@ -225,7 +234,7 @@ async def test_per_host_concurrency_never_exceeds_max_connections_per_host(
             await trio.sleep(0.125)
 
     with trio.fail_after(BOUND):
-        async with pools([host], settings(max_connections_per_host=3)) as (net, manager):
+        async with pools([host], fixed_window(3)) as (net, manager):
             async with trio.open_nursery() as watcher:
                 watcher.start_soon(watch)
                 async with trio.open_nursery() as nursery:
@@ -356,6 +365,7 @@ async def test_refused_connection_marks_the_host_dead_for_the_backoff(
         "workers": 1,
         "idle_workers": 1,
         "open_sessions": 0,
+        "window": 1,  # an unreachable host gets one connection at a time
         "rcpt_limit": 10,
         "dead": True,
         "requests": 2,
@@ -392,7 +402,7 @@ async def test_request_queued_behind_a_dead_host_is_not_sent_to_connect_again(
 
     with trio.fail_after(BOUND):
         async with (
-            pools([host], settings(max_connections_per_host=1)) as (net, manager),
+            pools([host], fixed_window(1)) as (net, manager),
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(one, "a.test")
@@ -423,7 +433,7 @@ async def test_connection_dropped_mid_conversation_is_disconnected_then_fresh_se
 ) -> None:
     host = info_host(drop={1: "RCPT"})
     with trio.fail_after(BOUND):
-        async with pools([host], settings(max_connections_per_host=1)) as (_, manager):
+        async with pools([host], fixed_window(1)) as (_, manager):
             broken = await manager.visit(host.mx, request("a.test"))
             assert now() == 0.75  # the first RCPT is sent at 0.75 and gets EOF
             nxt = await manager.visit(host.mx, request("b.test"))
@@ -471,7 +481,7 @@ async def test_address_change_does_not_break_a_domain_queued_on_the_old_pool(
 
     with trio.fail_after(BOUND):
         async with (
-            pools([old, new], settings(max_connections_per_host=1)) as (_, manager),
+            pools([old, new], fixed_window(1)) as (_, manager),
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(one, old, "a.test")  # served by the only worker

@@ -78,8 +78,10 @@ async def test_dns_unavailable_is_retried_linearly_then_surfaced(
         "cache_hits": 0,
         "retries": 2,
         "unavailable": 1,
+        "resolver_switches": 0,
         "busy": 0,
         "cached": 0,
+        "active_nameserver": None,
     }
 
 
@@ -127,8 +129,10 @@ async def test_cached_answer_costs_no_lookup_until_the_ttl_expires(
         "cache_hits": 2,
         "retries": 0,
         "unavailable": 0,
+        "resolver_switches": 0,
         "busy": 0,
         "cached": 1,
+        "active_nameserver": None,
     }
 
 

@@ -179,7 +179,7 @@ def test_migrate_twice_is_idempotent(fresh_db: str, tmp_path: Path) -> None:
     first = cli(config, "migrate")
     assert first.returncode == 0, first.stderr
     (migrated,) = [e for e in json_events(first.stdout.splitlines()) if e["event"] == "migrated"]
-    assert migrated["applied"] == ["001_outreach", "002_ct_actors"]
+    assert migrated["applied"] == ["001_outreach", "002_ct_actors", "003_tool_usage"]
     versions = db_fetch(fresh_db, "SELECT * FROM ct_actors.schema_migrations ORDER BY version")
     second = cli(config, "migrate")
     assert second.returncode == 0, second.stderr
@@ -188,7 +188,12 @@ def test_migrate_twice_is_idempotent(fresh_db: str, tmp_path: Path) -> None:
     assert db_fetch(fresh_db, "SELECT * FROM ct_actors.schema_migrations ORDER BY version") == (
         versions
     )
-    for table in ("outreach.outreach", "outreach.company_target", "ct_actors.lease"):
+    for table in (
+        "outreach.outreach",
+        "outreach.company_target",
+        "ct_actors.lease",
+        "ct_actors.tool_usage",
+    ):
         assert db_val(fresh_db, "SELECT to_regclass($1) IS NOT NULL", table)
 
 

@@ -76,7 +76,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.source_address is None
     assert (s.connect_timeout, s.command_timeout, s.quit_timeout) == (10.0, 30.0, 5.0)
     assert s.starttls == "opportunistic"
-    assert (s.max_connections, s.max_connections_per_host) == (64, 2)
+    assert (s.max_connections, s.max_connections_per_host) == (64, 4)
+    assert s.initial_connections_per_host == 1
+    assert (s.dead_host_backoff, s.dead_host_backoff_max) == (300.0, 3600.0)
     assert s.max_recipients_per_session == 10
     assert (s.session_reuse_seconds, s.pool_idle_seconds) == (30, 60)
     assert s.dead_host_backoff == 300.0

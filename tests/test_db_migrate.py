@@ -36,7 +36,7 @@ async def _columns(db: Db, table: str) -> dict[str, tuple[str, bool]]:
 
 async def test_sql_dir_is_found_through_the_package() -> None:
     assert SQL_DIR.is_dir()
-    assert ALL_VERSIONS[:2] == ["001_outreach", "002_ct_actors"]
+    assert ALL_VERSIONS[:3] == ["001_outreach", "002_ct_actors", "003_tool_usage"]
 
 
 async def test_migrate_fresh_then_noop(aio_loop: Any, fresh_db: str) -> None:

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -23,8 +24,10 @@ import pytest
 import trio
 import trio.testing
 
+from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.types import DnsUnavailable, MxStatus
-from ct_actors.sim.dns_server import DnsResponder
+from ct_actors.sim.__main__ import build_parser, main
+from ct_actors.sim.dns_server import BrokenDns, DnsResponder, serve_dns
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.server import serve_world
 from ct_actors.sim.smtp_server import handle_session
@@ -578,6 +581,223 @@ def test_cli_serve(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             stopped = json.loads(proc.stdout.readline())
             assert stopped["event"] == "sim_stopped" and stopped["signal"] == "SIGTERM"
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+# -- broken resolvers (fault modes) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rd", [True, False])
+@pytest.mark.parametrize("edns", [-1, 0])
+def test_dns_responder_servfail(rd: bool, edns: int) -> None:
+    stats = SimStats()
+    responder = DnsResponder(WORLD, stats, fault="servfail")
+    domain, _ = pick(WORLD, Behaviour.VERIFIABLE)
+    query = dns.message.make_query(domain.name.upper(), "MX", use_edns=edns)
+    query.id = 4711
+    if not rd:
+        query.flags &= ~dns.flags.RD
+    wire = responder.respond(query.to_wire())
+    assert wire is not None
+    reply = dns.message.from_wire(wire)
+    assert reply.id == 4711 and reply.rcode() == dns.rcode.SERVFAIL
+    assert bool(reply.flags & dns.flags.QR) and not reply.flags & dns.flags.AA
+    assert bool(reply.flags & dns.flags.RD) is rd
+    assert reply.question == query.question  # echoed as asked, case included
+    assert reply.question[0].name.to_text() == domain.name.upper() + "."
+    assert not reply.answer and not reply.authority and not reply.additional
+    assert reply.edns == edns
+    assert query.is_response(reply)  # what dnspython checks before trusting an answer
+    # Garbage and responses are still ignored, not SERVFAILed.
+    assert responder.respond(b"\x00\x01garbage") is None
+    assert responder.respond(wire) is None
+    snap = stats.statistics()
+    assert snap["dns_rcodes"] == {"SERVFAIL": 1} and snap["dns_queries"] == {"MX": 1}
+    assert snap["dns_malformed"] == 2
+
+
+def test_dns_responder_silent_and_repair() -> None:
+    stats = SimStats()
+    responder = DnsResponder(WORLD, stats, fault="silent")
+    domain, host = pick(WORLD, Behaviour.VERIFIABLE)
+    query = dns.message.make_query(domain.name, "MX")
+    assert responder.respond(query.to_wire()) is None
+    assert stats.statistics()["dns_dropped"] == 1
+    responder.fault = "none"
+    assert _texts(_ask(responder, domain.name, "MX")) == [f"10 {host.name}."]
+    responder.fault = "servfail"
+    wire = responder.respond(query.to_wire())
+    assert wire is not None and dns.message.from_wire(wire).rcode() == dns.rcode.SERVFAIL
+    with pytest.raises(ValueError, match="fault must be one of"):
+        responder.fault = "broken"  # type: ignore[assignment]
+    assert responder.fault == "servfail"
+    with pytest.raises(ValueError, match="fault must be one of"):
+        DnsResponder(WORLD, stats, fault="SERVFAIL")  # type: ignore[arg-type]
+
+
+async def _serve_pair(nursery: trio.Nursery, broken: DnsResponder) -> tuple[str, str, int]:
+    """A healthy listener and `broken` on one port (the client asks every nameserver on one
+    port), on two loopback addresses; returns (healthy, broken, port)."""
+    healthy_ip, broken_ip = "127.0.54.1", "127.0.54.2"
+    _, port = await nursery.start(
+        functools.partial(serve_dns, WORLD, SimStats(), address=healthy_ip, port=0)
+    )
+    await nursery.start(
+        functools.partial(serve_dns, WORLD, SimStats(), address=broken_ip, port=port,
+                          responder=broken)
+    )  # fmt: skip
+    return healthy_ip, broken_ip, port
+
+
+async def test_broken_resolvers_seen_by_the_udp_client() -> None:
+    domain, host = pick(WORLD, Behaviour.VERIFIABLE)
+    stats = SimStats()
+    broken = DnsResponder(WORLD, stats, fault="servfail")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            healthy_ip, broken_ip, port = await _serve_pair(nursery, broken)
+
+            # SERVFAIL from the only nameserver comes back as such (the caller's
+            # interpretation turns it into DnsUnavailable).
+            async with UdpDnsClient([broken_ip], port=port, timeout=2.0, attempts=1) as client:
+                reply = await client.exchange(domain.name, "MX")
+                assert reply.reply.rcode == dns.rcode.SERVFAIL
+                assert reply.nameserver == broken_ip and not reply.via_tcp
+                assert reply.message.rcode() == dns.rcode.SERVFAIL
+
+            # Broken first, healthy second: the client moves on and gets the answer.
+            servers = [broken_ip, healthy_ip]
+            async with UdpDnsClient(servers, port=port, timeout=2.0, attempts=2) as client:
+                reply = await client.exchange(domain.name, "MX")
+                assert reply.nameserver == healthy_ip
+                assert reply.reply.rcode == dns.rcode.NOERROR
+                assert _texts(reply.message) == [f"10 {host.name}."]
+
+            # Silent: a timeout, never an answer.
+            broken.fault = "silent"
+            async with UdpDnsClient([broken_ip], port=port, timeout=0.3, attempts=2) as client:
+                with pytest.raises(DnsUnavailable, match="timeout") as info:
+                    await client.exchange(domain.name, "MX")
+                assert info.value.nameserver == broken_ip
+                assert client.statistics()["timeouts"] == 2
+
+                # Repaired while serving: answers come back on the same socket.
+                broken.fault = "none"
+                reply = await client.exchange(domain.name, "MX")
+                assert reply.nameserver == broken_ip
+                assert _texts(reply.message) == [f"10 {host.name}."]
+            nursery.cancel_scope.cancel()
+    snap = stats.statistics()
+    assert snap["dns_rcodes"] == {"SERVFAIL": 2, "NOERROR": 1}
+    assert snap["dns_dropped"] == 2
+
+
+async def test_serve_dns_fault_argument() -> None:
+    domain, _ = pick(WORLD, Behaviour.VERIFIABLE)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address, port = await nursery.start(
+                functools.partial(
+                    serve_dns, WORLD, SimStats(), address="127.0.54.3", port=0, fault="servfail"
+                )
+            )
+            assert address == "127.0.54.3"
+            async with UdpDnsClient([address], port=port, timeout=2.0, attempts=1) as client:
+                reply = await client.exchange(domain.name, "MX")
+                assert reply.reply.rcode == dns.rcode.SERVFAIL
+            with pytest.raises(ValueError, match="either a responder or a fault"):
+                await serve_dns(
+                    WORLD, SimStats(), port=0, fault="silent",
+                    responder=DnsResponder(WORLD, SimStats()),
+                )  # fmt: skip
+            nursery.cancel_scope.cancel()
+
+
+def test_cli_broken_dns_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["serve", "--seed", "1", "--domains", "1", "--world-file", "/nonexistent/w.json"]
+    args = build_parser().parse_args(
+        [*base, "--broken-dns", "127.0.53.54=servfail", "--broken-dns", "127.0.53.55:5400=silent"]
+    )
+    assert [(b.address, b.port, b.fault) for b in args.broken_dns] == [
+        ("127.0.53.54", None, "servfail"),
+        ("127.0.53.55", 5400, "silent"),
+    ]
+    assert build_parser().parse_args(base).broken_dns == []
+    assert str(BrokenDns("127.0.53.54", 5353, "servfail")) == "127.0.53.54:5353=servfail"
+    bad: list[tuple[list[str], str]] = [
+        (["--broken-dns", "127.0.53.54"], "expected ADDRESS[:PORT]=FAULT"),
+        (["--broken-dns", "127.0.53.54=none"], "FAULT one of servfail, silent"),
+        (["--broken-dns", "127.0.53.54=refused"], "expected ADDRESS[:PORT]=FAULT"),
+        (["--broken-dns", "localhost=servfail"], "IPv4 ADDRESS"),
+        (["--broken-dns", "::1=servfail"], "IPv4 ADDRESS"),
+        (["--broken-dns", "127.0.53.54:0=silent"], "expected ADDRESS[:PORT]=FAULT"),
+        (["--broken-dns", "127.0.53.54:x=silent"], "expected ADDRESS[:PORT]=FAULT"),
+        # Checked once --dns-address/--dns-port are known, before anything is bound.
+        (["--broken-dns", "127.0.53.53=silent"], "is the healthy DNS server's too"),
+        (
+            [
+                "--dns-port",
+                "5400",
+                "--broken-dns",
+                "127.0.53.53:5353=silent",
+                "--broken-dns",
+                "127.0.53.53=servfail",
+            ],
+            "is the healthy DNS server's too",
+        ),
+        (
+            ["--broken-dns", "127.0.53.54=silent", "--broken-dns", "127.0.53.54:5353=servfail"],
+            "is --broken-dns 127.0.53.54:5353=silent's too",
+        ),
+    ]
+    for extra, message in bad:
+        with pytest.raises(SystemExit) as info:
+            main([*base, *extra])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err, extra
+
+
+@pytest.mark.timeout(90)
+def test_cli_serve_with_broken_dns(tmp_path: Path) -> None:
+    """A healthy and two broken resolvers from one simulator process, as a daemon test would
+    configure them: dns.nameservers = [broken, healthy], one dns.port."""
+    world_file = tmp_path / "world.json"
+    port = 5397
+    cmd = [
+        sys.executable, "-m", "ct_actors.sim", "serve", "--seed", "3", "--domains", "20",
+        "--world-file", str(world_file), "--smtp-port", "2597", "--dns-port", str(port),
+        "--latency-ms", "1",
+        "--broken-dns", "127.0.53.54=servfail", "--broken-dns", "127.0.53.55=silent",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def ask(address: str, timeout: float = 5.0) -> dns.message.Message:
+        return dns.query.udp(dns.message.make_query(name, "MX"), address, port=port,
+                             timeout=timeout)  # fmt: skip
+
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            ready = json.loads(proc.stdout.readline())
+            assert ready["event"] == "sim_ready", ready
+            assert ready["broken_dns"] == [
+                f"127.0.53.54:{port}=servfail",
+                f"127.0.53.55:{port}=silent",
+            ]
+            world = World.from_json(world_file.read_text(encoding="utf-8"))
+            name = world.by_behaviour(Behaviour.VERIFIABLE)[0].name
+            assert ask("127.0.53.53").rcode() == dns.rcode.NOERROR
+            assert ask("127.0.53.54").rcode() == dns.rcode.SERVFAIL
+            with pytest.raises(dns.exception.Timeout):
+                ask("127.0.53.55", timeout=0.3)
+            proc.send_signal(signal.SIGTERM)
+            stopped = json.loads(proc.stdout.readline())
+            assert stopped["event"] == "sim_stopped"
+            assert stopped["stats"]["dns_rcodes"] == {"NOERROR": 1, "SERVFAIL": 1}
+            assert stopped["stats"]["dns_dropped"] == 1
             assert proc.wait(timeout=30) == 0
         finally:
             if proc.poll() is None:

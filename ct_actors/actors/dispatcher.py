@@ -66,7 +66,9 @@ class Dispatcher:
         resolver: ResolverStage,
         pools: HostVisitor,
         settings: DispatchSettings,
+        reachable_recently: Callable[[], bool] | None = None,
     ) -> None:
+        self._reachable_recently = reachable_recently
         self._receive = receive
         self._send = send
         self._resolver = resolver
@@ -143,7 +145,13 @@ class Dispatcher:
         # Names were fetched by the loader for the whole claim batch; every record that joined
         # the domain contributes, in arrival order, up to the contract's three.
         people = [person for job in group.jobs for person in job.people]
-        return await smtp_probe(mx, people[:3], self._pools, self.settings.retry)
+        return await smtp_probe(
+            mx,
+            people[:3],
+            self._pools,
+            self.settings.retry,
+            reachable_recently=self._reachable_recently,
+        )
 
     async def _emit_result(
         self, job: Job, domain: NormalisedDomain, result: DomainResult, *, cached: bool

@@ -9,7 +9,7 @@ waits and tries again; nothing is lost because nothing was claimed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,8 +59,10 @@ class LoaderActor:
         transient_errors: tuple[type[BaseException], ...],
         names: NamesSource | None = None,
         drain: bool = False,
+        pause: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._names = names
+        self._pause = pause
         self._send = send
         self._store = store
         self._owner = owner
@@ -101,6 +103,9 @@ class LoaderActor:
     async def _claim_loop(self) -> None:
         delay = self.settings.retry_initial
         while True:
+            if self._pause is not None:
+                # A kill switch holds the pipeline: claim nothing until it is cleared.
+                await self._pause()
             credits = await self._credits.acquire(self.settings.claim_batch)
             try:
                 claimed = await self._claim(credits)

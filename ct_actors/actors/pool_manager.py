@@ -12,6 +12,7 @@ import trio
 from ct_actors.actors.smtp_pool import HostPool, HostVisit, PoolClosed, PoolSettings, ProbeRequest
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
+from ct_actors.throttle.host_window import HostWindow
 
 log = structlog.get_logger("ct_actors.pool_manager")
 
@@ -30,6 +31,9 @@ class SmtpPoolManager:
         self._ssl_context = ssl_context
         self.connections = trio.CapacityLimiter(max_connections)
         self._pools: dict[str, HostPool] = {}
+        # Per-host windows outlive their pools while they hold something learnt (a shrunk or
+        # grown limit, a dead-host streak); see _reap.
+        self._windows: dict[str, HostWindow] = {}
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
         # Shared with every pool, so totals survive pool retirement.
@@ -71,11 +75,30 @@ class SmtpPoolManager:
                 ssl_context=self._ssl_context,
                 counters=self.counters,
                 on_pressure=self._reclaim_idle,
+                window=self._window_for(host.name),
             )
             self._pools[host.name] = pool
             self._created += 1
             self._nursery.start_soon(pool.run)
         return pool
+
+    def _window_for(self, name: str) -> HostWindow:
+        window = self._windows.get(name)
+        if window is None:
+            window = self._windows[name] = HostWindow(self.settings.window())
+        return window
+
+    def update_settings(
+        self, settings: PoolSettings, *, max_connections: int | None = None
+    ) -> None:
+        """Reload: every pool (and every remembered host window) takes the new settings."""
+        self.settings = settings
+        for window in self._windows.values():
+            window.update(settings.window())
+        for pool in self._pools.values():
+            pool.update_settings(settings)
+        if max_connections is not None:
+            self.connections.total_tokens = max_connections
 
     async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit:
         while True:
@@ -101,6 +124,9 @@ class SmtpPoolManager:
                 pool.close()
                 del self._pools[name]
                 self._retired += 1
+                window = self._windows.get(name)
+                if window is not None and _nothing_learnt(window):
+                    del self._windows[name]
 
     def statistics(self, top: int = 5) -> dict[str, object]:
         busiest = sorted(self._pools.values(), key=lambda p: p.workers, reverse=True)[:top]
@@ -114,3 +140,8 @@ class SmtpPoolManager:
             "dead_hosts": sum(1 for p in self._pools.values() if p.is_dead()),
             "top_pools": [p.statistics() for p in busiest],
         }
+
+
+def _nothing_learnt(window: HostWindow) -> bool:
+    stats = window.statistics()
+    return window.limit == window.settings.initial and stats["dead_streak"] == 0

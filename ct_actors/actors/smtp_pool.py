@@ -7,9 +7,12 @@ reuses its session for several domains (RSET between them) for `session_reuse_se
 says QUIT; an idle worker retires after `pool_idle_seconds`, and the manager retires a pool
 with no workers left.
 
-A host that refuses connections or times out before its greeting is marked dead for
-`dead_host_backoff` seconds: every domain on that host skips it at once instead of paying the
-connect timeout again.
+How many sessions a host gets is its `HostWindow` (throttle/host_window.py), adapted the way
+Postfix's scheduler adapts per destination: it starts small, grows with successful visits,
+halves on 421 / 4.7.x throttling answers, and drops to one when the host cannot be reached. A
+host that refuses connections or times out before its greeting is marked dead for a backoff
+that doubles while it stays unreachable: every domain on that host skips it at once instead of
+paying the connect timeout again.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ct_actors.smtp.client import (
     SmtpTimeout,
     open_session,
 )
+from ct_actors.throttle.host_window import HostWindow, HostWindowSettings
 
 log = structlog.get_logger("ct_actors.smtp_pool")
 
@@ -49,6 +53,8 @@ DISCONNECTED = "disconnected"
 GREETING_REJECTED = "greeting-rejected"
 PROTOCOL_ERROR = "protocol-error"
 HOST_DEAD = "host-dead"
+HALTED = "halted"  # not attempted: an SMTP kill switch is tripped (see smtp_gate.py)
+NO_ADDRESS = "no-address"
 
 
 class PoolClosed(Exception):
@@ -64,12 +70,22 @@ class PoolSettings:
     connect_timeout: float = 10.0
     command_timeout: float = 30.0
     starttls: Literal["opportunistic", "never"] = "opportunistic"
+    initial_connections_per_host: int = 1
     max_connections_per_host: int = 2
     max_recipients_per_session: int = 10
     session_reuse_seconds: float = 30.0
     session_idle_seconds: float = 2.0
     pool_idle_seconds: float = 60.0
     dead_host_backoff: float = 300.0
+    dead_host_backoff_max: float = 3600.0
+
+    def window(self) -> HostWindowSettings:
+        return HostWindowSettings(
+            initial=min(self.initial_connections_per_host, self.max_connections_per_host),
+            maximum=self.max_connections_per_host,
+            dead_backoff=self.dead_host_backoff,
+            dead_backoff_max=max(self.dead_host_backoff, self.dead_host_backoff_max),
+        )
 
 
 @dataclass(slots=True)
@@ -113,8 +129,12 @@ class HostPool:
         ssl_context: ssl.SSLContext | None = None,
         counters: Counter[str] | None = None,
         on_pressure: Callable[[], None] | None = None,
+        window: HostWindow | None = None,
     ) -> None:
         self.host = host
+        # Kept by the manager across pool retirement, so a host's learnt limit and its dead
+        # backoff streak outlive an idle minute.
+        self.window = window if window is not None else HostWindow(settings.window())
         self._on_pressure = on_pressure
         self._counters = counters if counters is not None else Counter()
         self.settings = settings
@@ -126,7 +146,6 @@ class HostPool:
         self._running = trio.Event()
         self._closed = trio.Event()
         self.rcpt_limit = settings.max_recipients_per_session
-        self.dead_until = float("-inf")
         self.workers = 0
         self.idle_workers = 0
         self.open_sessions = 0
@@ -145,10 +164,18 @@ class HostPool:
             "workers": self.workers,
             "idle_workers": self.idle_workers,
             "open_sessions": self.open_sessions,
+            "window": self.window.limit,
             "rcpt_limit": self.rcpt_limit,
             "dead": self.is_dead(),
             **self._stats,
         }
+
+    def update_settings(self, settings: PoolSettings) -> None:
+        """Reload: timeouts and session limits from the next session on; the learnt window
+        and dead marking carry over. A smaller max_recipients_per_session applies at once."""
+        self.settings = settings
+        self.window.update(settings.window())
+        self.rcpt_limit = min(self.rcpt_limit, settings.max_recipients_per_session)
 
     def reclaim_idle(self) -> int:
         """Make workers holding idle sessions QUIT them now; returns how many were asked."""
@@ -158,7 +185,11 @@ class HostPool:
         return len(scopes)
 
     def is_dead(self) -> bool:
-        return trio.current_time() < self.dead_until
+        return self.window.is_dead(trio.current_time())
+
+    @property
+    def dead_until(self) -> float:
+        return self.window.dead_until
 
     def retirable(self, idle_for: float) -> bool:
         return (
@@ -188,7 +219,7 @@ class HostPool:
         await self._running.wait()
         if self._nursery is None or self._closed.is_set():
             raise PoolClosed(self.host.name)
-        if self.idle_workers == 0 and self.workers < self.settings.max_connections_per_host:
+        if self.idle_workers == 0 and self.workers < self.window.limit:
             self.workers += 1
             self._nursery.start_soon(self._worker)
         self._waiting += 1
@@ -233,6 +264,10 @@ class HostPool:
                     conn = None
                     continue
                 conn = await self._handle(request, conn)
+                if self.workers > self.window.limit:
+                    # The window shrank (421, 4.7.x): this worker is one too many. At least
+                    # `limit` others remain to serve whoever is waiting.
+                    return
         finally:
             self.workers -= 1
             if conn is not None:
@@ -343,10 +378,12 @@ class HostPool:
                 SessionVerdict.POLICY_BLOCKED: HostOutcome.POLICY_BLOCKED,
                 SessionVerdict.THROTTLED: HostOutcome.THROTTLED,
             }.get(verdict, GREETING_REJECTED)
+            if outcome == HostOutcome.THROTTLED:
+                self.window.on_throttled(trio.current_time())
             return HostVisit(self.host.name, address, outcome, f"{exc.stage}: {exc.reason}")
         if isinstance(exc, SmtpConnectError | SmtpTimeout):
             # The host cannot be reached: every domain on it should skip it for a while.
-            self.dead_until = trio.current_time() + self.settings.dead_host_backoff
+            self.window.on_connect_failure(trio.current_time())
             kind = TIMEOUT if isinstance(exc, SmtpTimeout) else CONNECT_FAILED
             return HostVisit(self.host.name, address, kind, f"{exc.stage}: {exc.reason}")
         return HostVisit(self.host.name, address, _error_kind(exc), f"{exc.stage}: {exc.reason}")
@@ -370,6 +407,10 @@ class HostPool:
                 reused_session=reused,
             )
         self._stats["rcpts"] += result.rcpts_sent
+        if result.outcome in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
+            self.window.on_success(trio.current_time())
+        elif result.outcome == HostOutcome.THROTTLED:
+            self.window.on_throttled(trio.current_time())
         if result.rcpt_limit is not None:
             self.rcpt_limit = min(self.rcpt_limit, result.rcpt_limit)
         return HostVisit(
@@ -390,6 +431,13 @@ class _Conn:
     stack: contextlib.AsyncExitStack
     session: SmtpSession
     opened_at: float
+
+
+def is_connect_failure(visit: HostVisit) -> bool:
+    """The TCP connection itself failed (refused, unreachable, connect timeout)."""
+    if visit.outcome == CONNECT_FAILED:
+        return True
+    return visit.outcome == TIMEOUT and visit.detail.startswith("connect:")
 
 
 def _error_kind(exc: SmtpError) -> str:

@@ -25,10 +25,28 @@ from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Dispatcher, DispatchSettings, Job, NamesSource
 from ct_actors.actors.loader import ClaimStore, LoaderActor, LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
+from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings, ResolverStage
+from ct_actors.actors.smtp_gate import (
+    IP_BLACKLISTED,
+    PORT_BLOCKED,
+    SMTP_SWITCHES,
+    GuardSettings,
+    SmtpGate,
+    SmtpGuard,
+)
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
 from ct_actors.dns.types import MxResolver
 from ct_actors.outcome import Outcome
+from ct_actors.throttle.killswitch import KillSwitches
+from ct_actors.throttle.limiter import ToolThrottles
+from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK
+
+# Every kill switch the pipeline knows, with the registry's action for it.
+KILL_SWITCHES = {
+    RESOLVER_FAILURE: "switch_resolver",
+    IP_BLACKLISTED: "halt_and_alert",
+    PORT_BLOCKED: "halt_and_alert",
+}
 
 log = structlog.get_logger("ct_actors.supervisor")
 
@@ -48,6 +66,7 @@ class PipelineSettings:
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     writer: WriterSettings = field(default_factory=WriterSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
 
 
 class Supervisor:
@@ -61,15 +80,27 @@ class Supervisor:
         transient_db_errors: tuple[type[BaseException], ...],
         names: NamesSource | None = None,
         drain: bool = False,
+        throttles: ToolThrottles | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
         self._transient = transient_db_errors
+        self.throttles = throttles
+        self.switches = KillSwitches(dict(KILL_SWITCHES))
         self.credits = WorkCredits(settings.max_in_flight)
         job_send, job_recv = trio.open_memory_channel[Job](0)
         out_send, out_recv = trio.open_memory_channel[Outcome](0)
-        self.resolver = ResolverStage(resolver, settings.resolver)
+        self.resolver = ResolverStage(
+            resolver,
+            settings.resolver,
+            limiter=throttles[MX_LOOKUP] if throttles is not None else None,
+            switches=self.switches,
+        )
         self.pools = pools
+        self.guard = SmtpGuard(settings.guard, self.switches)
+        self.gate = SmtpGate(
+            pools, throttles[SMTP_CHECK] if throttles is not None else None, self.guard
+        )
         self.writer = WriterActor(
             out_recv,
             store,
@@ -82,9 +113,14 @@ class Supervisor:
             job_recv,
             out_send,
             resolver=self.resolver,
-            pools=pools,
+            pools=self.gate,
             settings=settings.dispatch,
+            reachable_recently=self.guard.reachable_recently,
         )
+        # Claiming stops while a switch that stops the pipeline's work is tripped.
+        self._halting = [RESOLVER_FAILURE]
+        if settings.dispatch.mode == "smtp":
+            self._halting.extend(SMTP_SWITCHES)
         self.loader = LoaderActor(
             job_send,
             store,
@@ -94,6 +130,7 @@ class Supervisor:
             transient_errors=transient_db_errors,
             names=names,
             drain=drain,
+            pause=lambda: self.switches.wait_clear(self._halting),
         )
         self._pipeline: trio.Nursery | None = None
         self._outer: trio.Nursery | None = None
@@ -130,6 +167,8 @@ class Supervisor:
                         self.request_stop()
             finally:
                 await self._release_unfinished()
+                if self.throttles is not None:
+                    await self.throttles.release()
                 self.log_stats(final=True)
                 outer.cancel_scope.cancel()
                 self.finished.set()
@@ -186,6 +225,27 @@ class Supervisor:
         else:
             log.info("leases_released", records=len(ids))
 
+    # -- reload ----------------------------------------------------------------------------
+
+    def reconfigure(self, settings: PipelineSettings) -> None:
+        """SIGHUP: the reloadable settings apply from the next claim, lookup, visit or flush;
+        work in flight carries on, and counters and per-host state carry over."""
+        self.settings = settings
+        self.loader.settings = settings.loader
+        self.resolver.update(settings.resolver)
+        self.dispatcher.settings = settings.dispatch
+        self.writer.settings = settings.writer
+        self.guard.update(settings.guard)
+
+    def clear_kill_switches(self) -> list[str]:
+        """The operator says the cause is fixed (SIGHUP): resume, and forget old evidence."""
+        cleared = self.switches.clear_all()
+        self.resolver.clear()
+        self.guard.clear()
+        for name in cleared:
+            log.warning("kill_switch_cleared", switch=name, by="SIGHUP")
+        return cleared
+
     # -- observability ---------------------------------------------------------------------
 
     def statistics(self) -> dict[str, Any]:
@@ -204,7 +264,10 @@ class Supervisor:
             "dispatcher": self.dispatcher.statistics(),
             "resolver": self.resolver.statistics(),
             "smtp": self.pools.statistics(),
+            "smtp_guard": self.guard.statistics(),
             "writer": self.writer.statistics(),
+            "throttles": self.throttles.statistics() if self.throttles is not None else {},
+            "kill_switches": self.switches.statistics(),
         }
 
     def log_stats(self, *, final: bool = False) -> None:

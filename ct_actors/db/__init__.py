@@ -14,15 +14,18 @@ from ct_actors.db.errors import (
 from ct_actors.db.migrate import migrate, verify_schema
 from ct_actors.db.redact import redact_url
 from ct_actors.db.store import (
+    USAGE_SCOPES,
     ClaimedRecord,
     SpineRecord,
     Store,
     StoreStatistics,
     WriteReport,
     open_store,
+    usage_window,
 )
 
 __all__ = [
+    "USAGE_SCOPES",
     "ClaimedRecord",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -36,5 +39,6 @@ __all__ = [
     "migrate",
     "open_store",
     "redact_url",
+    "usage_window",
     "verify_schema",
 ]

@@ -186,6 +186,7 @@ WRITTEN_COLUMNS: dict[str, frozenset[str]] = {
             "last_reason",
         }
     ),
+    "ct_actors.tool_usage": frozenset({"tool_id", "scope", "window_start", "used", "updated_at"}),
 }
 
 # Columns the daemon (or the runbook's queries) read or write, per table: they must exist.
@@ -195,6 +196,7 @@ REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
     "outreach.company_target_errors": WRITTEN_COLUMNS["outreach.company_target_errors"]
     | {"resolved_at", "created_at"},
     "ct_actors.lease": WRITTEN_COLUMNS["ct_actors.lease"],
+    "ct_actors.tool_usage": WRITTEN_COLUMNS["ct_actors.tool_usage"],
 }
 
 _COLUMNS_SQL = """

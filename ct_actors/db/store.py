@@ -17,6 +17,10 @@ Leases (ct_actors.lease) make the work queue safe to share between several daemo
   previous incarnation that crashed, are claimable again at once);
 * `write_outcomes` deletes the leases of finished records, or releases deferred ones with a
   `not_before`; `release` hands unfinished work back immediately (shutdown).
+
+Tool budgets (`reserve_usage`, `refund_usage`, `usage`) count the SNAP_ON_TOOLBOX per_day and
+per_month limits in `ct_actors.tool_usage`, one counter per UTC calendar window, shared by every
+daemon on the database and kept across restarts.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from ct_actors.db.redact import Redactor, scrub_text
 from ct_actors.outcome import Outcome
 
 __all__ = [
+    "USAGE_SCOPES",
     "ClaimedRecord",
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -60,8 +65,10 @@ __all__ = [
     "StoreError",
     "StoreStatistics",
     "WriteReport",
+    "check_usage_window",
     "open_store",
     "translate_exception",
+    "usage_window",
 ]
 
 log = structlog.get_logger("ct_actors.db")
@@ -73,6 +80,12 @@ T = TypeVar("T")
 
 # How many rows an operator names query may contribute.
 MAX_NAMES = 3
+
+# The toolbox scopes counted in ct_actors.tool_usage (its CHECK constraint says the same).
+USAGE_SCOPES: tuple[str, ...] = ("per_day", "per_month")
+# A window row whose creation keeps losing to something deleting it (an operator pruning the
+# current window in a loop) is not worth waiting for forever.
+_RESERVE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +302,10 @@ class Store:
     async def _fetchval(self, sql: str, *args: Any) -> Any:
         self._stats.round_trips += 1
         return await self._pool.fetchval(sql, *args)
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        self._stats.round_trips += 1
+        return cast(str, await self._pool.execute(sql, *args))
 
     # -- schema -----------------------------------------------------------------------------
     async def migrate(self, runner: MigrationRunner | None = None) -> list[str]:
@@ -514,6 +531,96 @@ class Store:
         """{'PASS': n, '<failure code>': n, ...} over terminal outcomes (open error rows)."""
         rows = await self._call("counts by outcome", self._fetch, q.COUNTS_BY_OUTCOME)
         return {str(r["outcome"]): int(r["n"]) for r in rows}
+
+    # -- tool budgets (per_day / per_month) --------------------------------------------------
+    async def reserve_usage(
+        self, tool_id: str, scope: str, window_start: dt.datetime, want: int, limit: int
+    ) -> int:
+        """Add up to `want` calls to the window's counter without ever taking it past `limit`;
+        returns how many were granted (0..want). Atomic across connections and daemons.
+
+        `window_start` is the start of the UTC calendar window (see `usage_window`). One round
+        trip, or up to three for the first reservation of a window. Raises ValueError for a bad
+        argument, DatabaseUnavailable etc. as every store call.
+        """
+        check_usage_window(scope, window_start)
+        if want < 1:
+            raise ValueError(f"want must be >= 1, got {want!r}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+
+        async def run() -> int:
+            async with self._pool.acquire() as conn:
+                for _attempt in range(_RESERVE_ATTEMPTS):
+                    # The common case first: the window's row exists (every reservation of a
+                    # window but the first).
+                    self._stats.round_trips += 1
+                    granted = await conn.fetchval(
+                        q.RESERVE_USAGE, tool_id, scope, window_start, want, limit
+                    )
+                    if granted is not None:
+                        return int(granted)
+                    self._stats.round_trips += 1
+                    granted = await conn.fetchval(
+                        q.RESERVE_USAGE_FIRST, tool_id, scope, window_start, want, limit
+                    )
+                    if granted is not None:
+                        return int(granted)
+                    # Another reservation created the row between our two statements.
+            raise QueryError(
+                f"reserve usage: the row of {tool_id}/{scope}/{window_start.isoformat()} "
+                f"vanished {_RESERVE_ATTEMPTS} times in a row (is something deleting it?)"
+            )
+
+        return await self._call("reserve usage", run)
+
+    async def refund_usage(
+        self, tool_id: str, scope: str, window_start: dt.datetime, count: int
+    ) -> None:
+        """Give back `count` reserved calls that were not used (never below 0). Refunding into
+        a window that has no row is a no-op."""
+        check_usage_window(scope, window_start)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count!r}")
+        if count == 0:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._call(
+            "refund usage", self._execute, q.REFUND_USAGE, tool_id, scope, window_start, count
+        )
+
+    async def usage(self, tool_id: str, scope: str, window_start: dt.datetime) -> int:
+        """Calls counted in the window so far (0 when nothing was reserved in it)."""
+        check_usage_window(scope, window_start)
+        value = await self._call("usage", self._fetchval, q.USAGE, tool_id, scope, window_start)
+        return 0 if value is None else int(value)
+
+
+def usage_window(scope: str, at: dt.datetime) -> dt.datetime:
+    """Start of the UTC calendar window of `scope` ('per_day' or 'per_month') containing the
+    tz-aware instant `at`: its day's or month's first microsecond, as a UTC datetime."""
+    if scope not in USAGE_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(USAGE_SCOPES)}, got {scope!r}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"a usage instant must be timezone-aware, got {at!r}")
+    utc = at.astimezone(dt.UTC)
+    start = utc.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start.replace(day=1) if scope == "per_month" else start
+
+
+def check_usage_window(scope: str, window_start: dt.datetime) -> None:
+    """ValueError unless `window_start` is a UTC window start of `scope`. A naive datetime
+    would be read in the database session's TimeZone, and an unaligned one (say, now()) would
+    silently give every call a window, and so a budget, of its own."""
+    if scope not in USAGE_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(USAGE_SCOPES)}, got {scope!r}")
+    if window_start.tzinfo is None or window_start.utcoffset() != dt.timedelta(0):
+        raise ValueError(f"window_start must be a UTC datetime, got {window_start!r}")
+    if usage_window(scope, window_start) != window_start:
+        raise ValueError(
+            f"window_start {window_start.isoformat()} is not the start of a UTC "
+            f"{'day' if scope == 'per_day' else 'month'}"
+        )
 
 
 _PARAM_1 = re.compile(r"\$1(?!\d)")

@@ -127,7 +127,8 @@ def system_nameservers() -> list[str]:
 class UdpDnsClient:
     """Shared-socket DNS client. Use as `async with UdpDnsClient([...]) as client:`.
 
-    Each attempt goes to the next nameserver in order (the first attempt always to the first),
+    Each attempt goes to the next nameserver in order (the first attempt always to the active
+    one, `primary`: the first configured until the resolver kill switch moves it on),
     waits up to `timeout` seconds and is retried on timeout; a truncated reply is re-asked over
     TCP. A SERVFAIL/REFUSED/NOTIMP/FORMERR moves on to the next nameserver when there is one.
     An empty `nameservers` list means the system's nameservers.
@@ -152,6 +153,7 @@ class UdpDnsClient:
         self._servers = [_parse_server(ns, port) for ns in (nameservers or system_nameservers())]
         self._timeout = timeout
         self._attempts = attempts
+        self.primary = 0
         self._receive_buffer_request = receive_buffer
         self._receive_buffer = 0
         self._slots = trio.Semaphore(max_in_flight)
@@ -176,6 +178,21 @@ class UdpDnsClient:
     @property
     def nameservers(self) -> list[str]:
         return [s.host for s in self._servers]
+
+    @property
+    def active_nameserver(self) -> str:
+        return self._servers[self.primary].host
+
+    def switch_nameserver(self) -> str | None:
+        """Make the next configured nameserver the active one; None when there is no next
+        (the kill switch then pauses the pipeline instead of going round in circles)."""
+        if self.primary + 1 >= len(self._servers):
+            return None
+        self.primary += 1
+        return self.active_nameserver
+
+    def reset_nameserver(self) -> None:
+        self.primary = 0
 
     @property
     def receive_buffer_bytes(self) -> int:
@@ -271,7 +288,7 @@ class UdpDnsClient:
         for attempt in range(self._attempts):
             if attempt:
                 self._stats["retries"] += 1
-            server = self._servers[attempt % len(self._servers)]
+            server = self._servers[(self.primary + attempt) % len(self._servers)]
             try:
                 reply = await self._attempt(name_wire, rdtype, server)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, wire.MalformedReply) as e:

@@ -73,6 +73,21 @@ class DnsMxResolver:
             0,
         )
 
+    # The resolver kill switch (switch_resolver) works through these; a client without several
+    # nameservers simply has nothing to switch to.
+    @property
+    def active_nameserver(self) -> str | None:
+        return getattr(self._client, "active_nameserver", None)
+
+    def switch_nameserver(self) -> str | None:
+        switch = getattr(self._client, "switch_nameserver", None)
+        return switch() if switch is not None else None
+
+    def reset_nameserver(self) -> None:
+        reset = getattr(self._client, "reset_nameserver", None)
+        if reset is not None:
+            reset()
+
     def statistics(self) -> dict[str, int]:
         return {**self._stats, "cached_hosts": len(self._cache)}
 

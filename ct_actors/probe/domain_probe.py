@@ -8,13 +8,20 @@ an SMTP worker or blocks other domains.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
-from ct_actors.actors.smtp_pool import HostVisit, ProbeRequest
+from ct_actors.actors.smtp_pool import (
+    HALTED,
+    HOST_DEAD,
+    NO_ADDRESS,
+    HostVisit,
+    ProbeRequest,
+    is_connect_failure,
+)
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed, Result
 from ct_actors.probe.conversation import HostOutcome
@@ -25,6 +32,7 @@ from ct_actors.probe.patterns import (
     template,
 )
 from ct_actors.probe.plan import Conclusion, ProbePlan
+from ct_actors.throttle.backoff import backoff_delay
 
 _NO_MX_REASONS = {
     MxStatus.NXDOMAIN: "NXDOMAIN: the domain does not exist",
@@ -41,8 +49,9 @@ class HostVisitor(Protocol):
 class RetryPolicy:
     greylist_delay: float = 120.0
     greylist_retries: int = 2
-    throttle_delay: float = 2.0  # the registry's SMTPCheck backoff: exponential from here
+    throttle_delay: float = 2.0  # the registry's SMTPCheck backoff
     throttle_retries: int = 2
+    throttle_strategy: str = "exponential"
     defer_seconds: float = 600.0
 
 
@@ -87,7 +96,11 @@ async def smtp_probe(
     people: Sequence[tuple[str, str]],
     pools: HostVisitor,
     policy: RetryPolicy,
+    *,
+    reachable_recently: Callable[[], bool] | None = None,
 ) -> DomainResult:
+    """`reachable_recently` says whether our side has made an SMTP connection lately; when it
+    says no, "no MX host reachable" is treated as our fault (deferred), not the domain's."""
     if (failed := no_mx_result(mx)) is not None:
         return failed
     plan = ProbePlan(mx.domain, people)
@@ -95,7 +108,7 @@ async def smtp_probe(
     concluded_on: HostVisit | None = None
     for host in mx.hosts:
         if not host.addresses:
-            visits.append(HostVisit(host.name, None, "no-address", "MX host name does not resolve"))
+            visits.append(HostVisit(host.name, None, NO_ADDRESS, "MX host name does not resolve"))
             continue
         plan.restart()
         greylists = throttles = 0
@@ -108,7 +121,9 @@ async def smtp_probe(
                 plan.resume()
                 continue
             if visit.outcome == HostOutcome.THROTTLED and throttles < policy.throttle_retries:
-                await trio.sleep(policy.throttle_delay * (2**throttles))
+                await trio.sleep(
+                    backoff_delay(policy.throttle_strategy, policy.throttle_delay, throttles)
+                )
                 throttles += 1
                 continue
             break
@@ -123,6 +138,21 @@ async def smtp_probe(
     }
     if concluded_on is not None:
         return DomainResult(_concluded(plan, mx.domain, evidence), concluded_on.host)
+    if halted := [v for v in visits if v.outcome == HALTED]:
+        reason = f"not probed: {halted[0].detail}"
+        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), None)
+    unreachable = [v for v in visits if _unreachable(v)]
+    if (
+        unreachable
+        and reachable_recently is not None
+        and all(_unreachable(v) or v.outcome == NO_ADDRESS for v in visits)
+        and not reachable_recently()
+    ):
+        reason = (
+            "no MX host reachable, and no SMTP connection of ours succeeded recently: "
+            "the fault may be on our side (outbound port 25)"
+        )
+        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), None)
     if any(v.outcome == HostOutcome.POLICY_BLOCKED for v in visits):
         # A block of our IP says nothing about the domain: keep the record pending.
         blocked = [v for v in visits if v.outcome == HostOutcome.POLICY_BLOCKED]
@@ -135,6 +165,10 @@ async def smtp_probe(
         FailureCode.SMTP_FAIL, f"no MX host gave an answer: {summary}"[:2000], evidence=evidence
     )
     return DomainResult(smtp_fail, visits[-1].host if visits else None)
+
+
+def _unreachable(visit: HostVisit) -> bool:
+    return visit.outcome == HOST_DEAD or is_connect_failure(visit)
 
 
 def _concluded(plan: ProbePlan, domain: str, evidence: dict[str, Any]) -> Result:

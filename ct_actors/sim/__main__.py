@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import ipaddress
 import json
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
+from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
 from ct_actors.sim.world import DEFAULT_MIX, Behaviour, World
 
@@ -37,6 +41,54 @@ def _parse_mix(text: str) -> dict[Behaviour, float]:
     return mix
 
 
+# What --broken-dns accepts: "none" would not be broken, and a healthy second resolver is a
+# different test (run a second simulator).
+_BROKEN_FAULTS: tuple[DnsFault, ...] = ("servfail", "silent")
+
+
+class _BrokenDnsArg(NamedTuple):
+    address: str
+    port: int | None  # None: the --dns-port, known only once every option is parsed
+    fault: DnsFault
+
+
+def _parse_broken_dns(text: str) -> _BrokenDnsArg:
+    """ADDRESS[:PORT]=FAULT, e.g. 127.0.53.54=servfail or 127.0.53.55:5354=silent."""
+    where, sep, fault = text.partition("=")
+    host, colon, port_text = where.partition(":")
+    try:
+        if not sep or fault not in _BROKEN_FAULTS:
+            raise ValueError(text)
+        # The simulator's DNS sockets are IPv4 (127.0.0.0/8 is the simulated internet).
+        address = str(ipaddress.IPv4Address(host))
+        port = int(port_text) if colon else None
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad broken DNS listener {text!r}; expected ADDRESS[:PORT]=FAULT with an IPv4 "
+            f"ADDRESS, PORT defaulting to --dns-port and FAULT one of {', '.join(_BROKEN_FAULTS)}"
+        ) from None
+    return _BrokenDnsArg(address, port, fault)
+
+
+def _resolve_broken_dns(
+    items: Sequence[_BrokenDnsArg], dns_address: str, dns_port: int
+) -> list[BrokenDns]:
+    """Fill in the default port; refuse a listener on the healthy one's or another's socket
+    (the bind would fail anyway, with a less helpful message)."""
+    taken = {(dns_address, dns_port): "the healthy DNS server"}
+    out: list[BrokenDns] = []
+    for item in items:
+        broken = BrokenDns(item.address, dns_port if item.port is None else item.port, item.fault)
+        key = (broken.address, broken.port)
+        if key in taken:
+            raise ValueError(f"--broken-dns {broken}: {key[0]}:{key[1]} is {taken[key]}'s too")
+        taken[key] = f"--broken-dns {broken}"
+        out.append(broken)
+    return out
+
+
 def _write_atomically(path: Path, text: str) -> None:
     # A reader polling for the file must never see half a world.
     tmp = path.with_name(path.name + ".tmp")
@@ -44,12 +96,14 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(world: World, world_file: Path) -> None:
+async def _serve(world: World, world_file: Path, broken_dns: Sequence[BrokenDns] = ()) -> None:
     # Listen for signals before announcing readiness, so a SIGTERM right after the
     # sim_ready line is never lost.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            stats = await nursery.start(serve_world, world)
+            stats = await nursery.start(
+                functools.partial(serve_world, world, broken_dns=broken_dns)
+            )
             _emit(
                 {
                     "event": "sim_ready",
@@ -59,6 +113,7 @@ async def _serve(world: World, world_file: Path) -> None:
                     "hosts": len(world.hosts),
                     "listeners": len(world.live_hosts()),
                     "dns": f"{world.dns_address}:{world.dns_port}",
+                    "broken_dns": [str(b) for b in broken_dns],
                     "smtp_port": world.smtp_port,
                     "world_file": str(world_file),
                 }
@@ -98,7 +153,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _write_atomically(args.world_file, world.to_json())
     failed = False
     try:
-        trio.run(_serve, world, args.world_file)
+        trio.run(_serve, world, args.world_file, args.broken_dns)
     except* OSError as group:
         # Typically a port already in use: say so in one line rather than a traceback.
         errors = [str(exc) for exc in _leaves(group)]
@@ -149,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--dns-port", type=int, default=5353, help="DNS UDP port (%(default)s)")
     serve.add_argument(
+        "--broken-dns",
+        type=_parse_broken_dns,
+        action="append",
+        default=[],
+        metavar="ADDRESS[:PORT]=FAULT",
+        help="also serve a broken resolver on ADDRESS:PORT (PORT defaults to --dns-port, as "
+        "the prober asks all its nameservers on one port); FAULT is servfail (SERVFAIL to "
+        "every query) or silent (never answers). Repeatable. E.g. 127.0.53.54=servfail",
+    )
+    serve.add_argument(
         "--greylist-delay",
         type=float,
         default=2.0,
@@ -189,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            args.broken_dns = _resolve_broken_dns(args.broken_dns, args.dns_address, args.dns_port)
+        except ValueError as exc:
+            parser.error(str(exc))
     result: int = args.func(args)
     return result
 

@@ -6,6 +6,11 @@ make the simulator, not the prober, the bottleneck of an MX-only benchmark on tw
 overwhelmingly common shape (one IN question, optional bare EDNS OPT) is answered by a small
 hand-written encoder producing the same message; anything else, or a reply that would not fit,
 goes through dnspython. Tests check the two agree.
+
+A responder can also play a broken resolver (`fault`): "servfail" answers everything with
+SERVFAIL, "silent" drops every query. A broken listener next to a healthy one lets tests exercise
+the daemon's switch to its next configured resolver; `DnsResponder.fault` can be changed while
+serving, to break or repair a resolver mid-run.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import dns.exception
 import dns.flags
@@ -48,6 +54,10 @@ _QR, _AA, _RD = 0x8000, 0x0400, 0x0100
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")  # type class ttl rdlength
 
+# "none": answer from the zone; "servfail": SERVFAIL to every query; "silent": never answer.
+DnsFault = Literal["none", "servfail", "silent"]
+DNS_FAULTS: tuple[DnsFault, ...] = get_args(DnsFault)
+
 
 @dataclass(frozen=True, slots=True)
 class Facts:
@@ -74,9 +84,12 @@ def _rr(owner: bytes, rdtype: int, ttl: int, rdata: bytes) -> bytes:
 class DnsResponder:
     """Turns one query datagram into one reply datagram, from the world's tables."""
 
-    def __init__(self, world: World, stats: SimStats, *, fast: bool = True) -> None:
+    def __init__(
+        self, world: World, stats: SimStats, *, fast: bool = True, fault: DnsFault = "none"
+    ) -> None:
         self._stats = stats
         self._fast = fast  # False: dnspython only (tests compare the two)
+        self.fault = fault
         self._domains = {
             d.name: d for d in world.domains.values() if d.behaviour is not Behaviour.NXDOMAIN
         }
@@ -87,6 +100,19 @@ class DnsResponder:
             labels = name.split(".")
             self._ancestors.update(".".join(labels[i:]) for i in range(1, len(labels)))
         self._facts: dict[tuple[str, int], Facts] = {}
+
+    @property
+    def fault(self) -> DnsFault:
+        """What the responder plays: "none" (the zone's answers), "servfail" or "silent".
+        Settable at any time; the next datagram is handled the new way."""
+        return self._fault
+
+    @fault.setter
+    def fault(self, fault: DnsFault) -> None:
+        # Checked here because a misspelt fault would otherwise quietly behave as "none".
+        if fault not in DNS_FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(DNS_FAULTS)}, got {fault!r}")
+        self._fault = fault
 
     # -- the zone ----------------------------------------------------------------------------
 
@@ -131,7 +157,10 @@ class DnsResponder:
     # -- the wire ----------------------------------------------------------------------------
 
     def respond(self, wire: bytes) -> bytes | None:
-        """The reply to `wire`, or None when it is not worth answering (garbage, a response)."""
+        """The reply to `wire`, or None when it is not worth answering (garbage, a response)
+        or the responder plays a silent resolver."""
+        if self._fault != "none":
+            return self._respond_broken(wire)
         reply = self._respond_fast(wire) if self._fast else None
         if reply is None:
             reply = self._respond_dnspython(wire)
@@ -208,6 +237,27 @@ class DnsResponder:
         self._count(qtype, facts.rcode)
         return reply
 
+    def _respond_broken(self, wire: bytes) -> bytes | None:
+        if self._fault == "silent":
+            self._stats.dns_dropped += 1
+            return None
+        # SERVFAIL the way a recursive resolver that cannot reach the zone sends it: same id,
+        # question and RD flag (make_response copies them, and EDNS), RA set, no AA, no
+        # records. The slow dnspython path is fine: nobody benchmarks a broken resolver.
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            self._stats.dns_malformed += 1
+            return None
+        if query.flags & dns.flags.QR:
+            self._stats.dns_malformed += 1
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.RA
+        response.set_rcode(dns.rcode.SERVFAIL)
+        self._count(int(query.question[0].rdtype) if query.question else 0, dns.rcode.SERVFAIL)
+        return response.to_wire()
+
     def _respond_dnspython(self, wire: bytes) -> bytes | None:
         try:
             query = dns.message.from_wire(wire)
@@ -281,21 +331,47 @@ def _raise_rcvbuf(sock: trio.socket.SocketType) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
 
 
+@dataclass(frozen=True, slots=True)
+class BrokenDns:
+    """An extra DNS listener that plays a broken resolver, next to the world's healthy one."""
+
+    address: str
+    port: int
+    fault: DnsFault
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}={self.fault}"
+
+
 async def serve_dns(
     world: World,
     stats: SimStats,
     *,
+    address: str | None = None,
+    port: int | None = None,
+    fault: DnsFault = "none",
+    responder: DnsResponder | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer queries on world.dns_address:world.dns_port until cancelled.
+    """Answer queries on `address`:`port` (default: world.dns_address:world.dns_port) until
+    cancelled, with the given `fault`.
 
+    Pass your own `responder` instead of `fault` to change its fault while it serves (the
+    responder's own `fault` applies; combining it with `fault` is refused as ambiguous).
     `task_status.started` gets the bound (address, port), so port 0 works for tests.
     """
-    responder = DnsResponder(world, stats)
+    if responder is None:
+        responder = DnsResponder(world, stats, fault=fault)
+    elif fault != "none":
+        raise ValueError("pass either a responder or a fault, not both")
+    bind_to = (
+        world.dns_address if address is None else address,
+        world.dns_port if port is None else port,
+    )
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         _raise_rcvbuf(sock)
-        await sock.bind((world.dns_address, world.dns_port))
+        await sock.bind(bind_to)
         address, port = sock.getsockname()[:2]
         task_status.started((address, port))
         while True:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 import resource
+from collections.abc import Sequence
 
 import trio
 
-from ct_actors.sim.dns_server import serve_dns
+from ct_actors.sim.dns_server import BrokenDns, serve_dns
 from ct_actors.sim.smtp_server import DEFAULT_IDLE_TIMEOUT, handle_session
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import SimHost, World
@@ -45,9 +46,14 @@ async def serve_world(
     *,
     stats: SimStats | None = None,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    broken_dns: Sequence[BrokenDns] = (),
     task_status: trio.TaskStatus[SimStats] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `world` until cancelled; `task_status.started(stats)` once every socket is bound."""
+    """Serve `world` until cancelled; `task_status.started(stats)` once every socket is bound.
+
+    `broken_dns` adds DNS listeners playing broken resolvers (same zone, same stats), e.g. to
+    give the prober a failing first nameserver and a healthy second one.
+    """
     raise_nofile_limit()
     stats = stats if stats is not None else SimStats()
     # serve_listeners does not close its listeners when cancelled; a failed bind half-way
@@ -56,6 +62,17 @@ async def serve_world(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_dns, world, stats)
+            for broken in broken_dns:
+                await nursery.start(
+                    functools.partial(
+                        serve_dns,
+                        world,
+                        stats,
+                        address=broken.address,
+                        port=broken.port,
+                        fault=broken.fault,
+                    )
+                )
             for host in world.live_hosts():
                 listeners = await trio.open_tcp_listeners(world.smtp_port, host=host.ip)
                 opened.extend(listeners)

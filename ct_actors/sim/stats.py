@@ -34,6 +34,7 @@ class SimStats:
         self.dns_queries: Counter[str] = Counter()  # by query type
         self.dns_rcodes: Counter[str] = Counter()
         self.dns_malformed = 0
+        self.dns_dropped = 0  # queries a "silent" broken resolver ignored on purpose
         # (host, sender, recipient) -> virtual time of the first attempt
         self.greylist: dict[tuple[str, str, str], float] = {}
 
@@ -72,4 +73,5 @@ class SimStats:
             "dns_queries": dict(self.dns_queries),
             "dns_rcodes": dict(self.dns_rcodes),
             "dns_malformed": self.dns_malformed,
+            "dns_dropped": self.dns_dropped,
         }

@@ -339,7 +339,12 @@ class World:
         greylist_delay: float = 2.0,
         tarpit_delay: float = 3.0,
         conn_limit: int = 4,
+        blocklist_hosts: int = 1,
     ) -> World:
+        """`blocklist_hosts`: how many distinct MX hosts the BLOCKLIST domains spread over.
+        One by default — a provider that checks Spamhaus, which is what a prober on a clean IP
+        meets; several is what it looks like when our own IP is listed (the kill switch's
+        scenario)."""
         if n_domains < 0:
             raise ValueError("n_domains must not be negative")
         rng = random.Random(seed)
@@ -375,6 +380,14 @@ class World:
             elif behaviour is Behaviour.FIRST_MX_DEAD:
                 dead = add_host(f"mx1.{name}", behaviour, listening=False)
                 mx = ((10, dead), (20, add_host(f"mx2.{name}", Behaviour.VERIFIABLE)))
+            elif behaviour is Behaviour.BLOCKLIST:
+                n = sum(1 for h in hosts.values() if h.behaviour is Behaviour.BLOCKLIST)
+                if n < max(1, blocklist_hosts):
+                    host = add_host(f"mx.sim-blocking-{n + 1}.test", behaviour)
+                else:
+                    blocking = [h for h in hosts.values() if h.behaviour is Behaviour.BLOCKLIST]
+                    host = blocking[index % len(blocking)].name
+                mx = ((10, host),)
             elif behaviour is Behaviour.NULL_MX:
                 mx = ((0, NULL_MX_HOST),)
             elif behaviour in NO_MAIL_BEHAVIOURS:

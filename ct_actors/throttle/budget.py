@@ -1,0 +1,153 @@
+"""Calendar budgets (`per_day`, `per_month` in the registry): counted in PostgreSQL, in UTC.
+
+The count lives in the database, not in the process, so a restart at 23:00 does not hand out a
+fresh day and several daemons on one database share one budget. To keep the hot path off the
+database, calls are reserved `block` at a time with one atomic statement that never passes the
+limit (`reserve_usage`); what a daemon reserved and did not use goes back at shutdown. A crash
+forfeits at most one block: the budget can be under-spent, never over-spent.
+
+When the window is used up, `take()` waits until the next window opens (UTC midnight, or the
+first of the month) — our own budget is never a reason to fail a record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+import structlog
+import trio
+
+from ct_actors.throttle.calendar import UtcClock, window_end, window_start
+
+log = structlog.get_logger("ct_actors.throttle")
+
+
+class UsageStore(Protocol):
+    async def reserve_usage(
+        self, tool_id: str, scope: str, window_start: dt.datetime, want: int, limit: int
+    ) -> int: ...
+    async def refund_usage(
+        self, tool_id: str, scope: str, window_start: dt.datetime, count: int
+    ) -> None: ...
+
+
+class CalendarBudget:
+    def __init__(
+        self,
+        tool_id: str,
+        scope: str,
+        limit: int,
+        *,
+        clock: UtcClock,
+        usage: UsageStore,
+        block: int = 20,
+        transient_errors: tuple[type[BaseException], ...] = (),
+        retry_delay: float = 5.0,
+    ) -> None:
+        window_start(scope, clock.utc_at(0.0))  # refuse a scope that is not a calendar window
+        self.tool_id = tool_id
+        self.scope = scope
+        self.limit = limit
+        self.block = block
+        self._clock = clock
+        self._usage = usage
+        self._transient = transient_errors
+        self._retry_delay = retry_delay
+        self._lock = trio.Lock()  # FIFO: callers are served in arrival order
+        self._window: dt.datetime | None = None
+        self._left = 0  # reserved in the database, not yet spent
+        self._stale = False  # the limit changed: give back the block before reserving again
+        self.spent = 0  # calls spent by this process in the current window
+        self.exhausted_until: dt.datetime | None = None
+        self._waits = 0
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "scope": self.scope,
+            "limit": self.limit,
+            "window": self._window.isoformat() if self._window else None,
+            "spent_here": self.spent,
+            "reserved_unspent": self._left,
+            "exhausted_until": self.exhausted_until.isoformat() if self.exhausted_until else None,
+            "exhausted_waits": self._waits,
+        }
+
+    def set_limit(self, limit: int, block: int | None = None) -> None:
+        """New limit from a reload; applies from the next call."""
+        if limit != self.limit:
+            self._stale = True
+        self.limit = limit
+        if block is not None:
+            self.block = block
+
+    async def take(self) -> None:
+        """Spend one call of the current window, waiting for the next window if it is used up."""
+        async with self._lock:
+            while True:
+                now = self._clock.utc_at(trio.current_time())
+                start = window_start(self.scope, now)
+                if start != self._window:
+                    # A new day/month: what was left of the old one's block is simply unused.
+                    self._window, self._left, self.spent = start, 0, 0
+                    self.exhausted_until = None
+                if self._stale and self._left:
+                    await self._refund(start, self._left)
+                    self._left = 0
+                self._stale = False
+                if self._left > 0:
+                    self._left -= 1
+                    self.spent += 1
+                    return
+                granted = await self._reserve(start)
+                if granted:
+                    self._left = granted
+                    continue
+                await self._wait_for_next_window(now)
+
+    async def release(self) -> None:
+        """Give back the unspent part of the block (at shutdown); bounded and shielded."""
+        if not self._left or self._window is None:
+            return
+        with trio.move_on_after(5.0, shield=True):
+            await self._refund(self._window, self._left)
+            self._left = 0
+
+    async def _reserve(self, start: dt.datetime) -> int:
+        while True:
+            try:
+                return await self._usage.reserve_usage(
+                    self.tool_id, self.scope, start, self.block, self.limit
+                )
+            except self._transient as exc:
+                # Our database is down: wait, never spend uncounted calls.
+                log.warning(
+                    "budget_check_failed",
+                    tool=self.tool_id,
+                    scope=self.scope,
+                    error=str(exc),
+                    retry_in=self._retry_delay,
+                )
+                await trio.sleep(self._retry_delay)
+
+    async def _refund(self, start: dt.datetime, count: int) -> None:
+        try:
+            await self._usage.refund_usage(self.tool_id, self.scope, start, count)
+        except self._transient as exc:
+            log.warning("budget_refund_failed", tool=self.tool_id, scope=self.scope,
+                        count=count, error=str(exc))
+
+    async def _wait_for_next_window(self, now: dt.datetime) -> None:
+        end = window_end(self.scope, now)
+        if self.exhausted_until != end:
+            self.exhausted_until = end
+            log.warning(
+                "budget_exhausted",
+                tool=self.tool_id,
+                scope=self.scope,
+                limit=self.limit,
+                resumes_at=end.isoformat(),
+            )
+        self._waits += 1
+        # Re-checked every minute at most: a SIGHUP may raise the limit meanwhile.
+        await trio.sleep_until(min(self._clock.trio_at(end), trio.current_time() + 60.0))

@@ -1,0 +1,122 @@
+"""Adaptive per-MX-host concurrency, after Postfix's queue manager (SCHEDULER_README).
+
+A host starts at a small window of concurrent sessions and earns more slowly: each success adds
+1/limit, so the window grows by one after a full window's worth of successes. A throttling
+answer (421, 4.7.x, "too many connections") halves it at once, because the host has told us
+we are over its limit. A failed connection means the host is unreachable or refusing us: the
+window drops to one and the host is "dead" for a while, so every domain on it skips it instead
+of paying the connect timeout again. The dead time doubles while the host keeps failing, so a
+host that is down for hours costs a handful of attempts, not one every few minutes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostWindowSettings:
+    initial: int = 1
+    maximum: int = 4
+    dead_backoff: float = 300.0
+    dead_backoff_max: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.initial < 1:
+            raise ValueError(f"initial concurrency must be at least 1, got {self.initial}")
+        if self.maximum < self.initial:
+            raise ValueError(
+                f"maximum concurrency ({self.maximum}) is below initial ({self.initial})"
+            )
+        if self.dead_backoff < 0 or self.dead_backoff_max < 0:
+            raise ValueError("dead-host backoffs must be >= 0")
+
+
+class HostWindow:
+    def __init__(self, settings: HostWindowSettings) -> None:
+        self.settings = settings
+        self._limit = settings.initial
+        # Successes earned at the current limit; `limit` of them buy one more slot.
+        self._credit = 0
+        self._dead_until = -math.inf
+        # Dead markings since the last success: the exponent of the next dead backoff.
+        self._streak = 0
+        self._counts = {"successes": 0, "throttled": 0, "connect_failures": 0, "dead_marked": 0}
+        self._last: dict[str, float | None] = {"success": None, "throttled": None, "failure": None}
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def dead_until(self) -> float:
+        return self._dead_until
+
+    def is_dead(self, now: float) -> bool:
+        return now < self._dead_until
+
+    def on_success(self, now: float) -> None:
+        self._counts["successes"] += 1
+        self._last["success"] = now
+        self._streak = 0
+        # dead_until stays: a success may come from a session opened before the host was marked
+        # dead, and the marking is about new connections.
+        if self._limit >= self.settings.maximum:
+            self._credit = 0
+            return
+        self._credit += 1
+        if self._credit >= self._limit:
+            self._credit = 0
+            self._limit += 1
+
+    def on_throttled(self, now: float) -> None:
+        self._counts["throttled"] += 1
+        self._last["throttled"] = now
+        self._limit = max(1, self._limit // 2)
+        self._credit = 0
+
+    def on_connect_failure(self, now: float) -> bool:
+        """Shrink to one session and mark the host dead; True if this is a new marking.
+
+        Failures of connections opened before the host was marked dead belong to the same
+        outage, so they neither extend the dead time nor double the next backoff.
+        """
+        self._counts["connect_failures"] += 1
+        self._last["failure"] = now
+        self._limit = 1
+        self._credit = 0
+        if self.is_dead(now):
+            return False
+        self._dead_until = now + self._next_backoff()
+        self._streak += 1
+        self._counts["dead_marked"] += 1
+        return True
+
+    def _next_backoff(self) -> float:
+        settings = self.settings
+        # The exponent is clamped so a host that fails for weeks cannot overflow the float;
+        # 2**60 times any sane base is far beyond any sane cap.
+        doubled = settings.dead_backoff * 2.0 ** min(self._streak, 60)
+        return min(doubled, settings.dead_backoff_max)
+
+    def update(self, settings: HostWindowSettings) -> None:
+        """Adopt reloaded settings; the learnt window and any dead marking carry over."""
+        self.settings = settings
+        clamped = min(max(self._limit, 1), settings.maximum)
+        if clamped != self._limit:
+            self._limit = clamped
+            self._credit = 0
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "limit": self._limit,
+            "maximum": self.settings.maximum,
+            "credit": self._credit,
+            "dead_until": self._dead_until if math.isfinite(self._dead_until) else None,
+            "dead_streak": self._streak,
+            **self._counts,
+            "last_success": self._last["success"],
+            "last_throttled": self._last["throttled"],
+            "last_failure": self._last["failure"],
+        }

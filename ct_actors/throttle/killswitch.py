@@ -1,0 +1,228 @@
+"""Kill switches: detectors that decide when to trip, and the registry of tripped switches.
+
+The detectors look for failures spread over many *distinct* keys, because one broken domain or
+MX host says nothing about us, while the same failure across many unrelated ones points at our
+side: a dead resolver, a dropped route, an IP on a blocklist. Callers log and trip; this module
+only counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+
+def _check_threshold(threshold: int) -> None:
+    if threshold < 1:
+        raise ValueError(f"threshold must be at least 1, got {threshold}")
+
+
+class DistinctFailures:
+    """Trips after failures on `threshold` distinct keys with no success in between."""
+
+    def __init__(self, threshold: int) -> None:
+        _check_threshold(threshold)
+        self.threshold = threshold
+        self._keys: set[str] = set()
+        self._tripped = False
+        self.trips = 0
+        self.failures = 0
+        self.successes = 0
+
+    @property
+    def tripped(self) -> bool:
+        return self._tripped
+
+    def failure(self, key: str) -> bool:
+        """Count a failure; True exactly when this one trips the detector."""
+        self.failures += 1
+        if self._tripped:
+            # Nothing more to learn until re-armed, and the set must not grow without bound.
+            return False
+        self._keys.add(key)
+        if len(self._keys) < self.threshold:
+            return False
+        self._tripped = True
+        self.trips += 1
+        return True
+
+    def success(self) -> None:
+        self.successes += 1
+        self._keys.clear()
+        self._tripped = False
+
+    def reset(self) -> None:
+        self._keys.clear()
+        self._tripped = False
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "threshold": self.threshold,
+            "distinct": len(self._keys),
+            "tripped": self._tripped,
+            "trips": self.trips,
+            "failures": self.failures,
+            "successes": self.successes,
+        }
+
+
+class DistinctWithin:
+    """Trips when `threshold` distinct keys fail within any `window` seconds.
+
+    Successes do not re-arm it: on a blocklist, providers that consult it refuse us while the
+    rest still accept, so successes in between prove nothing. `now` must not go backwards.
+    """
+
+    def __init__(self, threshold: int, window: float) -> None:
+        _check_threshold(threshold)
+        if not window > 0:
+            raise ValueError(f"window must be positive, got {window}")
+        self.threshold = threshold
+        self.window = float(window)
+        # key -> latest failure time, in order of that time (re-inserted on each failure), so
+        # expired keys are always at the front.
+        self._last: dict[str, float] = {}
+        self._tripped = False
+        self.trips = 0
+        self.failures = 0
+
+    @property
+    def tripped(self) -> bool:
+        return self._tripped
+
+    def failure(self, key: str, now: float) -> bool:
+        """Count a failure at `now`; True exactly when this one trips the detector."""
+        self.failures += 1
+        if self._tripped:
+            return False
+        self._last.pop(key, None)
+        self._last[key] = now
+        self._expire(now)
+        if len(self._last) < self.threshold:
+            return False
+        self._tripped = True
+        self.trips += 1
+        self._last.clear()
+        return True
+
+    def _expire(self, now: float) -> None:
+        # A failure at t counts during [t, t + window), as in the sliding rate windows.
+        while self._last:
+            key, at = next(iter(self._last.items()))
+            if at + self.window > now:
+                return
+            del self._last[key]
+
+    def reset(self) -> None:
+        self._last.clear()
+        self._tripped = False
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "threshold": self.threshold,
+            "window": self.window,
+            "distinct": len(self._last),
+            "tripped": self._tripped,
+            "trips": self.trips,
+            "failures": self.failures,
+        }
+
+
+@dataclass
+class SwitchState:
+    name: str
+    action: str
+    tripped: bool
+    tripped_at: float | None
+    reason: str | None
+    trips: int
+
+
+class KillSwitches:
+    """Named switches, each tripped until an operator (or a reload) clears it."""
+
+    def __init__(self, names_and_actions: dict[str, str]) -> None:
+        self._states = {
+            name: SwitchState(name, action, False, None, None, 0)
+            for name, action in names_and_actions.items()
+        }
+        # One event per tripped switch, set when it is cleared. A new event per trip, because a
+        # trio.Event cannot be un-set and an old waiter must still see its own clearing.
+        self._cleared: dict[str, trio.Event] = {}
+
+    def _state(self, name: str) -> SwitchState:
+        try:
+            return self._states[name]
+        except KeyError:
+            raise KeyError(f"unknown kill switch {name!r}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._states)
+
+    def trip(self, name: str, reason: str, now: float) -> bool:
+        """Trip a switch; True if it was not tripped already (the first reason is kept)."""
+        state = self._state(name)
+        if state.tripped:
+            return False
+        state.tripped = True
+        state.tripped_at = now
+        state.reason = reason
+        state.trips += 1
+        self._cleared[name] = trio.Event()
+        return True
+
+    def clear(self, name: str) -> bool:
+        """Clear a switch; True if it was tripped."""
+        state = self._state(name)
+        if not state.tripped:
+            return False
+        state.tripped = False
+        state.tripped_at = None
+        state.reason = None
+        self._cleared.pop(name).set()
+        return True
+
+    def clear_all(self) -> list[str]:
+        return [name for name in list(self._states) if self.clear(name)]
+
+    def is_tripped(self, name: str) -> bool:
+        return self._state(name).tripped
+
+    def tripped(self) -> list[SwitchState]:
+        # Copies, so a caller cannot trip or clear by editing what it was given.
+        return [dataclasses.replace(s) for s in self._states.values() if s.tripped]
+
+    async def wait_clear(self, names: Iterable[str]) -> None:
+        """Return once none of `names` is tripped (at once if none is).
+
+        A switch cleared and tripped again while we wait for another one is waited for again:
+        the caller needs all of them clear at the same moment.
+        """
+        wanted = list(names)
+        for name in wanted:
+            self._state(name)
+        # Trio's rule: every async call is a checkpoint, even when it need not wait. It comes
+        # first so that the final check below and the return happen without yielding between.
+        await trio.lowlevel.checkpoint()
+        while True:
+            pending = [self._cleared[n] for n in wanted if self._states[n].tripped]
+            if not pending:
+                return
+            for event in pending:
+                await event.wait()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            name: {
+                "action": s.action,
+                "tripped": s.tripped,
+                "since": s.tripped_at,
+                "reason": s.reason,
+                "trips": s.trips,
+            }
+            for name, s in self._states.items()
+        }

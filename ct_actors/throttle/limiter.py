@@ -1,0 +1,196 @@
+"""One tool's throttle, built from its registry entry: every `rate_limits` scope it lists.
+
+    per_second / per_minute  -> a sliding window in this process (any 1 s / 60 s interval)
+    per_domain (+ window)    -> a sliding window per key (the target domain)
+    per_day / per_month      -> a calendar budget in PostgreSQL (see budget.py)
+
+`acquire(key)` returns when one more call is allowed by all of them, and counts it. The order
+matters: the per-key wait comes first and holds nothing (a domain waiting for its own 2 s must
+not delay other domains); then, in arrival order, the budget and the shared windows.
+
+`update(spec)` swaps in a new registry entry (SIGHUP): the call history and the budget counts
+carry over, so a reload never hands out a fresh second, day or month.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ct_actors.throttle.budget import CalendarBudget, UsageStore
+from ct_actors.throttle.calendar import UtcClock
+from ct_actors.throttle.window import KeyedWindow, SlidingWindow
+from ct_actors.toolbox import ToolSpec
+
+_LOCAL_SCOPES = ("per_second", "per_minute")
+_CALENDAR_SCOPES = ("per_day", "per_month")
+
+
+class ToolLimiter:
+    def __init__(
+        self,
+        spec: ToolSpec,
+        *,
+        clock: UtcClock,
+        usage: UsageStore | None,
+        budget_block: int = 20,
+        transient_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._usage = usage
+        self._block = budget_block
+        self._transient = transient_errors
+        self._lock = trio.Lock()
+        self._windows: dict[str, SlidingWindow] = {}
+        self._keyed: KeyedWindow | None = None
+        self._budgets: dict[str, CalendarBudget] = {}
+        self.calls = 0
+        self.waits = 0
+        self.wait_seconds = 0.0
+        self._apply(spec)
+
+    @property
+    def tool_id(self) -> str:
+        return self.spec.tool_id
+
+    def update(self, spec: ToolSpec, *, budget_block: int | None = None) -> None:
+        """Apply a reloaded registry entry from the next call on, keeping all counts."""
+        if budget_block is not None:
+            self._block = budget_block
+        self.spec = spec
+        self._apply(spec)
+
+    def _apply(self, spec: ToolSpec) -> None:
+        seen: set[str] = set()
+        for limit in spec.rate_limits:
+            scope = limit.scope
+            if scope in seen:
+                continue  # the registry's first entry for a scope wins (ToolSpec.rate_limit)
+            seen.add(scope)
+            window = limit.window
+            assert window is not None
+            if scope in _LOCAL_SCOPES:
+                if scope in self._windows:
+                    self._windows[scope].set_limit(limit.limit, window)
+                else:
+                    self._windows[scope] = SlidingWindow(limit.limit, window)
+            elif scope == "per_domain":
+                if self._keyed is None:
+                    self._keyed = KeyedWindow(limit.limit, window)
+                else:
+                    self._keyed.set_limit(limit.limit, window)
+            elif scope in _CALENDAR_SCOPES:
+                budget = self._budgets.get(scope)
+                if budget is not None:
+                    budget.set_limit(limit.limit, self._block)
+                elif self._usage is not None:
+                    self._budgets[scope] = CalendarBudget(
+                        spec.tool_id,
+                        scope,
+                        limit.limit,
+                        clock=self._clock,
+                        usage=self._usage,
+                        block=self._block,
+                        transient_errors=self._transient,
+                    )
+        # A scope removed from the registry stops applying.
+        for gone in [s for s in self._windows if s not in seen]:
+            del self._windows[gone]
+        if "per_domain" not in seen:
+            self._keyed = None
+        for gone in [s for s in self._budgets if s not in seen]:
+            del self._budgets[gone]
+
+    async def acquire(self, key: str | None = None) -> None:
+        """Wait until one more call is allowed, then count it."""
+        started = trio.current_time()
+        keyed = self._keyed
+        if keyed is not None and key is not None:
+            await _wait_until(lambda: keyed.next_free(key, trio.current_time()))
+        async with self._lock:
+            for budget in list(self._budgets.values()):
+                await budget.take()
+            for window in list(self._windows.values()):
+                await _wait_until(lambda w=window: w.next_free(trio.current_time()))
+            now = trio.current_time()
+            for window in self._windows.values():
+                window.record(now)
+            if self._keyed is not None and key is not None:
+                self._keyed.record(key, now)
+        self.calls += 1
+        waited = trio.current_time() - started
+        if waited > 0:
+            self.waits += 1
+            self.wait_seconds += waited
+
+    async def release(self) -> None:
+        """Shutdown: give unspent budget reservations back to the shared count."""
+        for budget in self._budgets.values():
+            await budget.release()
+
+    def statistics(self) -> dict[str, Any]:
+        budgets = {scope: b.statistics() for scope, b in self._budgets.items()}
+        return {
+            "calls": self.calls,
+            "throttle_waits": self.waits,
+            "throttle_wait_seconds": round(self.wait_seconds, 3),
+            "limits": [r.describe() for r in self.spec.rate_limits],
+            "budgets": budgets,
+            "paused_until": max(
+                (b.exhausted_until.isoformat() for b in self._budgets.values()
+                 if b.exhausted_until is not None),
+                default=None,
+            ),
+        }
+
+
+async def _wait_until(next_free: Any) -> None:
+    # Re-evaluated after each sleep: other callers (or a reload) may have moved the time.
+    while True:
+        at = next_free()
+        if at <= trio.current_time():
+            return
+        await trio.sleep_until(at)
+
+
+class ToolThrottles:
+    """The limiters of our three tools, swapped together on reload."""
+
+    def __init__(
+        self,
+        specs: dict[str, ToolSpec],
+        *,
+        clock: UtcClock,
+        usage: UsageStore | None,
+        budget_block: int = 20,
+        transient_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.by_tool = {
+            tool_id: ToolLimiter(
+                spec,
+                clock=clock,
+                usage=usage,
+                budget_block=budget_block,
+                transient_errors=transient_errors,
+            )
+            for tool_id, spec in specs.items()
+        }
+
+    def __getitem__(self, tool_id: str) -> ToolLimiter:
+        return self.by_tool[tool_id]
+
+    def update(self, specs: dict[str, ToolSpec], *, budget_block: int | None = None) -> None:
+        for tool_id, limiter in self.by_tool.items():
+            limiter.update(specs[tool_id], budget_block=budget_block)
+
+    async def release(self) -> None:
+        for limiter in self.by_tool.values():
+            await limiter.release()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            f"{tool_id} {limiter.spec.name}": limiter.statistics()
+            for tool_id, limiter in self.by_tool.items()
+        }
