@@ -490,3 +490,52 @@ async def test_address_change_does_not_break_a_domain_queued_on_the_old_pool(
             await trio.sleep(0.25)
             nursery.start_soon(one, new, "c.test")  # the new address replaces the pool
     assert done == {d: HostOutcome.CONCLUDED for d in ("a.test", "b.test", "c.test")}
+
+
+# ─── the adaptive window ─────────────────────────────────────────────────────────────────────
+
+
+async def test_window_grows_with_successes_and_serves_domains_already_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host = info_host()
+    done: list[float] = []
+
+    async def one(domain: str) -> None:
+        visit = await manager.visit(host.mx, request(domain))
+        assert visit.outcome == HostOutcome.CONCLUDED
+        done.append(now())
+
+    adaptive = settings(initial_connections_per_host=1, max_connections_per_host=3)
+    with trio.fail_after(BOUND):
+        async with pools([host], adaptive) as (_, manager):
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(one, f"d{i}.test")
+            window = manager.pool(host.mx).window.limit
+    # One session until the first success (1.25), two until two more (2.5), then three: each
+    # new session starts for a domain that was already waiting.
+    assert host.connects == [0.0, 1.25, 2.5]
+    assert sorted(done) == [1.25, 2.25, 2.5, 3.25, 3.5, 3.75]
+    assert host.max_active == 3 and window == 3
+
+
+async def test_dead_host_backoff_doubles_while_the_host_stays_unreachable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    host = info_host(refuse=True)
+    with trio.fail_after(2 * BOUND):
+        async with pools([host]) as (net, manager):
+            await manager.visit(host.mx, request("a.test"))  # dead until 300
+            await trio.sleep_until(300.0)
+            again = await manager.visit(host.mx, request("b.test"))  # dead until 300 + 600
+            await trio.sleep_until(899.75)
+            skipped = await manager.visit(host.mx, request("c.test"))
+            host.refuse = False
+            await trio.sleep_until(900.0)
+            back = await manager.visit(host.mx, request("d.test"))
+            stats = manager.pool(host.mx).window.statistics()
+    assert again.outcome == CONNECT_FAILED and skipped.outcome == HOST_DEAD
+    assert back.outcome == HostOutcome.CONCLUDED
+    assert [t for t, _ in net.attempts] == [0.0, 300.0, 900.0]
+    assert (stats["dead_marked"], stats["dead_streak"]) == (2, 0)  # the success reset it

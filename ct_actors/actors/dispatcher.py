@@ -78,6 +78,11 @@ class Dispatcher:
         self._verdicts: TtlCache[str, DomainResult] = TtlCache(settings.verdict_ttl)
         self._stats = {"jobs": 0, "domains_probed": 0, "joined": 0, "cache_hits": 0}
 
+    def update(self, settings: DispatchSettings) -> None:
+        """Reload: retry policy and verdict TTL from the next domain on (mode is restart-only)."""
+        self.settings = dataclasses.replace(settings, mode=self.settings.mode)
+        self._verdicts.ttl = settings.verdict_ttl
+
     def statistics(self) -> dict[str, int]:
         return {**self._stats, "domains_in_flight": len(self._groups)}
 

@@ -13,6 +13,7 @@ stage's back-pressure.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import structlog
@@ -85,7 +86,8 @@ class ResolverStage:
         """Reload: new retry policy and threshold from the next lookup; the cache is kept."""
         if settings.failure_domains != self.settings.failure_domains:
             self._failures = DistinctFailures(settings.failure_domains)
-        self.settings = settings
+        self._cache.ttl = settings.cache_ttl
+        self.settings = dataclasses.replace(settings, workers=self.settings.workers)
 
     def clear(self) -> None:
         """The operator fixed the resolver (SIGHUP): back to the first configured one."""

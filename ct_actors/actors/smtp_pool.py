@@ -264,6 +264,7 @@ class HostPool:
                     conn = None
                     continue
                 conn = await self._handle(request, conn)
+                self._grow_for_waiting()
                 if self.workers > self.window.limit:
                     # The window shrank (421, 4.7.x): this worker is one too many. At least
                     # `limit` others remain to serve whoever is waiting.
@@ -272,6 +273,18 @@ class HostPool:
             self.workers -= 1
             if conn is not None:
                 await self._close(conn)
+
+    def _grow_for_waiting(self) -> None:
+        """After the window grew, start workers for requests already queued: a sender that
+        arrived while the window was smaller would otherwise wait for the existing workers."""
+        if self._nursery is None or self._closed.is_set():
+            return
+        # This worker is about to take one queued request itself.
+        unserved = self._waiting - self.idle_workers - 1
+        while unserved > 0 and self.workers < self.window.limit:
+            self.workers += 1
+            unserved -= 1
+            self._nursery.start_soon(self._worker)
 
     def _slot_wanted(self) -> bool:
         return self._connections.statistics().tasks_waiting > 0

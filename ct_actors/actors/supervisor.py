@@ -233,7 +233,7 @@ class Supervisor:
         self.settings = settings
         self.loader.settings = settings.loader
         self.resolver.update(settings.resolver)
-        self.dispatcher.settings = settings.dispatch
+        self.dispatcher.update(settings.dispatch)
         self.writer.settings = settings.writer
         self.guard.update(settings.guard)
 

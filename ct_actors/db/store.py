@@ -52,6 +52,7 @@ from ct_actors.db.errors import (
 from ct_actors.db.migrate import migrate as _migrate
 from ct_actors.db.redact import Redactor, scrub_text
 from ct_actors.outcome import Outcome
+from ct_actors.throttle.calendar import window_start
 
 __all__ = [
     "USAGE_SCOPES",
@@ -598,14 +599,10 @@ class Store:
 
 def usage_window(scope: str, at: dt.datetime) -> dt.datetime:
     """Start of the UTC calendar window of `scope` ('per_day' or 'per_month') containing the
-    tz-aware instant `at`: its day's or month's first microsecond, as a UTC datetime."""
+    tz-aware instant `at` (the same calendar the budgets use)."""
     if scope not in USAGE_SCOPES:
         raise ValueError(f"scope must be one of {', '.join(USAGE_SCOPES)}, got {scope!r}")
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"a usage instant must be timezone-aware, got {at!r}")
-    utc = at.astimezone(dt.UTC)
-    start = utc.replace(hour=0, minute=0, second=0, microsecond=0)
-    return start.replace(day=1) if scope == "per_month" else start
+    return window_start(scope, at)
 
 
 def check_usage_window(scope: str, window_start: dt.datetime) -> None:

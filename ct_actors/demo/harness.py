@@ -48,6 +48,9 @@ class Scenario:
     per_host: int
     max_connections: int
     max_in_flight: int
+    # The demo shows the adaptive per-host window growing from 1; the benchmark starts at its
+    # maximum, as an operator who tuned a permissive deployment would.
+    initial_per_host: int = 1
 
 
 async def run_demo(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
@@ -82,6 +85,7 @@ async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> 
         per_host=64,
         max_connections=2048,
         max_in_flight=4096,
+        initial_per_host=64,
     )
     result = await _run(cfg, toolbox, scenario)
     if result is None:
@@ -123,6 +127,12 @@ async def _run(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, A
                 file=sys.stderr,
             )
             demo_cfg = _scenario_config(cfg, scenario, world, db_url)
+            toolbox = simulation_toolbox(toolbox)
+            print(
+                f"[{scenario.name}] throttles: the registry's per-domain spacing, back-off and "
+                "TTLs; its per-second/day/month limits are lifted for the simulated internet",
+                file=sys.stderr,
+            )
             with log_path.open("w") as log_file:
                 configure_logging("json", "info", stream=log_file, secrets=cfg.secrets())
                 store = await open_store(db_url, min_size=1, max_size=4)
@@ -271,6 +281,24 @@ class SimProcess:
         return {}
 
 
+# Large enough never to bind in a simulation; still counted (budgets in PostgreSQL) so the
+# benchmark pays what production pays for them.
+_LIFTED = {"per_second": 1_000_000, "per_minute": 60_000_000, "per_day": 10**9, "per_month": 10**9}
+
+
+def simulation_toolbox(toolbox: Toolbox) -> Toolbox:
+    """The registry as shipped, with its rate limits lifted: the simulated internet is ours,
+    and a demo throttled to the registry's 50 lookups/s would measure the registry."""
+    tools = {}
+    for tool_id, spec in toolbox.tools.items():
+        limits = tuple(
+            dataclasses.replace(limit, limit=_LIFTED.get(limit.scope, limit.limit))
+            for limit in spec.rate_limits
+        )
+        tools[tool_id] = dataclasses.replace(spec, rate_limits=limits)
+    return dataclasses.replace(toolbox, tools=tools)
+
+
 def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) -> Config:
     return dataclasses.replace(
         cfg,
@@ -292,6 +320,7 @@ def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str)
             command_timeout=10.0,
             max_connections=scenario.max_connections,
             max_connections_per_host=scenario.per_host,
+            initial_connections_per_host=scenario.initial_per_host,
             greylist_retry_delay=world.greylist_delay + 0.5,
             greylist_max_retries=2,
             dead_host_backoff=60.0,

@@ -81,8 +81,21 @@ class CalendarBudget:
         if block is not None:
             self.block = block
 
-    async def take(self) -> None:
-        """Spend one call of the current window, waiting for the next window if it is used up."""
+    def take_now(self, now_trio: float) -> bool:
+        """Spend one call from the local reservation if that needs no database round trip and
+        no wait; False if `take()` is needed."""
+        if self._left <= 0 or self._stale or self._lock.locked() or self._window is None:
+            return False
+        if self._window != window_start(self.scope, self._clock.utc_at(now_trio)):
+            return False
+        self._left -= 1
+        self.spent += 1
+        return True
+
+    async def take(self) -> bool:
+        """Spend one call of the current window, waiting for the next window if it is used up.
+        Returns True if it had to wait for a window to open."""
+        waited = False
         async with self._lock:
             while True:
                 now = self._clock.utc_at(trio.current_time())
@@ -98,12 +111,13 @@ class CalendarBudget:
                 if self._left > 0:
                     self._left -= 1
                     self.spent += 1
-                    return
+                    return waited
                 granted = await self._reserve(start)
                 if granted:
                     self._left = granted
                     continue
                 await self._wait_for_next_window(now)
+                waited = True
 
     async def release(self) -> None:
         """Give back the unspent part of the block (at shutdown); bounded and shielded."""

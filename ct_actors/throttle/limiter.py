@@ -105,25 +105,51 @@ class ToolLimiter:
 
     async def acquire(self, key: str | None = None) -> None:
         """Wait until one more call is allowed, then count it."""
-        started = trio.current_time()
+        now = trio.current_time()
+        queued = self._lock.locked()  # others are already waiting: so do we, in order
+        if not queued and self._take_if_free(key, now):
+            # The common case: nothing to wait for, no database round trip. No checkpoint
+            # either: the caller is about to do network I/O, which is one.
+            self._commit(key, now)
+            self.calls += 1
+            return
+        started = now
+        slept = False
         keyed = self._keyed
         if keyed is not None and key is not None:
-            await _wait_until(lambda: keyed.next_free(key, trio.current_time()))
+            slept |= await _wait_until(lambda: keyed.next_free(key, trio.current_time()))
         async with self._lock:
             for budget in list(self._budgets.values()):
-                await budget.take()
+                slept |= await budget.take()
             for window in list(self._windows.values()):
-                await _wait_until(lambda w=window: w.next_free(trio.current_time()))
-            now = trio.current_time()
-            for window in self._windows.values():
-                window.record(now)
-            if self._keyed is not None and key is not None:
-                self._keyed.record(key, now)
+                slept |= await _wait_until(lambda w=window: w.next_free(trio.current_time()))
+            self._commit(key, trio.current_time())
         self.calls += 1
         waited = trio.current_time() - started
-        if waited > 0:
+        # A budget refill's database round trip is not a throttle wait; queueing behind
+        # callers who wait for a limit is.
+        if slept or (queued and waited > 0):
             self.waits += 1
             self.wait_seconds += waited
+
+    def _take_if_free(self, key: str | None, now: float) -> bool:
+        """True (with the budget already spent) if the call may go now without waiting."""
+        if self._keyed is not None and key is not None and self._keyed.next_free(key, now) > now:
+            return False
+        if any(w.next_free(now) > now for w in self._windows.values()):
+            return False
+        budgets = list(self._budgets.values())
+        if not budgets:
+            return True
+        if len(budgets) == 1:
+            return budgets[0].take_now(now)
+        return False  # several calendar scopes: take them together, under the lock
+
+    def _commit(self, key: str | None, now: float) -> None:
+        for window in self._windows.values():
+            window.record(now)
+        if self._keyed is not None and key is not None:
+            self._keyed.record(key, now)
 
     async def release(self) -> None:
         """Shutdown: give unspent budget reservations back to the shared count."""
@@ -146,12 +172,15 @@ class ToolLimiter:
         }
 
 
-async def _wait_until(next_free: Any) -> None:
+async def _wait_until(next_free: Any) -> bool:
+    """Sleep until `next_free()` says now; True if it had to sleep at all."""
+    slept = False
     # Re-evaluated after each sleep: other callers (or a reload) may have moved the time.
     while True:
         at = next_free()
         if at <= trio.current_time():
-            return
+            return slept
+        slept = True
         await trio.sleep_until(at)
 
 
