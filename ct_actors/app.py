@@ -19,9 +19,9 @@ from ct_actors.actors.dispatcher import DispatchSettings, NamesSource
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
-from ct_actors.actors.smtp_gate import GuardSettings
+from ct_actors.actors.smtp_gate import GuardSettings, SmtpGate, SmtpGuard
 from ct_actors.actors.smtp_pool import PoolSettings
-from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.supervisor import KILL_SWITCHES, PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
@@ -33,8 +33,9 @@ from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
 from ct_actors.throttle.budget import UsageStore
 from ct_actors.throttle.calendar import UtcClock
+from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
-from ct_actors.toolbox import Toolbox, ToolboxError
+from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, Toolbox, ToolboxError
 
 log = structlog.get_logger("ct_actors.app")
 
@@ -293,11 +294,24 @@ async def probe_domain(
     *,
     resolver: MxResolver | None = None,
     connector: Connector | None = None,
+    usage: UsageStore | None = None,
 ) -> DomainResult:
-    """The decision for one (already normalised) domain, without touching the database."""
+    """The decision for one (already normalised) domain through the daemon's own stages,
+    throttles and guard. With `usage` (the store, for `once`) the calls count against the
+    registry's day/month budgets; without (`probe`) nothing touches the database. A single
+    probe has no evidence that our port 25 works, so "no MX host reachable" is deferred."""
+    throttles = make_throttles(cfg, toolbox, usage)
+    switches = KillSwitches(dict(KILL_SWITCHES))
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
-        stage = ResolverStage(mx_resolver, resolver_settings(cfg, toolbox))
+        stage = ResolverStage(
+            mx_resolver,
+            resolver_settings(cfg, toolbox),
+            limiter=throttles[MX_LOOKUP],
+            switches=switches,
+        )
         pools = make_pools(cfg, connector)
+        guard = SmtpGuard(guard_settings(cfg), switches)
+        gate = SmtpGate(pools, throttles[SMTP_CHECK], guard)
         async with trio.open_nursery() as nursery:
             await nursery.start(stage.run)
             await nursery.start(pools.run)
@@ -305,7 +319,14 @@ async def probe_domain(
                 mx = await stage.lookup(domain)
                 if cfg.probe.mode == "mx-only":
                     return mx_only_result(mx)
-                return await smtp_probe(mx, people, pools, retry_policy(cfg, toolbox))
+                return await smtp_probe(
+                    mx,
+                    people,
+                    gate,
+                    retry_policy(cfg, toolbox),
+                    reachable_recently=guard.reachable_recently,
+                )
             finally:
                 stage.close()
                 pools.close()
+                await throttles.release()

@@ -47,7 +47,7 @@ async def process_one(
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
         people = await store.fetch_names(cfg.probe.names_query, outreach_id)
-    decided = await probe_domain(cfg, toolbox, domain.domain, people)
+    decided = await probe_domain(cfg, toolbox, domain.domain, people, usage=store)
     evidence = {
         **decided.result.evidence,
         "raw_domain": spine.domain,

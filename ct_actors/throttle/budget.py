@@ -49,12 +49,15 @@ class CalendarBudget:
         self.tool_id = tool_id
         self.scope = scope
         self.limit = limit
-        self.block = block
+        self.block = block  # the configured (smallest) reservation
+        self._block = block  # the current one: grows while refills come fast, see _reserve
+        self._last_refill = float("-inf")
         self._clock = clock
         self._usage = usage
         self._transient = transient_errors
         self._retry_delay = retry_delay
-        self._lock = trio.Lock()  # FIFO: callers are served in arrival order
+        self._refilling: trio.Event | None = None  # set while a reservation is in flight
+        self._recheck_at = float("-inf")  # used up: no reservation before this trio time
         self._window: dt.datetime | None = None
         self._left = 0  # reserved in the database, not yet spent
         self._stale = False  # the limit changed: give back the block before reserving again
@@ -69,6 +72,7 @@ class CalendarBudget:
             "window": self._window.isoformat() if self._window else None,
             "spent_here": self.spent,
             "reserved_unspent": self._left,
+            "block": self._block,
             "exhausted_until": self.exhausted_until.isoformat() if self.exhausted_until else None,
             "exhausted_waits": self._waits,
         }
@@ -79,12 +83,12 @@ class CalendarBudget:
             self._stale = True
         self.limit = limit
         if block is not None:
-            self.block = block
+            self.block = self._block = block
 
     def take_now(self, now_trio: float) -> bool:
         """Spend one call from the local reservation if that needs no database round trip and
         no wait; False if `take()` is needed."""
-        if self._left <= 0 or self._stale or self._lock.locked() or self._window is None:
+        if self._left <= 0 or self._stale or self._window is None:
             return False
         if self._window != window_start(self.scope, self._clock.utc_at(now_trio)):
             return False
@@ -94,30 +98,47 @@ class CalendarBudget:
 
     async def take(self) -> bool:
         """Spend one call of the current window, waiting for the next window if it is used up.
-        Returns True if it had to wait for a window to open."""
+        Returns True if it had to wait for a window to open.
+
+        One reservation at a time goes to the database; callers that find the local block
+        empty meanwhile wait for it and then all take from it in the same scheduler pass (a
+        lock handed from waiter to waiter would cost a pass per caller)."""
         waited = False
-        async with self._lock:
-            while True:
-                now = self._clock.utc_at(trio.current_time())
-                start = window_start(self.scope, now)
-                if start != self._window:
-                    # A new day/month: what was left of the old one's block is simply unused.
-                    self._window, self._left, self.spent = start, 0, 0
-                    self.exhausted_until = None
-                if self._stale and self._left:
-                    await self._refund(start, self._left)
-                    self._left = 0
-                self._stale = False
-                if self._left > 0:
-                    self._left -= 1
-                    self.spent += 1
-                    return waited
-                granted = await self._reserve(start)
-                if granted:
-                    self._left = granted
-                    continue
-                await self._wait_for_next_window(now)
+        while True:
+            t = trio.current_time()
+            now = self._clock.utc_at(t)
+            start = window_start(self.scope, now)
+            if start != self._window:
+                # A new day/month: what was left of the old one's block is simply unused.
+                self._window, self._left, self.spent = start, 0, 0
+                self.exhausted_until = None
+                self._recheck_at = float("-inf")
+            if self._left > 0 and not self._stale:
+                self._left -= 1
+                self.spent += 1
+                return waited
+            if self._refilling is not None:
+                await self._refilling.wait()
+                continue
+            if t < self._recheck_at:
                 waited = True
+                await trio.sleep_until(self._recheck_at)
+                continue
+            done = self._refilling = trio.Event()
+            try:
+                if self._stale:
+                    if self._left:
+                        await self._refund(start, self._left)
+                        self._left = 0
+                    self._stale = False
+                granted = await self._reserve(start)
+                if start == self._window:
+                    self._left += granted
+            finally:
+                self._refilling = None
+                done.set()
+            if not granted:
+                self._exhausted(now)
 
     async def release(self) -> None:
         """Give back the unspent part of the block (at shutdown); bounded and shielded."""
@@ -128,10 +149,21 @@ class CalendarBudget:
             self._left = 0
 
     async def _reserve(self, start: dt.datetime) -> int:
+        # Every caller waits while a reservation is in flight, so at hundreds of calls per
+        # second a small block would serialise the pipeline on database round trips. The block
+        # doubles while refills come less than a second apart and halves back otherwise, never
+        # above 1% of the limit: a crash still forfeits at most that.
+        now = trio.current_time()
+        cap = max(self.block, self.limit // 100)
+        if now - self._last_refill < 1.0:
+            self._block = min(self._block * 2, cap)
+        else:
+            self._block = max(self.block, self._block // 2)
+        self._last_refill = now
         while True:
             try:
                 return await self._usage.reserve_usage(
-                    self.tool_id, self.scope, start, self.block, self.limit
+                    self.tool_id, self.scope, start, min(self._block, cap), self.limit
                 )
             except self._transient as exc:
                 # Our database is down: wait, never spend uncounted calls.
@@ -151,7 +183,7 @@ class CalendarBudget:
             log.warning("budget_refund_failed", tool=self.tool_id, scope=self.scope,
                         count=count, error=str(exc))
 
-    async def _wait_for_next_window(self, now: dt.datetime) -> None:
+    def _exhausted(self, now: dt.datetime) -> None:
         end = window_end(self.scope, now)
         if self.exhausted_until != end:
             self.exhausted_until = end
@@ -164,4 +196,4 @@ class CalendarBudget:
             )
         self._waits += 1
         # Re-checked every minute at most: a SIGHUP may raise the limit meanwhile.
-        await trio.sleep_until(min(self._clock.trio_at(end), trio.current_time() + 60.0))
+        self._recheck_at = min(self._clock.trio_at(end), trio.current_time() + 60.0)

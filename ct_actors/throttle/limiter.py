@@ -106,29 +106,28 @@ class ToolLimiter:
     async def acquire(self, key: str | None = None) -> None:
         """Wait until one more call is allowed, then count it."""
         now = trio.current_time()
-        queued = self._lock.locked()  # others are already waiting: so do we, in order
-        if not queued and self._take_if_free(key, now):
+        if self._take_if_free(key, now):
             # The common case: nothing to wait for, no database round trip. No checkpoint
             # either: the caller is about to do network I/O, which is one.
             self._commit(key, now)
             self.calls += 1
             return
         started = now
-        slept = False
+        # Waiting in line behind callers held by a rate window is a throttle wait too.
+        slept = self._lock.locked() or any(w.next_free(now) > now for w in self._windows.values())
         keyed = self._keyed
         if keyed is not None and key is not None:
             slept |= await _wait_until(lambda: keyed.next_free(key, trio.current_time()))
+        for budget in list(self._budgets.values()):
+            slept |= await budget.take()
+        # Callers that must wait for a rate window queue in arrival order.
         async with self._lock:
-            for budget in list(self._budgets.values()):
-                slept |= await budget.take()
             for window in list(self._windows.values()):
                 slept |= await _wait_until(lambda w=window: w.next_free(trio.current_time()))
             self._commit(key, trio.current_time())
         self.calls += 1
         waited = trio.current_time() - started
-        # A budget refill's database round trip is not a throttle wait; queueing behind
-        # callers who wait for a limit is.
-        if slept or (queued and waited > 0):
+        if slept and waited > 0:  # a budget refill's database round trip is not a wait
             self.waits += 1
             self.wait_seconds += waited
 
