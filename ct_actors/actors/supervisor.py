@@ -90,6 +90,11 @@ class Supervisor:
         self.credits = WorkCredits(settings.max_in_flight)
         job_send, job_recv = trio.open_memory_channel[Job](0)
         out_send, out_recv = trio.open_memory_channel[Outcome](0)
+        # Kept for their statistics (the stats line's channel depths).
+        self._channels: dict[str, trio.MemorySendChannel[Any]] = {
+            "jobs": job_send,
+            "outcomes": out_send,
+        }
         self.resolver = ResolverStage(
             resolver,
             settings.resolver,
@@ -254,18 +259,27 @@ class Supervisor:
         elapsed = max(now - self.started_at, 1e-9)
         last_t, last_done = self._last_stats
         interval = max(now - last_t, 1e-9)
+        dispatcher = self.dispatcher.statistics()
+        writer = self.writer.statistics()
         return {
             "records_done": done,
             "rate_interval": round((done - last_done) / interval, 2),
             "rate_total": round(done / elapsed, 2),
             "in_flight": self.credits.in_flight,
+            "in_flight_by_stage": {
+                "domains_probing": dispatcher["domains_in_flight"],
+                "mx_lookups": self.resolver.busy,
+                "smtp_sessions": self.pools.statistics()["open_sessions"],
+                "writer_buffered": writer["buffered"],
+            },
+            "channels": {name: _depth(ch) for name, ch in self._channels.items()},
             "outcomes": dict(self.writer.outcomes),
             "loader": self.loader.statistics(),
-            "dispatcher": self.dispatcher.statistics(),
+            "dispatcher": dispatcher,
             "resolver": self.resolver.statistics(),
             "smtp": self.pools.statistics(),
             "smtp_guard": self.guard.statistics(),
-            "writer": self.writer.statistics(),
+            "writer": writer,
             "throttles": self.throttles.statistics() if self.throttles is not None else {},
             "kill_switches": self.switches.statistics(),
         }
@@ -278,4 +292,19 @@ class Supervisor:
     async def _stats_loop(self) -> None:
         while True:
             await trio.sleep(self.settings.stats_interval)
+            if self.throttles is not None:
+                # Budget left is the shared count in PostgreSQL (other daemons spend it too);
+                # bounded, and skipped when the database does not answer.
+                with trio.move_on_after(min(5.0, self.settings.stats_interval / 2)):
+                    await self.throttles.refresh(self._transient)
             self.log_stats()
+
+
+def _depth(channel: trio.MemorySendChannel[Any]) -> dict[str, int]:
+    # Zero-buffer channels: the depth that matters is who is blocked on either side.
+    stats = channel.statistics()
+    return {
+        "buffered": stats.current_buffer_used,
+        "senders_waiting": stats.tasks_waiting_send,
+        "receivers_waiting": stats.tasks_waiting_receive,
+    }

@@ -143,6 +143,12 @@ class WriterActor:
             "mx_host": outcome.mx_host,
             "duration": round(outcome.duration, 3),
         }
+        visits = result.evidence.get("visits")
+        if isinstance(visits, list):
+            # What each MX host visit came to ("timeout", "concluded", ...): enough to count
+            # SMTP timeouts or blocks from the logs alone.
+            fields["smtp"] = [f"{v.get('host')}:{v.get('outcome')}" for v in visits
+                              if isinstance(v, dict)]
         if isinstance(result, Passed):
             self.outcomes["PASS"] += 1
             log.info(

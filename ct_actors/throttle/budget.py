@@ -30,6 +30,7 @@ class UsageStore(Protocol):
     async def refund_usage(
         self, tool_id: str, scope: str, window_start: dt.datetime, count: int
     ) -> None: ...
+    async def usage(self, tool_id: str, scope: str, window_start: dt.datetime) -> int: ...
 
 
 class CalendarBudget:
@@ -64,6 +65,7 @@ class CalendarBudget:
         self.spent = 0  # calls spent by this process in the current window
         self.exhausted_until: dt.datetime | None = None
         self._waits = 0
+        self.used_in_window: int | None = None  # the shared count, as of the last refresh
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -71,6 +73,9 @@ class CalendarBudget:
             "limit": self.limit,
             "window": self._window.isoformat() if self._window else None,
             "spent_here": self.spent,
+            "left": None
+            if self.used_in_window is None
+            else max(0, self.limit - self.used_in_window),
             "reserved_unspent": self._left,
             "block": self._block,
             "exhausted_until": self.exhausted_until.isoformat() if self.exhausted_until else None,
@@ -139,6 +144,11 @@ class CalendarBudget:
                 done.set()
             if not granted:
                 self._exhausted(now)
+
+    async def refresh(self) -> None:
+        """Read the shared count of the current window (for the stats line's budget left)."""
+        start = window_start(self.scope, self._clock.utc_at(trio.current_time()))
+        self.used_in_window = await self._usage.usage(self.tool_id, self.scope, start)
 
     async def release(self) -> None:
         """Give back the unspent part of the block (at shutdown); bounded and shielded."""

@@ -150,6 +150,13 @@ class ToolLimiter:
         if self._keyed is not None and key is not None:
             self._keyed.record(key, now)
 
+    async def refresh(self, transient: tuple[type[BaseException], ...] = ()) -> None:
+        for budget in self._budgets.values():
+            try:
+                await budget.refresh()
+            except transient:
+                return
+
     async def release(self) -> None:
         """Shutdown: give unspent budget reservations back to the shared count."""
         for budget in self._budgets.values():
@@ -216,6 +223,10 @@ class ToolThrottles:
     async def release(self) -> None:
         for limiter in self.by_tool.values():
             await limiter.release()
+
+    async def refresh(self, transient: tuple[type[BaseException], ...] = ()) -> None:
+        for limiter in self.by_tool.values():
+            await limiter.refresh(transient)
 
     def statistics(self) -> dict[str, Any]:
         return {
