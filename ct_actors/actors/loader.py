@@ -103,10 +103,15 @@ class LoaderActor:
     async def _claim_loop(self) -> None:
         delay = self.settings.retry_initial
         while True:
-            if self._pause is not None:
-                # A kill switch holds the pipeline: claim nothing until it is cleared.
-                await self._pause()
             credits = await self._credits.acquire(self.settings.claim_batch)
+            if self._pause is not None:
+                # A kill switch holds the pipeline: claim nothing until it is cleared. Checked
+                # after the wait for credits, which can be long: a switch may trip meanwhile.
+                try:
+                    await self._pause()
+                except BaseException:
+                    self._credits.give_back(credits)
+                    raise
             try:
                 claimed = await self._claim(credits)
             except self._claim_errors as exc:

@@ -100,6 +100,15 @@ class SmtpPoolManager:
         if max_connections is not None:
             self.connections.total_tokens = max_connections
 
+    def revive_hosts(self) -> int:
+        """After a kill switch is cleared: hosts marked dead while our own side was broken
+        (port 25 blocked) get a fresh chance. Returns how many were dead."""
+        dead = 0
+        for window in self._windows.values():
+            dead += window.is_dead(trio.current_time())
+            window.revive()
+        return dead
+
     async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit:
         while True:
             try:

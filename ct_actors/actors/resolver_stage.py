@@ -130,10 +130,11 @@ class ResolverStage:
     async def _lookup_with_retries(self, domain: str) -> MxLookup | DnsUnavailable:
         attempt = 0
         while True:
-            if self.switches.is_tripped(RESOLVER_FAILURE):
-                return DnsUnavailable(domain, f"paused by the {RESOLVER_FAILURE} kill switch")
             if self._limiter is not None:
                 await self._limiter.acquire()
+            # Checked after the throttle wait, which can be long: the switch may trip meanwhile.
+            if self.switches.is_tripped(RESOLVER_FAILURE):
+                return DnsUnavailable(domain, f"paused by the {RESOLVER_FAILURE} kill switch")
             self._stats["lookups"] += 1
             active = getattr(self._resolver, "active_nameserver", None)
             try:
@@ -141,7 +142,7 @@ class ResolverStage:
             except DnsUnavailable as exc:
                 if attempt >= self.settings.max_retries:
                     self._stats["unavailable"] += 1
-                    self._resolver_failed(domain, exc.reason)
+                    self._resolver_failed(domain, exc.reason, active)
                     return exc
                 self._stats["retries"] += 1
                 s = self.settings
@@ -150,13 +151,17 @@ class ResolverStage:
                 continue
             if active is not None and answer.nameserver not in (None, active):
                 # Answered, but only after the active resolver failed and another one stood in.
-                self._resolver_failed(domain, f"{active} failed, {answer.nameserver} answered")
+                self._resolver_failed(
+                    domain, f"{active} failed, {answer.nameserver} answered", active
+                )
             else:
                 self._failures.success()
             self._cache.put(domain, answer)
             return answer
 
-    def _resolver_failed(self, domain: str, reason: str) -> None:
+    def _resolver_failed(self, domain: str, reason: str, asked: str | None) -> None:
+        if asked != getattr(self._resolver, "active_nameserver", None):
+            return  # asked before a switch: evidence against a resolver no longer in use
         if not self._failures.failure(domain):
             return
         failed = getattr(self._resolver, "active_nameserver", None)

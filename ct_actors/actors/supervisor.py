@@ -247,6 +247,8 @@ class Supervisor:
         cleared = self.switches.clear_all()
         self.resolver.clear()
         self.guard.clear()
+        if cleared:
+            self.pools.revive_hosts()
         for name in cleared:
             log.warning("kill_switch_cleared", switch=name, by="SIGHUP")
         return cleared

@@ -153,6 +153,11 @@ async def smtp_probe(
             "the fault may be on our side (outbound port 25)"
         )
         return DomainResult(Deferred(reason, policy.defer_seconds, evidence), None)
+    if throttled := [v for v in visits if v.outcome == HostOutcome.THROTTLED]:
+        # The server asked us to slow down (421, 4.7.x) and the retries are spent: that is
+        # about our pace, not an answer about the domain. Keep the record pending.
+        reason = f"throttled by {throttled[-1].host}: {throttled[-1].detail}"
+        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), throttled[-1].host)
     if any(v.outcome == HostOutcome.POLICY_BLOCKED for v in visits):
         # A block of our IP says nothing about the domain: keep the record pending.
         blocked = [v for v in visits if v.outcome == HostOutcome.POLICY_BLOCKED]

@@ -100,6 +100,12 @@ class HostWindow:
         doubled = settings.dead_backoff * 2.0 ** min(self._streak, 60)
         return min(doubled, settings.dead_backoff_max)
 
+    def revive(self) -> None:
+        """Forget the dead marking and its streak: the operator says the cause was ours (a
+        kill switch was cleared), so what looked like a dead host was not the host's doing."""
+        self._dead_until = -math.inf
+        self._streak = 0
+
     def update(self, settings: HostWindowSettings) -> None:
         """Adopt reloaded settings; the learnt window and any dead marking carry over."""
         self.settings = settings
