@@ -242,3 +242,15 @@ async def test_a_scope_removed_on_reload_stops_applying(
         lim.update(only_day)
         times = await acquire_all(lim, [None] * 60)
     assert times == [0.0] * 60
+
+
+async def test_a_call_not_made_gives_its_budget_back(autojump_clock: trio.testing.MockClock) -> None:
+    usage = MemoryUsageStore()
+    lim = limiter(with_limit(SMTP, "per_day", 2), usage, block=2)
+    with trio.fail_after(BOUND):
+        await lim.acquire("a.test")
+        await lim.acquire("b.test")
+        lim.cancel_call()  # a kill switch tripped before b.test's visit: no call was made
+        await lim.acquire("c.test")
+        at = trio.current_time()
+    assert at == 0.0 and lim.statistics()["calls"] == 2

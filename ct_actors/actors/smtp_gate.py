@@ -149,6 +149,8 @@ class SmtpGate:
         if (halted := self.guard.halted()) is None and self._limiter is not None:
             await self._limiter.acquire(request.domain)
             halted = self.guard.halted()  # may have tripped while we waited for the throttle
+            if halted is not None:
+                self._limiter.cancel_call()
         if halted is not None:
             return HostVisit(host.name, None, HALTED, f"SMTP probing halted: {halted}")
         visit = await self._pools.visit(host, request)

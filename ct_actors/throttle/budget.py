@@ -145,6 +145,13 @@ class CalendarBudget:
             if not granted:
                 self._exhausted(now)
 
+    def give_back(self) -> None:
+        """Return one call taken by `take()`/`take_now()` but never made (a kill switch tripped
+        meanwhile) to the local reservation."""
+        if self.spent > 0:
+            self.spent -= 1
+            self._left += 1
+
     async def refresh(self) -> None:
         """Read the shared count of the current window (for the stats line's budget left)."""
         start = window_start(self.scope, self._clock.utc_at(trio.current_time()))

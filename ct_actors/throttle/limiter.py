@@ -150,6 +150,13 @@ class ToolLimiter:
         if self._keyed is not None and key is not None:
             self._keyed.record(key, now)
 
+    def cancel_call(self) -> None:
+        """The call just acquired was not made: its budget goes back (rate windows keep it —
+        spacing errs on the polite side)."""
+        self.calls -= 1
+        for budget in self._budgets.values():
+            budget.give_back()
+
     async def refresh(self, transient: tuple[type[BaseException], ...] = ()) -> None:
         for budget in self._budgets.values():
             try:
