@@ -161,7 +161,8 @@ class DnsConfig:
     port: int = _key(53, KeySpec("int", False, "resolver port", ge=1, le=65535))
     timeout: float = _key(2.0, KeySpec("float", True, "per-query timeout, seconds", gt=0))
     attempts: int = _key(2, KeySpec("int", True, "tries per query", ge=1))
-    max_in_flight: int = _key(256, KeySpec("int", True, "concurrent DNS queries", ge=1))
+    # Restart-only: the resolver stage's workers are started once.
+    max_in_flight: int = _key(256, KeySpec("int", False, "concurrent DNS queries", ge=1))
 
 
 @dataclass(frozen=True, slots=True)

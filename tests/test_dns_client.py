@@ -421,3 +421,12 @@ def test_nameservers_must_be_addresses() -> None:
         UdpDnsClient(["dns.example.com"])
     with pytest.raises(ValueError):
         UdpDnsClient(["127.0.0.1"], attempts=0)
+
+
+def test_reconfigure_applies_new_timeout_and_attempts_and_refuses_nonsense() -> None:
+    client = UdpDnsClient(["127.0.0.1"], timeout=2.0, attempts=2)
+    client.reconfigure(timeout=0.5, attempts=3)
+    assert (client._timeout, client._attempts) == (0.5, 3)
+    with pytest.raises(ValueError):
+        client.reconfigure(timeout=0.0, attempts=1)
+    assert (client._timeout, client._attempts) == (0.5, 3)

@@ -89,6 +89,12 @@ class ResolverStage:
         self._cache.ttl = settings.cache_ttl
         self.settings = dataclasses.replace(settings, workers=self.settings.workers)
 
+    def reconfigure_dns(self, *, timeout: float, attempts: int) -> None:
+        """Reload: the DNS client's timeout and attempts (when the resolver has one)."""
+        reconfigure = getattr(self._resolver, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(timeout=timeout, attempts=attempts)
+
     def clear(self) -> None:
         """The operator fixed the resolver (SIGHUP): back to the first configured one."""
         self._failures.reset()

@@ -179,6 +179,14 @@ class UdpDnsClient:
     def nameservers(self) -> list[str]:
         return [s.host for s in self._servers]
 
+    def reconfigure(self, *, timeout: float, attempts: int) -> None:
+        """SIGHUP: new per-query timeout and attempts from the next query. (While attempts with
+        the old timeout are still parked, a shorter new one may expire a little late: the
+        deadline queue is ordered by arrival.)"""
+        if attempts < 1 or timeout <= 0:
+            raise ValueError("attempts must be >= 1 and timeout > 0")
+        self._timeout, self._attempts = timeout, attempts
+
     @property
     def active_nameserver(self) -> str:
         return self._servers[self.primary].host
@@ -284,11 +292,14 @@ class UdpDnsClient:
     async def _exchange(self, name_wire: bytes, rdtype: dns.rdatatype.RdataType) -> DnsReply:
         reasons: list[str] = []
         failed_answer: DnsReply | None = None
-        server = self._servers[0]
+        # Fixed for the whole query: a switch while it waits on the old resolver must not send
+        # its next attempt back there ((new primary + attempt) would wrap round to it).
+        primary = self.primary
+        server = self._servers[primary]
         for attempt in range(self._attempts):
             if attempt:
                 self._stats["retries"] += 1
-            server = self._servers[(self.primary + attempt) % len(self._servers)]
+            server = self._servers[(primary + attempt) % len(self._servers)]
             try:
                 reply = await self._attempt(name_wire, rdtype, server)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, wire.MalformedReply) as e:
