@@ -16,6 +16,8 @@ import json
 import os
 import random
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -125,12 +128,18 @@ class SimProcess:
     """`python -m ct_actors.sim serve` in its own process, as remote servers would be."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], world: World, out: LineReader, err: LineReader
+        self,
+        proc: subprocess.Popen[bytes],
+        world: World,
+        out: LineReader,
+        err: LineReader,
+        ready: dict[str, Any] | None = None,
     ) -> None:
         self.proc = proc
         self.world = world
         self.out = out
         self.err = err
+        self.ready = ready or {}  # its `sim_ready` line
         self.stats: dict[str, Any] | None = None
 
     @classmethod
@@ -145,7 +154,11 @@ class SimProcess:
         greylist_delay: float = 1.0,
         tarpit_delay: float = 1.0,
         attempts: int = 6,
+        broken_dns: Sequence[str] = (),
     ) -> SimProcess:
+        """`broken_dns`: extra broken resolvers, each `ADDRESS[:PORT]=FAULT` as the simulator's
+        `--broken-dns` takes it (FAULT servfail or silent; PORT defaults to the healthy DNS
+        server's, as the prober asks all its nameservers on one port)."""
         world_file = workdir / f"world-{seed}-{domains}.json"
         failures: list[str] = []
         for _ in range(attempts):
@@ -157,6 +170,8 @@ class SimProcess:
                 "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
                 "--greylist-delay", str(greylist_delay), "--tarpit-delay", str(tarpit_delay),
             ]  # fmt: skip
+            for broken in broken_dns:
+                command += ["--broken-dns", broken]
             proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
             )
@@ -165,7 +180,10 @@ class SimProcess:
             if ready:
                 world = World.from_json(world_file.read_text(encoding="utf-8"))
                 assert world.smtp_port == smtp_port
-                return cls(proc, world, out, err)
+                ready_line = next(
+                    e for e in json_events(out.lines) if e.get("event") == "sim_ready"
+                )
+                return cls(proc, world, out, err, ready_line)
             _stop_process(proc, signal.SIGKILL, 10)
             err.join(5)
             # A port clash (another suite's simulator) is retried on other ports.
@@ -505,3 +523,197 @@ def mismatches(
                 }
             )
     return out
+
+
+# ─── database outages ───────────────────────────────────────────────────────────────────────
+
+
+def database_name(url: str) -> str:
+    """The database a PostgreSQL URL names."""
+    return urlsplit(url).path.lstrip("/")
+
+
+def url_with_database(url: str, name: str) -> str:
+    """`url` with its database replaced (e.g. `postgres`, to administer the one `url` names)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def url_via(url: str, host: str, port: int) -> str:
+    """`url` pointing at host:port instead (e.g. a `TcpProxy`), user and everything else kept."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@{host}:{port}" if user else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def lock_out_database(url: str) -> int:
+    """An outage of the database `url` names, on a server other suites share: refuse new
+    connections (`ALLOW_CONNECTIONS false`) and terminate the existing ones. Run from the
+    server's `postgres` database. Returns how many backends were terminated. Undo it with
+    `let_in_database`, always (a `finally`)."""
+    name = database_name(url)
+
+    async def cut(conn: Any) -> int:
+        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        terminated = await conn.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        return int(terminated or 0)
+
+    result: int = db_run(url_with_database(url, "postgres"), cut)
+    return result
+
+
+def let_in_database(url: str) -> None:
+    """Undo `lock_out_database` (idempotent)."""
+    name = database_name(url)
+
+    async def restore(conn: Any) -> None:
+        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+
+    db_run(url_with_database(url, "postgres"), restore)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder in front of a server (PostgreSQL), so that a test can take the
+    link down and bring it back without touching a server other suites share.
+
+    `cut()`: every established connection is reset and new ones are accepted and reset at once
+    (a crashed database, or a host that refuses: the client sees ECONNRESET at once).
+    `cut(blackhole=True)`: nothing is answered any more, established connections and new ones
+    stay open and silent (a partition, a host powered off: the client sees only its own
+    timeouts). `restore()`: connections are forwarded again (after a blackhole, the silenced
+    ones are reset first, as a real partition's would be once it heals). The listening port
+    never changes. Threads only, so it works next to synchronous test code; `close()` (or
+    `with`) tears it down.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self._upstream = (upstream_host, upstream_port)
+        self._lock = threading.Lock()
+        self._pairs: set[tuple[socket.socket, ...]] = set()
+        self._state = "up"  # "up" | "reset" | "blackhole"
+        self._closed = False
+        self.accepted = 0  # connections forwarded
+        self.refused = 0  # connections reset or silenced while down
+        self.reset = 0  # established connections reset or silenced by a cut
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.settimeout(0.1)
+        self.host, self.port = "127.0.0.1", self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_url(cls, url: str) -> TcpProxy:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+    def url(self, url: str) -> str:
+        """`url` through this proxy."""
+        return url_via(url, self.host, self.port)
+
+    @property
+    def up(self) -> bool:
+        return self._state == "up"
+
+    def cut(self, *, blackhole: bool = False) -> None:
+        with self._lock:
+            self._state = "blackhole" if blackhole else "reset"
+            self.reset += len(self._pairs)
+            if blackhole:
+                return  # the pumps see the state and drop everything from now on
+            pairs, self._pairs = self._pairs, set()
+        _reset_all(pairs)
+
+    def restore(self) -> None:
+        with self._lock:
+            was, self._state = self._state, "up"
+            pairs = set()
+            if was == "blackhole":
+                pairs, self._pairs = self._pairs, set()
+        _reset_all(pairs)
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._thread.join(5)
+        self._listener.close()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            if self._state == "reset":
+                self.refused += 1
+                _reset(client)
+                continue
+            upstream: socket.socket | None = None
+            if self._state == "up":
+                try:
+                    upstream = socket.create_connection(self._upstream, timeout=5)
+                except OSError:
+                    _reset(client)
+                    continue
+                upstream.settimeout(None)
+            pair = (client,) if upstream is None else (client, upstream)
+            with self._lock:
+                if self._state == "reset" or (upstream is not None and self._state != "up"):
+                    self.refused += 1
+                    _reset_all([pair])
+                    continue
+                self._pairs.add(pair)
+                if upstream is None:
+                    self.refused += 1
+                else:
+                    self.accepted += 1
+            threading.Thread(target=self._pump, args=(client, upstream, pair), daemon=True).start()
+            if upstream is not None:
+                threading.Thread(
+                    target=self._pump, args=(upstream, client, pair), daemon=True
+                ).start()
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket | None, pair: tuple[socket.socket, ...]
+    ) -> None:
+        try:
+            while data := src.recv(65536):
+                if dst is not None and self._state == "up":
+                    dst.sendall(data)
+                # else: blackholed, dropped
+        except OSError:
+            pass
+        with self._lock:
+            self._pairs.discard(pair)
+        for sock in pair:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def _reset_all(pairs: Any) -> None:
+    for pair in pairs:
+        for sock in pair:
+            _reset(sock)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP RST (SO_LINGER 0), waking any thread blocked on the socket."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
