@@ -10,7 +10,7 @@ import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 import trio
@@ -31,6 +31,8 @@ from ct_actors.dns.types import MxResolver
 from ct_actors.log import set_level
 from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
+from ct_actors.progress import progress_loop
+from ct_actors.service import SystemdService, WatchdogPolicy
 from ct_actors.throttle.budget import UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
@@ -183,9 +185,17 @@ async def run_pipeline(
     handle_signals: bool = True,
     load: Callable[[], tuple[Config, Toolbox]] | None = None,
     clock: UtcClock | None = None,
+    service: SystemdService | None = None,
+    progress: TextIO | None = None,
 ) -> Supervisor:
     """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal.
-    `load` re-reads the config and the registry on SIGHUP (see `Reloader`)."""
+    `progress`: a terminal to draw the progress bar on (`run --drain` on a TTY).
+    `load` re-reads the config and the registry on SIGHUP (see `Reloader`). `service` speaks
+    sd_notify to systemd (default: from $NOTIFY_SOCKET / $WATCHDOG_USEC; a no-op without)."""
+    # systemd integration (ct_actors/service): READY/RELOADING/STOPPING, STATUS, watchdog.
+    if service is None:
+        service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
+    service.starting()
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
         supervisor = Supervisor(
             pipeline_settings(cfg, toolbox),
@@ -197,15 +207,34 @@ async def run_pipeline(
             drain=drain,
             throttles=make_throttles(cfg, toolbox, store, clock),
         )
-        reloader = Reloader(supervisor, cfg, toolbox, load) if load is not None else None
+        reloader = (
+            Reloader(supervisor, cfg, toolbox, load, service=service) if load is not None else None
+        )
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_signal_loop, supervisor, nursery.cancel_scope, reloader)
             await nursery.start(supervisor.run)
             log.info("ready", owner=cfg.daemon.owner, mode=cfg.probe.mode)
+            # systemd integration: READY=1 only now that the database, resolver, registry and
+            # pipeline are all running; then STATUS/WATCHDOG, and STOPPING=1 when a stop begins.
+            await nursery.start(service.run, supervisor)
+            if progress is not None:
+                total = await store.pending_count() if drain else None
+                nursery.start_soon(progress_loop, _progress_reader(supervisor), total, progress)
             await supervisor.finished.wait()
-            nursery.cancel_scope.cancel()  # the signal loop
+            nursery.cancel_scope.cancel()  # the signal loop (and the systemd service task)
     return supervisor
+
+
+def _progress_reader(supervisor: Supervisor) -> Callable[[], tuple[int, str]]:
+    def read() -> tuple[int, str]:
+        tripped = [state.name for state in supervisor.switches.tripped()]
+        note = f"paused: {', '.join(tripped)}" if tripped else ""
+        if supervisor.stop_requested:
+            note = "draining"
+        return sum(supervisor.writer.outcomes.values()), note
+
+    return read
 
 
 @asynccontextmanager
@@ -230,13 +259,28 @@ class Reloader:
         cfg: Config,
         toolbox: Toolbox,
         load: Callable[[], tuple[Config, Toolbox]],
+        service: SystemdService | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.config = cfg
         self.toolbox = toolbox
         self._load = load
+        self.service = service
 
     def __call__(self) -> bool:
+        # systemd integration (ct_actors/service): RELOADING=1 (with MONOTONIC_USEC) before the
+        # reload, READY=1 after it however it ends, applied or refused.
+        applied = False
+        if self.service is not None:
+            self.service.reloading()
+        try:
+            applied = self._reload()
+            return applied
+        finally:
+            if self.service is not None:
+                self.service.reloaded(self.config, applied=applied)
+
+    def _reload(self) -> bool:
         log.info("reload_requested")
         try:
             new_cfg, new_toolbox = self._load()
@@ -249,6 +293,7 @@ class Reloader:
         # From here on nothing awaits: the swap is atomic for every other task.
         sup = self.supervisor
         sup.reconfigure(pipeline_settings(running, new_toolbox))
+        sup.resolver.reconfigure_dns(timeout=running.dns.timeout, attempts=running.dns.attempts)
         sup.pools.update_settings(
             pool_settings(running), max_connections=running.smtp.max_connections
         )

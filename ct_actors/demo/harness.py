@@ -30,6 +30,7 @@ from ct_actors.db.store import DatabaseUnavailable, open_store
 from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_url
+from ct_actors.service import SystemdService
 from ct_actors.sim.world import World
 from ct_actors.toolbox import Toolbox
 
@@ -140,7 +141,12 @@ async def _run(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, A
                 started = time.perf_counter()
                 try:
                     supervisor = await run_pipeline(
-                        demo_cfg, toolbox, store, drain=True, handle_signals=False
+                        demo_cfg,
+                        toolbox,
+                        store,
+                        drain=True,
+                        handle_signals=False,
+                        service=SystemdService(),  # a demo is not the service: no sd_notify
                     )
                 finally:
                     elapsed = time.perf_counter() - started
