@@ -1,4 +1,4 @@
-"""`ct-actors` command line: migrate, run, once, probe, demo, bench.
+"""`ct-actors` command line: migrate, run, once, probe, demo, bench, report, canary.
 
 Exit codes: 0 success; 1 the command ran but its checks failed; 2 bad configuration or usage;
 3 the database is unavailable.
@@ -133,6 +133,55 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mode", choices=("smtp", "mx-only"), default="smtp")
     bench.add_argument("--database", default="ct_actors_bench")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    report = sub.add_parser(
+        "report",
+        help="pass rate, failures, throughput and ETA from the database",
+        description="Read the outcome tables and the spine (nothing else; writes nothing): the "
+        "runbook's pass rate and failure distribution, the latest failures, outcomes per hour "
+        "or minute, the pending count and how long the rest takes at the current rate.",
+    )
+    report.add_argument("--json", action="store_true", help="print one JSON object")
+    report.add_argument(
+        "--window-hours", type=float, default=24.0, help="pass-rate window, hours (24)"
+    )
+    report.add_argument(
+        "--distribution-days", type=float, default=7.0, help="failure-distribution window (7)"
+    )
+    report.add_argument("--recent", type=int, default=20, help="recent failures listed (20)")
+    report.add_argument(
+        "--bucket", choices=("hour", "minute"), default="hour", help="throughput bucket (hour)"
+    )
+    report.add_argument("--buckets", type=int, default=24, help="throughput buckets shown (24)")
+    report.add_argument(
+        "--rate-minutes",
+        type=float,
+        default=60.0,
+        help="the current rate is the outcomes of the last N minutes (60)",
+    )
+
+    canary = sub.add_parser(
+        "canary",
+        help="validate a release on a stratified canary of pending records",
+        description="Select --size pending records (.com 40 %%, .io 20 %%, .org 20 %%, other "
+        "20 %%), process exactly those through the real pipeline as a restricted database role "
+        "that cannot read sovereign_id, run the canary report's 8 validation checks and write "
+        "the report as Markdown. Exit 0 only if all 8 checks pass.",
+    )
+    canary.add_argument("--size", type=int, default=100, help="records to select (100)")
+    canary.add_argument(
+        "--seed", type=int, help="selection seed (default: random, written in the report)"
+    )
+    canary.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="Markdown report (default: ./canary-report-<UTC timestamp>.md)",
+    )
+    canary.add_argument("--mode", choices=("smtp", "mx-only"), help="override probe.mode")
+    canary.add_argument(
+        "--timeout", type=float, default=3600.0, help="stop the pipeline after N seconds (3600)"
+    )
     return parser
 
 
@@ -160,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             runner = run_demo if command == "demo" else run_bench
             return trio.run(runner, cfg, toolbox, args)
+        if command == "report":
+            return trio.run(_report, cfg, args)
+        if command == "canary":
+            return trio.run(_canary, cfg, toolbox, args)
     except KeyboardInterrupt:
         return 130
     raise AssertionError(command)
@@ -179,15 +232,17 @@ def _load(args: argparse.Namespace) -> Config:
     if args.log_level:
         overrides["log.level"] = args.log_level
     mode = getattr(args, "mode", None)
-    if args.command in ("probe",) and mode:
+    if args.command in ("probe", "canary") and mode:
         overrides["probe.mode"] = mode
     if args.command in ("demo", "bench"):
         # The demo builds its own complete configuration on top of this one.
         overrides.setdefault("probe.mode", "mx-only")
-    return load_config(path, overrides=overrides, probing=args.command != "migrate")
+    return load_config(path, overrides=overrides, probing=args.command not in ("migrate", "report"))
 
 
-async def _with_store(cfg: Config, body: Any) -> int:
+async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int:
+    """`unbounded`: no per-statement timeout (migrate: an index build on a big production table
+    may take long; lock waits are bounded by the migration's lock_timeout instead)."""
     from ct_actors.db.store import DatabaseUnavailable, open_store
 
     async with trio_asyncio.open_loop():
@@ -196,6 +251,7 @@ async def _with_store(cfg: Config, body: Any) -> int:
                 cfg.database.url,
                 min_size=cfg.database.min_connections,
                 max_size=cfg.database.max_connections,
+                command_timeout=None if unbounded else cfg.database.command_timeout,
             )
         except DatabaseUnavailable as exc:
             print(
@@ -218,7 +274,7 @@ async def _migrate(cfg: Config) -> int:
         log.info("migrated", applied=applied)
         return EXIT_OK
 
-    return await _with_store(cfg, body)
+    return await _with_store(cfg, body, unbounded=True)
 
 
 async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
@@ -230,7 +286,9 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
 
     async def body(store: Any) -> int:
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
-        await run_pipeline(cfg, toolbox, store, drain=args.drain, load=load)
+        # A progress bar only for a human watching a drain; the journal gets the stats lines.
+        progress = sys.stderr if args.drain and sys.stderr.isatty() else None
+        await run_pipeline(cfg, toolbox, store, drain=args.drain, load=load, progress=progress)
         log.info("daemon_stopped")
         return EXIT_OK
 
@@ -288,6 +346,18 @@ async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int
     }
     print(json.dumps(body, default=str, indent=2))
     return EXIT_OK
+
+
+async def _report(cfg: Config, args: argparse.Namespace) -> int:
+    from ct_actors.ops.commands import report_command
+
+    return await report_command(cfg, args)
+
+
+async def _canary(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+    from ct_actors.ops.commands import canary_command
+
+    return await canary_command(cfg, toolbox, args)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,11 @@ class DatabaseConfig:
     min_connections: int = _key(1, KeySpec("int", False, "pool minimum size", ge=0))
     max_connections: int = _key(4, KeySpec("int", False, "pool maximum size", ge=1))
     lease_seconds: int = _key(300, KeySpec("int", False, "claim lease length", ge=1))
+    # Also how long a cancelled query can hold up a stop: asyncpg finishes cancelling a query on
+    # a silent connection only after this. The daemon's statements take milliseconds.
+    command_timeout: float = _key(
+        15.0, KeySpec("float", False, "per-statement timeout, seconds (not migrate)", gt=0)
+    )
 
     def __repr__(self) -> str:
         # Never let a repr (tracebacks, debuggers, f-strings) carry the DB password.
@@ -240,7 +245,6 @@ class ProbeConfig:
 class WriterConfig:
     batch_size: int = _key(500, KeySpec("int", True, "rows per write", ge=1))
     flush_interval: float = _key(0.5, KeySpec("float", True, "max seconds a row waits", gt=0))
-    max_buffer: int = _key(5000, KeySpec("int", False, "rows buffered before backpressure", ge=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -798,11 +802,6 @@ def _cross_check(cfg: Config, labels: Mapping[str, str], *, probing: bool) -> li
         errors.append(
             f"{where('smtp.max_connections_per_host')}: must be <= smtp.max_connections "
             f"({cfg.smtp.max_connections}), got {cfg.smtp.max_connections_per_host}"
-        )
-    if cfg.writer.max_buffer < cfg.writer.batch_size:
-        errors.append(
-            f"{where('writer.max_buffer')}: must be >= writer.batch_size "
-            f"({cfg.writer.batch_size}), got {cfg.writer.max_buffer}"
         )
     if cfg.probe.claim_batch > cfg.probe.max_in_flight:
         errors.append(

@@ -179,7 +179,13 @@ def test_migrate_twice_is_idempotent(fresh_db: str, tmp_path: Path) -> None:
     first = cli(config, "migrate")
     assert first.returncode == 0, first.stderr
     (migrated,) = [e for e in json_events(first.stdout.splitlines()) if e["event"] == "migrated"]
-    assert migrated["applied"] == ["001_outreach", "002_ct_actors", "003_tool_usage"]
+    assert migrated["applied"] == [
+        "001_outreach",
+        "002_ct_actors",
+        "003_tool_usage",
+        "004_verifier",
+        "005_terminal_guard",
+    ]
     versions = db_fetch(fresh_db, "SELECT * FROM ct_actors.schema_migrations ORDER BY version")
     second = cli(config, "migrate")
     assert second.returncode == 0, second.stderr

@@ -244,7 +244,9 @@ async def test_a_scope_removed_on_reload_stops_applying(
     assert times == [0.0] * 60
 
 
-async def test_a_call_not_made_gives_its_budget_back(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_call_not_made_gives_its_budget_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     usage = MemoryUsageStore()
     lim = limiter(with_limit(SMTP, "per_day", 2), usage, block=2)
     with trio.fail_after(BOUND):

@@ -44,7 +44,9 @@ class LoaderSettings:
     idle_poll: float = 5.0  # how often to look for new work when none is pending
     retry_initial: float = 1.0
     retry_max: float = 60.0
-    claim_timeout: float = 30.0  # a claim is never cut short by a stop; this bounds the wait
+    # A claim is never cut short by a stop; this bounds the wait (a statement on a dead
+    # connection gives up after database.command_timeout, 15 s, anyway).
+    claim_timeout: float = 15.0
 
 
 class LoaderActor:
@@ -117,7 +119,9 @@ class LoaderActor:
             except self._claim_errors as exc:
                 self._credits.give_back(credits)
                 self._stats["claim_errors"] += 1
-                log.warning("claim_failed", error=str(exc), retry_in=delay)
+                log.warning(
+                    "claim_failed", error=str(exc) or type(exc).__name__, retry_in=delay
+                )
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max)
                 continue

@@ -95,6 +95,9 @@ ORDER BY c.outreach_id
 # start their index scans of company_target/errors/lease at the cursor, not at the beginning.
 CLAIM_FROM_START: Final = _claim("TRUE")
 CLAIM_AFTER: Final = _claim("{t}.outreach_id > $5")
+# The same claim restricted to a given set of records ($5 uuid[]), for `ct-actors canary`: the
+# pending and lease rules are the ones above, only the candidates are limited to the list.
+CLAIM_AMONG: Final = _claim("{t}.outreach_id = ANY ($5::uuid[])")
 
 # ---------------------------------------------------------------------------------------------
 # Write outcomes: one statement, one transaction, one round trip for the whole batch.
@@ -296,6 +299,13 @@ SELECT count(*) FROM ct_actors.lease l
 WHERE l.expires_at > now() AND l.owner <> $1 AND {_not_terminal("l.outreach_id")}
 """
 
+# LEASED_ELSEWHERE restricted to a set of records ($2 uuid[]), for a drain over that set only.
+LEASED_ELSEWHERE_AMONG: Final = f"""
+SELECT count(*) FROM ct_actors.lease l
+WHERE l.expires_at > now() AND l.owner <> $1 AND l.outreach_id = ANY ($2::uuid[])
+  AND {_not_terminal("l.outreach_id")}
+"""
+
 COUNTS_BY_OUTCOME: Final = """
 SELECT 'PASS' AS outcome, count(*) AS n
 FROM outreach.company_target WHERE execution_status = 'ready'
@@ -365,4 +375,77 @@ WHERE {_USAGE_ROW}
 
 USAGE: Final = f"""
 SELECT u.used FROM ct_actors.tool_usage u WHERE {_USAGE_ROW}
+"""
+
+# ---------------------------------------------------------------------------------------------
+# EmailVerifier (TOOL-019) ledger and monthly spend (sql/004_verifier.sql, ct_actors.verify)
+# ---------------------------------------------------------------------------------------------
+_VERIFIER_COLUMNS: Final = """
+    l.address, l.owner, l.status, l.attempts, l.attempted_at, l.finished_at, l.verdict,
+    l.result, l.credits_after, l.cost, l.detail
+"""
+
+VERIFIER_ENTRY: Final = f"""
+SELECT {_VERIFIER_COLUMNS} FROM ct_actors.verifier_ledger l WHERE l.address = $1
+"""
+
+# $1 address, $2 owner, $3 attempted_at, $4 max attempts. A new row is the first attempt; an
+# `unavailable` row is re-opened only while attempts are left (never with the registry's 1). A
+# concurrent insert of the same address makes us wait for its commit and then do nothing (no
+# row returned): exactly one claimer calls the vendor.
+VERIFIER_CLAIM: Final = """
+INSERT INTO ct_actors.verifier_ledger AS l (address, owner, status, attempts, attempted_at, cost)
+VALUES ($1, $2, 'pending', 1, $3, 0)
+ON CONFLICT (address) DO UPDATE
+    SET owner = excluded.owner,
+        status = 'pending',
+        attempts = l.attempts + 1,
+        attempted_at = excluded.attempted_at,
+        finished_at = NULL,
+        detail = NULL
+    WHERE l.status = 'unavailable' AND l.attempts < $4::integer
+RETURNING l.attempts
+"""
+
+# $1 address, $2 owner, $3 status, $4 finished_at, $5 verdict, $6 result, $7 credits_after,
+# $8 cost (added), $9 detail. Only the owner's pending row: a row re-claimed by someone else
+# after we were presumed dead is theirs now.
+VERIFIER_FINISH: Final = """
+UPDATE ct_actors.verifier_ledger AS l
+SET status = $3, finished_at = $4, verdict = $5, result = $6, credits_after = $7,
+    cost = l.cost + $8::numeric, detail = $9
+WHERE l.address = $1 AND l.owner = $2 AND l.status = 'pending'
+RETURNING l.address
+"""
+
+VERIFIER_RELEASE: Final = """
+DELETE FROM ct_actors.verifier_ledger l
+WHERE l.address = $1 AND l.owner = $2 AND l.status = 'pending'
+RETURNING l.address
+"""
+
+# $1 tool_id, $2 month_start, $3 amount, $4 cap (NULL: none). One statement, atomic across
+# daemons: the first call of a month inserts the row; later ones take the conflict path, where
+# PostgreSQL locks the row and evaluates the guard against its latest committed version, so two
+# daemons can never both pass the cap. No row returned = refused.
+VERIFIER_RESERVE_SPEND: Final = """
+INSERT INTO ct_actors.verifier_spend AS s (tool_id, month_start, calls, spent, updated_at)
+SELECT $1, $2, 1, $3::numeric, now()
+WHERE $4::numeric IS NULL OR $3::numeric <= $4::numeric
+ON CONFLICT (tool_id, month_start) DO UPDATE
+    SET calls = s.calls + 1, spent = s.spent + excluded.spent, updated_at = now()
+    WHERE $4::numeric IS NULL OR s.spent + excluded.spent <= $4::numeric
+RETURNING s.spent
+"""
+
+VERIFIER_REFUND_SPEND: Final = """
+UPDATE ct_actors.verifier_spend AS s
+SET calls = GREATEST(s.calls - 1, 0), spent = GREATEST(s.spent - $3::numeric, 0),
+    updated_at = now()
+WHERE s.tool_id = $1 AND s.month_start = $2
+"""
+
+VERIFIER_SPEND: Final = """
+SELECT s.calls, s.spent FROM ct_actors.verifier_spend s
+WHERE s.tool_id = $1 AND s.month_start = $2
 """

@@ -153,7 +153,13 @@ def translate_exception(exc: BaseException, redactor: Redactor, what: str) -> St
     message = f"{what} on {redactor.redacted_url}: {name}: {detail}"
     kind: type[StoreError]
     if isinstance(exc, asyncpg.PostgresError) and isinstance(sqlstate, str):
-        if sqlstate in _UNAVAILABLE_CODES or sqlstate[:2] in _UNAVAILABLE_CLASSES:
+        if (
+            sqlstate in _UNAVAILABLE_CODES
+            or sqlstate[:2] in _UNAVAILABLE_CLASSES
+            # 55000 is a catch-all "object not in prerequisite state"; only this one of its
+            # meanings (ALTER DATABASE ... ALLOW_CONNECTIONS false) is an outage.
+            or (sqlstate == "55000" and "not currently accepting connections" in detail)
+        ):
             kind = DatabaseUnavailable
         elif sqlstate in _SCHEMA_CODES:
             kind = SchemaError
@@ -381,6 +387,39 @@ class Store:
             key=lambda r: r.outreach_id,
         )
 
+    async def claim_among(
+        self, owner: str, ids: Iterable[UUID], limit: int, lease_seconds: float
+    ) -> list[ClaimedRecord]:
+        """`claim` restricted to the records in `ids` (`ct-actors canary`): the same pending and
+        lease rules, ordered by outreach_id, one round trip, no cursor."""
+        id_list = sorted(set(ids))
+        if limit <= 0 or not id_list:
+            return []
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
+        started = time.perf_counter()
+        try:
+            rows = await self._call(
+                "claim",
+                self._fetch,
+                q.CLAIM_AMONG,
+                owner,
+                limit,
+                lease_seconds,
+                self._incarnation,
+                id_list,
+            )
+        finally:
+            self._stats.claim_seconds += time.perf_counter() - started
+        self._stats.claims += 1
+        self._stats.rows_claimed += len(rows)
+        return [
+            ClaimedRecord(
+                outreach_id=r["outreach_id"], domain=r["domain"], attempts=int(r["attempts"])
+            )
+            for r in rows
+        ]
+
     async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> WriteReport:
         """Persist a batch in one statement (one transaction, one round trip).
 
@@ -528,6 +567,21 @@ class Store:
         """Pending records held by a live lease of another owner."""
         return int(await self._call("leased elsewhere", self._fetchval, q.LEASED_ELSEWHERE, owner))
 
+    async def leased_elsewhere_among(self, owner: str, ids: Iterable[UUID]) -> int:
+        """`leased_elsewhere` restricted to the records in `ids`."""
+        id_list = sorted(set(ids))
+        if not id_list:
+            return 0
+        return int(
+            await self._call(
+                "leased elsewhere",
+                self._fetchval,
+                q.LEASED_ELSEWHERE_AMONG,
+                owner,
+                id_list,
+            )
+        )
+
     async def counts_by_outcome(self) -> dict[str, int]:
         """{'PASS': n, '<failure code>': n, ...} over terminal outcomes (open error rows)."""
         rows = await self._call("counts by outcome", self._fetch, q.COUNTS_BY_OUTCOME)
@@ -596,6 +650,119 @@ class Store:
         value = await self._call("usage", self._fetchval, q.USAGE, tool_id, scope, window_start)
         return 0 if value is None else int(value)
 
+    # -- EmailVerifier ledger (TOOL-019; sql/004_verifier.sql; ct_actors.verify.ledger) --------
+    # `Store` is the production `VerifierLedger`. Timestamps are passed in (the gate's UtcClock),
+    # not taken from the database clock, so the cache TTL and the calendar month follow the same
+    # clock as the tool budgets. One round trip each.
+    async def verifier_entry(self, address: str) -> VerifierEntry | None:
+        rows = await self._call("verifier entry", self._fetch, q.VERIFIER_ENTRY, address)
+        if not rows:
+            return None
+        r = rows[0]
+        return VerifierEntry(
+            address=r["address"],
+            owner=r["owner"],
+            status=LedgerStatus(r["status"]),
+            attempts=int(r["attempts"]),
+            attempted_at=r["attempted_at"],
+            finished_at=r["finished_at"],
+            verdict=r["verdict"],
+            result=r["result"],
+            credits_after=None if r["credits_after"] is None else int(r["credits_after"]),
+            cost=r["cost"],
+            detail=r["detail"],
+        )
+
+    async def verifier_claim(
+        self, address: str, owner: str, at: dt.datetime, max_attempts: int
+    ) -> int | None:
+        """Insert the address's pending row (or re-open an `unavailable` one with attempts
+        left); the attempt number, or None if another caller has it."""
+        _check_aware(at)
+        value = await self._call(
+            "verifier claim", self._fetchval, q.VERIFIER_CLAIM, address, owner, at, max_attempts
+        )
+        return None if value is None else int(value)
+
+    async def verifier_finish(
+        self,
+        address: str,
+        owner: str,
+        *,
+        status: LedgerStatus,
+        at: dt.datetime,
+        verdict: str | None = None,
+        result: str | None = None,
+        credits_after: int | None = None,
+        cost: Decimal | int = 0,
+        detail: str | None = None,
+    ) -> bool:
+        _check_aware(at)
+        if status is LedgerStatus.PENDING:
+            raise ValueError("verifier_finish needs a final status (done or unavailable)")
+        value = await self._call(
+            "verifier finish",
+            self._fetchval,
+            q.VERIFIER_FINISH,
+            address,
+            owner,
+            status.value,
+            at,
+            verdict,
+            result,
+            credits_after,
+            Decimal(cost),
+            detail,
+        )
+        return value is not None
+
+    async def verifier_release(self, address: str, owner: str) -> bool:
+        value = await self._call(
+            "verifier release", self._fetchval, q.VERIFIER_RELEASE, address, owner
+        )
+        return value is not None
+
+    async def verifier_reserve_spend(
+        self, tool_id: str, month: dt.datetime, amount: Decimal, cap: Decimal | None
+    ) -> Decimal | None:
+        """One call and `amount` onto the month unless that passes `cap`; the new total, or
+        None if refused. Atomic across connections and daemons."""
+        check_usage_window("per_month", month)
+        if amount < 0:
+            raise ValueError(f"amount must be >= 0, got {amount!r}")
+        value = await self._call(
+            "verifier reserve spend",
+            self._fetchval,
+            q.VERIFIER_RESERVE_SPEND,
+            tool_id,
+            month,
+            amount,
+            cap,
+        )
+        return None if value is None else Decimal(value)
+
+    async def verifier_refund_spend(
+        self, tool_id: str, month: dt.datetime, amount: Decimal
+    ) -> None:
+        check_usage_window("per_month", month)
+        await self._call(
+            "verifier refund spend",
+            self._execute,
+            q.VERIFIER_REFUND_SPEND,
+            tool_id,
+            month,
+            amount,
+        )
+
+    async def verifier_spend(self, tool_id: str, month: dt.datetime) -> SpendRow:
+        check_usage_window("per_month", month)
+        rows = await self._call(
+            "verifier spend", self._fetch, q.VERIFIER_SPEND, tool_id, month
+        )
+        if not rows:
+            return SpendRow(0, Decimal(0))
+        return SpendRow(int(rows[0]["calls"]), Decimal(rows[0]["spent"]))
+
 
 def usage_window(scope: str, at: dt.datetime) -> dt.datetime:
     """Start of the UTC calendar window of `scope` ('per_day' or 'per_month') containing the
@@ -639,7 +806,7 @@ async def open_store(
     *,
     min_size: int = 1,
     max_size: int = 4,
-    command_timeout: float = 60.0,
+    command_timeout: float | None = 15.0,
     connect_timeout: float = 10.0,
     application_name: str = "ct-actors",
 ) -> Store:
@@ -673,3 +840,19 @@ async def open_store(
     except Exception as exc:
         raise translate_exception(exc, redactor, "connect") from None
     return Store(pool, redactor, incarnation)
+
+
+# ---------------------------------------------------------------------------------------------
+# EmailVerifier ledger support (appended; the methods are at the end of `Store`)
+# ---------------------------------------------------------------------------------------------
+def _check_aware(at: dt.datetime) -> None:
+    """A naive timestamp would be read in the session's TimeZone."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"timestamp must be timezone-aware, got {at!r}")
+
+
+# Imported here rather than at the top: appended with the methods above that use them.
+# ct_actors.verify.ledger is standard library only, so there is no import cycle.
+from decimal import Decimal  # noqa: E402
+
+from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry  # noqa: E402

@@ -158,12 +158,11 @@ class CalendarBudget:
         self.used_in_window = await self._usage.usage(self.tool_id, self.scope, start)
 
     async def release(self) -> None:
-        """Give back the unspent part of the block (at shutdown); bounded and shielded."""
+        """Give back the unspent part of the block (at shutdown). The caller bounds it."""
         if not self._left or self._window is None:
             return
-        with trio.move_on_after(5.0, shield=True):
-            await self._refund(self._window, self._left)
-            self._left = 0
+        await self._refund(self._window, self._left)
+        self._left = 0
 
     async def _reserve(self, start: dt.datetime) -> int:
         # Every caller waits while a reservation is in flight, so at hundreds of calls per

@@ -1,0 +1,13 @@
+"""Tier-2 EmailVerifier (TOOL-019): a second opinion from MillionVerifier on weak PASSes.
+
+* `client`: `MillionVerifierClient`, a small HTTP/1.1 GET client over trio streams, and the pure
+  `parse_answer`;
+* `fake_api`: a scriptable local fake of the vendor's API, for tests and the demo;
+* `ledger`: the persisted one-attempt-per-address ledger and monthly spend (protocol + rows);
+* `memory`: the ledger in memory (MockClock tests, demo);
+* `gate`: `EmailVerifier.check(address)`, the registry's gate around the client;
+* `policy`: which address to verify for a weak PASS, and what the verdict does to it.
+
+Import the submodules directly; this package module stays empty so that `ct_actors.db.store`
+can import `ct_actors.verify.ledger` without pulling in the rest.
+"""

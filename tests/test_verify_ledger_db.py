@@ -1,0 +1,304 @@
+"""The verifier ledger in PostgreSQL (sql/004_verifier.sql, Store.verifier_*): claims, verdicts,
+releases, the guarded monthly spend under concurrency from several stores, and the whole gate —
+two daemons (two stores, two EmailVerifiers) against the local fake API over loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+from conftest_db import Db
+
+from ct_actors.db import Store, open_store
+from ct_actors.throttle.calendar import UtcClock
+from ct_actors.throttle.killswitch import KillSwitches
+from ct_actors.toolbox import ToolSpec, load_toolbox
+from ct_actors.verify.client import MillionVerifierClient, Verdict
+from ct_actors.verify.fake_api import Answer, FakeMillionVerifier, Hang, open_fake_api, rate_limited
+from ct_actors.verify.gate import (
+    BUDGET_CAP_REACHED,
+    DecisionKind,
+    EmailVerifier,
+    GateSettings,
+    SkipReason,
+    with_spec,
+)
+from ct_actors.verify.ledger import LedgerStatus, SpendRow
+
+pytestmark = [pytest.mark.db, pytest.mark.timeout(120)]
+pytest_plugins = ["dbfixtures"]
+
+SPEC = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml").email_verifier
+TOOL = SPEC.tool_id
+KEY = "mv-db-test-key-77aa"
+NOV = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+AT = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+PER_CALL = Decimal("0.004")
+
+
+@pytest.fixture
+async def stores(aio_loop: Any, migrated_db: str) -> AsyncIterator[list[Store]]:
+    """Three stores (three pools) on one database: three daemons."""
+    opened = [await open_store(migrated_db) for _ in range(3)]
+    yield opened
+    for s in opened:
+        await s.aclose()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeMillionVerifier]:
+    async with open_fake_api(api_key=KEY, credits=1000) as api:
+        yield api
+
+
+def daemon(
+    store: Store,
+    fake: FakeMillionVerifier,
+    owner: str,
+    *,
+    spec: ToolSpec = SPEC,
+    origin: dt.datetime = AT,
+    timeout: float = 5.0,
+) -> EmailVerifier:
+    assert fake.base_url is not None
+    return EmailVerifier(
+        spec,
+        client=MillionVerifierClient(fake.base_url, KEY, timeout=timeout, vendor_timeout=2),
+        ledger=store,
+        switches=KillSwitches({BUDGET_CAP_REACHED: "halt_and_alert"}),
+        clock=UtcClock(origin, trio.current_time()),
+        owner=owner,
+        settings=GateSettings(peer_poll=0.05),
+    )
+
+
+async def test_schema(db: Db) -> None:
+    with trio.fail_after(30):
+        assert await db.fetchval("SELECT to_regclass('ct_actors.verifier_ledger') IS NOT NULL")
+        assert await db.fetchval("SELECT to_regclass('ct_actors.verifier_spend') IS NOT NULL")
+        for bad in (
+            "INSERT INTO ct_actors.verifier_ledger (address, owner, status, attempted_at) "
+            "VALUES ('a@b.c', 'x', 'maybe', now())",
+            "INSERT INTO ct_actors.verifier_ledger (address, owner, status, attempted_at) "
+            "VALUES ('a@b.c', 'x', 'done', now())",  # done without a verdict
+            "INSERT INTO ct_actors.verifier_ledger (address, owner, status, attempted_at, "
+            "verdict) VALUES ('a@b.c', 'x', 'done', now(), 'great')",
+            "INSERT INTO ct_actors.verifier_ledger (address, owner, status, attempted_at) "
+            "VALUES ('nobody', 'x', 'pending', now())",
+            "INSERT INTO ct_actors.verifier_spend (tool_id, month_start, spent) "
+            "VALUES ('t', now(), -1)",
+        ):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await db.execute(bad)
+
+
+async def test_claim_finish_release(store: Store) -> None:
+    with trio.fail_after(30):
+        assert await store.verifier_entry("a@acme.com") is None
+        assert await store.verifier_claim("a@acme.com", "d1", AT, 1) == 1
+        assert await store.verifier_claim("a@acme.com", "d2", AT, 1) is None
+        entry = await store.verifier_entry("a@acme.com")
+        assert entry is not None
+        assert (entry.owner, entry.status, entry.attempts, entry.attempted_at) == (
+            "d1", LedgerStatus.PENDING, 1, AT
+        )
+        # Only the owner closes it, once.
+        assert not await store.verifier_finish(
+            "a@acme.com", "d2", status=LedgerStatus.DONE, at=AT, verdict="valid"
+        )
+        later = AT + dt.timedelta(seconds=2)
+        assert await store.verifier_finish(
+            "a@acme.com", "d1", status=LedgerStatus.DONE, at=later, verdict="invalid",
+            result="invalid", credits_after=4321, cost=PER_CALL, detail="mailbox_not_found",
+        )
+        assert not await store.verifier_finish(
+            "a@acme.com", "d1", status=LedgerStatus.UNAVAILABLE, at=later
+        )
+        entry = await store.verifier_entry("a@acme.com")
+        assert entry is not None
+        assert (entry.status, entry.verdict, entry.result, entry.credits_after) == (
+            LedgerStatus.DONE, "invalid", "invalid", 4321
+        )
+        assert entry.cost == PER_CALL and entry.finished_at == later
+        assert entry.detail == "mailbox_not_found"
+        # A done row is never released nor re-claimed.
+        assert not await store.verifier_release("a@acme.com", "d1")
+        assert await store.verifier_claim("a@acme.com", "d1", AT, 5) is None
+        # A pending row is released by its owner only.
+        assert await store.verifier_claim("b@acme.com", "d1", AT, 1) == 1
+        assert not await store.verifier_release("b@acme.com", "d2")
+        assert await store.verifier_release("b@acme.com", "d1")
+        assert await store.verifier_entry("b@acme.com") is None
+        with pytest.raises(ValueError):
+            await store.verifier_claim("c@acme.com", "d1", dt.datetime(2026, 11, 29), 1)
+
+
+async def test_unavailable_rows_reopen_only_with_attempts_left(store: Store) -> None:
+    with trio.fail_after(30):
+        assert await store.verifier_claim("a@acme.com", "d1", AT, 1) == 1
+        assert await store.verifier_finish(
+            "a@acme.com", "d1", status=LedgerStatus.UNAVAILABLE, at=AT, cost=PER_CALL,
+            detail="timeout",
+        )
+        assert await store.verifier_claim("a@acme.com", "d2", AT, 1) is None
+        assert await store.verifier_claim("a@acme.com", "d2", AT, 2) == 2
+        assert await store.verifier_claim("a@acme.com", "d3", AT, 2) is None  # pending now
+        assert await store.verifier_finish(
+            "a@acme.com", "d2", status=LedgerStatus.DONE, at=AT, verdict="valid", result="ok",
+            cost=PER_CALL,
+        )
+        entry = await store.verifier_entry("a@acme.com")
+        assert entry is not None
+        assert (entry.owner, entry.attempts, entry.cost, entry.detail) == (
+            "d2", 2, 2 * PER_CALL, None
+        )
+
+
+async def test_spend_is_guarded_by_the_cap(store: Store) -> None:
+    cap = Decimal("0.012")
+    with trio.fail_after(30):
+        grants = [await store.verifier_reserve_spend(TOOL, NOV, PER_CALL, cap) for _ in range(4)]
+        assert grants == [Decimal("0.004"), Decimal("0.008"), Decimal("0.012"), None]
+        assert await store.verifier_spend(TOOL, NOV) == SpendRow(3, cap)
+        await store.verifier_refund_spend(TOOL, NOV, PER_CALL)
+        assert await store.verifier_spend(TOOL, NOV) == SpendRow(2, Decimal("0.008"))
+        # No cap: always granted. A first call dearer than the cap: refused, no row.
+        assert await store.verifier_reserve_spend("other", NOV, PER_CALL, None) == PER_CALL
+        assert await store.verifier_reserve_spend("third", NOV, PER_CALL, Decimal("0.001")) is None
+        assert await store.verifier_spend("third", NOV) == SpendRow(0, Decimal(0))
+        # Over-refund never goes negative; refunding a month without a row is a no-op.
+        for _ in range(5):
+            await store.verifier_refund_spend(TOOL, NOV, PER_CALL)
+        assert await store.verifier_spend(TOOL, NOV) == SpendRow(0, Decimal(0))
+        await store.verifier_refund_spend(TOOL, dt.datetime(2026, 10, 1, tzinfo=dt.UTC), PER_CALL)
+        with pytest.raises(ValueError, match="start of a UTC month"):
+            await store.verifier_spend(TOOL, AT)
+
+
+async def test_concurrent_spend_and_claims_across_stores(stores: list[Store]) -> None:
+    """Thirty reservations against a cap of ten calls, and ten claims of one address, from three
+    pools at once: exactly ten granted, exactly one claim."""
+    cap = Decimal("0.040")
+    grants: list[Decimal | None] = []
+    claims: list[int | None] = []
+    start = trio.Event()
+
+    async def reserve(s: Store) -> None:
+        await start.wait()
+        grants.append(await s.verifier_reserve_spend(TOOL, NOV, PER_CALL, cap))
+
+    async def claim(s: Store, owner: str) -> None:
+        await start.wait()
+        claims.append(await s.verifier_claim("same@acme.com", owner, AT, 1))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(reserve, stores[i % 3])
+            for i in range(10):
+                nursery.start_soon(claim, stores[i % 3], f"d{i}")
+            await trio.sleep(0.05)
+            start.set()
+        assert sum(g is not None for g in grants) == 10
+        assert max(g for g in grants if g is not None) == cap
+        assert await stores[0].verifier_spend(TOOL, NOV) == SpendRow(10, cap)
+    assert sorted(claims, key=lambda c: c or 0) == [None] * 9 + [1]
+
+
+async def test_two_daemons_one_vendor_call(
+    stores: list[Store], fake: FakeMillionVerifier
+) -> None:
+    fake.script("ann.lee@acme.com", Answer("invalid", delay=0.5, subresult="mailbox_not_found"))
+    gates = [daemon(stores[0], fake, "d1"), daemon(stores[1], fake, "d2")]
+    decisions: list[Any] = []
+
+    async def one(g: EmailVerifier) -> None:
+        decisions.append(await g.check("ann.lee@acme.com"))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for g in gates:
+                nursery.start_soon(one, g)
+        entry = await stores[2].verifier_entry("ann.lee@acme.com")
+        spend = await stores[2].verifier_spend(TOOL, NOV)
+        # A third daemon, later: the ledger answers.
+        third = await daemon(stores[2], fake, "d3").check("ann.lee@acme.com")
+    assert fake.count("ann.lee@acme.com") == 1
+    assert sorted(d.kind.value for d in decisions) == ["cached", "verified"]
+    assert {d.verdict for d in decisions} == {Verdict.INVALID}
+    assert third.kind is DecisionKind.CACHED and third.verdict is Verdict.INVALID
+    assert entry is not None and entry.status is LedgerStatus.DONE
+    assert entry.credits_after == 999 and entry.detail == "mailbox_not_found"
+    assert spend == SpendRow(1, PER_CALL)
+
+
+async def test_cache_ttl_across_daemons(stores: list[Store], fake: FakeMillionVerifier) -> None:
+    with trio.fail_after(60):
+        first = await daemon(stores[0], fake, "d1").check("bob@acme.com")
+        within = await daemon(
+            stores[1], fake, "d2", origin=AT + dt.timedelta(days=89, hours=23)
+        ).check("bob@acme.com")
+        stale = await daemon(
+            stores[1], fake, "d2", origin=AT + dt.timedelta(days=90, seconds=1)
+        ).check("bob@acme.com")
+    assert first.kind is DecisionKind.VERIFIED
+    assert within.kind is DecisionKind.CACHED and within.verdict is Verdict.VALID
+    assert stale.kind is DecisionKind.SKIPPED and stale.reason is SkipReason.STALE
+    assert fake.count() == 1
+
+
+async def test_money_cap_across_daemons(stores: list[Store], fake: FakeMillionVerifier) -> None:
+    spec = with_spec(SPEC, monthly_budget_cap=Decimal("0.012"))
+    gates = [daemon(s, fake, f"d{i}", spec=spec) for i, s in enumerate(stores)]
+    decisions: list[Any] = []
+
+    async def run(g: EmailVerifier, index: int) -> None:
+        for j in range(4):
+            decisions.append(await g.check(f"p{index}-{j}@acme.com"))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i, g in enumerate(gates):
+                nursery.start_soon(run, g, i)
+        spend = await stores[0].verifier_spend(TOOL, NOV)
+        rows = await stores[0].verifier_entry("p0-0@acme.com")
+    assert fake.count() == 3
+    assert spend == SpendRow(3, Decimal("0.012"))
+    assert sum(d.kind is DecisionKind.VERIFIED for d in decisions) == 3
+    assert {d.reason for d in decisions if d.kind is not DecisionKind.VERIFIED} == {
+        SkipReason.BUDGET
+    }
+    assert all(g.statistics()["budget_switch"] for g in gates)  # each daemon stopped calling
+    assert rows is None or rows.status is LedgerStatus.DONE
+
+
+async def test_transport_failures_and_the_ledger_row(
+    store: Store, fake: FakeMillionVerifier
+) -> None:
+    spec = with_spec(SPEC, initial_delay=0.05)
+    fake.script("slow@acme.com", Hang(), Hang(), Hang())
+    fake.script("busy@acme.com", rate_limited("0"), rate_limited("0"), rate_limited("0"))
+    g = daemon(store, fake, "d1", spec=spec, timeout=0.3)
+    with trio.fail_after(60):
+        slow = await g.check("slow@acme.com")
+        busy = await g.check("busy@acme.com")
+        slow_row = await store.verifier_entry("slow@acme.com")
+        busy_row = await store.verifier_entry("busy@acme.com")
+        spend = await store.verifier_spend(TOOL, NOV)
+        again = [await g.check("slow@acme.com"), await g.check("busy@acme.com")]
+    assert slow.kind is DecisionKind.UNAVAILABLE and busy.kind is DecisionKind.UNAVAILABLE
+    # Timeouts after sending may have been billed: the attempt is spent, its cost kept.
+    assert slow_row is not None and slow_row.status is LedgerStatus.UNAVAILABLE
+    assert slow_row.cost == 3 * PER_CALL and "no answer within" in (slow_row.detail or "")
+    # 429s were never processed: no row, no money; the address was tried again.
+    assert busy_row is None
+    assert spend == SpendRow(3, 3 * PER_CALL)
+    assert again[0].reason is SkipReason.ATTEMPTED
+    assert again[1].kind is DecisionKind.VERIFIED
+    assert fake.count("slow@acme.com") == 3 and fake.count("busy@acme.com") == 4
