@@ -37,7 +37,10 @@ from ct_actors.throttle.budget import UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
-from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, Toolbox, ToolboxError
+from ct_actors.toolbox import EMAIL_VERIFIER, MX_LOOKUP, SMTP_CHECK, Toolbox, ToolboxError
+from ct_actors.verify.factory import api_key_from_environment, make_email_verifier
+from ct_actors.verify.gate import EmailVerifier
+from ct_actors.verify.ledger import VerifierLedger
 
 log = structlog.get_logger("ct_actors.app")
 
@@ -196,6 +199,8 @@ async def run_pipeline(
     if service is None:
         service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
     service.starting()
+    clock = clock or UtcClock.from_wall()
+    throttles = make_throttles(cfg, toolbox, store, clock)
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
         supervisor = Supervisor(
             pipeline_settings(cfg, toolbox),
@@ -205,7 +210,8 @@ async def run_pipeline(
             transient_db_errors=TRANSIENT_DB_ERRORS,
             names=names_source(cfg, store),
             drain=drain,
-            throttles=make_throttles(cfg, toolbox, store, clock),
+            throttles=throttles,
+            verifier=verifier_factory(cfg, toolbox, store, throttles, clock),
         )
         reloader = (
             Reloader(supervisor, cfg, toolbox, load, service=service) if load is not None else None
@@ -224,6 +230,41 @@ async def run_pipeline(
             await supervisor.finished.wait()
             nursery.cancel_scope.cancel()  # the signal loop (and the systemd service task)
     return supervisor
+
+
+def verifier_factory(
+    cfg: Config,
+    toolbox: Toolbox,
+    ledger: VerifierLedger,
+    throttles: ToolThrottles,
+    clock: UtcClock,
+    connector: Connector | None = None,
+) -> Callable[[KillSwitches], EmailVerifier] | None:
+    """The Tier-2 EmailVerifier, when `verifier.enabled` (off by default). The key comes from
+    the registry's api_key_source variable; config loading refused a missing one already."""
+    if not cfg.verifier.enabled:
+        return None
+    spec = toolbox.email_verifier
+    key = api_key_from_environment(spec)
+    if key is None:
+        raise ConfigError(f"verifier.enabled is true but {spec.api_key_source} is not set")
+
+    def build(switches: KillSwitches) -> EmailVerifier:
+        return make_email_verifier(
+            spec,
+            api_key=key,
+            ledger=ledger,
+            switches=switches,
+            clock=clock,
+            owner=cfg.daemon.owner,
+            limiter=throttles[EMAIL_VERIFIER],
+            base_url=cfg.verifier.base_url,
+            timeout=cfg.verifier.timeout,
+            vendor_timeout=cfg.verifier.vendor_timeout,
+            connector=connector,
+        )
+
+    return build
 
 
 def _progress_reader(supervisor: Supervisor) -> Callable[[], tuple[int, str]]:
@@ -301,6 +342,9 @@ class Reloader:
             sup.throttles.update(
                 dict(new_toolbox.tools), budget_block=running.throttle.budget_block
             )
+        if sup.verifier is not None:
+            sup.verifier.update(new_toolbox.email_verifier)
+            sup.verifier.resume()
         if running.log.level != self.config.log.level:
             set_level(running.log.level)
         cleared = sup.clear_kill_switches()

@@ -51,6 +51,7 @@ __all__ = [
     "SmtpConfig",
     "ThrottleConfig",
     "ToolboxConfig",
+    "VerifierConfig",
     "WriterConfig",
     "env_var_name",
     "key_specs",
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "CT_"
+# The registry's EmailVerifier api_key_source; the key itself never goes into the config file.
+VERIFIER_KEY_ENV = "MILLIONVERIFIER_API_KEY"
 
 # Names we must never introduce ourselves as: claiming to be one of these in HELO or MAIL FROM
 # fails their SPF/DMARC/FCrDNS checks everywhere and reads as forgery.
@@ -101,7 +104,9 @@ class ConfigError(Exception):
 
 # ─── key declarations ────────────────────────────────────────────────────────────────────────
 
-Kind = Literal["int", "float", "str", "opt_str", "str_list", "choice", "path"]
+Kind = Literal["int", "float", "bool", "str", "opt_str", "str_list", "choice", "path"]
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +300,21 @@ class KillSwitchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifierConfig:
+    enabled: bool = _key(
+        False, KeySpec("bool", False, "Tier-2 EmailVerifier (TOOL-019) on weak PASSes")
+    )
+    base_url: str = _key(
+        "https://api.millionverifier.com",
+        KeySpec("str", False, "MillionVerifier API base URL (http(s)://host[:port])"),
+    )
+    timeout: float = _key(20.0, KeySpec("float", False, "HTTP timeout per request", gt=0))
+    vendor_timeout: int = _key(
+        10, KeySpec("int", False, "the vendor's own SMTP timeout (api timeout=)", ge=2, le=60)
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     owner: str = _key_factory(_default_owner, KeySpec("str", False, "lease owner id"))
     drain_deadline: float = _key(60.0, KeySpec("float", True, "shutdown drain seconds", gt=0))
@@ -309,6 +329,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "toolbox": ToolboxConfig,
     "throttle": ThrottleConfig,
     "killswitch": KillSwitchConfig,
+    "verifier": VerifierConfig,
     "log": LogConfig,
     "daemon": DaemonConfig,
 }
@@ -344,6 +365,7 @@ class Config:
     toolbox: ToolboxConfig = field(default_factory=ToolboxConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     killswitch: KillSwitchConfig = field(default_factory=KillSwitchConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     # Where the config came from (None: defaults + environment only).
@@ -486,6 +508,15 @@ def _coerce(raw: object, spec: KeySpec, *, from_text: bool) -> Any:
             raise _Invalid(f"must be a finite number, got {raw!r}")
         _check_bounds(raw, spec)
         return float(raw)
+    if kind == "bool":
+        if from_text:
+            text = cast(str, raw).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise _Invalid(f"expected true or false, got {raw!r}")
+        if not isinstance(raw, bool):
+            raise _Invalid(f"expected true or false, got {_type_name(raw)} ({raw!r})")
+        return raw
     if kind == "str_list":
         if from_text:
             text = cast(str, raw)
@@ -627,6 +658,20 @@ def _validate_names_query(q: str) -> str:
     return q
 
 
+def _validate_base_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _Invalid(f"not a URL: {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"expected http(s)://host[:port], got {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        # The API key comes from the environment and goes in the query; nothing else may.
+        raise _Invalid("must not carry credentials, a query or a fragment")
+    return url
+
+
 def _validate_owner(owner: str) -> str:
     owner = owner.strip()
     if not owner or len(owner) > 200:
@@ -642,6 +687,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "smtp.source_address": _validate_source_address,
     "probe.names_query": _validate_names_query,
     "daemon.owner": _validate_owner,
+    "verifier.base_url": _validate_base_url,
 }
 
 
@@ -764,10 +810,17 @@ def load_config(
         }
         sections[section] = cls(**kwargs)
 
-    extra = tuple(s for s in (env.get("PGPASSWORD"),) if s)
+    # The verifier's API key travels in the vendor's query string: mask it wherever it shows.
+    extra = tuple(s for s in (env.get("PGPASSWORD"), env.get(VERIFIER_KEY_ENV)) if s)
     cfg = Config(**sections, source=path, extra_secrets=extra)
     if not errors:
         errors.extend(_cross_check(cfg, labels, probing=probing))
+        if probing and cfg.verifier.enabled and not env.get(VERIFIER_KEY_ENV, "").strip():
+            errors.append(
+                f"{labels.get('verifier.enabled', 'verifier.enabled')}: the verifier is enabled "
+                f"but {VERIFIER_KEY_ENV} is not set in the environment (the unit's "
+                "EnvironmentFile); set it, or set verifier.enabled = false"
+            )
     if errors:
         where = f" ({path})" if path is not None else ""
         header = f"configuration refused{where}: {len(errors)} problem(s)"

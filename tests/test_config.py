@@ -630,3 +630,31 @@ def test_reload_policy_covers_the_contract() -> None:
         "probe.mode",
     ):
         assert not specs[key].reload, key
+
+
+def test_verifier_is_off_by_default_and_needs_its_key_when_on() -> None:
+    assert load_config(None, env={"CT_PROBE_MODE": "mx-only"}).verifier.enabled is False
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"CT_PROBE_MODE": "mx-only", "CT_VERIFIER_ENABLED": "yes"})
+    assert "MILLIONVERIFIER_API_KEY is not set" in info.value.message
+    cfg = load_config(
+        None,
+        env={
+            "CT_PROBE_MODE": "mx-only",
+            "CT_VERIFIER_ENABLED": "on",
+            "MILLIONVERIFIER_API_KEY": "k-123-secret",
+        },
+    )
+    assert cfg.verifier.enabled is True and "k-123-secret" in cfg.secrets()
+    with pytest.raises(ConfigError) as bad:
+        load_config(
+            None,
+            env={"CT_PROBE_MODE": "mx-only", "CT_VERIFIER_ENABLED": "maybe"},
+        )
+    assert "expected true or false" in bad.value.message
+    with pytest.raises(ConfigError) as url:
+        load_config(
+            None,
+            env={"CT_PROBE_MODE": "mx-only", "CT_VERIFIER_BASE_URL": "https://x.test/?api=k"},
+        )
+    assert "must not carry credentials, a query or a fragment" in url.value.message

@@ -30,6 +30,7 @@ from ct_actors.probe.domain_probe import (
 )
 from ct_actors.probe.normalise import NormalisedDomain, UnusableDomain, normalise_domain
 from ct_actors.ttl_cache import TtlCache
+from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 
 log = structlog.get_logger("ct_actors.dispatcher")
 
@@ -67,8 +68,10 @@ class Dispatcher:
         pools: HostVisitor,
         settings: DispatchSettings,
         reachable_recently: Callable[[], bool] | None = None,
+        verifier: AddressVerifier | None = None,
     ) -> None:
         self._reachable_recently = reachable_recently
+        self._verifier = verifier
         self._receive = receive
         self._send = send
         self._resolver = resolver
@@ -145,18 +148,24 @@ class Dispatcher:
                 {"nameserver": exc.nameserver},
             )
             return DomainResult(deferred, None)
-        if self.settings.mode == "mx-only":
-            return mx_only_result(mx)
         # Names were fetched by the loader for the whole claim batch; every record that joined
         # the domain contributes, in arrival order, up to the contract's three.
-        people = [person for job in group.jobs for person in job.people]
-        return await smtp_probe(
-            mx,
-            people[:3],
-            self._pools,
-            self.settings.retry,
-            reachable_recently=self._reachable_recently,
-        )
+        people = [person for job in group.jobs for person in job.people][:3]
+        if self.settings.mode == "mx-only":
+            result = mx_only_result(mx)
+        else:
+            result = await smtp_probe(
+                mx,
+                people,
+                self._pools,
+                self.settings.retry,
+                reachable_recently=self._reachable_recently,
+            )
+        if self._verifier is not None:
+            # Tier 2: a weak PASS (catch-all, mx-only) is checked with the vendor, once per
+            # address ever; the verdict cache then serves the domain's other records.
+            result = await verify_weak_pass(self._verifier, result, name, people)
+        return result
 
     async def _emit_result(
         self, job: Job, domain: NormalisedDomain, result: DomainResult, *, cached: bool

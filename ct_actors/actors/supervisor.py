@@ -14,7 +14,7 @@ so it is pending again — nothing is half-written.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,12 +40,15 @@ from ct_actors.outcome import Outcome
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK
+from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier
 
 # Every kill switch the pipeline knows, with the registry's action for it.
 KILL_SWITCHES = {
     RESOLVER_FAILURE: "switch_resolver",
     IP_BLACKLISTED: "halt_and_alert",
     PORT_BLOCKED: "halt_and_alert",
+    # The verifier's: stops verifier calls only; claiming and probing go on.
+    BUDGET_CAP_REACHED: "halt_and_alert",
 }
 
 log = structlog.get_logger("ct_actors.supervisor")
@@ -81,12 +84,14 @@ class Supervisor:
         names: NamesSource | None = None,
         drain: bool = False,
         throttles: ToolThrottles | None = None,
+        verifier: Callable[[KillSwitches], EmailVerifier] | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
         self._transient = transient_db_errors
         self.throttles = throttles
         self.switches = KillSwitches(dict(KILL_SWITCHES))
+        self.verifier = verifier(self.switches) if verifier is not None else None
         self.credits = WorkCredits(settings.max_in_flight)
         job_send, job_recv = trio.open_memory_channel[Job](0)
         out_send, out_recv = trio.open_memory_channel[Outcome](0)
@@ -121,6 +126,7 @@ class Supervisor:
             pools=self.gate,
             settings=settings.dispatch,
             reachable_recently=self.guard.reachable_recently,
+            verifier=self.verifier,
         )
         # Claiming stops while a switch that stops the pipeline's work is tripped.
         self._halting = [RESOLVER_FAILURE]
@@ -284,6 +290,7 @@ class Supervisor:
             "writer": writer,
             "throttles": self.throttles.statistics() if self.throttles is not None else {},
             "kill_switches": self.switches.statistics(),
+            **({"verifier": self.verifier.statistics()} if self.verifier is not None else {}),
         }
 
     def log_stats(self, *, final: bool = False) -> None:
