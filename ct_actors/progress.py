@@ -73,5 +73,8 @@ async def progress_loop(
             stream.flush()
             await trio.sleep(interval)
     finally:
-        stream.write("\n")
+        # A last frame with the final count, so the bar does not stop one interval short.
+        done, note = read()
+        stream.write("\r" + render(done, total, meter.add(trio.current_time(), done), note=note))
+        stream.write("\x1b[K\n")
         stream.flush()

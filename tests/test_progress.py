@@ -47,5 +47,7 @@ async def test_progress_loop_redraws_one_line(autojump_clock: trio.testing.MockC
         with trio.move_on_after(1.2):
             await progress_loop(read, 20, out, interval=0.5)
     frames = out.getvalue().split("\r")[1:]
-    assert len(frames) == 3 and out.getvalue().endswith("\n")
+    # Three frames at 0, 0.5 and 1.0, and a last one with the final count when cancelled.
+    assert len(frames) == 4 and out.getvalue().endswith("\n")
     assert "15/20" in frames[2] and "10.0 rec/s" in frames[2]
+    assert "20/20" in frames[3]
