@@ -400,6 +400,7 @@ async def probe_domain(
         )
         pools = make_pools(cfg, connector)
         guard = SmtpGuard(guard_settings(cfg), switches)
+        pools.on_connected = guard.connected
         gate = SmtpGate(pools, throttles[SMTP_CHECK], guard)
         async with trio.open_nursery() as nursery:
             await nursery.start(stage.run)

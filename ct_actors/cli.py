@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mode", choices=("smtp", "mx-only"), default="smtp")
     bench.add_argument("--database", default="ct_actors_bench")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    bench.add_argument(
+        "--processes",
+        type=_positive_int,
+        metavar="N",
+        help="run N real `ct-actors run --drain` daemon processes (each its own daemon.owner) "
+        "against the same database and simulated internet, and report the fleet's records/s "
+        "(first start to last exit), per-process records and CPU (default: 1 pipeline in this "
+        "process)",
+    )
 
     report = sub.add_parser(
         "report",
@@ -183,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3600.0, help="stop the pipeline after N seconds (3600)"
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,13 +61,20 @@ class FakeStore:
         self.claims.append((now, len(out)))
         return out
 
-    async def leased_elsewhere(self, owner: str) -> int:
+    async def pending_elsewhere(self, owner: str) -> int:
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
+
+        def mine(oid: uuid.UUID) -> bool:
+            holder, expires = self.leases.get(oid, ("", 0.0))
+            return holder == owner and expires > now
+
         return sum(
             1
-            for oid, (holder, expires) in self.leases.items()
-            if holder != owner and expires > now and oid not in self.terminal
+            for oid in self.spine
+            if oid not in self.terminal
+            and self.not_before.get(oid, -1.0) <= now
+            and not mine(oid)
         )
 
     async def renew_leases(self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float) -> int:

@@ -64,7 +64,7 @@ def ids_of(records: Any) -> list[uuid.UUID]:
     return [r.outreach_id for r in records]
 
 
-# ─── the store change: claim_among / leased_elsewhere_among ─────────────────────────────────
+# ─── the store change: claim_among / pending_elsewhere_among ────────────────────────────────
 
 
 @pytest.mark.timeout(60)
@@ -74,9 +74,10 @@ async def test_claim_among_claims_only_the_listed_pending_records(store: Store, 
     wanted = [ids[0], ids[1], ids[2], ids[3], ids[5], uuid.uuid4()]  # one terminal, one unknown
     # Another owner holds a live lease on ids[3].
     assert ids_of(await store.claim_among("other", [ids[3]], 10, 600)) == [ids[3]]
-    assert await store.leased_elsewhere_among("a", wanted) == 1
-    assert await store.leased_elsewhere_among("a", [ids[0], ids[5]]) == 0
-    assert await store.leased_elsewhere_among("a", []) == 0
+    # Pending and not held by "a": ids[0] and ids[5] (claimable), ids[3] (another's lease).
+    assert await store.pending_elsewhere_among("a", wanted) == 3
+    assert await store.pending_elsewhere_among("other", wanted) == 2
+    assert await store.pending_elsewhere_among("a", []) == 0
     # limit applies, in outreach_id order.
     assert ids_of(await store.claim_among("a", wanted, 1, 60)) == [ids[0]]
     claimed = await store.claim_among("a", wanted, 10, 60)
@@ -97,7 +98,7 @@ async def test_scoped_store_is_the_store_with_a_restricted_claim(store: Store, d
     ids = await insert_spine(db, 5)
     scoped = ScopedStore(store, [ids[3], ids[1]])
     assert ids_of(await scoped.claim("a", 10, 60)) == [ids[1], ids[3]]
-    assert await scoped.leased_elsewhere("b") == 2
+    assert await scoped.pending_elsewhere("b") == 2
     assert await scoped.pending_count() == 5  # delegated
     report = await scoped.write_outcomes("a", [passed(ids[1]), deferred(ids[3], 3600)])
     assert report.written == [ids[1]] and report.deferred == [ids[3]]

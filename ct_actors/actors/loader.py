@@ -34,7 +34,7 @@ class ClaimStore(Protocol):
     async def renew_leases(
         self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float
     ) -> object: ...
-    async def leased_elsewhere(self, owner: str) -> int: ...
+    async def pending_elsewhere(self, owner: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +168,7 @@ class LoaderActor:
         if not self._drain or self._credits.in_flight:
             return False
         try:
-            held = await self._store.leased_elsewhere(self._owner)
+            held = await self._store.pending_elsewhere(self._owner)
         except self._transient as exc:
             log.warning("claim_failed", error=str(exc), retry_in=self.settings.retry_initial)
             return False

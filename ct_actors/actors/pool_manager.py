@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -27,7 +28,8 @@ class SmtpPoolManager:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
-        self._connector = connector
+        # Every TCP connection that opens is reported at once (see on_connected).
+        self._connector = _ReportingConnector(connector, self)
         self._ssl_context = ssl_context
         self.connections = trio.CapacityLimiter(max_connections)
         self._pools: dict[str, HostPool] = {}
@@ -40,6 +42,8 @@ class SmtpPoolManager:
         self.counters: Counter[str] = Counter()
         self._created = 0
         self._retired = 0
+        # Set by the supervisor: told whenever an SMTP session opens (see SmtpGuard.connected).
+        self.on_connected: Callable[[], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -154,3 +158,20 @@ class SmtpPoolManager:
 def _nothing_learnt(window: HostWindow) -> bool:
     stats = window.statistics()
     return window.limit == window.settings.initial and stats["dead_streak"] == 0
+
+
+class _ReportingConnector:
+    """Tells the manager's `on_connected` the moment a TCP connection opens: proof that our
+    side can reach port 25. It must not wait for the conversation — a refusing host answers in
+    milliseconds, a greeting and EHLO take hundreds — or the port-25 detector would count ten
+    quick refusals before the first success."""
+
+    def __init__(self, inner: Connector, manager: SmtpPoolManager) -> None:
+        self._inner = inner
+        self._manager = manager
+
+    async def connect(self, address: str, port: int) -> trio.abc.Stream:
+        stream = await self._inner.connect(address, port)
+        if self._manager.on_connected is not None:
+            self._manager.on_connected()
+        return stream

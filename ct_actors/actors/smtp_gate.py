@@ -84,6 +84,11 @@ class SmtpGuard:
             return False
         return trio.current_time() - self.last_connected <= self.settings.reachability_window
 
+    def connected(self) -> None:
+        """An SMTP session opened somewhere: our side can connect."""
+        self._unreachable.success()
+        self.last_connected = trio.current_time()
+
     def observe(self, visit: HostVisit) -> None:
         now = trio.current_time()
         if visit.outcome in _NO_CONNECTION_TRIED:

@@ -108,6 +108,7 @@ class Supervisor:
         )
         self.pools = pools
         self.guard = SmtpGuard(settings.guard, self.switches)
+        pools.on_connected = self.guard.connected
         self.gate = SmtpGate(
             pools, throttles[SMTP_CHECK] if throttles is not None else None, self.guard
         )
@@ -198,6 +199,8 @@ class Supervisor:
     def request_stop(self) -> None:
         """Graceful stop: stop claiming, let in-flight records finish up to the drain deadline."""
         self._stop_requested = True
+        if self.finished.is_set():
+            return  # already stopped (drained): a late signal has nothing to stop
         if self._stopping or self._pipeline is None or self._outer is None:
             return  # not running yet: applied as soon as the pipeline is ready
         self._stopping = True

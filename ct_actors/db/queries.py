@@ -292,18 +292,26 @@ PENDING_COUNT: Final = f"""
 SELECT count(*) FROM outreach.outreach o WHERE {_not_terminal("o.outreach_id")}
 """
 
-# Live leases of other daemons on records that are still pending: `run --drain` must wait for
-# them (their owner may have crashed; the records become claimable when the leases expire).
-LEASED_ELSEWHERE: Final = f"""
-SELECT count(*) FROM ct_actors.lease l
-WHERE l.expires_at > now() AND l.owner <> $1 AND {_not_terminal("l.outreach_id")}
+# Pending records `$1` does not hold and that are not deferred into the future: leased by another
+# daemon, or under another daemon's claim that has not committed yet (SKIP LOCKED hid them from
+# our claim and its leases are not visible), or claimable. `run --drain` may only exit when this
+# is 0: a crashed daemon's leases and a concurrent claim both mean work is still pending.
+PENDING_ELSEWHERE: Final = f"""
+SELECT count(*) FROM outreach.outreach o
+WHERE {_not_terminal("o.outreach_id")}
+  AND NOT EXISTS (SELECT 1 FROM ct_actors.lease l
+                  WHERE l.outreach_id = o.outreach_id
+                    AND (l.not_before > now() OR (l.owner = $1 AND l.expires_at > now())))
 """
 
-# LEASED_ELSEWHERE restricted to a set of records ($2 uuid[]), for a drain over that set only.
-LEASED_ELSEWHERE_AMONG: Final = f"""
-SELECT count(*) FROM ct_actors.lease l
-WHERE l.expires_at > now() AND l.owner <> $1 AND l.outreach_id = ANY ($2::uuid[])
-  AND {_not_terminal("l.outreach_id")}
+# PENDING_ELSEWHERE restricted to a set of records ($2 uuid[]), for a drain over that set only.
+PENDING_ELSEWHERE_AMONG: Final = f"""
+SELECT count(*) FROM outreach.outreach o
+WHERE o.outreach_id = ANY ($2::uuid[])
+  AND {_not_terminal("o.outreach_id")}
+  AND NOT EXISTS (SELECT 1 FROM ct_actors.lease l
+                  WHERE l.outreach_id = o.outreach_id
+                    AND (l.not_before > now() OR (l.owner = $1 AND l.expires_at > now())))
 """
 
 COUNTS_BY_OUTCOME: Final = """

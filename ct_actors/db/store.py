@@ -563,20 +563,22 @@ class Store:
         """Spine records without a terminal outcome (including leased and deferred ones)."""
         return int(await self._call("pending count", self._fetchval, q.PENDING_COUNT))
 
-    async def leased_elsewhere(self, owner: str) -> int:
-        """Pending records held by a live lease of another owner."""
-        return int(await self._call("leased elsewhere", self._fetchval, q.LEASED_ELSEWHERE, owner))
+    async def pending_elsewhere(self, owner: str) -> int:
+        """Pending, not deferred, and not held by `owner` (see queries.PENDING_ELSEWHERE)."""
+        return int(
+            await self._call("pending elsewhere", self._fetchval, q.PENDING_ELSEWHERE, owner)
+        )
 
-    async def leased_elsewhere_among(self, owner: str, ids: Iterable[UUID]) -> int:
-        """`leased_elsewhere` restricted to the records in `ids`."""
+    async def pending_elsewhere_among(self, owner: str, ids: Iterable[UUID]) -> int:
+        """`pending_elsewhere` restricted to the records in `ids`."""
         id_list = sorted(set(ids))
         if not id_list:
             return 0
         return int(
             await self._call(
-                "leased elsewhere",
+                "pending elsewhere",
                 self._fetchval,
-                q.LEASED_ELSEWHERE_AMONG,
+                q.PENDING_ELSEWHERE_AMONG,
                 owner,
                 id_list,
             )

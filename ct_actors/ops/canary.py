@@ -4,7 +4,7 @@ canary report's eight checks and write the report.
 
 The pipeline gets the store through `ScopedStore`, which restricts the claim (and the drain's
 wait for other daemons' leases) to the selected ids with `Store.claim_among` /
-`Store.leased_elsewhere_among`; everything else (writes, lease renewal and release, names query,
+`Store.pending_elsewhere_among`; everything else (writes, lease renewal and release, names query,
 tool budgets) is the store's own code. It runs as a restricted database role (see
 `ct_actors.ops.isolation`) for check 8, with drain (stop when nothing selected is claimable
 and nothing is in flight) and a timeout.
@@ -87,8 +87,8 @@ class ScopedStore:
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Any]:
         return await self._store.claim_among(owner, self._ids, limit, lease_seconds)
 
-    async def leased_elsewhere(self, owner: str) -> int:
-        return await self._store.leased_elsewhere_among(owner, self._ids)
+    async def pending_elsewhere(self, owner: str) -> int:
+        return await self._store.pending_elsewhere_among(owner, self._ids)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
