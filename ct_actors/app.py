@@ -41,6 +41,7 @@ from ct_actors.toolbox import EMAIL_VERIFIER, MX_LOOKUP, SMTP_CHECK, Toolbox, To
 from ct_actors.verify.factory import api_key_from_environment, make_email_verifier
 from ct_actors.verify.gate import EmailVerifier
 from ct_actors.verify.ledger import VerifierLedger
+from ct_actors.verify.policy import verify_weak_pass
 
 log = structlog.get_logger("ct_actors.app")
 
@@ -384,13 +385,21 @@ async def probe_domain(
     resolver: MxResolver | None = None,
     connector: Connector | None = None,
     usage: UsageStore | None = None,
+    ledger: VerifierLedger | None = None,
 ) -> DomainResult:
     """The decision for one (already normalised) domain through the daemon's own stages,
     throttles and guard. With `usage` (the store, for `once`) the calls count against the
     registry's day/month budgets; without (`probe`) nothing touches the database. A single
-    probe has no evidence that our port 25 works, so "no MX host reachable" is deferred."""
-    throttles = make_throttles(cfg, toolbox, usage)
+    probe has no evidence that our port 25 works, so "no MX host reachable" is deferred.
+    With `ledger` (the store, for `once`) an enabled Tier-2 verifier applies as in `run`;
+    `probe` has no ledger, so never verifies (one attempt per address must be recorded)."""
+    clock = UtcClock.from_wall()
+    throttles = make_throttles(cfg, toolbox, usage, clock)
     switches = KillSwitches(dict(KILL_SWITCHES))
+    factory = (
+        verifier_factory(cfg, toolbox, ledger, throttles, clock) if ledger is not None else None
+    )
+    verifier = factory(switches) if factory is not None else None
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
         stage = ResolverStage(
             mx_resolver,
@@ -408,14 +417,18 @@ async def probe_domain(
             try:
                 mx = await stage.lookup(domain)
                 if cfg.probe.mode == "mx-only":
-                    return mx_only_result(mx)
-                return await smtp_probe(
-                    mx,
-                    people,
-                    gate,
-                    retry_policy(cfg, toolbox),
-                    reachable_recently=guard.reachable_recently,
-                )
+                    result = mx_only_result(mx)
+                else:
+                    result = await smtp_probe(
+                        mx,
+                        people,
+                        gate,
+                        retry_policy(cfg, toolbox),
+                        reachable_recently=guard.reachable_recently,
+                    )
+                if verifier is not None:
+                    result = await verify_weak_pass(verifier, result, domain, people)
+                return result
             finally:
                 stage.close()
                 pools.close()

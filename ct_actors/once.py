@@ -47,7 +47,9 @@ async def process_one(
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
         people = await store.fetch_names(cfg.probe.names_query, outreach_id)
-    decided = await probe_domain(cfg, toolbox, domain.domain, people, usage=store)
+    decided = await probe_domain(
+        cfg, toolbox, domain.domain, people, usage=store, ledger=store
+    )
     evidence = {
         **decided.result.evidence,
         "raw_domain": spine.domain,
