@@ -272,6 +272,7 @@ class Supervisor:
         interval = max(now - last_t, 1e-9)
         dispatcher = self.dispatcher.statistics()
         writer = self.writer.statistics()
+        smtp = self.pools.statistics()
         return {
             "records_done": done,
             "rate_interval": round((done - last_done) / interval, 2),
@@ -280,7 +281,7 @@ class Supervisor:
             "in_flight_by_stage": {
                 "domains_probing": dispatcher["domains_in_flight"],
                 "mx_lookups": self.resolver.busy,
-                "smtp_sessions": self.pools.statistics()["open_sessions"],
+                "smtp_sessions": smtp["open_sessions"],
                 "writer_buffered": writer["buffered"],
             },
             "channels": {name: _depth(ch) for name, ch in self._channels.items()},
@@ -288,7 +289,7 @@ class Supervisor:
             "loader": self.loader.statistics(),
             "dispatcher": dispatcher,
             "resolver": self.resolver.statistics(),
-            "smtp": self.pools.statistics(),
+            "smtp": smtp,
             "smtp_guard": self.guard.statistics(),
             "writer": writer,
             "throttles": self.throttles.statistics() if self.throttles is not None else {},

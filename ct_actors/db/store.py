@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
@@ -53,6 +54,7 @@ from ct_actors.db.migrate import migrate as _migrate
 from ct_actors.db.redact import Redactor, scrub_text
 from ct_actors.outcome import Outcome
 from ct_actors.throttle.calendar import window_start
+from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry
 
 __all__ = [
     "USAGE_SCOPES",
@@ -852,9 +854,3 @@ def _check_aware(at: dt.datetime) -> None:
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"timestamp must be timezone-aware, got {at!r}")
 
-
-# Imported here rather than at the top: appended with the methods above that use them.
-# ct_actors.verify.ledger is standard library only, so there is no import cycle.
-from decimal import Decimal  # noqa: E402
-
-from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry  # noqa: E402

@@ -60,6 +60,7 @@ class CalendarBudget:
         self._refilling: trio.Event | None = None  # set while a reservation is in flight
         self._recheck_at = float("-inf")  # used up: no reservation before this trio time
         self._window: dt.datetime | None = None
+        self._window_ends_at = float("-inf")  # trio time; before any window: take() first
         self._left = 0  # reserved in the database, not yet spent
         self._stale = False  # the limit changed: give back the block before reserving again
         self.spent = 0  # calls spent by this process in the current window
@@ -93,9 +94,8 @@ class CalendarBudget:
     def take_now(self, now_trio: float) -> bool:
         """Spend one call from the local reservation if that needs no database round trip and
         no wait; False if `take()` is needed."""
-        if self._left <= 0 or self._stale or self._window is None:
-            return False
-        if self._window != window_start(self.scope, self._clock.utc_at(now_trio)):
+        # No datetime work on the per-call path: the window's end is kept in trio time.
+        if self._left <= 0 or self._stale or now_trio >= self._window_ends_at:
             return False
         self._left -= 1
         self.spent += 1
@@ -116,6 +116,7 @@ class CalendarBudget:
             if start != self._window:
                 # A new day/month: what was left of the old one's block is simply unused.
                 self._window, self._left, self.spent = start, 0, 0
+                self._window_ends_at = self._clock.trio_at(window_end(self.scope, now))
                 self.exhausted_until = None
                 self._recheck_at = float("-inf")
             if self._left > 0 and not self._stale:
