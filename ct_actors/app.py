@@ -60,6 +60,7 @@ def pool_settings(cfg: Config) -> PoolSettings:
         initial_connections_per_host=smtp.initial_connections_per_host,
         max_connections_per_host=smtp.max_connections_per_host,
         max_recipients_per_session=smtp.max_recipients_per_session,
+        max_errors_per_session=smtp.max_errors_per_session,
         session_reuse_seconds=float(smtp.session_reuse_seconds),
         session_idle_seconds=smtp.session_idle_seconds,
         pool_idle_seconds=float(smtp.pool_idle_seconds),
@@ -73,6 +74,8 @@ def retry_policy(cfg: Config, toolbox: Toolbox) -> RetryPolicy:
     return RetryPolicy(
         greylist_delay=cfg.smtp.greylist_retry_delay,
         greylist_retries=cfg.smtp.greylist_max_retries,
+        fresh_sessions=cfg.smtp.max_fresh_sessions,
+        remote_attempts=cfg.smtp.remote_attempts,
         throttle_delay=backoff.initial_delay,
         throttle_retries=backoff.max_retries,
         throttle_strategy=backoff.strategy,

@@ -221,9 +221,20 @@ class SmtpConfig:
         3600.0, KeySpec("float", True, "dead-host backoff doubles up to", ge=0)
     )
     greylist_retry_delay: float = _key(
-        120.0, KeySpec("float", True, "wait before retrying a greylisted RCPT", ge=0)
+        300.0, KeySpec("float", True, "first wait after a greylisted pass (doubles)", ge=0)
     )
-    greylist_max_retries: int = _key(2, KeySpec("int", True, "greylist retries", ge=0))
+    greylist_max_retries: int = _key(
+        4, KeySpec("int", True, "greylisted passes retried before CT-M-SMTP-FAIL", ge=0)
+    )
+    max_errors_per_session: int = _key(
+        5, KeySpec("int", True, "rejected commands one session may take", ge=1, le=1000)
+    )
+    max_fresh_sessions: int = _key(
+        3, KeySpec("int", True, "fresh sessions in a row a domain may lose unanswered", ge=1)
+    )
+    remote_attempts: int = _key(
+        3, KeySpec("int", True, "MX walks per pass when the hosts fail transiently", ge=1)
+    )
 
     @property
     def reverse_path(self) -> str:

@@ -68,6 +68,9 @@ class MailHost:
     rcpt_limit: int | None = None  # 452 4.5.3 past this many RCPTs in one transaction
     greylist: float | None = None  # seconds an address stays greylisted (math.inf: forever)
     drop: dict[int, str] = field(default_factory=dict)  # session -> command prefix: close there
+    # Postfix's smtpd_hard_error_limit: once a connection has this many rejected commands,
+    # the next command gets "421 4.7.0 <host> Error: too many errors" and the close.
+    error_limit: int | None = None
     events: list[Event] = field(default_factory=list)
     connects: list[float] = field(default_factory=list)  # connection attempt times
     sessions: int = 0
@@ -127,6 +130,7 @@ class _Conversation:
         self.stream = stream
         self.buf = bytearray()
         self.rcpts = 0
+        self.errors = 0  # rejected commands on this connection; RSET does not reset it
 
     async def send(self, code: int, *lines: str) -> bool:
         """Reply after the host's latency; False when the server closes after it (421)."""
@@ -159,6 +163,9 @@ class _Conversation:
             if drop is not None and line.upper().startswith(drop.upper()):
                 return  # close without a reply
             verb = line.split(" ", 1)[0].upper()
+            if host.error_limit is not None and self.errors >= host.error_limit:
+                await self.send(421, f"4.7.0 {host.name} Error: too many errors")
+                return
             if verb in ("EHLO", "HELO"):
                 ok = await self.send(250, f"{host.name} Hello", "PIPELINING", "ENHANCEDSTATUSCODES")
             elif verb == "MAIL":
@@ -167,7 +174,9 @@ class _Conversation:
             elif verb == "RCPT":
                 self.rcpts += 1
                 address = line.partition("<")[2].rstrip(">")
-                ok = await self.send(*host.rcpt_reply(address, self.rcpts))
+                code, text = host.rcpt_reply(address, self.rcpts)
+                self.errors += code >= 400
+                ok = await self.send(code, text)
             elif verb == "RSET":
                 self.rcpts = 0
                 ok = await self.send(250, "2.0.0 Ok")

@@ -19,7 +19,6 @@ import trio.testing
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import (
     CONNECT_FAILED,
-    DISCONNECTED,
     HOST_DEAD,
     TIMEOUT,
     HostVisit,
@@ -121,6 +120,7 @@ async def test_two_domains_reuse_one_session_with_rset_and_quit_at_idle_timeout(
                 "sessions_opened": 1,
                 "rcpts": 4,
                 "failures": 0,
+                "error_limits_hit": 0,
             }
     assert (first.outcome, first.reused_session) == (HostOutcome.CONCLUDED, False)
     assert (second.outcome, second.reused_session) == (HostOutcome.CONCLUDED, True)
@@ -372,6 +372,7 @@ async def test_refused_connection_marks_the_host_dead_for_the_backoff(
         "sessions_opened": 0,
         "rcpts": 0,
         "failures": 1,
+        "error_limits_hit": 0,
     }
 
 
@@ -428,7 +429,7 @@ async def test_greeting_421_is_a_throttled_visit_not_a_dead_host(
     assert host.events == []  # nothing was sent after the 421
 
 
-async def test_connection_dropped_mid_conversation_is_disconnected_then_fresh_session(
+async def test_connection_dropped_mid_conversation_ends_the_session_not_the_domain(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     host = info_host(drop={1: "RCPT"})
@@ -440,7 +441,13 @@ async def test_connection_dropped_mid_conversation_is_disconnected_then_fresh_se
             assert now() == 0.75 + 1.25
             await trio.sleep_until(5.0)
             stats = manager.pool(host.mx).statistics()
-    assert (broken.outcome, broken.detail) == (DISCONNECTED, "rcpt: connection closed by server")
+    # The drop is about the session: the domain is told to go on from the same question on a
+    # fresh session (SESSION_ENDED, nothing answered), never a visit that failed the host.
+    assert (broken.outcome, broken.detail) == (
+        HostOutcome.SESSION_ENDED,
+        "rcpt: connection closed by server",
+    )
+    assert broken.progress == 0
     assert (nxt.outcome, nxt.reused_session) == (HostOutcome.CONCLUDED, False)
     assert host.commands(1) == [EHLO, MAIL, rcpt("ct-probe-X", "a.test")]
     assert host.commands(2) == [EHLO, *default_domain("b.test"), "QUIT"]

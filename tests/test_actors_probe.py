@@ -7,7 +7,6 @@ as `ct-probe-X` in recorded commands.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -19,7 +18,12 @@ from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.dns.types import MxLookup, MxStatus
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
-from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, smtp_probe
+from ct_actors.probe.domain_probe import (
+    DomainResult,
+    RetryPolicy,
+    greylist_deferral,
+    smtp_probe,
+)
 from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, anon, now, rcpt
 
 BOUND = 3600.0
@@ -109,54 +113,54 @@ async def test_first_mx_refusing_second_mx_answers_and_dead_host_is_skipped(
     ]
 
 
-async def test_greylisting_costs_the_domain_exactly_one_wait(
+async def test_greylisted_pass_is_deferred_and_the_retry_presents_the_same_triplets(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Every address is greylisted for 120 s from its first RCPT. The first visit asks all nine
-    # questions (each greylisted) and returns at 3.0; one 120 s wait; the second visit on a
-    # fresh session finds a.lee@ after three rejections.
+    # Every address is greylisted for 120 s from its first RCPT, and each 450 counts against
+    # the session like any rejection (Postfix counts every rejected command): the first pass
+    # asks five questions on one session (the error budget), the other four on a fresh one,
+    # and comes back Deferred, holding nothing. The retry, 120 s later, presents the same
+    # catch-all address and finds a.lee@ after three answers.
     host = MailHost("mx1.test", "192.0.2.1", mailboxes=frozenset({"a.lee"}), greylist=120.0)
     with trio.fail_after(BOUND):
         async with network(host) as manager:
-            result = await probe(manager, "acme.test", [host], ANN)
-            assert now() == 3.0 + 120.0 + 1.75
-    assert isinstance(result.result, Passed)
-    assert (result.result.method_type, result.result.confidence) == ("f.last", Decimal("0.90"))
-    assert result.result.email_method == "{f}.{last}@acme.test"
-    assert result.mx_host == "mx1.test"
-    assert visits(result) == [("mx1.test", "greylisted"), ("mx1.test", "concluded")]
-    assert host.connects == [0.0, 123.0]
+            first = await probe(manager, "acme.test", [host], ANN)
+            assert now() == 4.0
+            deferred = first.result
+            assert isinstance(deferred, Deferred)
+            assert deferred.retry_after == POLICY.greylist_delay
+            assert deferred.evidence["greylisted"] is True
+            assert anon(deferred.reason) == "greylisted by mx1.test: 9 address(es) greylisted"
+            await trio.sleep(deferred.retry_after)
+            again = await smtp_probe(
+                lookup("acme.test", host),
+                ANN,
+                manager,
+                POLICY,
+                catchall_address=deferred.evidence["catchall_probe"],
+            )
+            assert now() == 4.0 + 120.0 + 1.75
+    assert isinstance(again.result, Passed)
+    assert (again.result.method_type, again.result.confidence) == ("f.last", Decimal("0.90"))
+    assert again.result.evidence["catchall_probe"] == deferred.evidence["catchall_probe"]
+    assert visits(first) == [("mx1.test", "session-ended"), ("mx1.test", "greylisted")]
+    assert visits(again) == [("mx1.test", "concluded")]
     everything = rcpts("acme.test", "ct-probe-X", *ANN_ADDRESSES, "info", "contact")
-    assert host.commands(1) == [EHLO, MAIL, *everything, "QUIT"]
-    assert host.times("RCPT") == [0.75 + 0.25 * i for i in range(9)] + [
-        123.75,
-        124.0,
-        124.25,
-        124.5,
-    ]
-    assert host.commands(2) == [
-        EHLO,
-        MAIL,
-        *rcpts("acme.test", "ct-probe-X", "ann.lee", "annlee", "a.lee"),
-        "QUIT",
-    ]
+    assert host.commands(1) == [EHLO, MAIL, *everything[:5], "QUIT"]
+    assert host.commands(2) == [EHLO, MAIL, *everything[5:], "QUIT"]
+    assert host.commands(3) == [EHLO, MAIL, *everything[:4], "QUIT"]
+    assert host.connects == [0.0, 2.25, 124.0]
+    # The very same recipient strings, so a greylister keyed on the triplet lets them through.
+    sent = [e.line for e in host.events if e.line.startswith("RCPT")]
+    assert sent[0] == sent[9]
 
 
-async def test_greylist_retries_exhausted_is_smtp_fail(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    host = MailHost("mx1.test", "192.0.2.1", greylist=math.inf)
-    with trio.fail_after(BOUND):
-        async with network(host) as manager:
-            result = await probe(manager, "acme.test", [host])
-            # Three visits of 1.5 s (greeting, EHLO, MAIL, 3 RCPT) and two 120 s waits.
-            assert now() == 1.5 + 120.0 + 1.5 + 120.0 + 1.5
-    assert isinstance(result.result, Failed)
-    assert result.result.code is FailureCode.SMTP_FAIL
-    one = "mx1.test: greylisted (3 address(es) greylisted)"
-    assert result.result.blocking_reason == f"no MX host gave an answer: {one}; {one}; {one}"
-    assert host.connects == [0.0, 121.5, 243.0]
-    assert visits(result) == [("mx1.test", "greylisted")] * 3
+def test_greylisted_passes_wait_doubling_delays_and_are_bounded() -> None:
+    policy = RetryPolicy(greylist_delay=300.0, greylist_retries=4)
+    waits = [greylist_deferral(n, policy) for n in range(1, 6)]
+    # postgrey's 300 s, doubling: 75 minutes in all cover greylisters of up to an hour.
+    assert waits == [300.0, 600.0, 1200.0, 2400.0, None]
+    assert greylist_deferral(1, RetryPolicy(greylist_retries=0)) is None
 
 
 async def test_452_after_first_rcpt_reasks_after_rset_and_pool_learns_the_limit(
@@ -198,7 +202,7 @@ async def test_452_after_first_rcpt_reasks_after_rset_and_pool_learns_the_limit(
     ]
 
 
-async def throttle_timeline(code: int, text: str) -> None:
+async def throttle_timeline(code: int, text: str, outcome: str = "throttled") -> None:
     mx1 = MailHost("mx1.test", "192.0.2.1", rcpt_rule=lambda local: (code, text))
     mx2 = MailHost("mx2.test", "192.0.2.2", mailboxes=frozenset({"info"}))
     with trio.fail_after(BOUND):
@@ -211,13 +215,17 @@ async def throttle_timeline(code: int, text: str) -> None:
     assert mx1.times("RCPT") == [0.75, 3.75, 8.75]
     assert mx2.connects == [9.0]
     assert isinstance(result.result, Passed) and result.mx_host == "mx2.test"
-    assert visits(result) == [("mx1.test", "throttled")] * 3 + [("mx2.test", "concluded")]
+    assert visits(result) == [("mx1.test", outcome)] * 3 + [("mx2.test", "concluded")]
 
 
 async def test_421_throttling_backs_off_exponentially_then_next_host(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    await throttle_timeline(421, "4.7.0 mx1.test Service not available, closing channel")
+    # A 421 at RCPT ends the session (RFC 5321 §3.8), not the domain: fresh sessions, with
+    # SMTPCheck's back-off since it names our pace (4.7.0), three in a row, then the next MX.
+    await throttle_timeline(
+        421, "4.7.0 mx1.test Service not available, closing channel", "session-ended"
+    )
 
 
 async def test_4_7_x_throttling_backs_off_exponentially_then_next_host(
@@ -253,21 +261,23 @@ async def test_spamhaus_block_is_deferred_never_fail_never_pattern(
 async def test_every_candidate_rejected_is_no_pattern(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    # Nine rejections, five per session (the error budget): the verdict needs two sessions,
+    # the second opened at once, and is a NO_PATTERN, never a failure of the host.
     host = MailHost("mx1.test", "192.0.2.1")
     with trio.fail_after(BOUND):
         async with network(host) as manager:
             result = await probe(manager, "acme.test", [host], ANN)
-            assert now() == 0.75 + 9 * 0.25
+            # (The pool's one worker QUITs the spent session before it opens the next.)
+            assert now() == 2.25 + 0.75 + 4 * 0.25
     assert isinstance(result.result, Failed)
     assert result.result.code is FailureCode.NO_PATTERN
     assert result.result.blocking_reason == "all 8 candidate addresses rejected"
     assert result.mx_host == "mx1.test"
-    assert host.commands() == [
-        EHLO,
-        MAIL,
-        *rcpts("acme.test", "ct-probe-X", *ANN_ADDRESSES, "info", "contact"),
-        "QUIT",
-    ]
+    everything = rcpts("acme.test", "ct-probe-X", *ANN_ADDRESSES, "info", "contact")
+    assert host.commands(1) == [EHLO, MAIL, *everything[:5], "QUIT"]
+    assert host.commands(2) == [EHLO, MAIL, *everything[5:], "QUIT"]
+    assert visits(result) == [("mx1.test", "session-ended"), ("mx1.test", "concluded")]
+    assert host.connects == [0.0, 2.25]
 
 
 async def test_catchall_is_pass_first_last_050(autojump_clock: trio.testing.MockClock) -> None:
@@ -294,8 +304,8 @@ async def test_catchall_is_pass_first_last_050(autojump_clock: trio.testing.Mock
 async def test_candidates_are_asked_in_contract_order_with_people(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Two people, six patterns each, then the role addresses; only contact@ exists. Ten RCPTs
-    # per transaction (max_recipients_per_session), then RSET + MAIL FROM.
+    # Two people, six patterns each, then the role addresses; only contact@ exists. Fourteen
+    # rejections: five per session (the per-session error budget), so three sessions.
     host = MailHost("mx1.test", "192.0.2.1", mailboxes=frozenset({"contact"}))
     people = [("Ann", "Lee"), ("Bo", "Chen")]
     with trio.fail_after(BOUND):
@@ -306,7 +316,9 @@ async def test_candidates_are_asked_in_contract_order_with_people(
     order = ["ct-probe-X", *ANN_ADDRESSES, "bo.chen", "bochen", "b.chen", "bo.c", "bo", "chen"]
     order += ["info", "contact"]
     expected = rcpts("acme.test", *order)
-    assert host.commands() == [EHLO, MAIL, *expected[:10], "RSET", MAIL, *expected[10:], "QUIT"]
+    assert host.commands(1) == [EHLO, MAIL, *expected[:5], "QUIT"]
+    assert host.commands(2) == [EHLO, MAIL, *expected[5:10], "QUIT"]
+    assert host.commands(3) == [EHLO, MAIL, *expected[10:], "QUIT"]
 
 
 async def test_mailbox_full_counts_as_existing(autojump_clock: trio.testing.MockClock) -> None:
@@ -334,3 +346,91 @@ async def test_spamhaus_block_in_the_greeting_is_deferred(
             result = await probe(manager, "acme.test", [host], ANN)
     assert visits(result) == [("mx1.test", "policy-blocked")]
     assert isinstance(result.result, Deferred)
+
+
+async def test_server_error_limit_on_a_reused_session_is_about_the_session_and_is_learnt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A stricter-than-stock server: 421 "too many errors" once a connection has 3 rejections
+    # (Postfix's smtpd_hard_error_limit, set low). acme.test leaves 3 on the session; the RSET
+    # before beta.test gets the 421. beta.test is never failed for it: it goes on on a fresh
+    # session, and the pool keeps one error below the host's limit from then on.
+    host = MailHost("mx1.test", "192.0.2.1", error_limit=3)
+    with trio.fail_after(BOUND):
+        async with network(host) as manager:
+            first = await probe(manager, "acme.test", [host])
+            second = await probe(manager, "beta.test", [host])
+            pool = manager.pool(host.mx)
+            assert pool.error_budget() == 2
+            assert pool.window.error_limit == 2
+    for result in (first, second):
+        assert isinstance(result.result, Failed)
+        assert result.result.code is FailureCode.NO_PATTERN
+    assert host.commands(1) == [
+        EHLO, MAIL, *rcpts("acme.test", "ct-probe-X", "info", "contact"), "RSET",
+    ]  # fmt: skip
+    assert host.commands(2) == [EHLO, MAIL, *rcpts("beta.test", "ct-probe-X", "info"), "QUIT"]
+    assert host.commands(3) == [EHLO, MAIL, *rcpts("beta.test", "contact"), "QUIT"]
+    assert visits(second) == [("mx1.test", "session-ended"), ("mx1.test", "concluded")]
+
+
+async def test_421_at_rcpt_mid_session_continues_from_the_same_question(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The hard limit reached inside one domain's own conversation (limit 2, budget 5): the
+    # 421 at the third RCPT ends the session; the domain resumes at that very question on a
+    # fresh session. The host tolerated two errors, so one per session from now on.
+    host = MailHost("mx1.test", "192.0.2.1", mailboxes=frozenset({"a.lee"}), error_limit=2)
+    with trio.fail_after(BOUND):
+        async with network(host) as manager:
+            result = await probe(manager, "acme.test", [host], ANN)
+    assert isinstance(result.result, Passed)
+    assert result.result.method_type == "f.last"
+    assert host.commands(1) == [
+        EHLO, MAIL, *rcpts("acme.test", "ct-probe-X", "ann.lee", "annlee"),
+    ]  # fmt: skip
+    assert host.commands(2) == [EHLO, MAIL, rcpt("annlee", "acme.test"), "QUIT"]
+    assert host.commands(3)[:3] == [EHLO, MAIL, rcpt("a.lee", "acme.test")]
+    assert visits(result)[0] == ("mx1.test", "session-ended")
+    assert "too many errors" in result.result.evidence["visits"][0]["detail"]
+
+
+async def test_greeting_421_on_every_host_is_retried_in_the_pass_then_smtp_fail(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # "421 4.3.2" at every greeting is about the servers, not our pace: the pass walks the MX
+    # hosts again after SMTPCheck's back-off (2 s, 4 s), three walks in all, then concludes
+    # CT-M-SMTP-FAIL with every attempt in the evidence (never pending forever).
+    greeting = (421, "4.3.2 Service not available, closing transmission channel")
+    mx1 = MailHost("mx1.test", "192.0.2.1", greeting=greeting)
+    mx2 = MailHost("mx2.test", "192.0.2.2", greeting=greeting)
+    with trio.fail_after(BOUND):
+        async with network(mx1, mx2) as manager:
+            result = await smtp_probe(
+                lookup("acme.test", mx1, mx2), [], manager, POLICY, reachable_recently=lambda: True
+            )
+            assert now() == 0.5 + 2.0 + 0.5 + 4.0 + 0.5
+    assert isinstance(result.result, Failed)
+    assert result.result.code is FailureCode.SMTP_FAIL
+    assert result.result.blocking_reason.startswith("no MX host gave an answer (after 3 attempts)")
+    evidence = result.result.evidence
+    assert evidence["attempts"] == 3
+    assert [(v["host"], v["attempt"]) for v in evidence["visits"]] == [
+        ("mx1.test", 1), ("mx2.test", 1), ("mx1.test", 2), ("mx2.test", 2),
+        ("mx1.test", 3), ("mx2.test", 3),
+    ]  # fmt: skip
+    assert mx1.connects == [0.0, 2.5, 7.0]
+
+
+async def test_greeting_421_about_our_pace_is_deferred_never_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    greeting = (421, "4.7.0 Too many connections from your IP, try again later")
+    mx1 = MailHost("mx1.test", "192.0.2.1", greeting=greeting)
+    with trio.fail_after(BOUND):
+        async with network(mx1) as manager:
+            result = await smtp_probe(
+                lookup("acme.test", mx1), [], manager, POLICY, reachable_recently=lambda: True
+            )
+    assert isinstance(result.result, Deferred)
+    assert result.result.reason.startswith("throttled by mx1.test")

@@ -82,7 +82,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.max_recipients_per_session == 10
     assert (s.session_reuse_seconds, s.pool_idle_seconds) == (30, 60)
     assert s.dead_host_backoff == 300.0
-    assert (s.greylist_retry_delay, s.greylist_max_retries) == (120.0, 2)
+    assert (s.greylist_retry_delay, s.greylist_max_retries) == (300.0, 4)
+    assert (s.max_errors_per_session, s.max_fresh_sessions, s.remote_attempts) == (5, 3, 3)
     p = cfg.probe
     assert (p.mode, p.names_query, p.max_in_flight, p.claim_batch, p.defer_seconds) == (
         "smtp",

@@ -143,15 +143,25 @@ async def test_every_record_matches_ground_truth(
         if got.get(oid) != expected_label(world, owner[oid], mode)
     }
     assert mismatches == {}
-    # Every record was written exactly once, and nothing is left in flight or leased.
-    assert sum(n for _, n in store.writes) == len(spine)
+    # Every record was written exactly once, and nothing is left in flight or leased; the
+    # only extra writes are the greylisted records' one deferral each (the sim greylists for
+    # 2 s, the pipeline comes back after 2.5 s with the same triplets and is let through).
+    greylisted = len(world.by_behaviour(Behaviour.GREYLIST)) * 2 if mode == "smtp" else 0
+    assert greylisted > 0 or mode == "mx-only"
+    assert sum(n for _, n in store.writes) == len(spine) + greylisted
     assert supervisor.credits.in_flight == 0
     assert store.leases == {}
     if mode == "smtp":
-        # A domain shared by two records is probed once; no DATA ever.
-        assert supervisor.dispatcher.statistics()["domains_probed"] == len(world.domains)
+        # A domain shared by two records is probed once (plus the greylisted domains' second
+        # pass); no DATA ever.
+        probed = supervisor.dispatcher.statistics()["domains_probed"]
+        assert probed == len(world.domains) + greylisted // 2
         assert stats.statistics()["data_attempts"] == 0
-        behaviours = {world.domain(owner[oid]).behaviour for oid in store.deferred}
+        behaviours = {
+            world.domain(owner[oid]).behaviour
+            for oid in store.deferred
+            if oid not in store.terminal
+        }
         assert behaviours == {Behaviour.BLOCKLIST}
 
 

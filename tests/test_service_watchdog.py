@@ -255,10 +255,10 @@ def test_recovery_after_a_stall() -> None:
     assert verdict.healthy
 
 
-def test_thresholds_follow_the_greylist_delay() -> None:
-    cfg = load_config(None, overrides={"smtp.greylist_retry_delay": 900.0}, probing=False)
+def test_thresholds_follow_the_smtp_timeouts() -> None:
+    cfg = load_config(None, overrides={"smtp.command_timeout": 900.0}, probing=False)
     policy = WatchdogPolicy.for_config(cfg)
-    assert policy.stall_seconds == 2 * (900 + cfg.smtp.connect_timeout + cfg.smtp.command_timeout)
+    assert policy.stall_seconds == 2 * (cfg.smtp.connect_timeout + 900.0)
     assert policy.record_seconds == 6 * policy.stall_seconds
     default = WatchdogPolicy.for_config(load_config(None, probing=False))
     assert default == WatchdogPolicy()

@@ -278,13 +278,14 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
         assert second == pytest.approx(first + 2.0, abs=EPS), (domain, by_domain[domain])
     # The server side agrees, up to network latency: RCPTs for one domain come in bursts (one
     # per visit). The throttle spaces the visits' *starts* at the gate; on the wire a visit on
-    # a fresh session (connect, greeting, EHLO) reaches its first RCPT a few 20 +- 10 ms round
-    # trips later than one on a reused session (RSET), so the server can see the second burst
-    # begin up to ~0.1 s less than 2 s after the first.
+    # a fresh session (connect, greeting, EHLO, MAIL: four 20 +- 10 ms round trips plus the
+    # server's own pauses) reaches its first RCPT up to ~0.2 s later than one on a reused
+    # session (RSET, MAIL), so the server can see the second burst begin up to ~0.2 s less
+    # than 2 s after the first.
     for domain, times in by_domain.items():
         rcpts = run.stats.rcpt_times(domain)
         bursts = [t for i, t in enumerate(rcpts) if i == 0 or t - rcpts[i - 1] >= 1.0]
-        assert all(b >= a + 1.9 for a, b in itertools.pairwise(bursts)), (
+        assert all(b >= a + 1.8 for a, b in itertools.pairwise(bursts)), (
             domain,
             rcpts,
         )
@@ -309,7 +310,9 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
         for i, t in enumerate(ordered[50:], 50)
         if t == pytest.approx(ordered[i - 50] + 1.0, abs=EPS)
     ]
-    assert len(held) >= 10
+    # (Exact to EPS, so even a few are no coincidence; how many depends on how fast records
+    # leave the pipeline, which the per-session error budget slows for no-pattern domains.)
+    assert len(held) >= 3
     mx_stats = run.supervisor.statistics()["throttles"][f"{MX_LOOKUP} {MX.name}"]
     assert mx_stats["calls"] == len(lookups)
     assert mx_stats["throttle_waits"] > 0
@@ -323,7 +326,7 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
 
 BEFORE_MIDNIGHT = dt.datetime(2026, 3, 2, 23, 58, tzinfo=dt.UTC)
 MIDNIGHT = dt.datetime(2026, 3, 3, tzinfo=dt.UTC)
-DAY_LIMIT = 40
+DAY_LIMIT = 80  # the worlds below need 104-110 SMTP calls: two days, not three
 
 
 async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
@@ -351,7 +354,7 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
     after = [t for t in times if t >= midnight - EPS]
     # Exactly the limit before midnight, then nothing until 00:00:00 UTC, then at once.
     assert len(before) == DAY_LIMIT
-    assert before[-1] < 10.0  # the day's 40 went quickly; the gap to midnight is the budget
+    assert before[-1] < 10.0  # the day's calls went quickly; the gap to midnight is the budget
     assert after[0] == pytest.approx(midnight, abs=EPS)
     # While waiting, the stats line shows when work resumes.
     smtp_stats = waiting["throttles"][SMTP_KEY]
@@ -400,7 +403,7 @@ async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.Mock
             drain_deadline=10.0,
             during=stop_when_exhausted,
         )
-    assert stopped_at[0] < 10.0  # the day's 40 calls went quickly
+    assert stopped_at[0] < 10.0  # the day's calls went quickly
     assert len(first.pools.calls) == DAY_LIMIT
     assert trio.current_time() < midnight - 60.0
     assert store.leases == {}  # the records that were waiting for the budget were released

@@ -22,9 +22,12 @@ from ct_actors.actors.resolver_stage import ResolverStage
 from ct_actors.dns.types import DnsUnavailable
 from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Result
 from ct_actors.probe.domain_probe import (
+    GREYLISTED_KEY,
     DomainResult,
+    GreylistState,
     HostVisitor,
     RetryPolicy,
+    greylist_deferral,
     mx_only_result,
     smtp_probe,
 )
@@ -79,7 +82,17 @@ class Dispatcher:
         self.settings = settings
         self._groups: dict[str, _DomainGroup] = {}
         self._verdicts: TtlCache[str, DomainResult] = TtlCache(settings.verdict_ttl)
-        self._stats = {"jobs": 0, "domains_probed": 0, "joined": 0, "cache_hits": 0}
+        # Domains waiting out greylisting between their passes (see _greylisted). Kept in
+        # memory: a restarted daemon starts a domain's greylisting over, bounded again.
+        self._greylist: dict[str, tuple[GreylistState, float]] = {}
+        self._stats = {
+            "jobs": 0,
+            "domains_probed": 0,
+            "joined": 0,
+            "cache_hits": 0,
+            "greylist_deferrals": 0,
+            "greylist_given_up": 0,
+        }
 
     def update(self, settings: DispatchSettings) -> None:
         """Reload: retry policy and verdict TTL from the next domain on (mode is restart-only)."""
@@ -87,7 +100,21 @@ class Dispatcher:
         self._verdicts.ttl = settings.verdict_ttl
 
     def statistics(self) -> dict[str, int]:
-        return {**self._stats, "domains_in_flight": len(self._groups)}
+        return {
+            **self._stats,
+            "domains_in_flight": len(self._groups),
+            "greylist_waiting": self.greylist_waiting(),
+        }
+
+    def greylist_waiting(self) -> int:
+        """Domains whose greylisting retry is still to come: `run --drain` waits for them."""
+        now = trio.current_time()
+        expired = [d for d, (_, until) in self._greylist.items() if until < now]
+        for domain in expired:
+            # The record was never claimed back for its retry (another daemon took it, or it
+            # concluded elsewhere): forget the state rather than wait for it forever.
+            del self._greylist[domain]
+        return len(self._greylist)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self._send, trio.open_nursery() as nursery:
@@ -154,18 +181,54 @@ class Dispatcher:
         if self.settings.mode == "mx-only":
             result = mx_only_result(mx)
         else:
+            waiting = self._greylist.pop(name, None)
+            state = waiting[0] if waiting is not None else None
             result = await smtp_probe(
                 mx,
                 people,
                 self._pools,
                 self.settings.retry,
                 reachable_recently=self._reachable_recently,
+                catchall_address=state.catchall_address if state is not None else "",
             )
+            result = self._greylisted(name, result, state)
         if self._verifier is not None:
             # Tier 2: a weak PASS (catch-all, mx-only) is checked with the vendor, once per
             # address ever; the verdict cache then serves the domain's other records.
             result = await verify_weak_pass(self._verifier, result, name, people)
         return result
+
+    def _greylisted(
+        self, name: str, result: DomainResult, state: GreylistState | None
+    ) -> DomainResult:
+        """A greylisted pass comes back later with the same catch-all address, a bounded
+        number of times (`greylist_deferral`); then the domain concludes CT-M-SMTP-FAIL."""
+        deferred = result.result
+        if not isinstance(deferred, Deferred) or not deferred.evidence.get(GREYLISTED_KEY):
+            return result
+        policy = self.settings.retry
+        attempts = 1 if state is None else state.attempts + 1
+        history = (*(state.history if state is not None else ()), deferred.reason)
+        catchall = str(deferred.evidence.get("catchall_probe", ""))
+        evidence = {**deferred.evidence, "greylisted_passes": list(history)}
+        delay = greylist_deferral(attempts, policy)
+        if delay is None:
+            self._stats["greylist_given_up"] += 1
+            reason = (
+                f"still greylisted after {attempts} passes over "
+                f"{sum(greylist_deferral(n, policy) or 0.0 for n in range(1, attempts)):g}s: "
+                f"{deferred.reason}"
+            )
+            return DomainResult(
+                Failed(FailureCode.SMTP_FAIL, reason[:2000], evidence=evidence), result.mx_host
+            )
+        self._stats["greylist_deferrals"] += 1
+        # Remember the state a little past the retry time, so a drain waits for the retry.
+        until = trio.current_time() + delay + self.settings.retry.defer_seconds
+        self._greylist[name] = (GreylistState(catchall, attempts, history), until)
+        return DomainResult(
+            dataclasses.replace(deferred, retry_after=delay, evidence=evidence), result.mx_host
+        )
 
     async def _emit_result(
         self, job: Job, domain: NormalisedDomain, result: DomainResult, *, cached: bool

@@ -62,7 +62,10 @@ class LoaderActor:
         names: NamesSource | None = None,
         drain: bool = False,
         pause: Callable[[], Awaitable[None]] | None = None,
+        retries_due: Callable[[], int] | None = None,
     ) -> None:
+        # Domains this daemon deferred to retry soon (greylisting): a drain waits for them.
+        self._retries_due = retries_due
         self._names = names
         self._pause = pause
         self._send = send
@@ -166,6 +169,9 @@ class LoaderActor:
         live lease of another daemon (one that crashed a moment ago still holds its records
         until the leases expire; they are pending, so draining must wait for them)."""
         if not self._drain or self._credits.in_flight:
+            return False
+        if self._retries_due is not None and self._retries_due():
+            await trio.sleep(min(1.0, self.settings.idle_poll))
             return False
         try:
             held = await self._store.pending_elsewhere(self._owner)

@@ -157,7 +157,11 @@ class SmtpPoolManager:
 
 def _nothing_learnt(window: HostWindow) -> bool:
     stats = window.statistics()
-    return window.limit == window.settings.initial and stats["dead_streak"] == 0
+    return (
+        window.limit == window.settings.initial
+        and stats["dead_streak"] == 0
+        and window.error_limit is None
+    )
 
 
 class _ReportingConnector:

@@ -30,7 +30,13 @@ import trio
 from ct_actors.actors.reply import ReplySlot
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
-from ct_actors.probe.conversation import ConversationResult, HostOutcome, converse
+from ct_actors.probe.conversation import (
+    ConversationResult,
+    HostOutcome,
+    about_pace,
+    converse,
+    is_error_limit_reply,
+)
 from ct_actors.probe.plan import ProbePlan
 from ct_actors.smtp.classify import SessionVerdict, classify_ehlo, classify_greeting
 from ct_actors.smtp.client import (
@@ -73,6 +79,9 @@ class PoolSettings:
     initial_connections_per_host: int = 1
     max_connections_per_host: int = 2
     max_recipients_per_session: int = 10
+    # Rejected commands one session may take before we retire it (stock Postfix starts
+    # tarpitting after 10 and disconnects at 20; see docs/throttles.md).
+    max_errors_per_session: int = 5
     session_reuse_seconds: float = 30.0
     session_idle_seconds: float = 2.0
     pool_idle_seconds: float = 60.0
@@ -106,6 +115,9 @@ class HostVisit:
     replies: list[str] = field(default_factory=list)
     tls: bool = False
     reused_session: bool = False
+    progress: int = 0  # questions this visit moved on (answered or set aside as greylisted)
+    pace: bool = False  # the session ended on a 421 about our pace
+    budget_spent: bool = False  # the session ended on our own per-session error budget
 
     def audit(self) -> dict[str, object]:
         return {
@@ -152,7 +164,13 @@ class HostPool:
         self._waiting = 0
         self._idle_sessions: set[trio.CancelScope] = set()
         self.last_used = trio.current_time()
-        self._stats = {"requests": 0, "sessions_opened": 0, "rcpts": 0, "failures": 0}
+        self._stats = {
+            "requests": 0,
+            "sessions_opened": 0,
+            "rcpts": 0,
+            "failures": 0,
+            "error_limits_hit": 0,
+        }
 
     @property
     def name(self) -> str:
@@ -313,8 +331,18 @@ class HostPool:
         reused = conn is not None
         if conn is not None:
             try:
-                await conn.session.rset()  # RSET between domains on a reused session
+                # RSET between domains on a reused session. Anything but 250 (a 421 queued
+                # while the session idled, say) means the session is over, not the domain.
+                reply = await conn.session.rset()
+                usable = reply.is_positive
+                if is_error_limit_reply(reply):
+                    # Stock Postfix answers the command after its hard limit with 421 "too
+                    # many errors": the host tolerates fewer than our budget. Learn it.
+                    self.window.learn_error_limit(conn.errors)
+                    self._stats["error_limits_hit"] += 1
             except SmtpError:
+                usable = False
+            if not usable:
                 await self._close(conn)
                 conn, reused = None, False
         if conn is None:
@@ -327,13 +355,27 @@ class HostPool:
             except SmtpError as exc:
                 request.reply.set(self._failed_open(exc))
                 return None
-        visit = await self._serve(conn.session, request, reused)
+        visit = await self._serve(conn, request, reused)
         request.reply.set(visit)
         if visit.outcome not in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
             # After anything unusual, start the next domain on a fresh connection.
             await self._close(conn)
             return None
+        if conn.errors >= self.error_budget():
+            # Retire the session before the server's own error limit is near: the next
+            # domain starts with a clean count on a fresh session.
+            with trio.move_on_after(self.settings.command_timeout, shield=True):
+                with contextlib.suppress(SmtpError):
+                    await conn.session.rset()
+            await self._close(conn)
+            return None
         return conn
+
+    def error_budget(self) -> int:
+        """Rejected commands a session to this host may take: ours, or the host's lower one."""
+        learnt = self.window.error_limit
+        budget = self.settings.max_errors_per_session
+        return max(1, budget if learnt is None else min(budget, learnt))
     async def _open(self) -> _Conn:
         if not self.host.addresses:
             raise SmtpConnectError("connect", "MX host has no address")
@@ -393,7 +435,15 @@ class HostPool:
             }.get(verdict, GREETING_REJECTED)
             if outcome == HostOutcome.THROTTLED:
                 self.window.on_throttled(trio.current_time())
-            return HostVisit(self.host.name, address, outcome, f"{exc.stage}: {exc.reason}")
+            # "421 4.7.0 Too many connections from your IP" is about our pace; "421 4.3.2
+            # Service not available" is about the server (docs/design.md, "Whose fault").
+            return HostVisit(
+                self.host.name,
+                address,
+                outcome,
+                f"{exc.stage}: {exc.reason}",
+                pace=outcome == HostOutcome.THROTTLED and about_pace(exc.reply),
+            )
         if isinstance(exc, SmtpConnectError | SmtpTimeout):
             # The host cannot be reached: every domain on it should skip it for a while.
             self.window.on_connect_failure(trio.current_time())
@@ -401,14 +451,32 @@ class HostPool:
             return HostVisit(self.host.name, address, kind, f"{exc.stage}: {exc.reason}")
         return HostVisit(self.host.name, address, _error_kind(exc), f"{exc.stage}: {exc.reason}")
 
-    async def _serve(self, session: SmtpSession, request: ProbeRequest, reused: bool) -> HostVisit:
+    async def _serve(self, conn: _Conn, request: ProbeRequest, reused: bool) -> HostVisit:
         address = self.host.addresses[0]
+        session = conn.session
+        answered = len(request.plan.answers) + len(request.plan.greylisted)
         try:
             result: ConversationResult = await converse(
                 session,
                 request.plan,
                 mail_from=self.settings.mail_from,
                 rcpt_limit=self.rcpt_limit,
+                error_budget=self.error_budget() - conn.errors,
+            )
+        except (SmtpDisconnected, SmtpTimeout) as exc:
+            # The session died under us (dropped, or stopped answering) after it was greeted:
+            # that is about this session; the domain goes on from the same question.
+            self._stats["failures"] += 1
+            progress = len(request.plan.answers) + len(request.plan.greylisted) - answered
+            return HostVisit(
+                self.host.name,
+                address,
+                HostOutcome.SESSION_ENDED,
+                f"{exc.stage}: {exc.reason}",
+                _transcript_lines(session),
+                tls=session.tls,
+                reused_session=reused,
+                progress=max(0, progress),
             )
         except SmtpError as exc:
             self._stats["failures"] += 1
@@ -419,10 +487,15 @@ class HostPool:
                 f"{exc.stage}: {exc.reason}",
                 reused_session=reused,
             )
+        conn.errors += result.errors
+        if result.error_limit_after is not None:
+            # The server's limit is below our budget: remember it for every session to it.
+            self.window.learn_error_limit(conn.errors - result.errors + result.error_limit_after)
+            self._stats["error_limits_hit"] += 1
         self._stats["rcpts"] += result.rcpts_sent
         if result.outcome in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
             self.window.on_success(trio.current_time())
-        elif result.outcome == HostOutcome.THROTTLED:
+        elif result.outcome == HostOutcome.THROTTLED or result.pace:
             self.window.on_throttled(trio.current_time())
         if result.rcpt_limit is not None:
             self.rcpt_limit = min(self.rcpt_limit, result.rcpt_limit)
@@ -434,6 +507,9 @@ class HostPool:
             result.replies,
             tls=session.tls,
             reused_session=reused,
+            progress=result.progress,
+            pace=result.pace,
+            budget_spent=result.budget_spent,
         )
 
 
@@ -444,6 +520,16 @@ class _Conn:
     stack: contextlib.AsyncExitStack
     session: SmtpSession
     opened_at: float
+    errors: int = 0  # rejected commands on this session (servers count them per connection)
+
+
+def _transcript_lines(session: SmtpSession, last: int = 4) -> list[str]:
+    """The last exchanges of a session that died mid-conversation, for the audit trail."""
+    lines = []
+    for entry in session.transcript[-last:]:
+        code = "" if entry.code is None else f"{entry.code} "
+        lines.append(f"{entry.command or entry.stage} -> {code}{entry.text[:100]}".rstrip())
+    return lines
 
 
 def is_connect_failure(visit: HostVisit) -> bool:

@@ -143,6 +143,7 @@ class Supervisor:
             names=names,
             drain=drain,
             pause=lambda: self.switches.wait_clear(self._halting),
+            retries_due=self.dispatcher.greylist_waiting,
         )
         self._pipeline: trio.Nursery | None = None
         self._outer: trio.Nursery | None = None

@@ -4,15 +4,32 @@ The plan decides which address to ask; this shell sends MAIL FROM / RCPT TO / RS
 each reply and tells the caller whether the domain is concluded or the host must be left
 (greylisted, throttled, policy block of our IP, broken conversation). Session errors
 (`SmtpError`) propagate: the pool worker owns the session and decides what they mean.
+
+Per-session error budget. Stock servers count every rejected command against the *connection*,
+and RSET does not reset the count: Postfix's smtpd delays every reply once a client has made
+more than `smtpd_soft_error_limit` (10) errors and answers `421 4.7.0 Error: too many errors` at
+`smtpd_hard_error_limit` (20) (postconf(5)); Sendmail's `BadRcptThrottle` sleeps a second per
+RCPT after that many bad RCPTs in one session (sendmail, 4th ed., §24.9.9). A reused session
+carries the errors of earlier domains, so the conversation stops *before* the session's budget
+is spent and reports `SESSION_ENDED`: the domain goes on, from the same question, on a fresh
+session. A 421 at MAIL/RCPT/RSET is the same kind of event (the server is closing this session,
+RFC 5321 §3.8), never an answer about the domain.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from ct_actors.probe.plan import ProbePlan
-from ct_actors.smtp.classify import RcptVerdict, SessionVerdict, classify_mail, classify_rcpt
+from ct_actors.smtp.classify import (
+    RcptVerdict,
+    SessionVerdict,
+    classify_mail,
+    classify_rcpt,
+    is_throttle_text,
+)
 from ct_actors.smtp.client import SmtpSession
 from ct_actors.smtp.reply import Reply
 
@@ -26,6 +43,21 @@ class HostOutcome(enum.StrEnum):
     THROTTLED = "throttled"  # 421 / 4.7.x: back off from this host
     POLICY_BLOCKED = "policy-blocked"  # the server refuses *us*: never a verdict on addresses
     FAILED = "failed"  # the server would not give address answers (5xx on MAIL, 252, ...)
+    # The session cannot go on (421 closing, our per-session error budget spent, or, set by the
+    # pool, a disconnect or timeout mid-conversation): continue on a fresh session.
+    SESSION_ENDED = "session-ended"
+
+
+# Replies saying the *session* has made too many errors (not a verdict on any address):
+# Postfix's hard limit ("421 4.7.0 <host> Error: too many errors"), qmail-chkuser's
+# "571 sorry, you are violating our security policies" once its wrong-recipient limit is hit.
+_ERROR_LIMIT_TEXT = re.compile(r"too\s+many\s+errors|violating\s+our\s+security\s+polic", re.I)
+
+
+def is_error_limit_reply(reply: Reply) -> bool:
+    return reply.code in (421, 450, 451, 452, 550, 554, 571) and bool(
+        _ERROR_LIMIT_TEXT.search(reply.text)
+    )
 
 
 @dataclass(slots=True)
@@ -35,6 +67,13 @@ class ConversationResult:
     replies: list[str] = field(default_factory=list)
     rcpt_limit: int | None = None  # learned from a 452 "too many recipients"
     rcpts_sent: int = 0
+    errors: int = 0  # 4xx/5xx replies to MAIL/RCPT on this visit (the server counts them)
+    progress: int = 0  # questions moved on (answered, or set aside as greylisted)
+    # Errors this visit had made when the server said "too many errors" (the pool adds the
+    # session's earlier ones and learns the host's lower limit from it).
+    error_limit_after: int | None = None
+    budget_spent: bool = False  # ended by our own per-session error budget
+    pace: bool = False  # a 421 about our pace (4.7.x, rate texts): back off first
 
 
 def summarise(command: str, reply: Reply) -> str:
@@ -47,59 +86,110 @@ def summarise(command: str, reply: Reply) -> str:
 
 
 async def converse(
-    session: SmtpSession, plan: ProbePlan, *, mail_from: str, rcpt_limit: int
+    session: SmtpSession,
+    plan: ProbePlan,
+    *,
+    mail_from: str,
+    rcpt_limit: int,
+    error_budget: int = 1_000_000,
 ) -> ConversationResult:
+    """`error_budget`: how many more rejected commands this session may take."""
     result = ConversationResult(HostOutcome.CONCLUDED)
     limit = max(1, rcpt_limit)
 
+    def counted(reply: Reply) -> Reply:
+        if reply.code >= 400:
+            result.errors += 1
+        return reply
+
+    def session_ended(command: str, reply: Reply, errors_before: int) -> ConversationResult:
+        """A 421 (or an error-limit reply): this session is over, the domain is not."""
+        result.outcome = HostOutcome.SESSION_ENDED
+        result.detail = f"{command}: {reply.code} {reply.text[:80]}"
+        if is_error_limit_reply(reply):
+            result.error_limit_after = errors_before
+        elif reply.code == 421:
+            result.pace = about_pace(reply)
+        return result
+
     async def start_transaction() -> ConversationResult | None:
-        reply = await session.mail_from(mail_from)
+        before = result.errors
+        reply = counted(await session.mail_from(mail_from))
         result.replies.append(summarise(f"MAIL FROM:<{mail_from}>", reply))
+        if reply.code == 421 or is_error_limit_reply(reply):
+            return session_ended("MAIL FROM", reply, before)
         verdict = classify_mail(reply)
         if verdict is SessionVerdict.OK:
             return None
         result.outcome = _session_outcome(verdict)
+        result.pace = result.outcome is HostOutcome.THROTTLED
         result.detail = f"MAIL FROM refused: {reply.code} {reply.text[:80]}"
         return result
+
+    async def reset() -> ConversationResult | None:
+        reply = await session.rset()
+        if not reply.is_positive:
+            result.replies.append(summarise("RSET", reply))
+            return session_ended("RSET", reply, result.errors)
+        return await start_transaction()
 
     if (early := await start_transaction()) is not None:
         return early
     in_transaction = 0
     while (step := plan.current()) is not None:
+        if result.errors >= error_budget:
+            result.outcome = HostOutcome.SESSION_ENDED
+            result.budget_spent = True
+            result.detail = (
+                f"per-session error budget spent ({result.errors} rejected command(s) on this "
+                "visit); continuing on a fresh session"
+            )
+            return result
         if in_transaction >= limit:
-            await session.rset()
-            if (early := await start_transaction()) is not None:
+            if (early := await reset()) is not None:
                 return early
             in_transaction = 0
-        reply = await session.rcpt(step.address)
+        before = result.errors
+        reply = counted(await session.rcpt(step.address))
         result.rcpts_sent += 1
         in_transaction += 1
         result.replies.append(summarise(f"RCPT {step.address}", reply))
+        if reply.code == 421 or is_error_limit_reply(reply):
+            return session_ended(f"RCPT {step.address}", reply, before)
         verdict = classify_rcpt(reply)
         if verdict.is_address_answer:
             plan.answer(verdict in _EXISTS)
+            result.progress += 1
             continue
         if verdict is RcptVerdict.GREYLISTED:
             # Ask the remaining candidates now, so the domain costs one greylist wait.
             plan.defer_greylisted()
+            result.progress += 1
             continue
         if verdict is RcptVerdict.TOO_MANY_RECIPIENTS and in_transaction > 1:
             # Not an answer about this address: the server caps recipients per transaction.
             # Remember the cap and ask again in a fresh transaction.
             limit = in_transaction - 1
             result.rcpt_limit = limit
-            await session.rset()
-            if (early := await start_transaction()) is not None:
+            if (early := await reset()) is not None:
                 return early
             in_transaction = 0
             continue
         result.outcome = _rcpt_outcome(verdict)
+        # A throttling answer to MAIL/RCPT (4.7.x, a rate text) is about our pace.
+        result.pace = result.outcome is HostOutcome.THROTTLED
         result.detail = f"RCPT {step.address}: {reply.code} {reply.text[:80]}"
         return result
     if plan.waiting_for_greylist:
         result.outcome = HostOutcome.GREYLISTED
         result.detail = f"{len(plan.greylisted)} address(es) greylisted"
     return result
+
+
+def about_pace(reply: Reply) -> bool:
+    """A 421 that names our pace (4.7.x, a rate text) rather than the server's own state."""
+    enhanced = reply.enhanced
+    return (enhanced is not None and enhanced.subject == 7) or is_throttle_text(reply.text)
 
 
 def _session_outcome(verdict: SessionVerdict) -> HostOutcome:

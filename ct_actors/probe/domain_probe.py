@@ -15,9 +15,11 @@ from typing import Any, Protocol
 import trio
 
 from ct_actors.actors.smtp_pool import (
+    DISCONNECTED,
     HALTED,
     HOST_DEAD,
     NO_ADDRESS,
+    TIMEOUT,
     HostVisit,
     ProbeRequest,
     is_connect_failure,
@@ -47,12 +49,18 @@ class HostVisitor(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    greylist_delay: float = 120.0
-    greylist_retries: int = 2
+    greylist_delay: float = 300.0
+    # Greylisted passes a domain may come back for (waits doubling from greylist_delay)
+    # before it concludes CT-M-SMTP-FAIL.
+    greylist_retries: int = 4
     throttle_delay: float = 2.0  # the registry's SMTPCheck backoff
     throttle_retries: int = 2
     throttle_strategy: str = "exponential"
     defer_seconds: float = 600.0
+    # Fresh sessions in a row that may end without moving the plan on (421, drop, timeout).
+    fresh_sessions: int = 3
+    # Walks over the MX hosts in one pass when they fail for transient reasons of theirs.
+    remote_attempts: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,29 +106,106 @@ async def smtp_probe(
     policy: RetryPolicy,
     *,
     reachable_recently: Callable[[], bool] | None = None,
+    catchall_address: str = "",
 ) -> DomainResult:
-    """`reachable_recently` says whether our side has made an SMTP connection lately; when it
-    says no, "no MX host reachable" is treated as our fault (deferred), not the domain's."""
+    """`catchall_address`: the catch-all probe address to use (kept across a greylisting
+    deferral, so the retry presents the same triplet); a fresh random one when empty.
+
+    `reachable_recently` says whether our side has made an SMTP connection lately; when it
+    says no, "no MX host reachable" is treated as our fault (deferred), not the domain's.
+
+    Whose fault decides what a failed pass becomes (docs/design.md, "Whose fault"): trouble
+    about *us* (a block of our IP or envelope, our pace, port 25) is deferred and never a FAIL;
+    trouble about *them* (421/4.3.x at the greeting, hosts that drop or time out, every MX host
+    unavailable) is retried in this pass with SMTPCheck's backoff, `policy.remote_attempts`
+    times in all, and then becomes CT-M-SMTP-FAIL listing every attempt."""
     if (failed := no_mx_result(mx)) is not None:
         return failed
-    plan = ProbePlan(mx.domain, people)
+    plan = ProbePlan(mx.domain, people, catchall_address=catchall_address)
     visits: list[HostVisit] = []
+    attempts: list[int] = []  # the pass attempt of each visit, for the audit trail
     concluded_on: HostVisit | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        first = len(visits)
+        concluded_on = await _walk_hosts(mx, plan, pools, policy, visits)
+        attempts.extend([attempt] * (len(visits) - first))
+        if concluded_on is not None or attempt >= policy.remote_attempts:
+            break
+        if not _about_them(visits[first:], reachable_recently):
+            break
+        await trio.sleep(
+            backoff_delay(policy.throttle_strategy, policy.throttle_delay, attempt - 1)
+        )
+    evidence = {
+        **mx_evidence(mx),
+        "mode": "smtp",
+        "visits": [{**v.audit(), "attempt": n} for v, n in zip(visits, attempts, strict=True)],
+        "attempts": attempt,
+        "catchall_probe": plan.catchall_address,
+    }
+    if concluded_on is not None:
+        return DomainResult(_concluded(plan, mx.domain, evidence), concluded_on.host)
+    last_attempt = [v for v, n in zip(visits, attempts, strict=True) if n == attempt]
+    if (deferred := _about_us(last_attempt, visits, reachable_recently, policy)) is not None:
+        return DomainResult(Deferred(deferred[0], policy.defer_seconds, evidence), deferred[1])
+    if greylisted := [v for v in last_attempt if v.outcome == HostOutcome.GREYLISTED]:
+        # Greylisting asks us to come back with the same triplet after its delay (postgrey:
+        # 300 s; others up to an hour). The record goes back to pending meanwhile, holding no
+        # worker, connection or in-flight credit; the dispatcher keeps the catch-all address
+        # and bounds how long the domain may stay greylisted (`greylist_deferral`).
+        host = greylisted[0]
+        reason = f"greylisted by {host.host}: {host.detail}"
+        evidence = {**evidence, GREYLISTED_KEY: True}
+        return DomainResult(Deferred(reason, policy.greylist_delay, evidence), host.host)
+    summary = "; ".join(
+        f"{v.host}: {v.outcome}{' (' + v.detail + ')' if v.detail else ''}" for v in last_attempt
+    )
+    tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+    smtp_fail = Failed(
+        FailureCode.SMTP_FAIL,
+        f"no MX host gave an answer{tried}: {summary}"[:2000],
+        evidence=evidence,
+    )
+    return DomainResult(smtp_fail, visits[-1].host if visits else None)
+
+
+async def _walk_hosts(
+    mx: MxLookup,
+    plan: ProbePlan,
+    pools: HostVisitor,
+    policy: RetryPolicy,
+    visits: list[HostVisit],
+) -> HostVisit | None:
+    """One walk over the MX hosts in preference order; the visit that concluded, if any."""
     for host in mx.hosts:
         if not host.addresses:
             visits.append(HostVisit(host.name, None, NO_ADDRESS, "MX host name does not resolve"))
             continue
         plan.restart()
-        greylists = throttles = 0
+        throttles = lost = 0
         while True:
             visit = await pools.visit(host, ProbeRequest(mx.domain, plan))
             visits.append(visit)
-            if visit.outcome == HostOutcome.GREYLISTED and greylists < policy.greylist_retries:
-                greylists += 1
-                await trio.sleep(policy.greylist_delay)
-                plan.resume()
+            if visit.outcome == HostOutcome.SESSION_ENDED:
+                # The session ended, not the domain: go on from the same question on a fresh
+                # session. Sessions that end without moving the plan on are bounded.
+                lost = 0 if visit.progress else lost + 1
+                if lost >= policy.fresh_sessions:
+                    break
+                if visit.pace or (lost and not visit.budget_spent):
+                    await trio.sleep(
+                        backoff_delay(
+                            policy.throttle_strategy, policy.throttle_delay, max(0, lost - 1)
+                        )
+                    )
                 continue
-            if visit.outcome == HostOutcome.THROTTLED and throttles < policy.throttle_retries:
+            if (
+                visit.outcome == HostOutcome.THROTTLED
+                and visit.pace
+                and throttles < policy.throttle_retries
+            ):
                 await trio.sleep(
                     backoff_delay(policy.throttle_strategy, policy.throttle_delay, throttles)
                 )
@@ -128,48 +213,89 @@ async def smtp_probe(
                 continue
             break
         if visit.outcome == HostOutcome.CONCLUDED:
-            concluded_on = visit
-            break
-    evidence = {
-        **mx_evidence(mx),
-        "mode": "smtp",
-        "visits": [v.audit() for v in visits],
-        "catchall_probe": plan.catchall_address,
-    }
-    if concluded_on is not None:
-        return DomainResult(_concluded(plan, mx.domain, evidence), concluded_on.host)
+            return visit
+    return None
+
+
+GREYLISTED_KEY = "greylisted"
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistState:
+    """A domain waiting out greylisting: kept by the dispatcher between its deferrals."""
+
+    catchall_address: str
+    attempts: int  # greylisted passes so far
+    history: tuple[str, ...]  # one line per greylisted pass, for the final evidence
+
+
+def greylist_deferral(attempts: int, policy: RetryPolicy) -> float | None:
+    """How long to wait after greylisted pass number `attempts` (1, 2, ...), or None when the
+    domain has used its `greylist_retries` and must conclude.
+
+    The waits double from `greylist_delay`. The default 300 s is postgrey's default delay and
+    Postfix's first retry of deferred mail (`minimal_backoff_time`); four retries (300, 600,
+    1200, 2400 s: 75 minutes in all) cover greylisters with delays of 15 to 60 minutes."""
+    if attempts > policy.greylist_retries:
+        return None
+    return policy.greylist_delay * 2.0 ** min(attempts - 1, 20)
+
+
+# Visit outcomes about the remote side that may clear up within minutes.
+_TRANSIENT_THEIRS = frozenset(
+    {HostOutcome.THROTTLED, HostOutcome.SESSION_ENDED, TIMEOUT, DISCONNECTED, HOST_DEAD}
+)
+
+
+def _about_them(visits: Sequence[HostVisit], reachable_recently: Callable[[], bool] | None) -> bool:
+    """Did this walk fail only for transient reasons on the remote side (worth another walk)?
+    Each host is judged by its last visit: a session that ended on our error budget and went
+    on is not a failure."""
+    last = list({v.host: v for v in visits}.values())
+    if not last or any(_ours(v) for v in visits):
+        return False
+    if any(v.outcome == HostOutcome.GREYLISTED for v in last):
+        return False  # greylisting has its own, longer, deferral
+    if reachable_recently is not None and not reachable_recently():
+        return False  # no proof that our port 25 works: not theirs to blame
+    return any(v.outcome in _TRANSIENT_THEIRS or is_connect_failure(v) for v in last)
+
+
+def _ours(visit: HostVisit) -> bool:
+    """About us: a block of our IP or envelope, our pace, or probing halted by a kill switch."""
+    if visit.outcome in (HALTED, HostOutcome.POLICY_BLOCKED):
+        return True
+    return visit.pace and visit.outcome in (HostOutcome.THROTTLED, HostOutcome.SESSION_ENDED)
+
+
+def _about_us(
+    last: Sequence[HostVisit],
+    visits: Sequence[HostVisit],
+    reachable_recently: Callable[[], bool] | None,
+    policy: RetryPolicy,
+) -> tuple[str, str | None] | None:
+    """The deferral reason (and host) when the failed pass was our own trouble, else None."""
     if halted := [v for v in visits if v.outcome == HALTED]:
-        reason = f"not probed: {halted[0].detail}"
-        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), None)
-    unreachable = [v for v in visits if _unreachable(v)]
+        return f"not probed: {halted[0].detail}", None
     if (
-        unreachable
-        and reachable_recently is not None
-        and all(_unreachable(v) or v.outcome == NO_ADDRESS for v in visits)
+        reachable_recently is not None
+        and any(_unreachable(v) for v in last)
+        and all(_unreachable(v) or v.outcome == NO_ADDRESS for v in last)
         and not reachable_recently()
     ):
-        reason = (
+        return (
             "no MX host reachable, and no SMTP connection of ours succeeded recently: "
-            "the fault may be on our side (outbound port 25)"
+            "the fault may be on our side (outbound port 25)",
+            None,
         )
-        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), None)
-    if throttled := [v for v in visits if v.outcome == HostOutcome.THROTTLED]:
-        # The server asked us to slow down (421, 4.7.x) and the retries are spent: that is
-        # about our pace, not an answer about the domain. Keep the record pending.
-        reason = f"throttled by {throttled[-1].host}: {throttled[-1].detail}"
-        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), throttled[-1].host)
-    if any(v.outcome == HostOutcome.POLICY_BLOCKED for v in visits):
+    if paced := [v for v in last if _ours(v) and v.outcome != HostOutcome.POLICY_BLOCKED]:
+        # The server asked us to slow down (421/4.7.x about our rate) and the retries are
+        # spent: that is about our pace, not an answer about the domain.
+        return f"throttled by {paced[-1].host}: {paced[-1].detail}", paced[-1].host
+    if blocked := [v for v in last if v.outcome == HostOutcome.POLICY_BLOCKED]:
         # A block of our IP says nothing about the domain: keep the record pending.
-        blocked = [v for v in visits if v.outcome == HostOutcome.POLICY_BLOCKED]
-        reason = f"our address is blocked by {blocked[0].host}: {blocked[0].detail}"
-        return DomainResult(Deferred(reason, policy.defer_seconds, evidence), blocked[0].host)
-    summary = "; ".join(
-        f"{v.host}: {v.outcome}{' (' + v.detail + ')' if v.detail else ''}" for v in visits
-    )
-    smtp_fail = Failed(
-        FailureCode.SMTP_FAIL, f"no MX host gave an answer: {summary}"[:2000], evidence=evidence
-    )
-    return DomainResult(smtp_fail, visits[-1].host if visits else None)
+        return f"our address is blocked by {blocked[0].host}: {blocked[0].detail}", blocked[0].host
+    return None
 
 
 def _unreachable(visit: HostVisit) -> bool:

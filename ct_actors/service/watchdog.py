@@ -55,11 +55,12 @@ class WatchdogPolicy:
     @classmethod
     def for_config(cls, cfg: Config, *, stall_seconds: float | None = None) -> WatchdogPolicy:
         """Thresholds from the running configuration: no silent interval of a live pipeline
-        may reach them. The longest deliberate quiet spell of a domain task is a greylist
-        wait followed by a slow connect and command; twice that, at least `STALL_SECONDS`.
+        may reach them. A domain task never waits out greylisting in place (the record is
+        deferred), so its longest deliberate quiet spell is a slow connect and command; twice
+        that, at least `STALL_SECONDS`.
         `stall_seconds` overrides (for a future `daemon.watchdog_stall_seconds` key)."""
         smtp = cfg.smtp
-        derived = 2.0 * (smtp.greylist_retry_delay + smtp.connect_timeout + smtp.command_timeout)
+        derived = 2.0 * (smtp.connect_timeout + smtp.command_timeout)
         stall = stall_seconds if stall_seconds is not None else max(STALL_SECONDS, derived)
         return cls(
             stall_seconds=stall,

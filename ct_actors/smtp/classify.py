@@ -230,6 +230,11 @@ def is_about_us_text(text: str) -> bool:
     return is_blocklist_text(text) or _TEXT_RE["about-us"].search(text) is not None
 
 
+def is_throttle_text(text: str) -> bool:
+    """Does the text name a rate or connection limit (our pace)?"""
+    return _TEXT_RE["throttle"].search(text) is not None
+
+
 # ---------------------------------------------------------------------------------------------
 # Rule machinery
 

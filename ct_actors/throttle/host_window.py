@@ -7,6 +7,10 @@ we are over its limit. A failed connection means the host is unreachable or refu
 window drops to one and the host is "dead" for a while, so every domain on it skips it instead
 of paying the connect timeout again. The dead time doubles while the host keeps failing, so a
 host that is down for hours costs a handful of attempts, not one every few minutes.
+
+The window also remembers a per-session error limit learnt from the host ("421 4.7.0 Error: too
+many errors" earlier than our own budget expected), so a pool retired for idleness does not have
+to learn it again.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class HostWindow:
         # Dead markings since the last success: the exponent of the next dead backoff.
         self._streak = 0
         self._counts = {"successes": 0, "throttled": 0, "connect_failures": 0, "dead_marked": 0}
+        # Learnt from the host: it tolerates fewer rejected commands per session than this.
+        self.error_limit: int | None = None
         self._last: dict[str, float | None] = {"success": None, "throttled": None, "failure": None}
 
     @property
@@ -100,6 +106,11 @@ class HostWindow:
         doubled = settings.dead_backoff * 2.0 ** min(self._streak, 60)
         return min(doubled, settings.dead_backoff_max)
 
+    def learn_error_limit(self, tolerated: int) -> None:
+        """The host ended a session after `tolerated` rejected commands: stay below that."""
+        limit = max(1, tolerated - 1)
+        self.error_limit = limit if self.error_limit is None else min(self.error_limit, limit)
+
     def revive(self) -> None:
         """Forget the dead marking and its streak: the operator says the cause was ours (a
         kill switch was cleared), so what looked like a dead host was not the host's doing."""
@@ -121,6 +132,7 @@ class HostWindow:
             "credit": self._credit,
             "dead_until": self._dead_until if math.isfinite(self._dead_until) else None,
             "dead_streak": self._streak,
+            "error_limit": self.error_limit,
             **self._counts,
             "last_success": self._last["success"],
             "last_throttled": self._last["throttled"],
