@@ -21,6 +21,20 @@ deliberate exceptions where *text* wins and which are checked first:
    misreading a genuine unknown-user reply as a block only costs a retry. Between the two, a 4xx
    naming a rate or connection limit ("too many connections from your host") is THROTTLED: it
    is about us too, but about our pace, not our standing.
+   Corpus-driven additions (tests/data/replies/, issue 9): SPF/DMARC/"unauthenticated" texts
+   under any code (Exchange 550 5.7.23, Gmail 550 5.7.26, GMX "Reject due to SPF policy"),
+   Mimecast "Envelope blocked" and "security policies", qmail "badmailfrom", 1&1/GMX "policy
+   violations/restrictions", Yahoo "Excessive unknown recipients" (DHA), "IP reputation"
+   (Broadcom's list) and "IP ... is blocked" (EarthLink) are about us.
+2b. **Rate texts are about the moment, whatever the code**: Gmail's "receiving mail at a rate /
+   too quickly" (450 4.2.1, support.google.com/a/answer/3726730), Yahoo's bare "450 User is
+   receiving mail too quickly", Rackspace G30 "too much email in a short period", Outlook's
+   "554 5.2.122 ... per hour", and hourly caps on our IP (Cisco AsyncOS "452 Too many recipients
+   received this hour", Postfix smtpd_client_recipient_rate_limit "450 4.7.1 Error: too many
+   recipients from <ip>") are THROTTLED. This precedes 5.2.1 (disabled) and the "too many
+   recipients" rule, so an hourly cap is never learnt as a per-transaction limit. "Server busy",
+   "Resources temporarily unavailable" (Yahoo) and a 4xx "Service unavailable" (iCloud) are the
+   server's load: THROTTLED. Microsoft calls 451 4.7.500 "IP throttling", so it is THROTTLED too.
 3. The subject digit: X.1.x is *addressing* status, X.2.x *mailbox* status, X.5.x *protocol*,
    X.7.x *security/policy*. Class 4 is persistent-transient, so 4.1.1 ("unverified address",
    Postfix's recipient callout in progress) is never a mailbox answer.
@@ -45,21 +59,39 @@ Then:
   misused here; other 5.4.x stay PERMANENT_OTHER.)
 * X.5.3, and "too many recipients" text (old servers use 552, RFC 5321 §4.5.3.1.10) →
   TOO_MANY_RECIPIENTS; also a plain 452 without enhanced code.
-* relaying denied ("Relay access denied", "Unable to relay", qmail's rcpthosts) → RELAY_DENIED:
-  this host does not serve the domain at all (host-level, not an address answer).
-* 450/451 with greylisting text ("greylisted", "try again later", "come back later") or postgrey's
-  4.2.0 → GREYLISTED. This text check precedes 4.7.x, because greylisters (milter-greylist and
-  others) commonly answer "451 4.7.1 ... try again later"; throttling replies name the limit
-  ("rate", "too many connections") and are caught by the earlier throttle rule.
+* relaying denied ("Relay access denied", "Unable to relay", qmail's rcpthosts, Zoho's "553
+  Relaying disallowed", "not allowed") → RELAY_DENIED, under 4xx too (Postfix's default
+  defer_unauth_destination answers "454 4.7.1 ... Relay access denied"): this host does not
+  serve the domain at all (host-level, not an address answer).
+* a 4xx naming a server error ("Temporary server error", "local error", "lookup failure") →
+  TRANSIENT_OTHER, before the greylisting text: such replies also say "try again later".
+* any 4xx with greylisting text ("greylisted", "try again later", "come back later"; 452 4.1.1
+  "Greylisting in action" seen in the wild), Mimecast's "451 Internal resource temporarily
+  unavailable" (documented as greylisting) or postgrey's 4.2.0 → GREYLISTED. This text check
+  precedes 4.7.x, because greylisters (milter-greylist and others) commonly answer
+  "451 4.7.1 ... try again later"; throttling replies name the limit ("rate", "too many
+  connections") and are caught by the earlier throttle rule.
 * any other 4.7.x → THROTTLED.
+* 5.7.x with an unmistakable "no such user"/"user unknown" text (Yandex "550 5.7.1 No such
+  user!", Proofpoint Essentials "address is marked as invalid") → MAILBOX_UNKNOWN; the about-us
+  rules have already claimed every 5.7.x that names us.
 * 5.7.x → POLICY_BLOCKED, except when the text is about the *recipient's* policy ("Recipient
   address rejected: Access denied" from a Postfix access map, restricted distribution groups):
   that is PERMANENT_OTHER, neither about us nor an existence answer.
-* without an enhanced code (or with the uninformative X.0.0), 55x text saying
+* without an enhanced code (or with the uninformative X.0.0 or X.2.0), any 5xx (chkuser's 511)
+  text saying
   "user unknown", "no such user", "does not exist", "mailbox unavailable", "invalid recipient"...
   → MAILBOX_UNKNOWN; "disabled"/"over quota" texts likewise. ("mailbox unavailable" is RFC 5321's
   stock 550 text and some servers use it for policy refusals too; the blocklist/us rules above
   catch the ones that say so.)
+* a plain 452 whose text names something else ("temporary domain failure", Zoho's "restricted
+  by policy", "insufficient system storage") → TRANSIENT_OTHER; only a bare 452 is read as the
+  RFC 5321 §4.5.3.1.10 recipient cap.
+* Known disagreements, kept as corpus misses rather than special cases: Proofpoint Essentials
+  uses a bare "450 4.7.1 Sender address rejected" for its per-user inbound rate limit, which
+  elsewhere means a blocked sender (we say POLICY_BLOCKED: not an address answer either way);
+  Trend Micro HES says "Recipient address rejected: Access denied" for a recipient absent from
+  its directory, which a Postfix access map also says for policy (we stay PERMANENT_OTHER).
 * anything else: other 4xx → TRANSIENT_OTHER, other 5xx (e.g. 5.5.x syntax) → PERMANENT_OTHER.
 
 The tables below are the whole policy; `explain_rcpt` returns the name of the rule that fired so
@@ -163,31 +195,55 @@ _TEXTS: dict[str, str] = {
         r"|blocked\s+using|\b(black|block|deny)[\s-]?list(ed|ing)?\b"
         r"|(?<!not\s)\blisted\s+(at|on|by)\b|\b(rbl|dnsbl|rbls|dnsbls)\b"
         r"|\b(poor|bad|low)\s+(ip\s+|sender\s+)?reputation|client\s+host\b.{0,100}\bblocked"
+        r"|\bip\s+reputation|\bip\b.{0,40}\bis\s+blocked\b"
     ),
     "about-us": (
         r"client\s+host\s+rejected|sender\s+address\s+rejected|sender\s+verif\w*\s+failed"
         r"|helo\s+command\s+rejected|\byour\s+(ip|ip\s+address|host|server|network|mail\s+server)\b"
         r"|banned\s+sending\s+ip|reverse\s+(dns|lookup|hostname)"
         r"|too\s+many\s+(invalid|unknown|bad|failed)\s+(recipients|addresses)"
+        r"|excessive\s+unknown\s+recipients|no\s+ptr\s+record|envelope\s+(sender|blocked)"
+        r"|badmailfrom|sender\s+rejected|\bspf\b|sender\s+policy\s+framework|dmarc\s+policy"
+        r"|unauthenticated|spoof|policy\s+(restrictions|violations?)|security\s+polic(y|ies)"
     ),
     "relay": (
-        r"relay(ing)?\s+(access\s+)?(denied|not\s+permitted|prohibited|not\s+allowed|refused)"
+        r"relay(ing)?\s+(access\s+)?(denied|not\s+permitted|prohibited|not\s+allowed|refused"
+        r"|disallowed)"
         r"|unable\s+to\s+relay|(cannot|can't|can\s+not|not\s+permitted\s+to|do\s+not)\s+relay"
         r"|no\s+relaying|rcpthosts|non-accepted\s+domain"
     ),
     "throttle": (
         r"too\s+many\s+(connections|concurrent|sessions|messages|mails|emails|requests"
         r"|commands|errors)|rate[\s-]?limit|unusual\s+rate|connection\s+(limit|rate)"
-        r"|throttl|slow\s+down|too\s+fast|unexpected\s+volume"
+        r"|throttl|slow\s+down|too\s+fast|unexpected\s+volume|(server\s+(is\s+)?|too\s+)busy"
+        r"|resources\s+temporarily\s+(unavailable|not\s+available)|service\s+unavailable"
     ),
-    "greylist": (r"gr[ae]y[\s-]?list|\b(try|retry|come\s+back)(\s+again)?\s+(later|in\s+\d)"),
+    "rate": (
+        r"receiving\s+mail\s+(at\s+a\s+rate|too\s+quickly)|mail\s+too\s+quickly"
+        r"|rate\s+that\s+prevents|\bper\s+(hour|day|minute)\b|\bthis\s+hour\b|\bhourly\b"
+        r"|\bdaily\b|too\s+much\s+(e-?)?mail|in\s+a\s+short\s+period|excessive\s+volume"
+        r"|too\s+many\s+recipients\s+from|relay\s+limit"
+    ),
+    "server-error": (
+        r"(temporary|internal)\s+(server|system)\s+(error|problem)|local\s+error"
+        r"|lookup\s+failure|routing\s+loop"
+    ),
+    "greylist": (
+        r"gr[ae]y[\s-]?list|\b(try|retry|come\s+back)(\s+again)?\s+(later|in\s+\d)"
+        r"|internal\s+resource"
+    ),
     "too-many": r"too\s+many\s+recipients",
     "m365-dbeb": r"recipient\s+address\s+rejected:?\s+access\s+denied",
     "rcpt-policy": (
         r"recipient\s+address\s+rejected|recipient\s+not\s+authori[sz]ed|RESOLVER\.RST\."
         r"|not\s+authori[sz]ed\s+to\s+(send|mail)\s+to|only\s+accepts?\s+mail\s+from"
-        r"|recipient\s+(is\s+)?restricted"
+        r"|recipient\s+(is\s+)?restricted|\bgcdp\b|violates\s+[\w.-]+\s+email\s+policy"
     ),
+    "no-such-user": (
+        r"no\s+such\s+(user|mailbox|recipient)|user\s+unknown|unknown\s+user"
+        r"|address\s+is\s+marked\s+as\s+invalid"
+    ),
+    "transient-452": r"temporar\w*|polic(y|ies)|restrict\w*|failure|error|storage",
     "user-unknown": (
         r"user\s+unknown|unknown\s+(user|recipient|mailbox|address|local)"
         r"|no\s+such\s+(user|mailbox|recipient|address|account|person)"
@@ -195,6 +251,7 @@ _TEXTS: dict[str, str] = {
         r"|invalid\s+(recipient|mailbox|address|user)|recipient\s+(not\s+found|unknown|invalid)"
         r"|(address|user|account)\s+not\s+found|unrouteable\s+address|no\s+mailbox"
         r"|(does\s+not|doesn't)\s+have\s+an?\s+[\w.-]+\s+account|not\s+a\s+valid\s+(user|mailbox|recipient)"
+        r"|account\s+closed"
     ),
     "disabled": (
         r"(mailbox|account|user)\s+(is\s+|has\s+been\s+)?(disabled|deactivated|suspended|inactive)"
@@ -202,6 +259,7 @@ _TEXTS: dict[str, str] = {
     "full": (
         r"over\s*quota|quota\s+exceeded|exceeded\s+(\w+\s+)?(storage\s+)?(quota|allocation)"
         r"|(mailbox|inbox)\s+(is\s+)?full|mailbox\b.{0,30}\bfull\b"
+        r"|exhausted\s+(allowed\s+)?storage|too\s+many\s+messages\s+on\s+the\s+server"
     ),
 }
 _TEXT_RE = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in _TEXTS.items()}
@@ -210,10 +268,14 @@ TextName = Literal[
     "about-us",
     "relay",
     "throttle",
+    "rate",
+    "server-error",
     "greylist",
     "too-many",
     "m365-dbeb",
     "rcpt-policy",
+    "no-such-user",
+    "transient-452",
     "user-unknown",
     "disabled",
     "full",
@@ -352,6 +414,7 @@ RCPT_RULES: tuple[Rule[RcptVerdict], ...] = (
     #    name                codes      enhanced       text            verdict
     Rule("server-closing",   "421",     "*",           None,           R.THROTTLED),
     Rule("blocklist-text",   "4xx 5xx", "*",           "blocklist",    R.POLICY_BLOCKED),
+    Rule("rate-text",        "4xx 5xx", "*",           "rate",         R.THROTTLED),
     Rule("throttle-text",    "4xx",     "*",           "throttle",     R.THROTTLED),
     Rule("about-us-text",    "4xx 5xx", "*",           "about-us",     R.POLICY_BLOCKED),
     Rule("accepted",         "250 251", "*",           None,           R.ACCEPTED),
@@ -365,15 +428,18 @@ RCPT_RULES: tuple[Rule[RcptVerdict], ...] = (
     Rule("m365-dbeb",        "5xx",     "5.4.1",       "m365-dbeb",    R.MAILBOX_UNKNOWN),
     Rule("too-many-rcpts",   "4xx 5xx", "*.5.3",       None,           R.TOO_MANY_RECIPIENTS),
     Rule("too-many-text",    "4xx 5xx", "*",           "too-many",     R.TOO_MANY_RECIPIENTS),
-    Rule("relay-denied",     "5xx",     "*",           "relay",        R.RELAY_DENIED),
-    Rule("greylist-text",    "450 451", "*",           "greylist",     R.GREYLISTED),
+    Rule("relay-denied",     "4xx 5xx", "*",           "relay",        R.RELAY_DENIED),
+    Rule("full-text",        "4xx 5xx", "none *.0.0",  "full",         R.MAILBOX_FULL),
+    Rule("server-error",     "4xx",     "*",           "server-error", R.TRANSIENT_OTHER),
+    Rule("greylist-text",    "4xx",     "*",           "greylist",     R.GREYLISTED),
     Rule("greylist-4.2.0",   "450 451", "4.2.0",       None,           R.GREYLISTED),
     Rule("policy-4.7",       "4xx",     "4.7.*",       None,           R.THROTTLED),
+    Rule("no-such-user-5.7", "5xx",     "5.7.*",       "no-such-user", R.MAILBOX_UNKNOWN),
     Rule("rcpt-policy",      "5xx",     "5.7.*",       "rcpt-policy",  R.PERMANENT_OTHER),
     Rule("policy-5.7",       "5xx",     "5.7.*",       None,           R.POLICY_BLOCKED),
-    Rule("unknown-text",     "55x",     "none *.0.0",  "user-unknown", R.MAILBOX_UNKNOWN),
+    Rule("unknown-text",     "5xx",     "none *.0.0 *.2.0", "user-unknown", R.MAILBOX_UNKNOWN),
     Rule("disabled-text",    "55x",     "none *.0.0",  "disabled",     R.MAILBOX_DISABLED),
-    Rule("full-text",        "4xx 5xx", "none *.0.0",  "full",         R.MAILBOX_FULL),
+    Rule("452-other-text",   "452",     "none",        "transient-452", R.TRANSIENT_OTHER),
     Rule("plain-452",        "452",     "none",        None,           R.TOO_MANY_RECIPIENTS),
     Rule("transient",        "4xx",     "*",           None,           R.TRANSIENT_OTHER),
     Rule("permanent",        "*",       "*",           None,           R.PERMANENT_OTHER),
@@ -383,6 +449,7 @@ _SESSION_HEAD: tuple[Rule[SessionVerdict], ...] = (
     Rule("positive",         "2xx",     "*",           None,           S.OK),
     Rule("server-closing",   "421",     "*",           None,           S.THROTTLED),
     Rule("blocklist-text",   "4xx 5xx", "*",           "blocklist",    S.POLICY_BLOCKED),
+    Rule("rate-text",        "4xx 5xx", "*",           "rate",         S.THROTTLED),
     Rule("throttle-text",    "4xx",     "*",           "throttle",     S.THROTTLED),
     Rule("about-us-text",    "4xx 5xx", "*",           "about-us",     S.POLICY_BLOCKED),
 )
