@@ -15,6 +15,8 @@ from ct_actors.sim.world import (
     DEFAULT_MIX,
     NO_MAIL_BEHAVIOURS,
     PERSON_FORMATS,
+    REAL_SERVER_MIX,
+    SERVER_BEHAVIOURS,
     SHARED_HOSTS,
     Behaviour,
     Expected,
@@ -75,7 +77,11 @@ def test_parameters_survive_json() -> None:
 def test_every_behaviour_present(n: int) -> None:
     w = World.generate(n, n)
     assert len(w.domains) == n
-    assert {d.behaviour for d in w.domains.values()} == set(Behaviour)
+    # The real servers' behaviours are opt-in (REAL_SERVER_MIX), not part of the default world.
+    assert {d.behaviour for d in w.domains.values()} == set(DEFAULT_MIX)
+    assert not SERVER_BEHAVIOURS & set(DEFAULT_MIX)
+    real = World.generate(n, max(n, len(REAL_SERVER_MIX)), mix=REAL_SERVER_MIX)
+    assert {d.behaviour for d in real.domains.values()} == set(Behaviour)
 
 
 def test_default_mix_proportions(big_world: World) -> None:
