@@ -502,7 +502,7 @@ async def test_zoo_hosts_speak_their_profile(autojump_clock: trio.testing.MockCl
                 await c.reply()
                 assert (
                     await c.one(f"MAIL FROM:<{SENDER}>")
-                    == profile.mail_ok.render(host=host.name, qid="q0r2")[-1]
+                    == profile.mail_ok.render(address=SENDER, host=host.name, qid="q0r2")[-1]
                 )
                 good = f"{box(domain)}@{domain.name}"
                 assert (

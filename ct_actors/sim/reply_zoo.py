@@ -205,7 +205,7 @@ PROFILES: dict[str, ZooProfile] = {
         ZooProfile(
             "yahoo",
             _t(220, "{host} ESMTP ready", "greeting", _RFC5321),
-            _t(250, "sender <probe> ok", "mail_ok", _RFC5321),
+            _t(250, "sender <{address}> ok", "mail_ok", _RFC5321),
             _t(250, "recipient <{address}> ok", "accept", _RFC5321),
             (
                 _t(
@@ -233,7 +233,7 @@ PROFILES: dict[str, ZooProfile] = {
         ZooProfile(
             "zoho",
             _t(220, "{host} SMTP Server ready", "greeting", _RFC5321),
-            _t(250, "Sender <probe> OK", "mail_ok", _RFC5321),
+            _t(250, "Sender <{address}> OK", "mail_ok", _RFC5321),
             _t(250, "Recipient <{address}> OK", "accept", _RFC5321),
             (_t(550, "5.1.1 <{address}> User unknown", "unknown", _FM + "550.json (zoho 5.1.1)"),),
         ),

@@ -223,7 +223,8 @@ class _Session:
         self.sender = m.group(1).lower()
         self.rcpt_count = 0
         if self.zoo is not None:
-            await self.reply(*self.zoo.mail_ok.render(host=self.host.name, qid=self.qid()))
+            ok = self.zoo.mail_ok
+            await self.reply(*ok.render(address=self.sender, host=self.host.name, qid=self.qid()))
         else:
             await self.reply("250 2.1.0 Ok")
         return True
