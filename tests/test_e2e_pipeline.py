@@ -29,7 +29,7 @@ from e2e_support import (
 
 from ct_actors.demo.spine import SpineRow, spine_rows
 from ct_actors.probe.patterns import candidates
-from ct_actors.sim.world import Behaviour, World, local_part
+from ct_actors.sim.world import DEFAULT_MIX, Behaviour, World, local_part
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
 pytest_plugins = ["dbfixtures", "e2e_fixtures"]
@@ -174,7 +174,7 @@ def test_every_behaviour_ends_in_the_right_row(
     seed = 3
     sim = start_sim(seed=seed, domains=150, latency_ms=5, jitter_ms=2)
     world = sim.world
-    assert {d.behaviour for d in world.domains.values()} == set(Behaviour)
+    assert {d.behaviour for d in world.domains.values()} == set(DEFAULT_MIX)
     config = write_config(tmp_path / "ct-actors.toml", daemon_sections(fresh_db, world))
 
     migrate = start_daemon(config, "migrate")

@@ -15,6 +15,8 @@ from ct_actors.sim.world import (
     DEFAULT_MIX,
     NO_MAIL_BEHAVIOURS,
     PERSON_FORMATS,
+    REAL_SERVER_MIX,
+    SERVER_BEHAVIOURS,
     SHARED_HOSTS,
     Behaviour,
     Expected,
@@ -75,7 +77,11 @@ def test_parameters_survive_json() -> None:
 def test_every_behaviour_present(n: int) -> None:
     w = World.generate(n, n)
     assert len(w.domains) == n
-    assert {d.behaviour for d in w.domains.values()} == set(Behaviour)
+    # The real servers' behaviours are opt-in (REAL_SERVER_MIX), not part of the default world.
+    assert {d.behaviour for d in w.domains.values()} == set(DEFAULT_MIX)
+    assert not SERVER_BEHAVIOURS & set(DEFAULT_MIX)
+    real = World.generate(n, max(n, len(REAL_SERVER_MIX)), mix=REAL_SERVER_MIX)
+    assert {d.behaviour for d in real.domains.values()} == set(Behaviour)
 
 
 def test_default_mix_proportions(big_world: World) -> None:
@@ -266,3 +272,26 @@ def test_ground_truth_rows_and_truth_cli(
     assert sim_main(["truth", "--world-file", str(path), "--mx-only"]) == 0
     mx_rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["confidence"] for r in mx_rows} == {"0.70", None}
+
+
+def test_named_mixes_on_the_command_lines() -> None:
+    from ct_actors.cli import SIM_MIXES
+    from ct_actors.cli import build_parser as cli_parser
+    from ct_actors.sim.__main__ import build_parser as sim_parser
+    from ct_actors.sim.world import NAMED_MIXES
+
+    assert tuple(NAMED_MIXES) == SIM_MIXES
+    base = ["serve", "--seed", "1", "--domains", "5", "--world-file", "w.json"]
+    assert sim_parser().parse_args([*base, "--mix", "real"]).mix == REAL_SERVER_MIX
+    assert sim_parser().parse_args([*base, "--mix", "default"]).mix == DEFAULT_MIX
+    assert sim_parser().parse_args([*base, "--mix", "tls_broken=1"]).mix == {
+        Behaviour.TLS_BROKEN: 1.0
+    }
+    for command in ("demo", "bench"):
+        assert cli_parser().parse_args([command, "--mix", "real"]).mix == "real"
+        assert cli_parser().parse_args([command]).mix == "default"
+    # The real mix is the default one plus small shares of each server behaviour.
+    assert {b: REAL_SERVER_MIX[b] for b in DEFAULT_MIX} == DEFAULT_MIX
+    extra = {b: w for b, w in REAL_SERVER_MIX.items() if b not in DEFAULT_MIX}
+    assert set(extra) == SERVER_BEHAVIOURS
+    assert all(0.01 <= w <= 0.03 for w in extra.values())

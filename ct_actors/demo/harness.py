@@ -56,6 +56,9 @@ class Scenario:
     initial_per_host: int = 1
     # `bench --processes N`: N `ct-actors run --drain` processes, each with this configuration.
     processes: int = 1
+    # The simulated internet's behaviour mix, passed through to `python -m ct_actors.sim serve
+    # --mix` ("default", or "real": plus the real servers' defences and reply texts).
+    mix: str = "default"
 
 
 async def run_demo(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
@@ -70,6 +73,7 @@ async def run_demo(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> i
         per_host=4,
         max_connections=256,
         max_in_flight=1024,
+        mix=getattr(args, "mix", None) or "default",
     )
     result = await _run(cfg, toolbox, scenario)
     if result is None:
@@ -92,6 +96,7 @@ async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> 
         max_in_flight=4096,
         initial_per_host=64,
         processes=getattr(args, "processes", None) or 1,
+        mix=getattr(args, "mix", None) or "default",
     )
     if getattr(args, "processes", None) is not None:
         result = await _run_fleet(cfg, toolbox, scenario)
@@ -275,6 +280,7 @@ class SimProcess:
             "--seed", str(scenario.seed), "--domains", str(scenario.domains),
             "--world-file", str(world_path),
             "--latency-ms", str(scenario.latency_ms), "--jitter-ms", str(scenario.jitter_ms),
+            "--mix", scenario.mix,
         ]  # fmt: skip
         process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
         assert process.stdout is not None

@@ -17,7 +17,7 @@ import trio
 
 from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
-from ct_actors.sim.world import DEFAULT_MIX, Behaviour, World
+from ct_actors.sim.world import DEFAULT_MIX, NAMED_MIXES, Behaviour, World
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -26,6 +26,9 @@ def _emit(event: dict[str, Any]) -> None:
 
 
 def _parse_mix(text: str) -> dict[Behaviour, float]:
+    """A named mix (`NAMED_MIXES`: default, real) or BEHAVIOUR=WEIGHT,..."""
+    if text.strip() in NAMED_MIXES:
+        return dict(NAMED_MIXES[text.strip()])
     mix: dict[Behaviour, float] = {}
     for item in text.split(","):
         name, sep, weight = item.partition("=")
@@ -35,7 +38,8 @@ def _parse_mix(text: str) -> dict[Behaviour, float]:
             mix[Behaviour(name.strip())] = float(weight)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"bad mix item {item!r}; expected BEHAVIOUR=WEIGHT with BEHAVIOUR one of "
+                f"bad mix item {item!r}; expected one of {', '.join(NAMED_MIXES)} or "
+                "BEHAVIOUR=WEIGHT,... with BEHAVIOUR one of "
                 + ", ".join(b.value for b in Behaviour)
             ) from None
     return mix
@@ -232,8 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--mix",
         type=_parse_mix,
         default=None,
-        metavar="B=W,...",
-        help="behaviour weights, e.g. verifiable=0.7,catchall=0.3 (default: "
+        metavar="NAME|B=W,...",
+        help="behaviour mix: 'default', 'real' (default plus real servers' defences: error "
+        "limits, DHA blocker, 421 banner, postgrey 300 s, broken TLS, reply-text zoo) or "
+        "weights, e.g. verifiable=0.7,catchall=0.3 (default: "
         + ",".join(f"{b.value}={w}" for b, w in DEFAULT_MIX.items())
         + ")",
     )

@@ -1,7 +1,10 @@
 """A small RFC 5321 server that plays one simulated MX host, quirks included.
 
 Runs over any `trio.abc.Stream`, so the same code serves real loopback sockets and the
-in-memory connector. All waiting is `trio.sleep`, which keeps it exact under `MockClock`.
+in-memory connector: every behaviour, TLS breakage included, is played here once for both.
+All waiting is `trio.sleep`, which keeps it exact under `MockClock`. The rules of the real
+servers' defences live in `ct_actors.sim.behaviours` (with their sources), their texts in
+`ct_actors.sim.reply_zoo`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,18 @@ import re
 
 import trio
 
+from ct_actors.sim.behaviours import (
+    GREET_421_TEXT,
+    STARTTLS_READY,
+    TLS_HANDSHAKE_FAILURE_ALERT,
+    TLS_RECORD_HEADER,
+    ErrorCounter,
+    dha_block_reply,
+    postgrey_key,
+    postgrey_reply,
+    too_many_errors_reply,
+)
+from ct_actors.sim.reply_zoo import PROFILES, ZooProfile
 from ct_actors.sim.stats import RcptEvent, SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
 
@@ -48,17 +63,31 @@ class _Session:
         self.peer = peer
         # Seeded per (world, host, connection number) so a replay sees the same delays.
         self.rng = random.Random(f"{world.seed}/{host.name}/{seq}")
+        self.seq = seq
         self.buffer = bytearray()
         self.greeted = False
         self.sender: str | None = None
         self.rcpt_count = 0
+        self.errors = ErrorCounter(host.error_limits) if host.error_limits is not None else None
+        self.zoo: ZooProfile | None = PROFILES[host.zoo] if host.zoo is not None else None
+        self.sent = 0  # replies sent, for the zoo's per-reply ids
+        self.last_code = 0  # code of the last reply sent, for the error counter
 
     def delay(self) -> float:
         jitter = self.rng.uniform(-self.world.jitter_ms, self.world.jitter_ms)
         return max(0.0, self.world.latency_ms + jitter) / 1000.0
 
+    def qid(self) -> str:
+        # Real servers append a session/queue id; unique per reply, reproducible per run.
+        return f"q{self.seq:x}r{self.sent}"
+
     async def reply(self, *lines: str) -> None:
         await trio.sleep(self.delay())
+        if self.errors is not None and (pause := self.errors.reply_delay()):
+            self.stats.error_delays[self.host.name] += 1
+            await trio.sleep(pause)
+        self.sent += 1
+        self.last_code = int(lines[-1][:3])
         self.stats.replies[lines[-1][:3]] += 1
         text = "".join(
             f"{line[:3]}-{line[4:]}\r\n" if i < len(lines) - 1 else f"{line}\r\n"
@@ -94,10 +123,23 @@ class _Session:
         self.rcpt_count = 0
 
     async def run(self, idle_timeout: float) -> None:
-        if self.host.behaviour is Behaviour.TARPIT:
+        behaviour = self.host.behaviour
+        if behaviour is Behaviour.TARPIT:
             await trio.sleep(self.host.tarpit_delay)
-        await self.reply(f"220 {self.host.name} ESMTP ct-actors-sim")
+        if behaviour is Behaviour.GREET_421:
+            self.stats.greet_421[self.host.name] += 1
+            await self.reply(GREET_421_TEXT)
+            return
+        if self.zoo is not None:
+            await self.reply(*self.zoo.greeting.render(host=self.host.name, qid=self.qid()))
+        else:
+            await self.reply(f"220 {self.host.name} ESMTP ct-actors-sim")
         while True:
+            if self.errors is not None and self.errors.exhausted:
+                # Postfix checks the hard limit before reading the next command.
+                self.stats.error_limit_hits[self.host.name] += 1
+                await self.reply(too_many_errors_reply(self.host.name))
+                return
             line: str | None = None
             with trio.move_on_after(idle_timeout) as idle:
                 line = await self.read_line()
@@ -105,7 +147,14 @@ class _Session:
                 self.stats.idle_timeouts += 1
                 await self.reply(f"421 4.4.2 {self.host.name} Error: timeout exceeded")
                 return
-            if line is None or not await self.command(line):
+            if line is None:
+                return
+            verb = line.strip().partition(" ")[0].upper()
+            self.last_code = 0
+            keep_going = await self.command(line)
+            if self.errors is not None and self.last_code:
+                self.errors.count(verb, self.last_code)
+            if not keep_going:
                 return
 
     async def command(self, line: str) -> bool:
@@ -114,6 +163,7 @@ class _Session:
         verb = verb.upper()
         arg = arg.strip()
         self.stats.commands[verb if verb in _KNOWN_VERBS else "OTHER"] += 1
+        tls_offered = self.host.behaviour is Behaviour.TLS_BROKEN
         if verb == "EHLO":
             if not arg:
                 await self.reply("501 5.5.4 Syntax: EHLO hostname")
@@ -122,8 +172,12 @@ class _Session:
             self.reset()
             await self.reply(
                 f"250 {self.host.name}", "250 PIPELINING", "250 ENHANCEDSTATUSCODES",
-                "250 SIZE 10240000",
+                *(("250 STARTTLS",) if tls_offered else ()), "250 SIZE 10240000",
             )  # fmt: skip
+        elif verb == "STARTTLS" and tls_offered and not arg:
+            await self.reply(STARTTLS_READY)
+            await self.break_tls()
+            return False
         elif verb == "HELO":
             if not arg:
                 await self.reply("501 5.5.4 Syntax: HELO hostname")
@@ -168,7 +222,11 @@ class _Session:
             return False
         self.sender = m.group(1).lower()
         self.rcpt_count = 0
-        await self.reply("250 2.1.0 Ok")
+        if self.zoo is not None:
+            ok = self.zoo.mail_ok
+            await self.reply(*ok.render(address=self.sender, host=self.host.name, qid=self.qid()))
+        else:
+            await self.reply("250 2.1.0 Ok")
         return True
 
     async def rcpt(self, arg: str) -> None:
@@ -194,28 +252,65 @@ class _Session:
                 "zen.spamhaus.org"
             )
             return
+        dha = None
+        if self.host.dha is not None:
+            dha = self.stats.dha_guard(self.host.name, self.peer, self.host.dha)
+            if dha.blocked(trio.current_time()):
+                self.stats.dha_refusals[self.host.name] += 1
+                await self.reply(dha_block_reply(self.peer))
+                return
         if not self.world.serves(self.host.name, domain):
             await self.reply(f"550 5.1.2 <{address}>: Recipient address rejected: Domain not found")
             return
-        if behaviour is Behaviour.GREYLIST and self.greylisted(address.lower()):
-            await self.reply(
-                f"450 4.2.0 <{address}>: Recipient address rejected: Greylisted, see "
-                f"http://postgrey.schweikert.ch/help/{domain}.html"
-            )
+        if self.host.greylist_delay > 0 and self.greylisted(address.lower()):
+            await self.reply(postgrey_reply(address))
             return
+        zoo = self.zoo
         if self.world.accepts(domain, local):
-            await self.reply("250 2.1.5 Ok")
+            if zoo is not None:
+                await self.reply(*zoo.accept.render(address=address, host=self.host.name,
+                                                    qid=self.qid()))  # fmt: skip
+            else:
+                await self.reply("250 2.1.5 Ok")
+            return
+        if dha is not None:
+            dha.record_unknown(trio.current_time())
+        if zoo is not None:
+            text = zoo.unknown_for(address)
+            await self.reply(*text.render(address=address, host=self.host.name, qid=self.qid()))
         else:
             await self.reply(f"550 5.1.1 <{address}>: Recipient address rejected: User unknown")
 
     def greylisted(self, recipient: str) -> bool:
+        """postgrey's decision for this triplet (see `behaviours.postgrey_key`): deferred until
+        `greylist_delay` seconds after the triplet was first seen. Unknown recipients are
+        greylisted too: Postfix applies postgrey's DEFER_IF_PERMIT before its implicit
+        reject_unlisted_recipient (smtpd_check.c, smtpd_check_rcpt())."""
         assert self.sender is not None
-        key = (self.host.name, self.sender, recipient)
+        key = (self.host.name, postgrey_key(self.peer, self.sender, recipient))
         now = trio.current_time()
         first_seen = self.stats.greylist.setdefault(key, now)
         # `first + delay` rather than `now - first`: a client sleeping until exactly
-        # first + delay must be let through despite float rounding.
+        # first + delay must be let through despite float rounding (postgrey: diff > 0 defers).
         return now < first_seen + self.host.greylist_delay
+
+    async def break_tls(self) -> None:
+        """Read the ClientHello's record header, answer with a fatal handshake_failure alert, and
+        let the session close: the client's handshake fails with an ssl error, as against a
+        real server whose TLS set-up is broken."""
+        while len(self.buffer) < TLS_RECORD_HEADER:
+            try:
+                data = await self.stream.receive_some(4096)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _Closed from exc
+            if not data:
+                return
+            self.buffer += data
+        self.stats.tls_broken[self.host.name] += 1
+        try:
+            await self.stream.send_all(TLS_HANDSHAKE_FAILURE_ALERT)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _Closed from exc
 
 
 async def handle_session(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, NamedTuple
 
+from ct_actors.sim.behaviours import DhaGuard, DhaLimits
+
 
 class RcptEvent(NamedTuple):
     time: float  # trio.current_time() when the RCPT command arrived
@@ -35,8 +37,15 @@ class SimStats:
         self.dns_rcodes: Counter[str] = Counter()
         self.dns_malformed = 0
         self.dns_dropped = 0  # queries a "silent" broken resolver ignored on purpose
-        # (host, sender, recipient) -> virtual time of the first attempt
-        self.greylist: dict[tuple[str, str, str], float] = {}
+        # (host, postgrey triplet key) -> virtual time of the first attempt
+        self.greylist: dict[tuple[str, str], float] = {}
+        # (host, client IP) -> that client's directory-harvest state on that host
+        self.dha: dict[tuple[str, str], DhaGuard] = {}
+        self.dha_refusals: Counter[str] = Counter()  # per host, RCPTs refused while blocked
+        self.error_limit_hits: Counter[str] = Counter()  # per host, "too many errors" hang-ups
+        self.error_delays: Counter[str] = Counter()  # per host, replies slowed by the soft limit
+        self.greet_421: Counter[str] = Counter()  # per host, banner refusals
+        self.tls_broken: Counter[str] = Counter()  # per host, failed TLS handshakes
 
     def connection_opened(self, host: str) -> int:
         """Count a new connection and return its 0-based sequence number on that host."""
@@ -49,6 +58,13 @@ class SimStats:
 
     def connection_closed(self, host: str) -> None:
         self.open[host] -= 1
+
+    def dha_guard(self, host: str, peer: str, limits: DhaLimits) -> DhaGuard:
+        key = (host, peer)
+        guard = self.dha.get(key)
+        if guard is None:
+            guard = self.dha[key] = DhaGuard(limits)
+        return guard
 
     def rcpt_times(self, domain: str) -> list[float]:
         return [e.time for e in self.rcpts if e.domain == domain]
@@ -70,6 +86,12 @@ class SimStats:
             "rcpts": len(self.rcpts),
             "rcpt_domains": len({e.domain for e in self.rcpts}),
             "greylist_entries": len(self.greylist),
+            "dha_blocks": sum(g.blocks for g in self.dha.values()),
+            "dha_refusals": sum(self.dha_refusals.values()),
+            "error_limit_hits": sum(self.error_limit_hits.values()),
+            "error_delays": sum(self.error_delays.values()),
+            "greet_421": sum(self.greet_421.values()),
+            "tls_broken": sum(self.tls_broken.values()),
             "dns_queries": dict(self.dns_queries),
             "dns_rcodes": dict(self.dns_rcodes),
             "dns_malformed": self.dns_malformed,

@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from ct_actors.sim.behaviours import (
+    DEFAULT_DHA_LIMITS,
+    POSTFIX_ERROR_LIMITS,
+    POSTGREY_DELAY,
+    STRICT_ERROR_LIMITS,
+    DhaLimits,
+    ErrorLimits,
+)
+from ct_actors.sim.reply_zoo import PROFILE_NAMES
+
 JSON_VERSION = 1
 
 
@@ -37,6 +47,15 @@ class Behaviour(enum.StrEnum):
     RCPT_LIMIT_452 = "rcpt_limit_452"
     DROP_MID = "drop_mid"
     BLOCKLIST = "blocklist"
+    # Real servers' defences (ct_actors.sim.behaviours) and reply texts (ct_actors.sim.reply_zoo).
+    # Not in DEFAULT_MIX: see REAL_SERVER_MIX.
+    ERROR_LIMIT = "error_limit"  # Postfix smtpd error limits at their defaults (10/20/1s)
+    ERROR_LIMIT_STRICT = "error_limit_strict"  # the same mechanism, stricter (3/5/1s)
+    DHA_BLOCK = "dha_block"  # blocks a client after N unknown recipients per minute
+    GREET_421 = "greet_421"  # every connection greeted with 421 and closed
+    GREYLIST_300 = "greylist_300"  # postgrey at its defaults: 300 s, /24 client network
+    TLS_BROKEN = "tls_broken"  # offers STARTTLS, then fails the handshake
+    REPLY_ZOO = "reply_zoo"  # answers with a real provider's texts
 
 
 NO_MAIL_BEHAVIOURS = frozenset({Behaviour.NO_MX, Behaviour.NULL_MX, Behaviour.NXDOMAIN})
@@ -58,6 +77,39 @@ DEFAULT_MIX: dict[Behaviour, float] = {
     Behaviour.DROP_MID: 0.02,
     Behaviour.BLOCKLIST: 0.01,
 }
+
+# DEFAULT_MIX plus the real servers' behaviours, ~1-3% each: the mix the pipeline must master
+# before those behaviours join DEFAULT_MIX (python -m ct_actors.sim serve --mix real).
+REAL_SERVER_MIX: dict[Behaviour, float] = {
+    **DEFAULT_MIX,
+    Behaviour.ERROR_LIMIT: 0.02,
+    Behaviour.ERROR_LIMIT_STRICT: 0.01,
+    Behaviour.DHA_BLOCK: 0.02,
+    Behaviour.GREET_421: 0.01,
+    Behaviour.GREYLIST_300: 0.02,
+    Behaviour.TLS_BROKEN: 0.02,
+    Behaviour.REPLY_ZOO: 0.03,
+}
+NAMED_MIXES: dict[str, dict[Behaviour, float]] = {
+    "default": DEFAULT_MIX,
+    "real": REAL_SERVER_MIX,
+}
+# Behaviours of the server, not of the mailbox set: their domains draw a mailbox kind of their
+# own (`_KIND_BEHAVIOURS`), so a greylister or an error-limiting host also fronts catch-all
+# and pattern-less domains, as real ones do.
+SERVER_BEHAVIOURS = frozenset(
+    {
+        Behaviour.ERROR_LIMIT,
+        Behaviour.ERROR_LIMIT_STRICT,
+        Behaviour.DHA_BLOCK,
+        Behaviour.GREET_421,
+        Behaviour.GREYLIST_300,
+        Behaviour.TLS_BROKEN,
+        Behaviour.REPLY_ZOO,
+    }
+)
+_KIND_BEHAVIOURS = (Behaviour.VERIFIABLE, Behaviour.CATCHALL, Behaviour.NO_PATTERN)
+_KIND_WEIGHTS = (0.7, 0.15, 0.15)  # pattern / catch-all / no pattern
 
 # The prober's candidate order and confidences (its contract, restated here on purpose).
 PERSON_FORMATS: tuple[str, ...] = ("first.last", "firstlast", "f.last", "first.l", "first", "last")
@@ -196,8 +248,12 @@ class SimHost:
     conn_limit: int | None = None  # simultaneous sessions before `421 4.7.0`
     greylist_delay: float = 0.0
     tarpit_delay: float = 0.0
+    error_limits: ErrorLimits | None = None  # Postfix-style per-connection error limits
+    dha: DhaLimits | None = None  # directory-harvest blocker per client IP
+    zoo: str | None = None  # a `reply_zoo.PROFILES` name: answer with that provider's texts
 
     def to_dict(self) -> dict[str, Any]:
+        el, dha = self.error_limits, self.dha
         return {
             "name": self.name,
             "ip": self.ip,
@@ -206,10 +262,15 @@ class SimHost:
             "conn_limit": self.conn_limit,
             "greylist_delay": self.greylist_delay,
             "tarpit_delay": self.tarpit_delay,
+            "error_limits": None if el is None else [el.soft, el.hard, el.sleep, el.junk],
+            "dha": None if dha is None else [dha.limit, dha.window, dha.block],
+            "zoo": self.zoo,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SimHost:
+        # .get: world files written before these fields existed still load.
+        el, dha = d.get("error_limits"), d.get("dha")
         return cls(
             name=d["name"],
             ip=d["ip"],
@@ -218,6 +279,11 @@ class SimHost:
             conn_limit=d["conn_limit"],
             greylist_delay=d["greylist_delay"],
             tarpit_delay=d["tarpit_delay"],
+            error_limits=None
+            if el is None
+            else ErrorLimits(int(el[0]), int(el[1]), float(el[2]), int(el[3])),
+            dha=None if dha is None else DhaLimits(int(dha[0]), float(dha[1]), float(dha[2])),
+            zoo=d.get("zoo"),
         )
 
 
@@ -231,6 +297,7 @@ class SimDomain:
     mailboxes: frozenset[str]  # every existing local part, roles included
     roles: tuple[str, ...] = ()  # which of ROLES exist
     a: str | None = None  # the domain's own A record (web server), None for NXDOMAIN
+    catchall: bool = False  # a SERVER_BEHAVIOURS domain whose host accepts every local part
 
     @property
     def has_mx(self) -> bool:
@@ -239,6 +306,10 @@ class SimDomain:
     @property
     def null_mx(self) -> bool:
         return self.mx == ((0, NULL_MX_HOST),)
+
+    @property
+    def is_catchall(self) -> bool:
+        return self.behaviour is Behaviour.CATCHALL or self.catchall
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,6 +321,7 @@ class SimDomain:
             "mailboxes": sorted(self.mailboxes),
             "roles": list(self.roles),
             "a": self.a,
+            "catchall": self.catchall,
         }
 
     @classmethod
@@ -263,6 +335,7 @@ class SimDomain:
             mailboxes=frozenset(d["mailboxes"]),
             roles=tuple(d["roles"]),
             a=d["a"],
+            catchall=bool(d.get("catchall", False)),
         )
 
 
@@ -340,11 +413,19 @@ class World:
         tarpit_delay: float = 3.0,
         conn_limit: int = 4,
         blocklist_hosts: int = 1,
+        error_limits: ErrorLimits = POSTFIX_ERROR_LIMITS,
+        strict_error_limits: ErrorLimits = STRICT_ERROR_LIMITS,
+        dha_limits: DhaLimits = DEFAULT_DHA_LIMITS,
+        greylist_300_delay: float = POSTGREY_DELAY,
     ) -> World:
         """`blocklist_hosts`: how many distinct MX hosts the BLOCKLIST domains spread over.
         One by default — a provider that checks Spamhaus, which is what a prober on a clean IP
         meets; several is what it looks like when our own IP is listed (the kill switch's
-        scenario)."""
+        scenario).
+
+        `error_limits`/`strict_error_limits`/`dha_limits`/`greylist_300_delay` parametrise the
+        ERROR_LIMIT, ERROR_LIMIT_STRICT, DHA_BLOCK and GREYLIST_300 hosts; they travel in the
+        hosts' JSON, so a world served from its file behaves the same."""
         if n_domains < 0:
             raise ValueError("n_domains must not be negative")
         rng = random.Random(seed)
@@ -354,15 +435,29 @@ class World:
 
         hosts: dict[str, SimHost] = {}
 
-        def add_host(name: str, behaviour: Behaviour, listening: bool = True) -> str:
+        grey_delays = {
+            Behaviour.GREYLIST: float(greylist_delay),
+            Behaviour.GREYLIST_300: float(greylist_300_delay),
+        }
+        limits = {
+            Behaviour.ERROR_LIMIT: error_limits,
+            Behaviour.ERROR_LIMIT_STRICT: strict_error_limits,
+        }
+
+        def add_host(
+            name: str, behaviour: Behaviour, listening: bool = True, zoo: str | None = None
+        ) -> str:
             hosts[name] = SimHost(
                 name=name,
                 ip=_ip(_HOST_NET, len(hosts)),
                 behaviour=behaviour,
                 listening=listening,
                 conn_limit=conn_limit if behaviour is Behaviour.CONN_LIMIT_421 else None,
-                greylist_delay=float(greylist_delay) if behaviour is Behaviour.GREYLIST else 0.0,
+                greylist_delay=grey_delays.get(behaviour, 0.0),
                 tarpit_delay=float(tarpit_delay) if behaviour is Behaviour.TARPIT else 0.0,
+                error_limits=limits.get(behaviour),
+                dha=dha_limits if behaviour is Behaviour.DHA_BLOCK else None,
+                zoo=zoo,
             )
             return name
 
@@ -392,11 +487,23 @@ class World:
                 mx = ((0, NULL_MX_HOST),)
             elif behaviour in NO_MAIL_BEHAVIOURS:
                 mx = ()
+            elif behaviour is Behaviour.GREET_421:
+                # Every MX host refuses: trying the backup must not help either.
+                mx = ((10, add_host(f"mx1.{name}", behaviour)),
+                      (20, add_host(f"mx2.{name}", behaviour)))  # fmt: skip
+            elif behaviour is Behaviour.REPLY_ZOO:
+                mx = ((10, add_host(f"mx1.{name}", behaviour, zoo=rng.choice(PROFILE_NAMES))),)
             else:
                 mx = ((10, add_host(f"mx1.{name}", behaviour)),)
-            fmt, mailboxes, roles = _mailboxes(rng, behaviour, people)
+            kind = behaviour
+            if behaviour in SERVER_BEHAVIOURS:
+                kind = rng.choices(_KIND_BEHAVIOURS, _KIND_WEIGHTS)[0]
+            fmt, mailboxes, roles = _mailboxes(rng, kind, people)
             web = None if behaviour is Behaviour.NXDOMAIN else _ip(_WEB_NET, index)
-            domains[name] = SimDomain(name, behaviour, mx, fmt, people, mailboxes, roles, web)
+            domains[name] = SimDomain(
+                name, behaviour, mx, fmt, people, mailboxes, roles, web,
+                catchall=kind is Behaviour.CATCHALL,
+            )  # fmt: skip
 
         # float() so that 50 and 50.0 give the same JSON: the world file is compared byte-wise.
         return cls(
@@ -445,7 +552,7 @@ class World:
         d = self.domains.get(domain.lower())
         if d is None:
             return False
-        return d.behaviour is Behaviour.CATCHALL or local.lower() in d.mailboxes
+        return d.is_catchall or local.lower() in d.mailboxes
 
     # -- ground truth -----------------------------------------------------------------------
 
@@ -455,9 +562,15 @@ class World:
             return _FAIL_NO_MX
         if d.behaviour is Behaviour.DROP_MID:
             return Expected("FAIL", "CT-M-SMTP-FAIL")
+        if d.behaviour is Behaviour.GREET_421:
+            # Every MX host refuses every connection: after its bounded retries the prober must
+            # conclude that the domain's SMTP service fails (not defer it forever).
+            return Expected("FAIL", "CT-M-SMTP-FAIL")
         if d.behaviour is Behaviour.BLOCKLIST:
             return Expected("DEFERRED")
-        if d.behaviour is Behaviour.CATCHALL:
+        # The other server behaviours (error limits, DHA, postgrey, broken TLS, reply zoo) hide
+        # nothing from a polite prober: the domain's own truth stands.
+        if d.is_catchall:
             return Expected("PASS", None, "first.last", True, CATCHALL_CONFIDENCE)
         for local, method in candidate_order(d.people):
             if local in d.mailboxes:
