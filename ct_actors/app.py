@@ -61,6 +61,8 @@ def pool_settings(cfg: Config) -> PoolSettings:
         max_connections_per_host=smtp.max_connections_per_host,
         max_recipients_per_session=smtp.max_recipients_per_session,
         max_errors_per_session=smtp.max_errors_per_session,
+        max_rejected_rcpts_per_host=smtp.max_rejected_rcpts_per_host,
+        rejected_rcpts_window=smtp.rejected_rcpts_window,
         session_reuse_seconds=float(smtp.session_reuse_seconds),
         session_idle_seconds=smtp.session_idle_seconds,
         pool_idle_seconds=float(smtp.pool_idle_seconds),

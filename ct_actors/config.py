@@ -235,6 +235,12 @@ class SmtpConfig:
     remote_attempts: int = _key(
         3, KeySpec("int", True, "MX walks per pass when the hosts fail transiently", ge=1)
     )
+    max_rejected_rcpts_per_host: int = _key(
+        8, KeySpec("int", True, "rejected RCPTs per MX host per window (DHA safety)", ge=1)
+    )
+    rejected_rcpts_window: float = _key(
+        60.0, KeySpec("float", True, "sliding window of that budget, seconds", gt=0)
+    )
 
     @property
     def reverse_path(self) -> str:

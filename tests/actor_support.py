@@ -71,6 +71,9 @@ class MailHost:
     # Postfix's smtpd_hard_error_limit: once a connection has this many rejected commands,
     # the next command gets "421 4.7.0 <host> Error: too many errors" and the close.
     error_limit: int | None = None
+    # Offers STARTTLS, says 220, then answers the ClientHello with a fatal handshake_failure
+    # alert (RFC 8446 §6.2): a server whose TLS stack cannot talk to ours.
+    tls_broken: bool = False
     events: list[Event] = field(default_factory=list)
     connects: list[float] = field(default_factory=list)  # connection attempt times
     sessions: int = 0
@@ -167,7 +170,15 @@ class _Conversation:
                 await self.send(421, f"4.7.0 {host.name} Error: too many errors")
                 return
             if verb in ("EHLO", "HELO"):
-                ok = await self.send(250, f"{host.name} Hello", "PIPELINING", "ENHANCEDSTATUSCODES")
+                extensions = ["PIPELINING", "ENHANCEDSTATUSCODES"]
+                if host.tls_broken:
+                    extensions.append("STARTTLS")
+                ok = await self.send(250, f"{host.name} Hello", *extensions)
+            elif verb == "STARTTLS" and host.tls_broken:
+                await self.send(220, "2.0.0 Ready to start TLS")
+                await self.stream.receive_some(65536)  # the ClientHello
+                await self.stream.send_all(b"\x15\x03\x01\x00\x02\x02\x28")
+                return
             elif verb == "MAIL":
                 self.rcpts = 0
                 ok = await self.send(250, "2.1.0 Ok")

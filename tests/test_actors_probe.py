@@ -7,6 +7,7 @@ as `ct-probe-X` in recorded commands.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -29,6 +30,9 @@ from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, 
 BOUND = 3600.0
 
 SETTINGS = PoolSettings(
+    # Not about directory-harvest pacing (test_actors_probe's rejected-RCPT budget test is):
+    # lifted, so the timelines below show the behaviour under test alone.
+    max_rejected_rcpts_per_host=1_000_000,
     helo_name=HELO,
     mail_from=MAIL_FROM,
     connect_timeout=10.0,
@@ -434,3 +438,61 @@ async def test_greeting_421_about_our_pace_is_deferred_never_failed(
             )
     assert isinstance(result.result, Deferred)
     assert result.result.reason.startswith("throttled by mx1.test")
+
+
+async def test_rejected_rcpt_budget_paces_a_host_and_never_fails_its_domains(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Directory-harvest safety: at most 4 rejected RCPTs per host in any 60 s. Two no-pattern
+    # domains of three questions each (6 rejections) get their answers; the RCPTs that would
+    # exceed the budget wait until the oldest rejection leaves the window.
+    host = MailHost("mx1.test", "192.0.2.1")
+    settings = dataclasses.replace(
+        SETTINGS, max_rejected_rcpts_per_host=4, rejected_rcpts_window=60.0
+    )
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            manager = SmtpPoolManager(settings, FakeNet(nursery, [host]), max_connections=64)
+            await nursery.start(manager.run)
+            first = await probe(manager, "acme.test", [host])
+            second = await probe(manager, "beta.test", [host])
+            window = manager.pool(host.mx).window.statistics()
+            manager.close()
+    for result in (first, second):
+        assert isinstance(result.result, Failed)
+        assert result.result.code is FailureCode.NO_PATTERN
+    rejected = host.times("RCPT")
+    assert len(rejected) == 6
+    assert all(b - a >= 60.0 for a, b in zip(rejected, rejected[4:], strict=False))
+    assert max(sum(1 for t in rejected if s <= t < s + 60.0) for s in rejected) == 4
+    assert window["rejected_peak"] == 4 and window["rejected_total"] == 6
+    assert ("mx1.test", "session-ended") in visits(second)
+
+
+async def test_broken_starttls_handshake_falls_back_to_plaintext_on_a_new_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Opportunistic TLS as MTAs do it: a handshake that fails costs the connection, not the
+    # answer. The host is asked in plaintext at once, and skips STARTTLS for the next domain.
+    host = MailHost("mx1.test", "192.0.2.1", mailboxes=frozenset({"info"}), tls_broken=True)
+    settings = dataclasses.replace(SETTINGS, starttls="opportunistic")
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            manager = SmtpPoolManager(settings, FakeNet(nursery, [host]), max_connections=64)
+            await nursery.start(manager.run)
+            first = await probe(manager, "acme.test", [host])
+            await trio.sleep(10.0)  # the session idles out
+            second = await probe(manager, "beta.test", [host])
+            stats = manager.pool(host.mx).statistics()
+            manager.close()
+    for result in (first, second):
+        assert isinstance(result.result, Passed) and result.result.method_type == "info"
+    audit = first.result.evidence["visits"][0]
+    assert audit["outcome"] == "concluded" and audit["tls"] is False
+    assert audit["tls_note"].startswith("STARTTLS failed (tls: ")
+    assert audit["tls_note"].endswith("plaintext on a new connection")
+    assert "tls_note" not in second.result.evidence["visits"][0]
+    assert host.commands(1) == [EHLO, "STARTTLS"]
+    assert host.commands(2)[:2] == [EHLO, MAIL]
+    assert host.commands(3)[:2] == [EHLO, MAIL]  # no STARTTLS tried again for a while
+    assert stats["tls_fallbacks"] == 1

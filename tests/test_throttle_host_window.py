@@ -18,7 +18,8 @@ def grown(window: HostWindow, successes: int, now: float = 0.0) -> HostWindow:
 
 
 def test_defaults() -> None:
-    assert dataclasses.astuple(DEFAULT) == (1, 4, 300.0, 3600.0)
+    # initial, maximum, dead backoff and its cap, rejected RCPTs per 60 s (DHA safety)
+    assert dataclasses.astuple(DEFAULT) == (1, 4, 300.0, 3600.0, 8, 60.0)
     window = HostWindow(DEFAULT)
     assert window.limit == 1
     assert not window.is_dead(0.0)
@@ -178,6 +179,10 @@ def test_statistics() -> None:
         "credit": 0,
         "dead_until": 303.0,
         "dead_streak": 1,
+        "error_limit": None,
+        "rejected_in_window": 0,
+        "rejected_peak": 0,
+        "rejected_total": 0,
         "successes": 1,
         "throttled": 1,
         "connect_failures": 1,
@@ -187,3 +192,18 @@ def test_statistics() -> None:
         "last_failure": 3.0,
     }
     assert HostWindow(DEFAULT).statistics()["dead_until"] is None
+
+
+def test_rejected_rcpt_budget_reserves_settles_and_slides() -> None:
+    window = HostWindow(HostWindowSettings(max_rejected=2, rejected_window=60.0))
+    assert window.reserve_rejection(0.0) and window.reserve_rejection(1.0)
+    assert not window.reserve_rejection(2.0)  # two RCPTs in flight may both be rejected
+    assert window.rejection_wait(2.0) == 58.0
+    window.settle_rejection(1.0, rejected=False)  # accepted: the place is given back
+    assert window.reserve_rejection(2.0)
+    window.settle_rejection(0.0, rejected=True)
+    window.settle_rejection(2.0, rejected=True)
+    assert window.rejection_wait(30.0) == 30.0  # the oldest rejection leaves at 60.0
+    assert window.rejection_wait(60.0) == 0.0
+    stats = window.statistics()
+    assert (stats["rejected_peak"], stats["rejected_total"]) == (2, 2)

@@ -123,6 +123,17 @@ class SmtpPoolManager:
                     raise
                 await trio.lowlevel.checkpoint()
 
+    async def wait_for_rejection_room(self, host: MxHost) -> float:
+        """Wait until the host's rejected-RCPT budget has room for one more RCPT (pacing its
+        domains, never failing them); returns the seconds waited."""
+        window = self._window_for(host.name)
+        waited = 0.0
+        while (wait := window.rejection_wait(trio.current_time())) > 0:
+            self.counters["rejection_budget_waits"] += 1
+            await trio.sleep(wait)
+            waited += wait
+        return waited
+
     def _reclaim_idle(self) -> None:
         # Idle sessions must not starve hosts with work waiting for a connection slot.
         self.counters["idle_reclaims"] += sum(p.reclaim_idle() for p in self._pools.values())
@@ -143,7 +154,15 @@ class SmtpPoolManager:
 
     def statistics(self, top: int = 5) -> dict[str, object]:
         busiest = sorted(self._pools.values(), key=lambda p: p.workers, reverse=True)[:top]
+        # The busiest host by rejected RCPTs in one window (directory-harvest safety).
+        peak_host, peak = "", 0
+        for name, window in self._windows.items():
+            if window.rejected_peak > peak:
+                peak_host, peak = name, window.rejected_peak
         return {
+            "rejected_rcpts_peak": peak,
+            "rejected_rcpts_peak_host": peak_host or None,
+            "rejection_budget_waits": self.counters["rejection_budget_waits"],
             "pools": len(self._pools),
             "pools_created": self._created,
             "pools_retired": self._retired,
@@ -161,6 +180,7 @@ def _nothing_learnt(window: HostWindow) -> bool:
         window.limit == window.settings.initial
         and stats["dead_streak"] == 0
         and window.error_limit is None
+        and stats["rejected_in_window"] == 0
     )
 
 

@@ -151,6 +151,10 @@ class SmtpGate:
     async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit:
         if self._pools.is_dead(host):
             return HostVisit(host.name, None, HOST_DEAD, "marked dead by an earlier visit")
+        if self.guard.halted() is None:
+            # Directory-harvest safety: a host's domains wait for its rejected-RCPT budget
+            # before they spend an SMTPCheck call.
+            await self._pools.wait_for_rejection_room(host)
         if (halted := self.guard.halted()) is None and self._limiter is not None:
             await self._limiter.acquire(request.domain)
             halted = self.guard.halted()  # may have tripped while we waited for the throttle

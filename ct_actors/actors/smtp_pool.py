@@ -46,11 +46,15 @@ from ct_actors.smtp.client import (
     SmtpRejected,
     SmtpSession,
     SmtpTimeout,
+    SmtpTlsError,
     open_session,
 )
 from ct_actors.throttle.host_window import HostWindow, HostWindowSettings
 
 log = structlog.get_logger("ct_actors.smtp_pool")
+
+# After a failed STARTTLS handshake, the host is asked in plaintext for this long.
+_PLAINTEXT_FOR = 3600.0
 
 # Visit outcomes beyond the conversation's own (`HostOutcome`).
 CONNECT_FAILED = "connect-failed"
@@ -87,6 +91,9 @@ class PoolSettings:
     pool_idle_seconds: float = 60.0
     dead_host_backoff: float = 300.0
     dead_host_backoff_max: float = 3600.0
+    # Directory-harvest safety: rejected RCPTs per host in any window (docs/throttles.md).
+    max_rejected_rcpts_per_host: int = 8
+    rejected_rcpts_window: float = 60.0
 
     def window(self) -> HostWindowSettings:
         return HostWindowSettings(
@@ -94,6 +101,8 @@ class PoolSettings:
             maximum=self.max_connections_per_host,
             dead_backoff=self.dead_host_backoff,
             dead_backoff_max=max(self.dead_host_backoff, self.dead_host_backoff_max),
+            max_rejected=self.max_rejected_rcpts_per_host,
+            rejected_window=self.rejected_rcpts_window,
         )
 
 
@@ -117,10 +126,13 @@ class HostVisit:
     reused_session: bool = False
     progress: int = 0  # questions this visit moved on (answered or set aside as greylisted)
     pace: bool = False  # the session ended on a 421 about our pace
+    dha_paused: bool = False  # the host's rejected-RCPT budget had no room: wait, then go on
+    retry_in: float = 0.0  # with dha_paused: seconds until the budget has room again
     budget_spent: bool = False  # the session ended on our own per-session error budget
+    tls_note: str = ""  # a STARTTLS failure and the plaintext fallback, when it happened
 
     def audit(self) -> dict[str, object]:
-        return {
+        audit: dict[str, object] = {
             "host": self.host,
             "address": self.address,
             "outcome": self.outcome,
@@ -128,6 +140,9 @@ class HostVisit:
             "replies": self.replies,
             "tls": self.tls,
         }
+        if self.tls_note:
+            audit["tls_note"] = self.tls_note
+        return audit
 
 
 class HostPool:
@@ -170,6 +185,7 @@ class HostPool:
             "rcpts": 0,
             "failures": 0,
             "error_limits_hit": 0,
+            "tls_fallbacks": 0,
         }
 
     @property
@@ -389,18 +405,21 @@ class HostPool:
                     self._on_pressure()
                 await self._connections.acquire()
             stack.callback(self._connections.release)
-            session = await stack.enter_async_context(
-                open_session(
-                    self._connector,
-                    self.host.addresses[0],
-                    self.settings.port,
-                    helo_name=self.settings.helo_name,
-                    connect_timeout=self.settings.connect_timeout,
-                    command_timeout=self.settings.command_timeout,
-                    starttls=self.settings.starttls,
-                    ssl_context=self._ssl_context,
-                )
-            )
+            starttls = self.settings.starttls
+            if trio.current_time() < self.window.plaintext_until:
+                starttls = "never"
+            tls_note = ""
+            try:
+                session = await stack.enter_async_context(self._session(starttls))
+            except SmtpTlsError as exc:
+                # Opportunistic TLS, as MTAs do it (Postfix's smtp_tls_security_level=may
+                # falls back to plaintext delivery after a failed handshake): a broken
+                # handshake costs this connection, not the answer. Reconnect in plaintext and
+                # skip STARTTLS on this host for a while.
+                self.window.plaintext_until = trio.current_time() + _PLAINTEXT_FOR
+                self._stats["tls_fallbacks"] += 1
+                tls_note = f"STARTTLS failed ({exc.reason}); plaintext on a new connection"
+                session = await stack.enter_async_context(self._session("never"))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stack.aclose()
@@ -408,7 +427,21 @@ class HostPool:
         self.open_sessions += 1
         self._stats["sessions_opened"] += 1
         self._counters["sessions_opened"] += 1
-        return _Conn(stack, session, trio.current_time())
+        return _Conn(stack, session, trio.current_time(), tls_note=tls_note)
+
+    def _session(
+        self, starttls: Literal["opportunistic", "never"]
+    ) -> contextlib.AbstractAsyncContextManager[SmtpSession]:
+        return open_session(
+            self._connector,
+            self.host.addresses[0],
+            self.settings.port,
+            helo_name=self.settings.helo_name,
+            connect_timeout=self.settings.connect_timeout,
+            command_timeout=self.settings.command_timeout,
+            starttls=starttls,
+            ssl_context=self._ssl_context,
+        )
 
     async def _close(self, conn: _Conn) -> None:
         self.open_sessions -= 1
@@ -462,6 +495,7 @@ class HostPool:
                 mail_from=self.settings.mail_from,
                 rcpt_limit=self.rcpt_limit,
                 error_budget=self.error_budget() - conn.errors,
+                rejections=_WindowRejections(self.window),
             )
         except (SmtpDisconnected, SmtpTimeout) as exc:
             # The session died under us (dropped, or stopped answering) after it was greeted:
@@ -510,6 +544,9 @@ class HostPool:
             progress=result.progress,
             pace=result.pace,
             budget_spent=result.budget_spent,
+            dha_paused=result.dha_paused,
+            tls_note=conn.tls_note,
+            retry_in=self.window.rejection_wait(trio.current_time()) if result.dha_paused else 0.0,
         )
 
 
@@ -521,6 +558,21 @@ class _Conn:
     session: SmtpSession
     opened_at: float
     errors: int = 0  # rejected commands on this session (servers count them per connection)
+    tls_note: str = ""  # what happened to STARTTLS, when it did not simply work
+
+
+@dataclass(slots=True)
+class _WindowRejections:
+    """The conversation's view of the host's rejected-RCPT budget."""
+
+    window: HostWindow
+
+    def reserve(self) -> float | None:
+        now = trio.current_time()
+        return now if self.window.reserve_rejection(now) else None
+
+    def settle(self, token: float, rejected: bool) -> None:
+        self.window.settle_rejection(token, rejected)
 
 
 def _transcript_lines(session: SmtpSession, last: int = 4) -> list[str]:

@@ -26,14 +26,14 @@ import yaml
 from trio_asyncio import aio_as_trio
 
 from ct_actors.app import run_pipeline
-from ct_actors.config import Config, env_var_name
+from ct_actors.config import Config, SmtpConfig, env_var_name
 from ct_actors.db.migrate import migrate
 from ct_actors.db.store import DatabaseUnavailable, open_store
 from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_url
 from ct_actors.service import SystemdService
-from ct_actors.sim.world import World
+from ct_actors.sim.world import Behaviour, World
 from ct_actors.toolbox import Toolbox, load_toolbox
 
 EXIT_OK, EXIT_FAILED, EXIT_DATABASE = 0, 1, 3
@@ -143,7 +143,9 @@ async def _run(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, A
             toolbox = simulation_toolbox(toolbox)
             print(
                 f"[{scenario.name}] throttles: the registry's per-domain spacing, back-off and "
-                "TTLs; its per-second/day/month limits are lifted for the simulated internet",
+                "TTLs; its per-second/day/month limits (and, unless the world has directory-"
+                "harvest blockers, the per-host rejected-RCPT budget) are lifted for the "
+                "simulated internet",
                 file=sys.stderr,
             )
             with log_path.open("w") as log_file:
@@ -335,6 +337,15 @@ def simulation_toolbox(toolbox: Toolbox) -> Toolbox:
     return dataclasses.replace(toolbox, tools=tools)
 
 
+_DHA_WINDOW = 60.0
+
+
+def _dha_budget(world: World) -> int:
+    if world.by_behaviour(Behaviour.DHA_BLOCK):
+        return SmtpConfig().max_rejected_rcpts_per_host
+    return 1_000_000
+
+
 def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) -> Config:
     return dataclasses.replace(
         cfg,
@@ -359,6 +370,11 @@ def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str)
             initial_connections_per_host=scenario.initial_per_host,
             greylist_retry_delay=world.greylist_delay + 0.5,
             greylist_max_retries=2,
+            # The default mix has no directory-harvest blockers: lift the per-host rejected-RCPT
+            # budget like the registry's rates (said on stderr). A world that has them keeps
+            # the production default, which stays under their threshold.
+            max_rejected_rcpts_per_host=_dha_budget(world),
+            rejected_rcpts_window=_DHA_WINDOW,
             dead_host_backoff=60.0,
             session_reuse_seconds=30,
             pool_idle_seconds=30,
@@ -422,6 +438,9 @@ def _evaluate(
             k: sim_stats.get(k)
             for k in ("connections", "rcpts", "rejected_421", "data_attempts", "dropped")
         },
+        "rejected_rcpts_peak_per_host_minute": stats["smtp"].get("rejected_rcpts_peak"),
+        "rejected_rcpts_peak_host": stats["smtp"].get("rejected_rcpts_peak_host"),
+        "rejected_rcpts_budget": _dha_budget(world),
         "smtp_sessions_per_domain": round(
             stats["smtp"]["sessions_opened_total"] / max(stats["dispatcher"]["domains_probed"], 1),
             3,
@@ -477,6 +496,9 @@ def _print_summary(result: dict[str, Any]) -> None:
         f"cpu per record    {result['cpu_s_per_record'] * 1000:.2f} ms",
         f"peak RSS          {result['peak_rss_mb']} MB",
         f"SMTP sessions     {result['smtp_sessions_per_domain']} per probed domain",
+        f"rejected RCPTs    {result['rejected_rcpts_peak_per_host_minute']} per host per "
+        f"{_DHA_WINDOW:g} s at peak ({result['rejected_rcpts_peak_host']}; budget "
+        f"{result['rejected_rcpts_budget']})",
         f"server side       {json.dumps(result['server_side'])}",
         f"accuracy          {acc['percent']}% ({acc['checked'] - acc['mismatches']}/"
         f"{acc['checked']} match the ground truth)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ct_actors.probe.plan import ProbePlan
 from ct_actors.smtp.classify import (
@@ -60,6 +61,15 @@ def is_error_limit_reply(reply: Reply) -> bool:
     )
 
 
+class RejectionBudget(Protocol):
+    """The host's directory-harvest budget: a RCPT is sent only with a reservation."""
+
+    def reserve(self) -> float | None:
+        """A reservation token, or None when the host's budget has no room now."""
+
+    def settle(self, token: float, rejected: bool) -> None: ...
+
+
 @dataclass(slots=True)
 class ConversationResult:
     outcome: HostOutcome
@@ -74,6 +84,7 @@ class ConversationResult:
     error_limit_after: int | None = None
     budget_spent: bool = False  # ended by our own per-session error budget
     pace: bool = False  # a 421 about our pace (4.7.x, rate texts): back off first
+    dha_paused: bool = False  # ended because the host's rejected-RCPT budget had no room
 
 
 def summarise(command: str, reply: Reply) -> str:
@@ -92,8 +103,10 @@ async def converse(
     mail_from: str,
     rcpt_limit: int,
     error_budget: int = 1_000_000,
+    rejections: RejectionBudget | None = None,
 ) -> ConversationResult:
-    """`error_budget`: how many more rejected commands this session may take."""
+    """`error_budget`: how many more rejected commands this session may take.
+    `rejections`: the host's rejected-RCPT budget (directory-harvest safety)."""
     result = ConversationResult(HostOutcome.CONCLUDED)
     limit = max(1, rcpt_limit)
 
@@ -149,8 +162,21 @@ async def converse(
             if (early := await reset()) is not None:
                 return early
             in_transaction = 0
+        token = rejections.reserve() if rejections is not None else 0.0
+        if token is None:
+            result.outcome = HostOutcome.SESSION_ENDED
+            result.dha_paused = True
+            result.detail = "the host's rejected-RCPT budget is spent for now; pacing"
+            return result
         before = result.errors
-        reply = counted(await session.rcpt(step.address))
+        try:
+            reply = counted(await session.rcpt(step.address))
+        except BaseException:
+            if rejections is not None:
+                rejections.settle(token, rejected=False)
+            raise
+        if rejections is not None:
+            rejections.settle(token, rejected=reply.code >= 500)
         result.rcpts_sent += 1
         in_transaction += 1
         result.replies.append(summarise(f"RCPT {step.address}", reply))

@@ -190,7 +190,12 @@ async def _walk_hosts(
             visits.append(visit)
             if visit.outcome == HostOutcome.SESSION_ENDED:
                 # The session ended, not the domain: go on from the same question on a fresh
-                # session. Sessions that end without moving the plan on are bounded.
+                # session. Sessions that end without moving the plan on are bounded; a pause
+                # for the host's rejected-RCPT budget is ours, not a lost session (the gate
+                # waits for room before the next visit).
+                if visit.dha_paused:
+                    await trio.sleep(visit.retry_in)
+                    continue
                 lost = 0 if visit.progress else lost + 1
                 if lost >= policy.fresh_sessions:
                     break

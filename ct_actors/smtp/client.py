@@ -101,6 +101,12 @@ def opportunistic_tls_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    # Opportunistic encryption accepts what old servers speak (TLS 1.0/1.1, legacy ciphers):
+    # any encryption beats the plaintext we would fall back to. RFC 7435 ("Opportunistic
+    # Security"); Postfix's smtp_tls_security_level=may behaves the same way.
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    with contextlib.suppress(ssl.SSLError):
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     return ctx
 
 

@@ -10,12 +10,19 @@ host that is down for hours costs a handful of attempts, not one every few minut
 
 The window also remembers a per-session error limit learnt from the host ("421 4.7.0 Error: too
 many errors" earlier than our own budget expected), so a pool retired for idleness does not have
-to learn it again.
+to learn it again, and it holds the host's rejected-RCPT budget: gateways (Mimecast, Proofpoint,
+Barracuda, Cisco, Forcepoint: "N invalid recipients per IP per interval") and RBL operators read
+many unknown-recipient rejections from one client in a short window as a directory-harvest
+attack. At most `max_rejected` RCPTs may be *rejected* by the host in any `rejected_window`
+seconds; a RCPT is only sent with a reservation, given back when the answer was not a rejection,
+so concurrent sessions can never overshoot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -25,6 +32,8 @@ class HostWindowSettings:
     maximum: int = 4
     dead_backoff: float = 300.0
     dead_backoff_max: float = 3600.0
+    max_rejected: int = 8  # rejected RCPTs per host in any `rejected_window` seconds
+    rejected_window: float = 60.0
 
     def __post_init__(self) -> None:
         if self.initial < 1:
@@ -35,6 +44,8 @@ class HostWindowSettings:
             )
         if self.dead_backoff < 0 or self.dead_backoff_max < 0:
             raise ValueError("dead-host backoffs must be >= 0")
+        if self.max_rejected < 1 or self.rejected_window <= 0:
+            raise ValueError("the rejected-RCPT budget needs max_rejected >= 1, window > 0")
 
 
 class HostWindow:
@@ -49,6 +60,13 @@ class HostWindow:
         self._counts = {"successes": 0, "throttled": 0, "connect_failures": 0, "dead_marked": 0}
         # Learnt from the host: it tolerates fewer rejected commands per session than this.
         self.error_limit: int | None = None
+        # Times of rejected RCPTs (and of RCPTs in flight holding a reservation), oldest first.
+        self._rejections: deque[float] = deque()
+        self._rejected: deque[float] = deque()  # settled rejections only, for the peak
+        self._rejected_peak = 0  # most rejections seen in one window
+        self._rejected_total = 0
+        # STARTTLS failed here: sessions skip it until then (trio time).
+        self.plaintext_until = -math.inf
         self._last: dict[str, float | None] = {"success": None, "throttled": None, "failure": None}
 
     @property
@@ -111,6 +129,44 @@ class HostWindow:
         limit = max(1, tolerated - 1)
         self.error_limit = limit if self.error_limit is None else min(self.error_limit, limit)
 
+    @property
+    def rejected_peak(self) -> int:
+        """The most RCPTs this host rejected within one window."""
+        return self._rejected_peak
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.settings.rejected_window
+        while self._rejections and self._rejections[0] <= horizon:
+            self._rejections.popleft()
+
+    def rejection_wait(self, now: float) -> float:
+        """Seconds until one more RCPT may be sent (0: now)."""
+        self._expire(now)
+        if len(self._rejections) < self.settings.max_rejected:
+            return 0.0
+        return self._rejections[0] + self.settings.rejected_window - now
+
+    def reserve_rejection(self, now: float) -> bool:
+        """Room for one RCPT that may be rejected: reserve it (settle it with the answer)."""
+        if self.rejection_wait(now) > 0:
+            return False
+        self._rejections.append(now)
+        return True
+
+    def settle_rejection(self, reserved_at: float, rejected: bool) -> None:
+        """The answer came: a rejection keeps its place in the window, anything else frees it."""
+        if rejected:
+            self._rejected_total += 1
+            self._rejected.append(reserved_at)
+            horizon = reserved_at - self.settings.rejected_window
+            while self._rejected and self._rejected[0] <= horizon:
+                self._rejected.popleft()
+            self._rejected_peak = max(self._rejected_peak, len(self._rejected))
+            return
+        # (Already expired out of the window if it is not there any more.)
+        with contextlib.suppress(ValueError):
+            self._rejections.remove(reserved_at)
+
     def revive(self) -> None:
         """Forget the dead marking and its streak: the operator says the cause was ours (a
         kill switch was cleared), so what looked like a dead host was not the host's doing."""
@@ -133,6 +189,9 @@ class HostWindow:
             "dead_until": self._dead_until if math.isfinite(self._dead_until) else None,
             "dead_streak": self._streak,
             "error_limit": self.error_limit,
+            "rejected_in_window": len(self._rejections),
+            "rejected_peak": self._rejected_peak,
+            "rejected_total": self._rejected_total,
             **self._counts,
             "last_success": self._last["success"],
             "last_throttled": self._last["throttled"],
