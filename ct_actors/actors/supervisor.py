@@ -13,6 +13,7 @@ so it is pending again — nothing is half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ class Supervisor:
             store,
             owner=settings.owner,
             credits=self.credits,
-            settings=settings.writer,
+            settings=_writer_settings(settings),
             transient_errors=transient_db_errors,
         )
         self.dispatcher = Dispatcher(
@@ -248,7 +249,7 @@ class Supervisor:
         self.loader.settings = settings.loader
         self.resolver.update(settings.resolver)
         self.dispatcher.update(settings.dispatch)
-        self.writer.settings = settings.writer
+        self.writer.settings = _writer_settings(settings)
         self.guard.update(settings.guard)
 
     def clear_kill_switches(self) -> list[str]:
@@ -311,6 +312,11 @@ class Supervisor:
                 with trio.move_on_after(min(5.0, self.settings.stats_interval / 2)):
                     await self.throttles.refresh(self._transient)
             self.log_stats()
+
+
+def _writer_settings(settings: PipelineSettings) -> WriterSettings:
+    # Another daemon's unlogged outcomes are ours to log once its leases would have lapsed too.
+    return dataclasses.replace(settings.writer, recover_after=settings.loader.lease_seconds)
 
 
 def _depth(channel: trio.MemorySendChannel[Any]) -> dict[str, int]:
