@@ -77,7 +77,8 @@ class DrainSummary:
 
     @property
     def concluded(self) -> bool:
-        return self.held.total == 0 and not self.switches
+        """Nothing pending any more (a switch tripped at the very end held nothing back)."""
+        return self.held.total == 0
 
     def fields(self) -> dict[str, Any]:
         """For the `drain_held` log event."""

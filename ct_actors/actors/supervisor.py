@@ -131,9 +131,9 @@ class Supervisor:
             verifier=self.verifier,
         )
         # Claiming stops while a switch that stops the pipeline's work is tripped.
-        self._halting = [RESOLVER_FAILURE]
+        self.halting = [RESOLVER_FAILURE]
         if settings.dispatch.mode == "smtp":
-            self._halting.extend(SMTP_SWITCHES)
+            self.halting.extend(SMTP_SWITCHES)
         self.loader = LoaderActor(
             job_send,
             store,
@@ -143,7 +143,7 @@ class Supervisor:
             transient_errors=transient_db_errors,
             names=names,
             drain=drain,
-            pause=lambda: self.switches.wait_clear(self._halting),
+            pause=lambda: self.switches.wait_clear(self.halting),
         )
         self._pipeline: trio.Nursery | None = None
         self._outer: trio.Nursery | None = None
