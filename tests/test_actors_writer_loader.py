@@ -435,6 +435,9 @@ async def test_loader_reclaiming_its_own_expired_lease_does_not_leak_a_credit(
             nursery.start_soon(loader.run)
             await trio.sleep_until(35.0)  # renewals at 10, 20, 30 failed; the lease ended at 30
             assert [t for t, _ in store.renewals] == [10.0, 20.0, 30.0]
+            # Reclaimed under a new claim number: the writer must present that one (fence).
+            assert store.attempts[oid(1)] >= 2
+            assert credits.claims([oid(1)]) == {oid(1): store.attempts[oid(1)]}
             for job in held:  # the pipeline finishes every job it was given
                 credits.leave(job.outreach_id)
             await trio.sleep_until(36.0)
