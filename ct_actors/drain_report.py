@@ -48,7 +48,9 @@ class HeldBack:
         for klass, reason, n, first in rows:
             counts[klass] = counts.get(klass, 0) + int(n)
             if klass == "deferred":
-                key = reason or "(no reason recorded)"
+                # Reasons name the address and reply ("our address is blocked by mx1.x: RCPT
+                # a@b: 554 ..."): grouped by what comes before the first ": ", the cause.
+                key = (reason or "(no reason recorded)").split(": ", 1)[0]
                 reasons[key] = reasons.get(key, 0) + int(n)
                 if first is not None and (earliest is None or first < earliest):
                     earliest = first

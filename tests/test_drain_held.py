@@ -226,6 +226,21 @@ async def test_a_drain_that_cannot_count_says_so(capsys: pytest.CaptureFixture[s
     assert "could not be counted" in capsys.readouterr().err
 
 
+def test_deferral_reasons_are_grouped_by_their_cause() -> None:
+    blocked = "our address is blocked by mx1.x.test: RCPT {}@x.test: 554 5.7.1 listed"
+    held = HeldBack.from_rows(
+        [
+            ("deferred", blocked.format("a"), 1, None),
+            ("deferred", blocked.format("b"), 1, None),
+            ("deferred", None, 1, None),
+        ]
+    )
+    assert held.reasons == (
+        ("our address is blocked by mx1.x.test", 2),
+        ("(no reason recorded)", 1),
+    )
+
+
 def test_summary_fields_name_the_top_reasons_only() -> None:
     rows = [("deferred", f"reason {i}", 10 - i, None) for i in range(8)]
     summary = DrainSummary(HeldBack.from_rows(rows), (Switch("dns_resolver_failure", None),))
