@@ -120,7 +120,12 @@ CLAIM_AMONG: Final = _claim("{t}.outreach_id = ANY ($5::uuid[])")
 # lock, nobody can take the lease over until this statement commits. Everything the statement
 # writes, lease deletions included, is restricted to `admitted` records, so a statement from a
 # dead process that commits late writes nothing for records someone else claimed meanwhile:
-# they come back as 'fenced'.
+# they come back as 'fenced'. Sources: PostgreSQL manual, "Transaction Isolation", Read
+# Committed (https://www.postgresql.org/docs/current/transaction-iso.html: SELECT FOR UPDATE
+# waits for a concurrent updater, then re-evaluates its WHERE clause on the updated version of
+# the row and skips a deleted one); "Current Date/Time"
+# (https://www.postgresql.org/docs/current/functions-datetime.html#FUNCTIONS-DATETIME-CURRENT:
+# now() is the start of the current transaction, clock_timestamp() changes during a statement).
 WRITE_COLUMNS: Final = (
     ("outreach_id", "uuid"),
     ("kind", "text"),
