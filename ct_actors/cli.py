@@ -1,7 +1,8 @@
 """`ct-actors` command line: migrate, run, once, probe, demo, bench, report, canary.
 
 Exit codes: 0 success; 1 the command ran but its checks failed; 2 bad configuration or usage;
-3 the database is unavailable.
+3 the database is unavailable; 4 `run --drain` ended with work held back (a tripped kill switch,
+deferred records: see ct_actors.drain_report).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ct_actors.log import configure_logging
 from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE, EXIT_HELD = 0, 1, 2, 3, 4
 
 DEFAULT_CONFIG = Path("config/ct-actors.toml")
 
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Configuration: TOML file (--config, $CT_CONFIG, else ./config/ct-actors.toml if it "
             "exists), overridden by CT_<SECTION>_<KEY> environment variables such as "
             "CT_DATABASE_URL. See docs/configuration.md. Exit codes: 0 ok, 1 checks failed, "
-            "2 bad configuration, 3 database unavailable."
+            "2 bad configuration, 3 database unavailable, 4 `run --drain` ended with records "
+            "still pending, held back by a tripped kill switch or deferred (what and why is "
+            "printed on stderr; docs/operations.md)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"ct-actors {__version__}")
@@ -75,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--drain",
         action="store_true",
-        help="exit 0 once nothing is pending and nothing is in flight",
+        help="exit once nothing more can be done: 0 when nothing is pending any more; 4 when "
+        "records are still pending but held back (a tripped kill switch stops claiming, or they "
+        "are deferred for later): the summary on stderr says what and why",
     )
 
     once = sub.add_parser(
@@ -318,11 +323,43 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
         # A progress bar only for a human watching a drain; the journal gets the stats lines.
         progress = sys.stderr if args.drain and sys.stderr.isatty() else None
-        await run_pipeline(cfg, toolbox, store, drain=args.drain, load=load, progress=progress)
+        supervisor = await run_pipeline(
+            cfg, toolbox, store, drain=args.drain, load=load, progress=progress
+        )
+        code = EXIT_OK
+        if args.drain and supervisor.loader.drained.is_set():
+            code = await drain_exit_code(supervisor, store, cfg.daemon.owner)
         log.info("daemon_stopped")
-        return EXIT_OK
+        return code
 
     return await _with_store(cfg, body)
+
+
+async def drain_exit_code(supervisor: Any, store: Any, owner: str) -> int:
+    """After `run --drain` drained: 0 if nothing is pending any more, else EXIT_HELD with the
+    summary printed on stderr and logged (`drain_held`)."""
+    from ct_actors.db.store import DatabaseUnavailable
+    from ct_actors.drain_report import DrainSummary, Switch
+
+    # Only switches that held claiming matter (the verifier's budget switch stops no claim).
+    switches = tuple(
+        Switch(s.name, s.reason)
+        for s in supervisor.switches.tripped()
+        if supervisor.loader.drained_while_paused and s.name in supervisor.halting
+    )
+    try:
+        held = await store.held_back(owner)
+    except DatabaseUnavailable as exc:
+        print(f"ct-actors: drained, but the pending records could not be counted: {exc}",
+              file=sys.stderr)
+        # Without the count only a tripped switch proves that work is held back.
+        return EXIT_HELD if switches else EXIT_DATABASE
+    summary = DrainSummary(held, switches)
+    if summary.concluded:
+        return EXIT_OK
+    log.warning("drain_held", **summary.fields())
+    print(summary.describe(), file=sys.stderr)
+    return EXIT_HELD
 
 
 async def _once(cfg: Config, toolbox: Toolbox, outreach_id: uuid.UUID) -> int:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,17 @@ def json_events(lines: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _is_outcome(line: str) -> bool:
-    return '"event":"outcome"' in line or '"event": "outcome"' in line
+    """A canonical line of an outcome this process committed (not a `recovered` one, logged on
+    start for an outcome a killed process committed without its line)."""
+    return ('"event":"outcome"' in line or '"event": "outcome"' in line) and (
+        '"recovered":true' not in line and '"recovered": true' not in line
+    )
+
+
+def drain_exit_code(expected: Iterable[str]) -> int:
+    """What `run --drain` exits with for a world whose ground truth is `expected` (labels):
+    4 (held back) when some record's truth is to stay pending (deferred), else 0."""
+    return 4 if "PENDING" in set(expected) else 0
 
 
 def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
@@ -236,7 +246,12 @@ class DaemonProcess:
         return events if name is None else [e for e in events if e.get("event") == name]
 
     def outcomes(self) -> list[dict[str, Any]]:
-        return self.events("outcome")
+        """The `outcome` lines of what this process committed."""
+        return [e for e in self.events("outcome") if not e.get("recovered")]
+
+    def recovered(self) -> list[dict[str, Any]]:
+        """`outcome` lines logged on start for outcomes an earlier (killed) process committed."""
+        return [e for e in self.events("outcome") if e.get("recovered")]
 
     def wait_for_outcomes(self, count: int, timeout: float) -> bool:
         """Wait until `count` canonical `outcome` lines have been logged."""

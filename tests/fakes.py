@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -19,6 +20,7 @@ from ct_actors.outcome import Deferred, Outcome
 class Claimed:
     outreach_id: uuid.UUID
     domain: str | None
+    attempts: int | None = None
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Report:
     written: list[uuid.UUID] = field(default_factory=list)
     already_terminal: list[uuid.UUID] = field(default_factory=list)
     deferred: list[uuid.UUID] = field(default_factory=list)
+    fenced: list[uuid.UUID] = field(default_factory=list)
 
 
 class Unavailable(Exception):
@@ -43,6 +46,13 @@ class FakeStore:
         self.claims: list[tuple[float, int]] = []
         self.fail_writes = 0  # raise Unavailable for the next N writes
         self.released: list[uuid.UUID] = []
+        # Claim numbers per record (the lease's `attempts`), and what each write presented.
+        self.attempts: dict[uuid.UUID, int] = {}
+        self.presented: list[dict[uuid.UUID, int]] = []
+        # Apply the write fence (Store.write_outcomes' `claims`) as the real statement does.
+        self.fence = False
+        # ct_actors.outcome_log: id -> owner, for PASS/FAIL written and not yet marked logged.
+        self.unlogged_rows: dict[uuid.UUID, str] = {}
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
         await trio.lowlevel.checkpoint()
@@ -57,7 +67,8 @@ class FakeStore:
             if lease is not None and lease[1] > now:
                 continue
             self.leases[oid] = (owner, now + lease_seconds)
-            out.append(Claimed(oid, self.spine[oid]))
+            self.attempts[oid] = self.attempts.get(oid, 0) + 1
+            out.append(Claimed(oid, self.spine[oid], self.attempts[oid]))
         self.claims.append((now, len(out)))
         return out
 
@@ -92,15 +103,28 @@ class FakeStore:
                 self.released.append(oid)
         return len(ids)
 
-    async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> Report:
+    async def write_outcomes(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        *,
+        claims: Mapping[uuid.UUID, int] | None = None,
+    ) -> Report:
         await trio.lowlevel.checkpoint()
         if self.fail_writes:
             self.fail_writes -= 1
             raise Unavailable("database unavailable (fake)")
+        claims = dict(claims or {})
+        self.presented.append(claims)
         report = Report()
         now = trio.current_time()
         for outcome in outcomes:
             oid = outcome.outreach_id
+            if self.fence and oid in claims:
+                holder, expires = self.leases.get(oid, ("", 0.0))
+                if holder != owner or expires <= now or self.attempts.get(oid) != claims[oid]:
+                    report.fenced.append(oid)
+                    continue
             self.leases.pop(oid, None)
             if oid in self.terminal:
                 report.already_terminal.append(oid)
@@ -111,8 +135,25 @@ class FakeStore:
             else:
                 self.terminal[oid] = outcome
                 report.written.append(oid)
+                self.unlogged_rows[oid] = owner
         self.writes.append((now, len(outcomes)))
         return report
+
+    async def mark_logged(self, owner: str, ids: Sequence[uuid.UUID]) -> None:
+        await trio.lowlevel.checkpoint()
+        for oid in ids:
+            if self.unlogged_rows.get(oid) == owner:
+                del self.unlogged_rows[oid]
+
+    async def unlogged(self, owner: str, stale_after: float, limit: int) -> list[Any]:
+        # A fresh fake has no previous incarnation: nothing to recover unless a test put it.
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def forget_unlogged(self, ids: Sequence[uuid.UUID]) -> None:
+        await trio.lowlevel.checkpoint()
+        for oid in ids:
+            self.unlogged_rows.pop(oid, None)
 
 
 class MemoryUsageStore:

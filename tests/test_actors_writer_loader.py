@@ -9,6 +9,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import trio
@@ -48,9 +49,11 @@ class RecordingStore(FakeStore):
         self.claim_attempts: list[float] = []
         self.renewals: list[tuple[float, list[uuid.UUID]]] = []
 
-    async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> Report:
+    async def write_outcomes(
+        self, owner: str, outcomes: Sequence[Outcome], **kw: Any
+    ) -> Report:
         self.write_attempts.append(now())
-        return await super().write_outcomes(owner, outcomes)
+        return await super().write_outcomes(owner, outcomes, **kw)
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
         self.claim_attempts.append(now())
@@ -130,6 +133,8 @@ async def test_writer_flushes_a_partial_batch_flush_interval_after_its_first_ite
         "rows": 3,
         "already_terminal": 0,
         "retries": 0,
+        "fenced": 0,
+        "recovered_lines": 0,
         "buffered": 0,
         "failing_since": None,
         "by_code": {"PASS": 3},
@@ -430,6 +435,9 @@ async def test_loader_reclaiming_its_own_expired_lease_does_not_leak_a_credit(
             nursery.start_soon(loader.run)
             await trio.sleep_until(35.0)  # renewals at 10, 20, 30 failed; the lease ended at 30
             assert [t for t, _ in store.renewals] == [10.0, 20.0, 30.0]
+            # Reclaimed under a new claim number: the writer must present that one (fence).
+            assert store.attempts[oid(1)] >= 2
+            assert credits.claims([oid(1)]) == {oid(1): store.attempts[oid(1)]}
             for job in held:  # the pipeline finishes every job it was given
                 credits.leave(job.outreach_id)
             await trio.sleep_until(36.0)

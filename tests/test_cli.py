@@ -59,9 +59,9 @@ def last_json(stdout: str) -> dict[str, Any]:
 
 
 HELP_PHRASES: dict[str, tuple[str, ...]] = {
-    "": (*SUBCOMMANDS, "--config", "CT_DATABASE_URL", "Exit codes", "never DATA"),
+    "": (*SUBCOMMANDS, "--config", "CT_DATABASE_URL", "Exit codes", "never DATA", "4 `run"),
     "migrate": ("migrations", "advisory lock"),
-    "run": ("--drain", "SIGTERM"),
+    "run": ("--drain", "SIGTERM", "held back"),
     "once": ("OUTREACH_ID", "single-pass"),
     "probe": ("DOMAIN", "--name", "--mode", "writes nothing"),
     "demo": ("--domains", "--seed", "ground truth"),
@@ -185,6 +185,7 @@ def test_migrate_twice_is_idempotent(fresh_db: str, tmp_path: Path) -> None:
         "003_tool_usage",
         "004_verifier",
         "005_terminal_guard",
+        "006_outcome_log",
     ]
     versions = db_fetch(fresh_db, "SELECT * FROM ct_actors.schema_migrations ORDER BY version")
     second = cli(config, "migrate")
@@ -201,6 +202,47 @@ def test_migrate_twice_is_idempotent(fresh_db: str, tmp_path: Path) -> None:
         "ct_actors.tool_usage",
     ):
         assert db_val(fresh_db, "SELECT to_regclass($1) IS NOT NULL", table)
+
+
+# ─── run --drain: 0 only when everything concluded ──────────────────────────────────────────
+
+
+@pytest.mark.db
+def test_drain_exits_4_and_says_what_is_held_back(migrated_db: str, tmp_path: Path) -> None:
+    done, held = uuid.uuid4(), uuid.uuid4()
+    for outreach_id in (done, held):
+        db_val(
+            migrated_db,
+            "INSERT INTO outreach.outreach (outreach_id, domain) VALUES ($1, NULL) RETURNING 1",
+            outreach_id,
+        )
+    # `held` was deferred by an earlier run (our IP was blocklisted) until an hour from now.
+    db_val(
+        migrated_db,
+        "INSERT INTO ct_actors.lease (outreach_id, owner, expires_at, not_before, last_reason) "
+        "VALUES ($1, 'earlier:1', now(), now() + interval '1 hour', 'our IP is blocklisted') "
+        "RETURNING 1",
+        held,
+    )
+    config = config_file(tmp_path, migrated_db)
+    env = {"CT_PROBE_MODE": "mx-only", "CT_PROBE_NAMES_QUERY": ""}
+    result = cli(config, "run", "--drain", env=env)
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert "drain ended with 1 record(s) still pending" in result.stderr
+    assert "1 deferred (our own trouble, retried later), earliest due " in result.stderr
+    assert "our IP is blocklisted" in result.stderr
+    (event,) = [e for e in json_events(result.stdout.splitlines()) if e["event"] == "drain_held"]
+    assert (event["held"], event["deferred"], event["kill_switches"]) == (1, 1, {})
+    assert snapshot(migrated_db).errors[done][0]["failure_code"] == "CT-I-NO-DOMAIN"
+    # Once the deferred record is concluded too, the drain exits 0.
+    db_val(
+        migrated_db,
+        "UPDATE ct_actors.lease SET not_before = now() WHERE outreach_id = $1 RETURNING 1",
+        held,
+    )
+    again = cli(config, "run", "--drain", env=env)
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    assert "still pending" not in again.stderr
 
 
 # ─── once ───────────────────────────────────────────────────────────────────────────────────

@@ -171,6 +171,7 @@ def restricted_url(migrated_db: str) -> Iterator[str]:
         GRANT SELECT, INSERT, UPDATE ON outreach.company_target TO {role};
         GRANT SELECT, INSERT ON outreach.company_target_errors TO {role};
         GRANT SELECT, INSERT, UPDATE, DELETE ON ct_actors.lease TO {role};
+        GRANT SELECT, INSERT, UPDATE, DELETE ON ct_actors.outcome_log TO {role};
     """
 
     async def in_db(sql: str) -> None:

@@ -668,6 +668,7 @@ def _relations() -> list[Relation]:
         Relation("outreach", "company_target_errors", "r", ("error_id",), False),
         Relation("ct_actors", "lease", "r", ("outreach_id",), False),
         Relation("ct_actors", "tool_usage", "r", ("tool_id",), False),
+        Relation("ct_actors", "outcome_log", "r", ("outreach_id",), False),
         Relation("ct_demo", "people", "r", ("outreach_id",), False),
     ]
 

@@ -467,12 +467,12 @@ class WedgingStore(FakeStore):
         self.wedge_after = wedge_after
         self.wedged_at: float | None = None
 
-    async def write_outcomes(self, owner: str, outcomes: Any) -> Report:
+    async def write_outcomes(self, owner: str, outcomes: Any, **kw: Any) -> Report:
         if len(self.writes) >= self.wedge_after:
             if self.wedged_at is None:
                 self.wedged_at = trio.current_time()
             await trio.sleep_forever()
-        return await super().write_outcomes(owner, outcomes)
+        return await super().write_outcomes(owner, outcomes, **kw)
 
 
 async def watch_supervisor(

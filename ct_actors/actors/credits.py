@@ -19,6 +19,8 @@ class WorkCredits:
         self.limit = limit
         self._free = trio.Semaphore(limit)
         self._records: dict[uuid.UUID, float] = {}
+        # The lease `attempts` each record was claimed with: the writer's fence token.
+        self._claims: dict[uuid.UUID, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -50,11 +52,24 @@ class WorkCredits:
         for _ in range(count):
             self._free.release()
 
-    def enter(self, outreach_id: uuid.UUID) -> None:
+    def enter(self, outreach_id: uuid.UUID, attempt: int | None = None) -> None:
         """A claimed record now holds one of the acquired credits."""
         self._records[outreach_id] = trio.current_time()
+        self.reclaimed(outreach_id, attempt)
+
+    def reclaimed(self, outreach_id: uuid.UUID, attempt: int | None) -> None:
+        """The record's lease now belongs to the claim numbered `attempt` (None: unknown,
+        the write is not fenced)."""
+        if attempt is None:
+            self._claims.pop(outreach_id, None)
+        else:
+            self._claims[outreach_id] = attempt
+
+    def claims(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        return {i: self._claims[i] for i in ids if i in self._claims}
 
     def leave(self, outreach_id: uuid.UUID) -> None:
+        self._claims.pop(outreach_id, None)
         if self._records.pop(outreach_id, None) is not None:
             self._free.release()
 

@@ -21,12 +21,19 @@ from ct_actors.actors.dispatcher import Job, NamesSource
 
 log = structlog.get_logger("ct_actors.loader")
 
+# How often a drain held by a kill switch looks whether the pipeline has emptied.
+DRAIN_PAUSE_POLL = 0.05
+
 
 class Claimed(Protocol):
     @property
     def outreach_id(self) -> uuid.UUID: ...
     @property
     def domain(self) -> str | None: ...
+    # The lease's claim number (ClaimedRecord.attempts): the writer's fence token. None when
+    # unknown; that record's write is then not fenced.
+    @property
+    def attempts(self) -> int | None: ...
 
 
 class ClaimStore(Protocol):
@@ -78,6 +85,8 @@ class LoaderActor:
         self._drain = drain
         self._stop = trio.Event()
         self.drained = trio.Event()
+        # The drain ended while a kill switch held claiming (pending work was left unclaimed).
+        self.drained_while_paused = False
         self._stats = {
             "claims": 0,
             "claimed": 0,
@@ -113,10 +122,18 @@ class LoaderActor:
                 # A kill switch holds the pipeline: claim nothing until it is cleared. Checked
                 # after the wait for credits, which can be long: a switch may trip meanwhile.
                 try:
-                    await self._pause()
+                    held = await self._wait_for_pause()
                 except BaseException:
                     self._credits.give_back(credits)
                     raise
+                if held:
+                    self._credits.give_back(credits)
+                    self.drained_while_paused = True
+                    log.info(
+                        "drained", claimed_total=self._stats["claimed"], held_by_kill_switch=True
+                    )
+                    self.drained.set()
+                    return
             try:
                 claimed = await self._claim(credits)
             except self._claim_errors as exc:
@@ -137,11 +154,17 @@ class LoaderActor:
             # failed): the claim renewed the lease, and it must not be sent a second time.
             fresh = [record for record in claimed if record.outreach_id not in self._credits]
             self._stats["reclaimed_own"] += len(claimed) - len(fresh)
+            for record in claimed:
+                if record.outreach_id in self._credits:
+                    # Its lease is this new claim now: the writer must present the new number.
+                    self._credits.reclaimed(record.outreach_id, record.attempts)
             self._credits.give_back(credits - len(fresh))
             if not claimed:
                 self._stats["empty_claims"] += 1
                 if await self._drained():
-                    log.info("drained", claimed_total=self._stats["claimed"])
+                    log.info(
+                        "drained", claimed_total=self._stats["claimed"], held_by_kill_switch=False
+                    )
                     self.drained.set()
                     return
                 await trio.sleep(self.settings.idle_poll if not self._drain else 0.05)
@@ -149,13 +172,31 @@ class LoaderActor:
             self._stats["claimed"] += len(fresh)
             now = trio.current_time()
             for record in fresh:
-                self._credits.enter(record.outreach_id)
+                self._credits.enter(record.outreach_id, record.attempts)
             people = await self._fetch_names([record.outreach_id for record in fresh])
             # If cancelled mid-batch, the unsent records stay in `credits` so the supervisor
             # releases their leases with everything else still unfinished.
             for record in fresh:
                 names = tuple(people.get(record.outreach_id, ()))
                 await self._send.send(Job(record.outreach_id, record.domain, now, names))
+
+    async def _wait_for_pause(self) -> bool:
+        """Wait while a kill switch holds claiming. True: the drain ends here instead.
+
+        A tripped switch waits for an operator (SIGHUP). The daemon does, but `run --drain`
+        must end once nothing is in flight here: the records it cannot claim are held back,
+        and the drain reports them (issue 14). Records still in flight are finished first (a
+        halted probe is deferred, so they come back to the writer quickly)."""
+        assert self._pause is not None
+        if not self._drain:
+            await self._pause()
+            return False
+        while True:
+            with trio.move_on_after(DRAIN_PAUSE_POLL):
+                await self._pause()
+                return False
+            if not self._credits.in_flight:
+                return True
 
     async def _claim(self, credits: int) -> Sequence[Claimed]:
         # Shielded: a stop that cancelled the claim after the database committed it would lose

@@ -13,6 +13,7 @@ so it is pending again — nothing is half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ class Supervisor:
             store,
             owner=settings.owner,
             credits=self.credits,
-            settings=settings.writer,
+            settings=_writer_settings(settings),
             transient_errors=transient_db_errors,
         )
         self.dispatcher = Dispatcher(
@@ -130,9 +131,9 @@ class Supervisor:
             verifier=self.verifier,
         )
         # Claiming stops while a switch that stops the pipeline's work is tripped.
-        self._halting = [RESOLVER_FAILURE]
+        self.halting = [RESOLVER_FAILURE]
         if settings.dispatch.mode == "smtp":
-            self._halting.extend(SMTP_SWITCHES)
+            self.halting.extend(SMTP_SWITCHES)
         self.loader = LoaderActor(
             job_send,
             store,
@@ -142,7 +143,7 @@ class Supervisor:
             transient_errors=transient_db_errors,
             names=names,
             drain=drain,
-            pause=lambda: self.switches.wait_clear(self._halting),
+            pause=lambda: self.switches.wait_clear(self.halting),
             retries_due=self.dispatcher.greylist_waiting,
         )
         self._pipeline: trio.Nursery | None = None
@@ -249,7 +250,7 @@ class Supervisor:
         self.loader.settings = settings.loader
         self.resolver.update(settings.resolver)
         self.dispatcher.update(settings.dispatch)
-        self.writer.settings = settings.writer
+        self.writer.settings = _writer_settings(settings)
         self.guard.update(settings.guard)
 
     def clear_kill_switches(self) -> list[str]:
@@ -312,6 +313,11 @@ class Supervisor:
                 with trio.move_on_after(min(5.0, self.settings.stats_interval / 2)):
                     await self.throttles.refresh(self._transient)
             self.log_stats()
+
+
+def _writer_settings(settings: PipelineSettings) -> WriterSettings:
+    # Another daemon's unlogged outcomes are ours to log once its leases would have lapsed too.
+    return dataclasses.replace(settings.writer, recover_after=settings.loader.lease_seconds)
 
 
 def _depth(channel: trio.MemorySendChannel[Any]) -> dict[str, int]:

@@ -6,12 +6,24 @@ exponential back-off, holding the batch: nothing is dropped, and because the wri
 idempotent (a terminal row is never overwritten) a retry after an ambiguous failure cannot
 write anything twice. Each committed outcome gets its canonical log line and returns its
 credit to the loader.
+
+Two guarantees against a daemon killed at the wrong moment (issue 14):
+* the write is fenced: each record is sent with the number of the claim it answers, and the
+  store writes it only while that claim is still our live lease, in the same statement. A
+  fenced-off record (our lease expired, or another claim took it over) is counted and logged
+  (`write_fenced`), nothing of it is written, and its credit is returned;
+* the canonical line is owed until logged: the write statement notes every PASS/FAIL it wrote in
+  ct_actors.outcome_log, and the writer drops the batch's notes after logging it. On start it
+  logs what a previous incarnation of the same name (or any daemon, long ago) committed and
+  never logged, marked `recovered`, so the monitoring recipes count every outcome.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,8 +36,24 @@ from ct_actors.outcome import Deferred, Failed, Outcome, Passed
 log = structlog.get_logger("ct_actors.writer")
 
 
+class Unlogged(Protocol):
+    @property
+    def outreach_id(self) -> uuid.UUID: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def committed_at(self) -> dt.datetime: ...
+    @property
+    def outcome(self) -> Outcome | None: ...
+
+
 class OutcomeStore(Protocol):
-    async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> Any: ...
+    async def write_outcomes(
+        self, owner: str, outcomes: Sequence[Outcome], *, claims: Mapping[uuid.UUID, int]
+    ) -> Any: ...
+    async def mark_logged(self, owner: str, ids: Sequence[uuid.UUID]) -> None: ...
+    async def unlogged(self, owner: str, stale_after: float, limit: int) -> Sequence[Unlogged]: ...
+    async def forget_unlogged(self, ids: Sequence[uuid.UUID]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +63,10 @@ class WriterSettings:
     retry_initial: float = 0.5
     retry_max: float = 30.0
     final_flush_timeout: float = 10.0
+    # Outcomes of another daemon name still unlogged after this long are logged by us on start
+    # (their writer is gone: a live one forgets its notes milliseconds after committing).
+    recover_after: float = 300.0
+    recover_batch: int = 1000
 
 
 class WriterActor:
@@ -55,7 +87,16 @@ class WriterActor:
         self.settings = settings
         self._transient = transient_errors
         self.outcomes: Counter[str] = Counter()
-        self._stats = {"batches": 0, "rows": 0, "already_terminal": 0, "retries": 0}
+        self._stats = {
+            "batches": 0,
+            "rows": 0,
+            "already_terminal": 0,
+            "retries": 0,
+            "fenced": 0,
+            "recovered_lines": 0,
+        }
+        # Logged, but the store could not be told yet (retried with the next batch).
+        self._unacked: list[uuid.UUID] = []
         self.buffered = 0
         # Per-record latency (claim to commit) of the most recent records, for benchmarks.
         self.durations: deque[float] = deque(maxlen=100_000)
@@ -74,6 +115,8 @@ class WriterActor:
         self.last_commit = trio.current_time()
         batch: list[Outcome] = []
         task_status.started()
+        # Before the first receive: the pipeline starts meanwhile, and waits at most this long.
+        await self._recover()
         try:
             async with self._receive:
                 deadline = float("inf")
@@ -106,7 +149,11 @@ class WriterActor:
         delay = self.settings.retry_initial
         while True:
             try:
-                report = await self._store.write_outcomes(self._owner, batch)
+                report = await self._store.write_outcomes(
+                    self._owner,
+                    batch,
+                    claims=self._credits.claims([o.outreach_id for o in batch]),
+                )
             except self._transient as exc:
                 self._stats["retries"] += 1
                 if self.failing_since is None:
@@ -120,10 +167,72 @@ class WriterActor:
         self.last_commit = trio.current_time()
         self._stats["batches"] += 1
         already = {*getattr(report, "already_terminal", ())}
+        fenced = {*getattr(report, "fenced", ())}
         for outcome in batch:
             self.durations.append(outcome.duration)
-            self._committed(outcome, outcome.outreach_id in already)
+            if outcome.outreach_id in fenced:
+                self._fenced(outcome)
+            else:
+                self._committed(outcome, outcome.outreach_id in already)
             self._credits.leave(outcome.outreach_id)
+        written = [*getattr(report, "written", ())]
+        await self._acknowledge(written)
+
+    async def _acknowledge(self, logged: list[uuid.UUID]) -> None:
+        """Their lines are out: drop their notes (sql/006). Not retried in place: a failure
+        keeps them for the next batch, and at worst a restart logs them a second time."""
+        ids = self._unacked + logged
+        if not ids:
+            return
+        try:
+            await self._store.mark_logged(self._owner, ids)
+        except self._transient as exc:
+            self._unacked = ids
+            log.warning("outcome_log_ack_failed", error=str(exc), records=len(ids))
+            return
+        self._unacked = []
+
+    async def _recover(self) -> None:
+        """Log the outcomes committed without their line by a previous incarnation of this
+        daemon name (SIGKILL between commit and log), or long ago by any daemon."""
+        limit = self.settings.recover_batch
+        while True:
+            try:
+                rows = await self._store.unlogged(
+                    self._owner, self.settings.recover_after, limit
+                )
+                for row in rows:
+                    if row.outcome is not None:
+                        self._stats["recovered_lines"] += 1
+                        # Not counted as this run's outcomes: another process committed it.
+                        self._log_outcome(
+                            row.outcome,
+                            recovered=True,
+                            committed_at=row.committed_at.isoformat(),
+                            committed_by=row.owner,
+                        )
+                await self._store.forget_unlogged([row.outreach_id for row in rows])
+            except self._transient as exc:
+                log.warning("outcome_log_recovery_failed", error=str(exc))
+                return
+            if rows:
+                log.info(
+                    "outcome_log_recovered",
+                    records=len(rows),
+                    gone=sum(1 for row in rows if row.outcome is None),
+                    owners=sorted({row.owner for row in rows}),
+                )
+            if len(rows) < limit:
+                return
+
+    def _fenced(self, outcome: Outcome) -> None:
+        self._stats["fenced"] += 1
+        log.warning(
+            "write_fenced",
+            outreach_id=str(outcome.outreach_id),
+            domain=outcome.domain,
+            note="our claim on this record expired or was taken over: nothing written",
+        )
 
     def _committed(self, outcome: Outcome, already_terminal: bool) -> None:
         if already_terminal:
@@ -137,11 +246,23 @@ class WriterActor:
             return
         self._stats["rows"] += 1
         result = outcome.result
+        if isinstance(result, Passed):
+            self.outcomes["PASS"] += 1
+        elif isinstance(result, Failed):
+            self.outcomes[str(result.code)] += 1
+        elif isinstance(result, Deferred):
+            self.outcomes["DEFERRED"] += 1
+        self._log_outcome(outcome)
+
+    def _log_outcome(self, outcome: Outcome, **extra: Any) -> None:
+        """The canonical `outcome` line (docs/monitoring.md)."""
+        result = outcome.result
         fields: dict[str, Any] = {
             "outreach_id": str(outcome.outreach_id),
             "domain": outcome.domain,
             "mx_host": outcome.mx_host,
             "duration": round(outcome.duration, 3),
+            **extra,
         }
         visits = result.evidence.get("visits")
         if isinstance(visits, list):
@@ -150,7 +271,6 @@ class WriterActor:
             fields["smtp"] = [f"{v.get('host')}:{v.get('outcome')}" for v in visits
                               if isinstance(v, dict)]
         if isinstance(result, Passed):
-            self.outcomes["PASS"] += 1
             log.info(
                 "outcome",
                 outcome="PASS",
@@ -161,7 +281,6 @@ class WriterActor:
                 **fields,
             )
         elif isinstance(result, Failed):
-            self.outcomes[str(result.code)] += 1
             log.info(
                 "outcome",
                 outcome="FAIL",
@@ -172,7 +291,6 @@ class WriterActor:
                 **fields,
             )
         elif isinstance(result, Deferred):
-            self.outcomes["DEFERRED"] += 1
             log.info(
                 "outcome",
                 outcome="DEFERRED",

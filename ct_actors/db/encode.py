@@ -134,9 +134,14 @@ def encode_retry_after(outreach_id: uuid.UUID, value: float) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def encode_outcomes(outcomes: Sequence[Outcome]) -> EncodedBatch:
+def encode_outcomes(
+    outcomes: Sequence[Outcome], claims: Mapping[uuid.UUID, int] | None = None
+) -> EncodedBatch:
     """Validate and encode. Raises ValueError (a caller bug, nothing is written) for a record
-    that appears twice in one batch or a confidence outside [0, 1]."""
+    that appears twice in one batch or a confidence outside [0, 1]. `claims`: the lease
+    `attempts` each record was claimed with (the write's fence); records without one are
+    written unfenced."""
+    claims = claims or {}
     seen: set[uuid.UUID] = set()
     for outcome in outcomes:
         if outcome.outreach_id in seen:
@@ -153,10 +158,14 @@ def encode_outcomes(outcomes: Sequence[Outcome]) -> EncodedBatch:
     col_code, col_reason_text = c["failure_code"], c["blocking_reason"]
     col_severity, col_imo, col_stage = c["severity"], c["imo_stage"], c["pipeline_stage"]
     col_retry, col_reason = c["retry_after"], c["reason"]
+    col_claim, col_duration = c["claim_attempt"], c["duration"]
     for outcome in sorted(outcomes, key=lambda o: o.outreach_id.int):
         oid = outcome.outreach_id
         result = outcome.result
         col_id.append(oid)
+        col_claim.append(claims.get(oid))
+        duration = float(outcome.duration)
+        col_duration.append(duration if math.isfinite(duration) else None)
         col_domain.append(clean_text(outcome.domain))
         col_mx.append(clean_text(outcome.mx_host))
         col_evidence.append(encode_evidence(result.evidence))

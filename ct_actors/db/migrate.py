@@ -187,6 +187,7 @@ WRITTEN_COLUMNS: dict[str, frozenset[str]] = {
         }
     ),
     "ct_actors.tool_usage": frozenset({"tool_id", "scope", "window_start", "used", "updated_at"}),
+    "ct_actors.outcome_log": frozenset({"outreach_id", "owner", "committed_at", "duration"}),
 }
 
 # Columns the daemon (or the runbook's queries) read or write, per table: they must exist.
@@ -197,6 +198,7 @@ REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
     | {"resolved_at", "created_at"},
     "ct_actors.lease": WRITTEN_COLUMNS["ct_actors.lease"],
     "ct_actors.tool_usage": WRITTEN_COLUMNS["ct_actors.tool_usage"],
+    "ct_actors.outcome_log": WRITTEN_COLUMNS["ct_actors.outcome_log"],
 }
 
 _COLUMNS_SQL = """

@@ -109,6 +109,23 @@ CLAIM_AMONG: Final = _claim("{t}.outreach_id = ANY ($5::uuid[])")
 #   noop        -> nothing (CT-I-ALREADY-PROCESSED); reported as already_terminal
 #   defer       -> lease released with not_before
 # Parameters: $1 owner, then the parallel arrays listed in WRITE_COLUMNS order.
+#
+# The fence (issue 14): an outcome with a claim_attempt is written only while its lease is still
+# this writer's claim: owner $1, the same `attempts` (a later claim of the same record, even by a
+# restarted daemon with the same owner name, increments it) and not expired by the clock
+# (clock_timestamp(), not now(): now() is when the statement's transaction began, and a
+# statement can wait on locks for a long time). FOR NO KEY UPDATE makes the check wait for a
+# claim or renewal of the row in progress and then judge the latest committed version of it
+# (READ COMMITTED re-checks a locked row's conditions on its newest version); once it holds the
+# lock, nobody can take the lease over until this statement commits. Everything the statement
+# writes, lease deletions included, is restricted to `admitted` records, so a statement from a
+# dead process that commits late writes nothing for records someone else claimed meanwhile:
+# they come back as 'fenced'. Sources: PostgreSQL manual, "Transaction Isolation", Read
+# Committed (https://www.postgresql.org/docs/current/transaction-iso.html: SELECT FOR UPDATE
+# waits for a concurrent updater, then re-evaluates its WHERE clause on the updated version of
+# the row and skips a deleted one); "Current Date/Time"
+# (https://www.postgresql.org/docs/current/functions-datetime.html#FUNCTIONS-DATETIME-CURRENT:
+# now() is the start of the current transaction, clock_timestamp() changes during a statement).
 WRITE_COLUMNS: Final = (
     ("outreach_id", "uuid"),
     ("kind", "text"),
@@ -126,6 +143,11 @@ WRITE_COLUMNS: Final = (
     ("pipeline_stage", "text"),
     ("retry_after", "float8"),
     ("reason", "text"),
+    # The claim this outcome answers (its lease's `attempts` when claimed; NULL: not written
+    # under a lease, as `ct-actors once`): the write's fence, see below.
+    ("claim_attempt", "int4"),
+    # Claim to commit, seconds: kept in ct_actors.outcome_log for a recovered `outcome` line.
+    ("duration", "float4"),
 )
 
 _WRITE_NAMES: Final = ", ".join(name for name, _typ in WRITE_COLUMNS)
@@ -141,15 +163,29 @@ WRITE_OUTCOMES: Final = f"""
 WITH input AS (
     SELECT {_WRITE_NAMES} FROM {_UNNEST}
 ),
+fence AS (
+    SELECT l.outreach_id
+    FROM ct_actors.lease l
+    JOIN input i ON i.outreach_id = l.outreach_id
+    WHERE i.claim_attempt IS NOT NULL
+      AND l.owner = $1 AND l.attempts = i.claim_attempt AND l.expires_at > clock_timestamp()
+    ORDER BY l.outreach_id
+    FOR NO KEY UPDATE OF l
+),
+admitted AS (
+    SELECT {", ".join("i." + name for name, _typ in WRITE_COLUMNS)} FROM input i
+    WHERE i.claim_attempt IS NULL
+       OR EXISTS (SELECT 1 FROM fence f WHERE f.outreach_id = i.outreach_id)
+),
 -- Already PASS/FAIL as of this statement's snapshot: nothing of theirs is touched.
 terminal AS (
     SELECT i.outreach_id
-    FROM input i
+    FROM admitted i
     JOIN outreach.company_target ct ON ct.outreach_id = i.outreach_id
     WHERE ct.execution_status IN {_TERMINAL_SQL}
     UNION
     SELECT i.outreach_id
-    FROM input i
+    FROM admitted i
     JOIN outreach.company_target_errors e ON e.outreach_id = i.outreach_id
     WHERE e.resolved_at IS NULL
 ),
@@ -157,7 +193,7 @@ fresh AS (
     SELECT {", ".join("i." + name for name, _typ in WRITE_COLUMNS)},
            EXISTS (SELECT 1 FROM outreach.outreach o WHERE o.outreach_id = i.outreach_id)
                AS in_spine
-    FROM input i
+    FROM admitted i
     WHERE NOT EXISTS (SELECT 1 FROM terminal t WHERE t.outreach_id = i.outreach_id)
 ),
 -- company_target first: its unique index serialises two daemons racing on one record (the
@@ -223,12 +259,28 @@ deferred AS (
 -- A record with a terminal outcome (written now or before) has no use for a lease.
 dropped AS (
     DELETE FROM ct_actors.lease l
-    USING input i
+    USING admitted i
     WHERE l.outreach_id = i.outreach_id AND i.kind <> 'defer'
     RETURNING l.outreach_id
+),
+-- The canonical log line is still owed for every PASS/FAIL written here (sql/006).
+unlogged AS (
+    INSERT INTO ct_actors.outcome_log AS u (outreach_id, owner, committed_at, duration)
+    SELECT f.outreach_id, $1, now(), f.duration
+    FROM fresh f
+    WHERE (f.kind = 'pass' AND f.outreach_id IN (SELECT w.outreach_id FROM ct_written w))
+       OR (f.kind IN ('fail', 'fail_error')
+           AND f.outreach_id IN (SELECT w.outreach_id FROM err_written w))
+    ORDER BY f.outreach_id
+    ON CONFLICT (outreach_id) DO UPDATE
+        SET owner = excluded.owner, committed_at = excluded.committed_at,
+            duration = excluded.duration
+    RETURNING u.outreach_id
 )
 SELECT i.outreach_id,
        CASE
+           WHEN NOT EXISTS (SELECT 1 FROM admitted a WHERE a.outreach_id = i.outreach_id)
+               THEN 'fenced'
            WHEN i.kind = 'defer' THEN
                CASE WHEN EXISTS (SELECT 1 FROM terminal t WHERE t.outreach_id = i.outreach_id)
                     THEN 'already_terminal' ELSE 'deferred' END
@@ -456,4 +508,66 @@ WHERE s.tool_id = $1 AND s.month_start = $2
 VERIFIER_SPEND: Final = """
 SELECT s.calls, s.spent FROM ct_actors.verifier_spend s
 WHERE s.tool_id = $1 AND s.month_start = $2
+"""
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes committed but not yet logged (sql/006_outcome_log.sql)
+# ---------------------------------------------------------------------------------------------
+# $1 owner, $2 ids whose `outcome` lines have been written.
+MARK_LOGGED: Final = """
+DELETE FROM ct_actors.outcome_log u
+WHERE u.owner = $1 AND u.outreach_id = ANY ($2::uuid[])
+"""
+
+# Rows to log on start: those of a previous incarnation with our name ($1 owner, $2 this store's
+# incarnation start), and those of any name older than $3 seconds (a live writer deletes its rows
+# milliseconds after committing them, so such a row's writer died). The line is rebuilt from the
+# outcome row: company_target (PASS, and FAIL's status) and the open error row (FAIL's code and
+# reason; the only row of CT-I-NOT-FOUND). $4 limit.
+UNLOGGED: Final = """
+SELECT u.outreach_id, u.owner, u.committed_at, u.duration,
+       ct.execution_status, ct.email_method, ct.method_type, ct.confidence_score,
+       ct.is_catchall, ct.domain_normalised, ct.mx_host,
+       coalesce(ct.evidence, e.evidence) -> 'visits' AS visits,
+       e.failure_code, e.blocking_reason, e.severity
+FROM ct_actors.outcome_log u
+LEFT JOIN outreach.company_target ct ON ct.outreach_id = u.outreach_id
+LEFT JOIN LATERAL (
+    SELECT e.failure_code, e.blocking_reason, e.severity, e.evidence
+    FROM outreach.company_target_errors e
+    WHERE e.outreach_id = u.outreach_id AND e.resolved_at IS NULL
+    LIMIT 1
+) e ON true
+WHERE (u.owner = $1 AND u.committed_at < $2)
+   OR u.committed_at < clock_timestamp() - make_interval(secs => $3)
+ORDER BY u.committed_at, u.outreach_id
+LIMIT $4
+"""
+
+# $1 ids.
+FORGET_UNLOGGED: Final = """
+DELETE FROM ct_actors.outcome_log u WHERE u.outreach_id = ANY ($1::uuid[])
+"""
+
+# ---------------------------------------------------------------------------------------------
+# What a `run --drain` leaves behind (issue 14)
+# ---------------------------------------------------------------------------------------------
+# Pending records by why they are not done, $1 the draining owner: deferred into the future
+# (with the earliest not_before), under a live lease of another daemon, or claimable (left
+# unclaimed because a kill switch held claiming). One row per (class, reason); `reason` is the
+# deferral's last_reason, NULL for the other classes.
+HELD_BACK: Final = f"""
+SELECT CASE
+           WHEN l.not_before > now() THEN 'deferred'
+           WHEN l.expires_at > now() AND l.owner <> $1 THEN 'leased_elsewhere'
+           WHEN l.expires_at > now() THEN 'leased_here'
+           ELSE 'claimable'
+       END AS class,
+       CASE WHEN l.not_before > now() THEN l.last_reason END AS reason,
+       count(*) AS n,
+       min(l.not_before) FILTER (WHERE l.not_before > now()) AS earliest
+FROM outreach.outreach o
+LEFT JOIN ct_actors.lease l ON l.outreach_id = o.outreach_id
+WHERE {_not_terminal("o.outreach_id")}
+GROUP BY 1, 2
 """

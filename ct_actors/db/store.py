@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar, cast
@@ -52,7 +53,8 @@ from ct_actors.db.errors import (
 )
 from ct_actors.db.migrate import migrate as _migrate
 from ct_actors.db.redact import Redactor, scrub_text
-from ct_actors.outcome import Outcome
+from ct_actors.drain_report import HeldBack
+from ct_actors.outcome import Failed, FailureCode, Outcome, Passed
 from ct_actors.throttle.calendar import window_start
 from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry
 
@@ -67,6 +69,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreStatistics",
+    "UnloggedOutcome",
     "WriteReport",
     "check_usage_window",
     "open_store",
@@ -115,6 +118,21 @@ class WriteReport:
     deferred: list[UUID]
     # PASS/FAIL outcomes whose spine row disappeared since the claim: nothing written.
     not_in_spine: list[UUID] = field(default_factory=list)
+    # Written under a claim that is no longer the writer's (the lease expired, or was taken over
+    # by another claim): nothing written, the lease left alone (queries.WRITE_OUTCOMES' fence).
+    fenced: list[UUID] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class UnloggedOutcome:
+    """A committed outcome whose canonical log line may be missing (sql/006_outcome_log.sql),
+    rebuilt from its outcome row; `outcome` is None when that row is gone (resolved or deleted
+    by an operator since)."""
+
+    outreach_id: UUID
+    owner: str
+    committed_at: dt.datetime
+    outcome: Outcome | None
 
 
 @dataclass(slots=True)
@@ -128,6 +146,7 @@ class StoreStatistics:
     rows_already_terminal: int = 0
     rows_deferred: int = 0
     rows_not_in_spine: int = 0
+    rows_fenced: int = 0
     errors: int = 0
     # Wall-clock seconds spent in claim / write_outcomes calls (crossing + database).
     claim_seconds: float = 0.0
@@ -422,7 +441,13 @@ class Store:
             for r in rows
         ]
 
-    async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> WriteReport:
+    async def write_outcomes(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        *,
+        claims: Mapping[UUID, int] | None = None,
+    ) -> WriteReport:
         """Persist a batch in one statement (one transaction, one round trip).
 
         Passed -> company_target 'ready'. Failed -> error row + company_target 'failed'
@@ -430,10 +455,16 @@ class Store:
         released with not_before = now() + retry_after. Records already terminal are never
         modified and come back in `already_terminal`. Raises ValueError (nothing written) if a
         record appears twice in the batch or a confidence is outside [0, 1].
+
+        `claims` maps a record to the `attempts` of the claim it answers (`ClaimedRecord`):
+        such a record is written only while that claim is still `owner`'s live lease, checked
+        in the same statement (see queries.WRITE_OUTCOMES); otherwise it comes back in `fenced`
+        and nothing of it is written. Every PASS/FAIL written is also entered in
+        ct_actors.outcome_log until `mark_logged`.
         """
         if not outcomes:
             return WriteReport([], [], [])
-        batch = encode_outcomes(outcomes)
+        batch = encode_outcomes(outcomes, claims)
         started = time.perf_counter()
         try:
             rows = await self._call(
@@ -442,12 +473,13 @@ class Store:
         finally:
             self._stats.write_seconds += time.perf_counter() - started
         status = {r["outreach_id"]: r["status"] for r in rows}
-        report = WriteReport([], [], [], [])
+        report = WriteReport([], [], [], [], [])
         lists = {
             "written": report.written,
             "already_terminal": report.already_terminal,
             "deferred": report.deferred,
             "not_in_spine": report.not_in_spine,
+            "fenced": report.fenced,
         }
         for outcome in outcomes:
             st = status.get(outcome.outreach_id)
@@ -459,7 +491,50 @@ class Store:
         self._stats.rows_already_terminal += len(report.already_terminal)
         self._stats.rows_deferred += len(report.deferred)
         self._stats.rows_not_in_spine += len(report.not_in_spine)
+        self._stats.rows_fenced += len(report.fenced)
         return report
+
+    # -- canonical log lines owed (sql/006_outcome_log.sql) ---------------------------------
+    async def mark_logged(self, owner: str, ids: Iterable[UUID]) -> None:
+        """The `outcome` lines of these records have been written: forget them. One round
+        trip per writer batch."""
+        id_list = list(ids)
+        if not id_list:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._call("mark logged", self._execute, q.MARK_LOGGED, owner, id_list)
+
+    async def unlogged(
+        self, owner: str, stale_after: float, limit: int = 1000
+    ) -> list[UnloggedOutcome]:
+        """Committed outcomes whose line may be missing: those of a previous incarnation of
+        `owner` (committed before this store was opened) and those of any owner committed
+        more than `stale_after` seconds ago. Oldest first, at most `limit`."""
+        rows = await self._call(
+            "unlogged outcomes",
+            self._fetch,
+            q.UNLOGGED,
+            owner,
+            self._incarnation,
+            float(stale_after),
+            limit,
+        )
+        return [_unlogged(r) for r in rows]
+
+    async def forget_unlogged(self, ids: Iterable[UUID]) -> None:
+        """Drop rows of `unlogged` once their lines are written (whoever committed them)."""
+        id_list = list(ids)
+        if not id_list:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._call("forget unlogged", self._execute, q.FORGET_UNLOGGED, id_list)
+
+    async def held_back(self, owner: str) -> HeldBack:
+        """What is still pending, by why (the end of `run --drain`; see drain_report)."""
+        rows = await self._call("held back", self._fetch, q.HELD_BACK, owner)
+        return HeldBack.from_rows(
+            [(r["class"], r["reason"], int(r["n"]), r["earliest"]) for r in rows]
+        )
 
     async def renew_leases(
         self, owner: str, ids: Iterable[UUID], lease_seconds: float
@@ -854,3 +929,45 @@ def _check_aware(at: dt.datetime) -> None:
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"timestamp must be timezone-aware, got {at!r}")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcome log recovery support
+# ---------------------------------------------------------------------------------------------
+def _unlogged(r: Any) -> UnloggedOutcome:
+    """An UNLOGGED row back into the Outcome the writer committed (what its line needs)."""
+    visits = r["visits"]
+    if isinstance(visits, str):  # jsonb comes back as text without a type codec
+        visits = json.loads(visits)
+    evidence: dict[str, Any] = {"visits": visits} if isinstance(visits, list) else {}
+    result: Passed | Failed | None = None
+    if r["failure_code"] is not None:
+        try:
+            code = FailureCode(r["failure_code"])
+        except ValueError:
+            code = None
+        if code is not None:
+            result = Failed(
+                code,
+                r["blocking_reason"] or "",
+                "warning" if r["severity"] == "warning" else "error",
+                evidence,
+            )
+    elif r["execution_status"] == "ready":
+        result = Passed(
+            r["email_method"] or "",
+            r["method_type"] or "",
+            Decimal(r["confidence_score"] if r["confidence_score"] is not None else 0),
+            bool(r["is_catchall"]),
+            evidence,
+        )
+    outcome = None
+    if result is not None:
+        outcome = Outcome(
+            r["outreach_id"],
+            r["domain_normalised"],
+            result,
+            r["mx_host"],
+            float(r["duration"]) if r["duration"] is not None else 0.0,
+        )
+    return UnloggedOutcome(r["outreach_id"], r["owner"], r["committed_at"], outcome)

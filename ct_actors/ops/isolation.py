@@ -46,6 +46,8 @@ WRITES: dict[tuple[str, str], str] = {
     ("outreach", "company_target_errors"): "INSERT",
     ("ct_actors", "lease"): "INSERT, UPDATE, DELETE",
     ("ct_actors", "tool_usage"): "INSERT, UPDATE",
+    # The write notes PASS/FAIL outcomes whose log line is owed; the writer deletes the notes.
+    ("ct_actors", "outcome_log"): "INSERT, UPDATE, DELETE",
 }
 REQUIRED: tuple[tuple[str, str], ...] = (SPINE, *WRITES)
 ROLE_PREFIX = "ct_canary_"
