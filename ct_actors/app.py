@@ -16,7 +16,7 @@ import structlog
 import trio
 
 from ct_actors.actors.dispatcher import DispatchSettings, NamesSource
-from ct_actors.actors.loader import LoaderSettings
+from ct_actors.actors.loader import LoaderSettings, report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
 from ct_actors.actors.smtp_gate import GuardSettings, SmtpGate, SmtpGuard
@@ -201,6 +201,7 @@ async def run_pipeline(
         service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
     service.starting()
     clock = clock or UtcClock.from_wall()
+    await report_spine_anomalies(store, TRANSIENT_DB_ERRORS)
     throttles = make_throttles(cfg, toolbox, store, clock)
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
         supervisor = Supervisor(

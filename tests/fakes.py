@@ -19,6 +19,7 @@ from ct_actors.outcome import Deferred, Outcome
 class Claimed:
     outreach_id: uuid.UUID
     domain: str | None
+    spine_rows: int = 1
 
 
 @dataclass

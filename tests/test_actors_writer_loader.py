@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Job
@@ -436,3 +437,44 @@ async def test_loader_reclaiming_its_own_expired_lease_does_not_leak_a_credit(
             loader.stop()
     assert credits.available == 2
     assert [job.outreach_id for job in held] == [oid(1)]
+
+
+class DuplicatedSpine(RecordingStore):
+    """Record 1 is carried by three spine rows (the real claim merges them into one record)."""
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        claimed = await super().claim(owner, limit, lease_seconds)
+        return [
+            Claimed(c.outreach_id, c.domain, 3 if c.outreach_id == oid(1) else 1) for c in claimed
+        ]
+
+
+async def test_loader_alerts_each_duplicated_spine_id_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    credits = WorkCredits(2)
+    store = DuplicatedSpine(spine(2), credits)
+    loader, jobs = loader_for(store, credits, drain=False, claim_batch=2, lease_seconds=10.0)
+    seen: list[tuple[float, uuid.UUID]] = []
+
+    async def consume() -> None:
+        # Finishes every job without a terminal outcome: the leases lapse and both records are
+        # claimed again after lease_seconds, the duplicated one included.
+        async with jobs:
+            async for job in jobs:
+                seen.append((now(), job.outreach_id))
+                credits.leave(job.outreach_id)
+
+    with capture_logs() as logs, trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(loader.run)
+            await trio.sleep_until(25.0)
+            loader.stop()
+    assert [i for _, i in seen].count(oid(1)) >= 2  # claimed (and processed) again
+    alerts = [e for e in logs if e["event"] == "spine_duplicate_id"]
+    assert [(a["outreach_id"], a["spine_rows"], a["skipped_rows"]) for a in alerts] == [
+        (str(oid(1)), 3, 2)
+    ]
+    assert alerts[0]["log_level"] == "error"
+    assert loader.statistics()["spine_duplicate_rows"] == 2

@@ -11,13 +11,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Job, NamesSource
+
+if TYPE_CHECKING:
+    from ct_actors.db.store import SpineAnomalies
 
 log = structlog.get_logger("ct_actors.loader")
 
@@ -27,6 +30,9 @@ class Claimed(Protocol):
     def outreach_id(self) -> uuid.UUID: ...
     @property
     def domain(self) -> str | None: ...
+    # Spine rows carrying this id (more than 1: upstream duplicated it; see Store.claim).
+    @property
+    def spine_rows(self) -> int: ...
 
 
 class ClaimStore(Protocol):
@@ -75,6 +81,8 @@ class LoaderActor:
         self._drain = drain
         self._stop = trio.Event()
         self.drained = trio.Event()
+        # Duplicated spine ids already reported, so each is alerted once per process.
+        self._duplicates_reported: set[uuid.UUID] = set()
         self._stats = {
             "claims": 0,
             "claimed": 0,
@@ -83,6 +91,7 @@ class LoaderActor:
             "renewals": 0,
             "reclaimed_own": 0,
             "waits_for_other_leases": 0,
+            "spine_duplicate_rows": 0,
         }
 
     def statistics(self) -> dict[str, int]:
@@ -130,6 +139,7 @@ class LoaderActor:
                 raise
             delay = self.settings.retry_initial
             self._stats["claims"] += 1
+            self._report_duplicates(claimed)
             # A record still in flight here can come back when its lease lapsed (renewals
             # failed): the claim renewed the lease, and it must not be sent a second time.
             fresh = [record for record in claimed if record.outreach_id not in self._credits]
@@ -153,6 +163,20 @@ class LoaderActor:
             for record in fresh:
                 names = tuple(people.get(record.outreach_id, ()))
                 await self._send.send(Job(record.outreach_id, record.domain, now, names))
+
+    def _report_duplicates(self, claimed: Sequence[Claimed]) -> None:
+        for record in claimed:
+            if record.spine_rows > 1 and record.outreach_id not in self._duplicates_reported:
+                self._duplicates_reported.add(record.outreach_id)
+                self._stats["spine_duplicate_rows"] += record.spine_rows - 1
+                log.error(
+                    "spine_duplicate_id",
+                    outreach_id=str(record.outreach_id),
+                    spine_rows=record.spine_rows,
+                    skipped_rows=record.spine_rows - 1,
+                    domain=record.domain,
+                    note="processed once; fix the spine upstream",
+                )
 
     async def _claim(self, credits: int) -> Sequence[Claimed]:
         # Shielded: a stop that cancelled the claim after the database committed it would lose
@@ -210,3 +234,30 @@ class LoaderActor:
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+class SpineChecker(Protocol):
+    async def spine_anomalies(self) -> SpineAnomalies: ...
+
+
+async def report_spine_anomalies(
+    store: SpineChecker, transient_errors: tuple[type[BaseException], ...]
+) -> SpineAnomalies | None:
+    """At start: one alert for the spine rows no claim will ever process as records of their
+    own (NULL outreach_id; the extra rows of a duplicated id). A database hiccup only skips the
+    check: the claim itself is safe against these rows either way."""
+    try:
+        found = await store.spine_anomalies()
+    except transient_errors as exc:
+        log.warning("spine_check_failed", error=str(exc) or type(exc).__name__)
+        return None
+    if found.skipped_rows:
+        log.error(
+            "spine_rows_skipped",
+            skipped_rows=found.skipped_rows,
+            null_ids=found.null_ids,
+            duplicated_ids=len(found.duplicated),
+            sample=[str(oid) for oid in list(found.duplicated)[:10]],
+            note="NULL ids are never processed, duplicated ids once; fix the spine upstream",
+        )
+    return found

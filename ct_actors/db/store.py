@@ -63,6 +63,7 @@ __all__ = [
     "DatabaseUnavailable",
     "QueryError",
     "SchemaError",
+    "SpineAnomalies",
     "SpineRecord",
     "Store",
     "StoreError",
@@ -98,6 +99,27 @@ class ClaimedRecord:
     # How many times this record has been claimed, this claim included (deferrals and crashes
     # make it grow); lets the caller notice a record that keeps coming back.
     attempts: int = 1
+    # Spine rows seen with this id by the claim: more than 1 means upstream duplicated it (one
+    # record is processed; the caller reports the rest as skipped).
+    spine_rows: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpineAnomalies:
+    """Spine rows the claim cannot treat as records of their own (a spine without a primary
+    key): rows with a NULL outreach_id are never claimed; an id carried by several rows is
+    processed once. `duplicated` lists at most SPINE_DUPLICATES_LISTED ids."""
+
+    null_ids: int
+    duplicated: dict[UUID, int]
+
+    @property
+    def skipped_rows(self) -> int:
+        return self.null_ids + sum(n - 1 for n in self.duplicated.values())
+
+
+# How many duplicated ids `spine_anomalies` lists (and counts) at most.
+SPINE_DUPLICATES_LISTED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,10 +403,7 @@ class Store:
         # Sorted as a whole: after a wrap-around the rows come in two ascending runs.
         return sorted(
             (
-                ClaimedRecord(
-                    outreach_id=r["outreach_id"], domain=r["domain"], attempts=int(r["attempts"])
-                )
-                for r in rows
+                _claimed(r) for r in rows
             ),
             key=lambda r: r.outreach_id,
         )
@@ -415,12 +434,7 @@ class Store:
             self._stats.claim_seconds += time.perf_counter() - started
         self._stats.claims += 1
         self._stats.rows_claimed += len(rows)
-        return [
-            ClaimedRecord(
-                outreach_id=r["outreach_id"], domain=r["domain"], attempts=int(r["attempts"])
-            )
-            for r in rows
-        ]
+        return [_claimed(r) for r in rows]
 
     async def write_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> WriteReport:
         """Persist a batch in one statement (one transaction, one round trip).
@@ -561,6 +575,20 @@ class Store:
         return await self._call("names query", run)
 
     # -- monitoring ---------------------------------------------------------------------------
+    async def spine_anomalies(self) -> SpineAnomalies:
+        """NULL and duplicated outreach_ids in the spine (see SpineAnomalies)."""
+
+        async def run() -> SpineAnomalies:
+            async with self._pool.acquire() as conn:
+                self._stats.round_trips += 2
+                nulls = await conn.fetchval(q.SPINE_NULL_IDS)
+                dups = await conn.fetch(q.SPINE_DUPLICATED_IDS, SPINE_DUPLICATES_LISTED)
+            return SpineAnomalies(
+                null_ids=int(nulls), duplicated={r["outreach_id"]: int(r["n"]) for r in dups}
+            )
+
+        return await self._call("spine check", run)
+
     async def pending_count(self) -> int:
         """Spine records without a terminal outcome (including leased and deferred ones)."""
         return int(await self._call("pending count", self._fetchval, q.PENDING_COUNT))
@@ -789,6 +817,15 @@ def check_usage_window(scope: str, window_start: dt.datetime) -> None:
             f"window_start {window_start.isoformat()} is not the start of a UTC "
             f"{'day' if scope == 'per_day' else 'month'}"
         )
+
+
+def _claimed(row: Any) -> ClaimedRecord:
+    return ClaimedRecord(
+        outreach_id=row["outreach_id"],
+        domain=row["domain"],
+        attempts=int(row["attempts"]),
+        spine_rows=int(row["spine_rows"]),
+    )
 
 
 _PARAM_1 = re.compile(r"\$1(?!\d)")
