@@ -136,6 +136,8 @@ async def smtp_probe(
         "visits": [v.audit() for v in visits],
         "catchall_probe": plan.catchall_address,
     }
+    if plan.skipped:  # never sent: not a valid RFC 5321 local part (issue 10, item 7)
+        evidence["skipped_candidates"] = [s.audit() for s in plan.skipped]
     if concluded_on is not None:
         return DomainResult(_concluded(plan, mx.domain, evidence), concluded_on.host)
     if halted := [v for v in visits if v.outcome == HALTED]:
