@@ -27,9 +27,10 @@ from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
-from ct_actors.dns.types import MxResolver
+from ct_actors.dns.types import DnsUnavailable, MxResolver
 from ct_actors.log import set_level
 from ct_actors.net.connector import Connector, TrioConnector
+from ct_actors.outcome import Deferred
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
 from ct_actors.progress import progress_loop
 from ct_actors.service import SystemdService, WatchdogPolicy
@@ -377,6 +378,14 @@ async def _signal_loop(
             supervisor.request_stop()
 
 
+def resolver_deferral(exc: DnsUnavailable, cfg: Config, toolbox: Toolbox) -> Deferred:
+    return Deferred(
+        f"our resolver could not answer: {exc.reason}",
+        retry_policy(cfg, toolbox).defer_seconds,
+        {"nameserver": exc.nameserver},
+    )
+
+
 async def probe_domain(
     cfg: Config,
     toolbox: Toolbox,
@@ -416,7 +425,12 @@ async def probe_domain(
             await nursery.start(stage.run)
             await nursery.start(pools.run)
             try:
-                mx = await stage.lookup(domain)
+                try:
+                    mx = await stage.lookup(domain)
+                except DnsUnavailable as exc:
+                    # Our resolver's trouble, not a verdict: the same Deferred as in `run`
+                    # (dispatcher), returned, never raised out of the nursery.
+                    return DomainResult(resolver_deferral(exc, cfg, toolbox), None)
                 if cfg.probe.mode == "mx-only":
                     result = mx_only_result(mx)
                 else:

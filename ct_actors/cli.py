@@ -1,7 +1,8 @@
 """`ct-actors` command line: migrate, run, once, probe, demo, bench, report, canary.
 
 Exit codes: 0 success; 1 the command ran but its checks failed; 2 bad configuration or usage;
-3 the database is unavailable.
+3 the database is unavailable; 4 `probe`/`once` reached no verdict (DEFERRED: our side's
+trouble, such as the resolver not answering; the printed JSON says why).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ct_actors.log import configure_logging
 from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE, EXIT_DEFERRED = 0, 1, 2, 3, 4
 
 DEFAULT_CONFIG = Path("config/ct-actors.toml")
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Configuration: TOML file (--config, $CT_CONFIG, else ./config/ct-actors.toml if it "
             "exists), overridden by CT_<SECTION>_<KEY> environment variables such as "
             "CT_DATABASE_URL. See docs/configuration.md. Exit codes: 0 ok, 1 checks failed, "
-            "2 bad configuration, 3 database unavailable."
+            "2 bad configuration, 3 database unavailable, 4 no verdict (probe/once: DEFERRED)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"ct-actors {__version__}")
@@ -320,7 +321,7 @@ async def _once(cfg: Config, toolbox: Toolbox, outreach_id: uuid.UUID) -> int:
     async def body(store: Any) -> int:
         result = await process_one(cfg, toolbox, store, outreach_id)
         print(json.dumps(result, default=str))
-        return EXIT_OK
+        return EXIT_DEFERRED if result.get("outcome") == "DEFERRED" else EXIT_OK
 
     return await _with_store(cfg, body)
 
@@ -364,7 +365,7 @@ async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int
         "evidence": decided.result.evidence,
     }
     print(json.dumps(body, default=str, indent=2))
-    return EXIT_OK
+    return EXIT_DEFERRED if body.get("outcome") == "DEFERRED" else EXIT_OK
 
 
 async def _report(cfg: Config, args: argparse.Namespace) -> int:

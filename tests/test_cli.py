@@ -381,3 +381,43 @@ def test_probe_prints_the_decision_and_touches_no_database(
     stats = sim.stop()
     assert stats["data_attempts"] == 0
     assert stats["rcpt_domains"] == 2  # the two smtp-mode probes; mx-only sent nothing
+
+
+# ─── our resolver down (issue 10, item 8) ───────────────────────────────────────────────────
+
+
+@pytest.mark.timeout(60)
+def test_probe_when_dns_fails_prints_the_deferred_decision(tmp_path: Path) -> None:
+    # NOT_THERE's resolver is 127.0.0.1:1, where nothing listens: every query fails.
+    config = config_file(tmp_path, UNREACHABLE)
+    result = cli(config, "probe", "example.com")
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+    printed = last_json(result.stdout)
+    assert printed["outcome"] == "DEFERRED"
+    assert printed["reason"].startswith("our resolver could not answer: ")
+    assert printed["retry_after"] > 0
+    assert printed["domain"] == "example.com"
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_once_when_dns_fails_prints_and_records_the_deferral(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    outreach_id = uuid.uuid4()
+    db_val(
+        migrated_db,
+        "INSERT INTO outreach.outreach (outreach_id, domain) VALUES ($1, $2) RETURNING 1",
+        outreach_id,
+        "example.com",
+    )
+    config = config_file(tmp_path, migrated_db, probe={"mode": "smtp", "names_query": ""})
+    result = cli(config, "once", str(outreach_id))
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    printed = last_json(result.stdout)
+    assert (printed["outcome"], printed["written"]) == ("DEFERRED", False)
+    assert printed["reason"].startswith("our resolver could not answer: ")
+    snap = snapshot(migrated_db)
+    assert snap.targets == {} and snap.errors == {}  # still pending: no verdict was written
