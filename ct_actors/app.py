@@ -110,7 +110,10 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
         drain_deadline=cfg.daemon.drain_deadline,
         stats_interval=cfg.log.stats_interval,
         loader=LoaderSettings(
-            claim_batch=cfg.probe.claim_batch, lease_seconds=float(cfg.database.lease_seconds)
+            claim_batch=cfg.probe.claim_batch,
+            lease_seconds=float(cfg.database.lease_seconds),
+            names_failures=cfg.probe.names_failures,
+            names_pause=cfg.probe.names_pause,
         ),
         resolver=resolver_settings(cfg, toolbox),
         dispatch=DispatchSettings(
@@ -174,7 +177,9 @@ def names_source(cfg: Config, store: Store) -> NamesSource | None:
         return None
 
     async def fetch(ids: Sequence[Any]) -> dict[Any, list[tuple[str, str]]]:
-        return await store.fetch_names_batch(query, list(ids))
+        return await store.fetch_names_batch(
+            query, list(ids), statement_timeout=cfg.probe.names_timeout
+        )
 
     return fetch
 
@@ -202,6 +207,9 @@ async def run_pipeline(
         service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
     service.starting()
     clock = clock or UtcClock.from_wall()
+    if cfg.probe.names_query:
+        # Raises ConfigurationError (exit 2) before anything is claimed.
+        await store.check_names_query(cfg.probe.names_query)
     await report_spine_anomalies(store, TRANSIENT_DB_ERRORS)
     throttles = make_throttles(cfg, toolbox, store, clock)
     async with _maybe_resolver(cfg, resolver) as mx_resolver:

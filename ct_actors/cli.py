@@ -263,7 +263,7 @@ def _load(args: argparse.Namespace) -> Config:
 async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int:
     """`unbounded`: no per-statement timeout (migrate: an index build on a big production table
     may take long; lock waits are bounded by the migration's lock_timeout instead)."""
-    from ct_actors.db.store import DatabaseUnavailable, open_store
+    from ct_actors.db.store import ConfigurationError, DatabaseUnavailable, open_store
 
     async with trio_asyncio.open_loop():
         try:
@@ -282,6 +282,14 @@ async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int
         try:
             result: int = await body(store)
             return result
+        except ConfigurationError as exc:
+            # Found against the database (e.g. probe.names_query's columns): still the
+            # configuration's fault, so exit 2 like any other configuration error.
+            print(
+                f"ct-actors: configuration error: {redact_text(str(exc), cfg.secrets())}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         finally:
             await store.aclose()
 

@@ -241,6 +241,15 @@ class ProbeConfig:
         "smtp", KeySpec("choice", False, "probe depth", choices=("smtp", "mx-only"))
     )
     names_query: str = _key("", KeySpec("str", False, "SQL for candidate names; $1 = company"))
+    names_timeout: float = _key(
+        5.0, KeySpec("float", False, "names query seconds per record", gt=0, le=300)
+    )
+    names_failures: int = _key(
+        5, KeySpec("int", False, "names query failures in a row before alert + pause", ge=1)
+    )
+    names_pause: float = _key(
+        120.0, KeySpec("float", False, "claim pause after names_failures", gt=0, le=300)
+    )
     max_in_flight: int = _key(512, KeySpec("int", False, "records in the pipeline", ge=1))
     claim_batch: int = _key(200, KeySpec("int", True, "records claimed per query", ge=1))
     defer_seconds: int = _key(600, KeySpec("int", True, "re-claim delay after Deferred", ge=1))
@@ -559,6 +568,7 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
 _DOLLAR_ONE = re.compile(r"\$1(?!\d)")
+_OTHER_PARAM = re.compile(r"\$(?!1(?!\d))\d+")
 _SQL_START = re.compile(r"^\s*(?:select|with)\b", re.IGNORECASE)
 
 
@@ -655,6 +665,10 @@ def _validate_names_query(q: str) -> str:
         raise _Invalid("must be a single SELECT or WITH query")
     if not _DOLLAR_ONE.search(q):
         raise _Invalid("must use the parameter $1 (the outreach_id of the company)")
+    if other := _OTHER_PARAM.search(q):
+        raise _Invalid(f"must use no parameter but $1, found {other.group(0)}")
+    # Its columns cannot be read from the text (SELECT *, views): the daemon checks them
+    # against the database at start (Store.check_names_query).
     return q
 
 

@@ -46,7 +46,10 @@ async def process_one(
         return await _write(store, cfg, Outcome(outreach_id, None, failed))
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
-        people = await store.fetch_names(cfg.probe.names_query, outreach_id)
+        await store.check_names_query(cfg.probe.names_query)
+        people = await store.fetch_names(
+            cfg.probe.names_query, outreach_id, statement_timeout=cfg.probe.names_timeout
+        )
     decided = await probe_domain(
         cfg, toolbox, domain.domain, people, usage=store, ledger=store
     )

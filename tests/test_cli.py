@@ -421,3 +421,29 @@ def test_once_when_dns_fails_prints_and_records_the_deferral(
     assert printed["reason"].startswith("our resolver could not answer: ")
     snap = snapshot(migrated_db)
     assert snap.targets == {} and snap.errors == {}  # still pending: no verdict was written
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_run_refuses_a_names_query_of_the_wrong_shape(migrated_db: str, tmp_path: Path) -> None:
+    # Issue 10, item 6: a one-column query used to make `run` read the wrapper's row number as
+    # the last name (PASS first.last at 0.95). Its columns are known only to the database, so
+    # they are checked there before anything is claimed: exit 2, nothing written.
+    outreach_id = uuid.uuid4()
+    db_val(
+        migrated_db,
+        "INSERT INTO outreach.outreach (outreach_id, domain) VALUES ($1, 'a.example') "
+        "RETURNING 1",
+        outreach_id,
+    )
+    one_column = "SELECT 'Ann'::text AS first_name WHERE $1::uuid IS NOT NULL"
+    config = config_file(tmp_path, migrated_db, probe={"mode": "smtp", "names_query": one_column})
+    for command in (["run", "--drain"], ["once", str(outreach_id)]):
+        result = cli(config, *command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "configuration error: probe.names_query returns 1 column (first_name)" in (
+            result.stderr
+        )
+    assert db_val(migrated_db, "SELECT count(*) FROM ct_actors.lease") == 0
+    snap = snapshot(migrated_db)
+    assert snap.targets == {} and snap.errors == {}

@@ -497,6 +497,7 @@ def test_smtp_reverse_path_default_object() -> None:
         ("DELETE FROM outreach.people WHERE id = $1", "must be a single SELECT or WITH"),
         ("SELECT first, last FROM people", "must use the parameter $1"),
         ("SELECT first FROM people WHERE a = $10", "must use the parameter $1"),
+        ("SELECT a, b FROM p WHERE id = $1 AND k = $2", "must use no parameter but $1, found $2"),
     ],
 )
 def test_names_query_refused(tmp_path: Path, query: str, expected: str) -> None:

@@ -34,6 +34,8 @@ from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 
 log = structlog.get_logger("ct_actors.dispatcher")
 
+# Sample names per record; a record missing from the answer had its own query fail (timeout)
+# and is deferred (see LoaderActor).
 NamesSource = Callable[[Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, list[tuple[str, str]]]]]
 
 
@@ -43,6 +45,9 @@ class Job:
     raw_domain: str | None
     started_at: float = 0.0
     people: tuple[tuple[str, str], ...] = ()  # sample names for pattern candidates
+    # Set when this record's names query failed: probing without its names would give a
+    # different (role-only) answer, so the record is deferred instead.
+    names_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,11 @@ class Dispatcher:
 
     async def _accept(self, job: Job, nursery: trio.Nursery) -> None:
         self._stats["jobs"] += 1
+        if job.names_error is not None:
+            reason = f"sample names unavailable: {job.names_error}"
+            deferred = Deferred(reason, self.settings.retry.defer_seconds, {})
+            await self._emit(job, None, deferred, None)
+            return
         try:
             domain = normalise_domain(job.raw_domain)
         except UnusableDomain as exc:

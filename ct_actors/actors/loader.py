@@ -53,6 +53,11 @@ class LoaderSettings:
     # A claim is never cut short by a stop; this bounds the wait (a statement on a dead
     # connection gives up after database.command_timeout, 15 s, anyway).
     claim_timeout: float = 15.0
+    # The names query (probe.names_failures / names_pause): after this many failed attempts
+    # in a row, alert, defer the batch's records and pause claiming, instead of retrying the
+    # same batch forever.
+    names_failures: int = 5
+    names_pause: float = 120.0
 
 
 class LoaderActor:
@@ -81,6 +86,7 @@ class LoaderActor:
         self._drain = drain
         self._stop = trio.Event()
         self.drained = trio.Event()
+        self._names_failures = 0  # failed names query attempts in a row
         # Duplicated spine ids already reported, so each is alerted once per process.
         self._duplicates_reported: set[uuid.UUID] = set()
         self._stats = {
@@ -92,6 +98,8 @@ class LoaderActor:
             "reclaimed_own": 0,
             "waits_for_other_leases": 0,
             "spine_duplicate_rows": 0,
+            "names_deferred": 0,
+            "names_pauses": 0,
         }
 
     def statistics(self) -> dict[str, int]:
@@ -157,12 +165,25 @@ class LoaderActor:
             now = trio.current_time()
             for record in fresh:
                 self._credits.enter(record.outreach_id)
-            people = await self._fetch_names([record.outreach_id for record in fresh])
+            people, failure = await self._fetch_names([record.outreach_id for record in fresh])
             # If cancelled mid-batch, the unsent records stay in `credits` so the supervisor
             # releases their leases with everything else still unfinished.
             for record in fresh:
+                error = failure
+                if error is None and self._names is not None and record.outreach_id not in people:
+                    error = "the names query timed out or failed for this record"
+                    log.warning("names_query_record_failed", outreach_id=str(record.outreach_id))
+                if error is not None:
+                    self._stats["names_deferred"] += 1
                 names = tuple(people.get(record.outreach_id, ()))
-                await self._send.send(Job(record.outreach_id, record.domain, now, names))
+                await self._send.send(
+                    Job(record.outreach_id, record.domain, now, names, names_error=error)
+                )
+            if failure is not None:
+                # Claiming more would only defer more: give the database (or the operator)
+                # names_pause seconds before the next batch tries the query again.
+                self._stats["names_pauses"] += 1
+                await trio.sleep(self.settings.names_pause)
 
     def _report_duplicates(self, claimed: Sequence[Claimed]) -> None:
         for record in claimed:
@@ -201,21 +222,40 @@ class LoaderActor:
             await trio.sleep(min(1.0, self.settings.idle_poll))
         return held == 0
 
-    async def _fetch_names(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
-        """Sample names for the whole claim batch in one query (the operator's names_query).
-        The records are already leased, so a database hiccup is waited out, not skipped:
-        probing without the names would give a different (role-only) answer."""
+    async def _fetch_names(
+        self, ids: list[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, list[tuple[str, str]]], str | None]:
+        """Sample names for the whole claim batch in one query (the operator's names_query),
+        and None, or the reason the whole batch gets none. A record missing from the answer
+        had its own query fail (timeout); the caller defers it. The records are leased, so a
+        database hiccup is retried with back-off, but only `names_failures` attempts in a row:
+        then an alert, and the reason (the batch is deferred, never probed without names)."""
         if self._names is None:
-            return {}
+            return {}, None
         delay = self.settings.retry_initial
         while True:
             try:
-                return await self._names(ids)
+                people = await self._names(ids)
             except self._transient as exc:
-                log.warning("names_query_failed", error=str(exc), records=len(ids),
-                            retry_in=delay)
+                self._names_failures += 1
+                error = str(exc) or type(exc).__name__
+                if self._names_failures >= self.settings.names_failures:
+                    log.error(
+                        "names_query_failing",
+                        error=error,
+                        failures=self._names_failures,
+                        deferred=len(ids),
+                        pause=self.settings.names_pause,
+                    )
+                    return {}, f"the names query failed {self._names_failures} times: {error}"
+                log.warning("names_query_failed", error=error, records=len(ids), retry_in=delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max)
+                continue
+            if self._names_failures >= self.settings.names_failures:
+                log.warning("names_query_recovered", failures=self._names_failures)
+            self._names_failures = 0
+            return people, None
 
     async def _renew_loop(self) -> None:
         interval = max(1.0, self.settings.lease_seconds / 3)

@@ -51,6 +51,7 @@ from ct_actors.db.errors import (
     StoreError,
 )
 from ct_actors.db.migrate import migrate as _migrate
+from ct_actors.db.names_query import names_query_problem
 from ct_actors.db.redact import Redactor, scrub_text
 from ct_actors.outcome import Outcome
 from ct_actors.throttle.calendar import window_start
@@ -550,29 +551,65 @@ class Store:
     ) -> dict[UUID, list[tuple[str, str]]]:
         """`fetch_names` for many records in ONE statement: the operator's query runs as a
         LATERAL subquery once per id (`$1` bound to each id in turn), so a claim batch costs
-        one round trip instead of one per record."""
+        one round trip instead of one per record.
+
+        `statement_timeout` is per record: the batch statement gets it once per id. When the
+        batch is cancelled by it, every record's query runs alone with its own timeout, and a
+        record whose query still times out is left out of the result (the caller defers it):
+        one slow record neither stalls nor starves the others."""
         id_list = list(dict.fromkeys(ids))
         if not id_list:
             return {}
         sql = lateral_names_query(query)
 
-        async def run() -> dict[UUID, list[tuple[str, str]]]:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+        async def fetch(conn: Any, batch: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
+            seconds = statement_timeout * len(batch)
+            async with conn.transaction(readonly=True):
                 self._stats.round_trips += 4  # BEGIN, set_config, fetch, COMMIT
-                timeout_ms = str(max(1, int(statement_timeout * 1000)))
+                timeout_ms = str(max(1, int(seconds * 1000)))
                 await conn.fetchval(q.SET_LOCAL_STATEMENT_TIMEOUT, timeout_ms)
-                rows = await conn.fetch(sql, id_list)
-            out: dict[UUID, list[tuple[str, str]]] = {oid: [] for oid in id_list}
-            for row in rows:
-                names = out[row[0]]
-                if len(names) >= MAX_NAMES or len(row) < 3 or row[1] is None or row[2] is None:
-                    continue
-                first, last = str(row[1]).strip(), str(row[2]).strip()
-                if first and last:
-                    names.append((first, last))
-            return out
+                # The client-side command_timeout must not cut the server's budget short.
+                rows = await conn.fetch(sql, batch, timeout=seconds + 5.0)
+            return _names_by_id(batch, rows)
+
+        async def run() -> dict[UUID, list[tuple[str, str]]]:
+            async with self._pool.acquire() as conn:
+                try:
+                    return await fetch(conn, id_list)
+                except _NAMES_RECORD_ERRORS:
+                    if len(id_list) == 1:
+                        return {}
+                out: dict[UUID, list[tuple[str, str]]] = {}
+                for oid in id_list:
+                    try:
+                        out.update(await fetch(conn, [oid]))
+                    except _NAMES_RECORD_ERRORS:
+                        continue
+                return out
 
         return await self._call("names query", run)
+
+    async def check_names_query(self, query: str) -> None:
+        """Raise ConfigurationError unless the names query takes a uuid `$1` and returns the
+        first and last name as its first two (text) columns. Asks the database (a prepare: it
+        runs nothing), since the shape of arbitrary SQL cannot be read from its text."""
+
+        async def run() -> tuple[list[tuple[str, str]], list[str]]:
+            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+                self._stats.round_trips += 3
+                stmt = await conn.prepare(query)
+                columns = [(a.name, a.type.name) for a in stmt.get_attributes()]
+                params = [p.name for p in stmt.get_parameters()]
+            return columns, params
+
+        try:
+            columns, params = await self._call("names query check", run)
+        except (QueryError, SchemaError) as exc:
+            # Unknown table/column, syntax: the operator's query, not our schema.
+            raise ConfigurationError(f"probe.names_query does not prepare: {exc}") from None
+        problem = names_query_problem(columns, params)
+        if problem is not None:
+            raise ConfigurationError(f"probe.names_query {problem}")
 
     # -- monitoring ---------------------------------------------------------------------------
     async def spine_anomalies(self) -> SpineAnomalies:
@@ -826,6 +863,26 @@ def _claimed(row: Any) -> ClaimedRecord:
         attempts=int(row["attempts"]),
         spine_rows=int(row["spine_rows"]),
     )
+
+
+# Failures of the names query that may belong to one record's data: the statement timeout
+# (57014) and data exceptions (class 22: a bad cast, a division by zero for one row).
+_NAMES_RECORD_ERRORS = (asyncpg.QueryCanceledError, asyncpg.DataError)
+
+
+def _names_by_id(ids: list[UUID], rows: Sequence[Any]) -> dict[UUID, list[tuple[str, str]]]:
+    """Rows of `lateral_names_query`: (id, the query's columns..., ct_rn). Only the query's
+    own first two columns are names; a narrower row (which `check_names_query` refuses at
+    start) yields none, never the wrapper's row number."""
+    out: dict[UUID, list[tuple[str, str]]] = {oid: [] for oid in ids}
+    for row in rows:
+        names = out[row[0]]
+        if len(names) >= MAX_NAMES or len(row) < 4 or row[1] is None or row[2] is None:
+            continue
+        first, last = str(row[1]).strip(), str(row[2]).strip()
+        if first and last:
+            names.append((first, last))
+    return out
 
 
 _PARAM_1 = re.compile(r"\$1(?!\d)")
