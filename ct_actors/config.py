@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
+from ct_actors.net.address_policy import parse_networks
 from ct_actors.redact import redact_url
 
 __all__ = [
@@ -187,6 +188,10 @@ class SmtpConfig:
     )
     source_address: str | None = _key(
         None, KeySpec("opt_str", False, "local IP to bind outgoing connections to")
+    )
+    # Empty: only public MX addresses are connected to (ct_actors.net.address_policy).
+    allow_networks: tuple[str, ...] = _key(
+        (), KeySpec("str_list", False, "non-public CIDR blocks MX hosts may be on")
     )
     connect_timeout: float = _key(10.0, KeySpec("float", True, "TCP connect + banner", gt=0))
     command_timeout: float = _key(30.0, KeySpec("float", True, "per SMTP command", gt=0))
@@ -658,6 +663,13 @@ def _validate_source_address(value: str | None) -> str | None:
         raise _Invalid(f"{value!r} is not an IPv4/IPv6 address") from None
 
 
+def _validate_allow_networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return tuple(str(n) for n in parse_networks(values))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _validate_names_query(q: str) -> str:
     if not q.strip():
         return ""
@@ -699,6 +711,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "smtp.helo_name": lambda v: None if v is None else _validate_fqdn(v, "helo_name"),
     "smtp.mail_from": _validate_mail_from,
     "smtp.source_address": _validate_source_address,
+    "smtp.allow_networks": _validate_allow_networks,
     "probe.names_query": _validate_names_query,
     "daemon.owner": _validate_owner,
     "verifier.base_url": _validate_base_url,
