@@ -313,10 +313,19 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
         return new_cfg, load_toolbox(new_cfg.toolbox.path)
 
     async def body(store: Any) -> int:
+        from ct_actors.db.owner_lock import acquire_owner_lock
+
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
-        # A progress bar only for a human watching a drain; the journal gets the stats lines.
-        progress = sys.stderr if args.drain and sys.stderr.isatty() else None
-        await run_pipeline(cfg, toolbox, store, drain=args.drain, load=load, progress=progress)
+        # One live daemon per owner name (OwnerInUse: a configuration error, exit 2).
+        lock = await acquire_owner_lock(cfg.database.url, cfg.daemon.owner)
+        try:
+            # A progress bar only for a human watching a drain; the journal gets stats lines.
+            progress = sys.stderr if args.drain and sys.stderr.isatty() else None
+            await run_pipeline(
+                cfg, toolbox, store, drain=args.drain, load=load, progress=progress
+            )
+        finally:
+            await lock.aclose()
         log.info("daemon_stopped")
         return EXIT_OK
 
