@@ -149,7 +149,9 @@ class DatabaseConfig:
     )
     min_connections: int = _key(1, KeySpec("int", False, "pool minimum size", ge=0))
     max_connections: int = _key(4, KeySpec("int", False, "pool maximum size", ge=1))
-    lease_seconds: int = _key(300, KeySpec("int", False, "claim lease length", ge=1))
+    # Upper bounds keep now() + interval inside PostgreSQL's timestamp range: a larger value
+    # would pass here and fail every claim (exit 1, restarted forever) instead of exit 2.
+    lease_seconds: int = _key(300, KeySpec("int", False, "claim lease length", ge=1, le=86_400))
     # Also how long a cancelled query can hold up a stop: asyncpg finishes cancelling a query on
     # a silent connection only after this. The daemon's statements take milliseconds.
     command_timeout: float = _key(
@@ -257,7 +259,9 @@ class ProbeConfig:
     )
     max_in_flight: int = _key(512, KeySpec("int", False, "records in the pipeline", ge=1))
     claim_batch: int = _key(200, KeySpec("int", True, "records claimed per query", ge=1))
-    defer_seconds: int = _key(600, KeySpec("int", True, "re-claim delay after Deferred", ge=1))
+    defer_seconds: int = _key(
+        600, KeySpec("int", True, "re-claim delay after Deferred", ge=1, le=2_592_000)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,15 +488,20 @@ def _type_name(v: object) -> str:
     return f"a {type(v).__name__}"
 
 
+def _bound(x: float) -> str:
+    # 2592000, not 2.592e+06.
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _check_bounds(v: float, spec: KeySpec) -> None:
     if spec.ge is not None and spec.le is not None and not (spec.ge <= v <= spec.le):
-        raise _Invalid(f"must be between {spec.ge:g} and {spec.le:g}, got {v!r}")
+        raise _Invalid(f"must be between {_bound(spec.ge)} and {_bound(spec.le)}, got {v!r}")
     if spec.ge is not None and v < spec.ge:
-        raise _Invalid(f"must be >= {spec.ge:g}, got {v!r}")
+        raise _Invalid(f"must be >= {_bound(spec.ge)}, got {v!r}")
     if spec.gt is not None and v <= spec.gt:
-        raise _Invalid(f"must be > {spec.gt:g}, got {v!r}")
+        raise _Invalid(f"must be > {_bound(spec.gt)}, got {v!r}")
     if spec.le is not None and v > spec.le:
-        raise _Invalid(f"must be <= {spec.le:g}, got {v!r}")
+        raise _Invalid(f"must be <= {_bound(spec.le)}, got {v!r}")
 
 
 def _coerce(raw: object, spec: KeySpec, *, from_text: bool) -> Any:
