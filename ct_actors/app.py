@@ -207,6 +207,7 @@ async def run_pipeline(
         service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
     service.starting()
     clock = clock or UtcClock.from_wall()
+    store.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
     if cfg.probe.names_query:
         # Raises ConfigurationError (exit 2) before anything is claimed.
         await store.check_names_query(cfg.probe.names_query)

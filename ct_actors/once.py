@@ -21,6 +21,7 @@ async def process_one(
     cfg: Config, toolbox: Toolbox, store: Store, outreach_id: uuid.UUID
 ) -> dict[str, Any]:
     started = trio.current_time()
+    store.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
     spine = await store.fetch_spine(outreach_id)
     if spine is None:
         failed = Failed(FailureCode.NOT_FOUND, "outreach_id is not in outreach.outreach")

@@ -42,7 +42,7 @@ import trio
 import trio_asyncio
 
 from ct_actors.db import queries as q
-from ct_actors.db.encode import encode_outcomes
+from ct_actors.db.encode import SecretMask, clean_text, encode_outcomes
 from ct_actors.db.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -85,6 +85,9 @@ T = TypeVar("T")
 
 # How many rows an operator names query may contribute.
 MAX_NAMES = 3
+
+# Characters of verifier_ledger.detail kept.
+_LEDGER_DETAIL_LIMIT = 500
 
 # The toolbox scopes counted in ct_actors.tool_usage (its CHECK constraint says the same).
 USAGE_SCOPES: tuple[str, ...] = ("per_day", "per_month")
@@ -276,6 +279,14 @@ class Store:
         # Keyset-pagination cursor per owner (see queries.CLAIM_AFTER).
         self._cursor: dict[str, UUID | None] = {}
         self._closed = False
+        # Known secrets masked in everything stored (outcomes, verifier ledger): the URL's
+        # password from the start, the rest (the verifier API key) from `set_secrets`.
+        self._mask = SecretMask(redactor.secrets)
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        """Secret values (Config.secrets(): the verifier API key, the database password) to
+        mask wherever they would be stored, e.g. echoed back by a vendor into evidence."""
+        self._mask = SecretMask((*self._redactor.secrets, *secrets))
 
     def __repr__(self) -> str:
         return f"<Store {self._redactor.redacted_url}{' closed' if self._closed else ''}>"
@@ -448,7 +459,7 @@ class Store:
         """
         if not outcomes:
             return WriteReport([], [], [])
-        batch = encode_outcomes(outcomes)
+        batch = encode_outcomes(outcomes, self._mask)
         started = time.perf_counter()
         try:
             rows = await self._call(
@@ -781,7 +792,9 @@ class Store:
             result,
             credits_after,
             Decimal(cost),
-            detail,
+            # Vendor text: bounded, control characters escaped, known secrets (the API key a
+            # vendor may echo back) masked, like every stored free text.
+            clean_text(detail, _LEDGER_DETAIL_LIMIT, self._mask),
         )
         return value is not None
 
