@@ -376,6 +376,7 @@ async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int
         "domain": domain.domain,
         "input": args.domain,
         "normalised": list(domain.changes),
+        **({"mixed_script_labels": list(domain.mixed_script)} if domain.mixed_script else {}),
         "mode": cfg.probe.mode,
         **result_fields(decided.result),
         "mx_host": decided.mx_host,

@@ -58,6 +58,7 @@ async def process_one(
         **decided.result.evidence,
         "raw_domain": spine.domain,
         "normalised": list(domain.changes),
+        **({"mixed_script_labels": list(domain.mixed_script)} if domain.mixed_script else {}),
     }
     result = dataclasses.replace(decided.result, evidence=evidence)
     outcome = Outcome(

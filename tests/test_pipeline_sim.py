@@ -210,3 +210,28 @@ async def test_a_record_without_its_names_is_deferred_and_the_rest_concludes(
         if oid in healthy
     )
     assert len(store.terminal) + len(store.deferred) == len(spine)
+
+
+async def test_mixed_script_labels_are_recorded_in_the_evidence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 10: a look-alike label (Cyrillic U+0430 among Latin letters) is probed like any other
+    # domain and flagged in the evidence for a human.
+    world = World.generate(3, 4, latency_ms=5, jitter_ms=2)
+    ids = [uuid.UUID(int=1), uuid.UUID(int=2)]
+    store = FakeStore({ids[0]: "\u0430pple.com", ids[1]: "apple.com"})
+    async with open_sim_connector(world, SimStats()) as connector:
+        supervisor = Supervisor(
+            settings("mx-only"),
+            store=store,
+            resolver=SimResolver(world),
+            pools=SmtpPoolManager(POOL, connector, max_connections=8),
+            transient_db_errors=(Unavailable,),
+            drain=True,
+        )
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(supervisor.run)
+    outcomes = {**store.deferred, **store.terminal}
+    assert outcomes[ids[0]].result.evidence["mixed_script_labels"] == ["xn--pple-43d"]
+    assert "mixed_script_labels" not in outcomes[ids[1]].result.evidence

@@ -197,6 +197,9 @@ def _with_normalisation(
         "domain": domain.domain,
         "normalised": list(domain.changes),
     }
+    if domain.mixed_script:
+        # Look-alike suspects (UTS #39): probed like any domain, flagged for a human.
+        extra["mixed_script_labels"] = list(domain.mixed_script)
     if cached:
         extra["verdict_cache"] = True
     return dataclasses.replace(result, evidence={**result.evidence, **extra})
