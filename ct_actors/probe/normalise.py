@@ -12,8 +12,8 @@ other labels with `--` in the third and fourth positions (reserved, RFC 5891 §4
 that are not 1-5 ASCII digits in 1..65535 (RFC 3986 §3.2.3 `port = *DIGIT`, where DIGIT is
 ASCII only, RFC 5234 B.1; `str.isdigit` would accept "١٢" or "²"). Labels that mix scripts
 in a way UTS #39 §5.2 ("Highly Restrictive") does not allow, the classic look-alike (a
-Cyrillic U+0430 standing in for the "a" of "apple"), are accepted (they are real, registrable names) but listed in
-`mixed_script`, which the outcome's evidence records.
+Cyrillic U+0430 standing in for the "a" of "apple"), are accepted (they are real,
+registrable names) but listed in `mixed_script`, which the outcome's evidence records.
 """
 
 from __future__ import annotations
