@@ -9,6 +9,7 @@ without writing anything, also for the healthy rows of the batch.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from conftest_db import Db, passed
 from structlog.testing import capture_logs
 
 from ct_actors.actors.loader import report_spine_anomalies
-from ct_actors.db import DatabaseUnavailable, Store, open_store
+from ct_actors.db import DatabaseUnavailable, SchemaError, Store, open_store, verify_schema
 from ct_actors.db.migrate import migrate
 from ct_actors.ops.db import OpsDb
 from ct_actors.ops.report import (
@@ -150,3 +151,22 @@ async def test_start_up_alert_names_the_skipped_rows(loose: tuple[Db, Store]) ->
     alerts = [e for e in logs if e["event"] == "spine_rows_skipped"]
     assert len(alerts) == 1 and alerts[0]["log_level"] == "error"
     assert alerts[0]["null_ids"] == 1 and alerts[0]["sample"] == [str(dup)]
+
+
+async def test_a_spine_with_text_ids_is_refused_before_any_claim(
+    aio_loop: Any, fresh_db: str
+) -> None:
+    # The other hostile shape the brief asks about: a non-UUID text outreach_id. The schema
+    # check refuses such a spine outright (every statement binds outreach_id as uuid), so no
+    # claim ever sees one.
+    db = await Db.connect(fresh_db)
+    try:
+        await db.execute(_LOOSE_SPINE.replace("outreach_id  uuid", "outreach_id  text"))
+        await db.execute("INSERT INTO outreach.outreach (outreach_id) VALUES ('not-a-uuid')")
+        refused = re.escape("outreach.outreach.outreach_id is text, not uuid")
+        with pytest.raises(SchemaError, match=refused):
+            await db.run(migrate)  # which ends with verify_schema
+        with pytest.raises(SchemaError, match=refused):
+            await db.run(verify_schema)
+    finally:
+        await db.aclose()
