@@ -137,16 +137,17 @@ def test_evidence_always_encodes_to_valid_json_postgres_accepts() -> None:
 
 
 def test_control_characters_are_never_stored_raw() -> None:
-    # ESC/BEL from a hostile reply would drive an operator's terminal through psql; tab/CR/LF
-    # become spaces; bidi overrides (Trojan Source) are escaped too.
+    # ESC/BEL from a hostile reply would drive an operator's terminal through psql; a bare CR
+    # can overwrite a line; bidi overrides (Trojan Source) reorder text. Tab and LF are plain
+    # whitespace and kept (the audit shows a spine value as it was).
     assert clean_text("550 \x1b[31mred\x07 bell") == "550 \\x1b[31mred\\x07 bell"
-    assert clean_text("line1\r\nline2\tx") == "line1  line2 x"
+    assert clean_text("line1\r\nline2\tx") == "line1\\x0d\nline2\tx"
     assert clean_text("a\x9bb\x7fc") == "a\\x9bb\\x7fc"
     assert clean_text("abc\u202edcba") == "abc\\u202edcba"
     text = encode_evidence({"reply": "550 \x1b]0;pwned\x07", "ok": "fine\n"})
     assert text is not None
     parsed = json.loads(text)
-    assert parsed == {"reply": "550 \\x1b]0;pwned\\x07", "ok": "fine "}
+    assert parsed == {"reply": "550 \\x1b]0;pwned\\x07", "ok": "fine\n"}
 
 
 def test_free_text_fields_are_bounded() -> None:

@@ -8,7 +8,7 @@ here; a batch that still fails is a bug, not bad luck.
 
 Stored text is also made safe to read (issue 10): every free-text field has a length bound
 (FIELD_LIMITS; evidence strings EVIDENCE_STRING_LIMIT, whole evidence EVIDENCE_LIMIT), control
-characters are never stored raw (tab/CR/LF become a space, the others an escape such as \x1b:
+characters are never stored raw (tab and LF are kept, the others become an escape such as \\x1b:
 an ESC or BEL from a reply must not reach an operator's terminal through psql), nor are the
 bidirectional overrides that can make text read differently than it is; and known secrets
 (`SecretMask`: the verifier API key, the database password) are masked wherever a vendor or
@@ -56,17 +56,14 @@ FIELD_LIMITS: dict[str, int] = {
 EVIDENCE_STRING_LIMIT = 2000
 EVIDENCE_LIMIT = 65_536  # characters of the whole evidence JSON
 _EVIDENCE_HEAD = 16_384  # what an oversized evidence keeps (as a string)
-# C0 and C1 controls, DEL, and the bidi embeddings/overrides/isolates (Unicode TR #9): never
-# stored raw. The JSON text of a clean string holds none of them raw and escapes C0 as \uXXXX
-# or \n, \t, ..., hence the second pattern for the fast path.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_SPACE_LIKE = {"\t": " ", "\n": " ", "\r": " "}
+# C0 and C1 controls but tab and LF (whitespace the audit keeps: a spine domain with a tab
+# is stored as it was), DEL, and the bidi embeddings/overrides/isolates (Unicode TR #9): never
+# stored raw. CR is escaped too: a bare CR can overwrite what a terminal already shows.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _escape_control(m: re.Match[str]) -> str:
     c = m.group(0)
-    if c in _SPACE_LIKE:
-        return _SPACE_LIKE[c]
     return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
