@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 import trio
 
-from ct_actors.actors.dispatcher import DispatchSettings, NamesSource
+from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed, NamesSource
 from ct_actors.actors.loader import LoaderSettings, report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
@@ -176,10 +176,13 @@ def names_source(cfg: Config, store: Store) -> NamesSource | None:
     if not query:
         return None
 
-    async def fetch(ids: Sequence[Any]) -> dict[Any, list[tuple[str, str]]]:
-        return await store.fetch_names_batch(
-            query, list(ids), statement_timeout=cfg.probe.names_timeout
-        )
+    timeout = cfg.probe.names_timeout
+    failed = NamesFailed(f"the names query timed out or failed for this record ({timeout:g} s)")
+
+    async def fetch(ids: Sequence[Any]) -> dict[Any, list[tuple[str, str]] | NamesFailed]:
+        found = await store.fetch_names_batch(query, list(ids), statement_timeout=timeout)
+        # The store leaves out a record whose own query failed (see fetch_names_batch).
+        return {oid: found.get(oid, failed) for oid in ids}
 
     return fetch
 

@@ -16,7 +16,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.actors.dispatcher import Job, NamesSource
+from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 from ct_actors.actors.loader import LoaderActor, LoaderSettings
 from ct_actors.actors.writer import WriterActor, WriterSettings
 from ct_actors.outcome import Outcome, Passed
@@ -513,9 +513,12 @@ async def test_a_record_whose_names_query_failed_is_deferred_not_probed_without_
     credits = WorkCredits(2)
     store = RecordingStore(spine(2), credits)
 
-    async def names(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+    async def names(
+        ids: Sequence[uuid.UUID],
+    ) -> dict[uuid.UUID, list[tuple[str, str]] | NamesFailed]:
         await trio.lowlevel.checkpoint()
-        return {oid(1): [("Ann", "Lee")]}  # record 2's own query timed out
+        # Record 2's own query timed out.
+        return {oid(1): [("Ann", "Lee")], oid(2): NamesFailed("timed out (5 s)")}
 
     loader, jobs = names_loader(store, credits, names)
     with capture_logs() as logs, trio.fail_after(BOUND):
@@ -526,10 +529,10 @@ async def test_a_record_whose_names_query_failed_is_deferred_not_probed_without_
             nursery.cancel_scope.cancel()
     assert (first.people, first.names_error) == ((("Ann", "Lee"),), None)
     assert second.people == ()
-    assert second.names_error == "the names query timed out or failed for this record"
-    assert [e["outreach_id"] for e in logs if e["event"] == "names_query_record_failed"] == [
-        str(oid(2))
-    ]
+    assert second.names_error == "timed out (5 s)"
+    assert [
+        (e["outreach_id"], e["reason"]) for e in logs if e["event"] == "names_query_record_failed"
+    ] == [(str(oid(2)), "timed out (5 s)")]
     assert loader.statistics()["names_deferred"] == 1
 
 

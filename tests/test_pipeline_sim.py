@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from ct_actors.actors.dispatcher import DispatchSettings
+from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import PoolSettings
@@ -180,9 +180,12 @@ async def test_a_record_without_its_names_is_deferred_and_the_rest_concludes(
     store = FakeStore(spine)
     poison = sorted(spine)[3]
 
-    async def names(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+    async def names(
+        ids: Sequence[uuid.UUID],
+    ) -> dict[uuid.UUID, list[tuple[str, str]] | NamesFailed]:
         await trio.lowlevel.checkpoint()
-        return {i: world.people(owner[i]) for i in ids if i != poison}
+        failed = NamesFailed("the names query timed out or failed for this record")
+        return {i: world.people(owner[i]) if i != poison else failed for i in ids}
 
     async with open_sim_connector(world, SimStats()) as connector:
         supervisor = Supervisor(

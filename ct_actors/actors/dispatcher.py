@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,9 +34,19 @@ from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 
 log = structlog.get_logger("ct_actors.dispatcher")
 
-# Sample names per record; a record missing from the answer had its own query fail (timeout)
-# and is deferred (see LoaderActor).
-NamesSource = Callable[[Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, list[tuple[str, str]]]]]
+@dataclass(frozen=True, slots=True)
+class NamesFailed:
+    """In a NamesSource answer: this record's own names query failed (timeout, data error);
+    the loader defers the record instead of probing it without its names."""
+
+    reason: str
+
+
+# Sample names per record (a record missing from the answer has none), or NamesFailed.
+NamesSource = Callable[
+    [Sequence[uuid.UUID]],
+    Awaitable[Mapping[uuid.UUID, list[tuple[str, str]] | NamesFailed]],
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ waits and tries again; nothing is lost because nothing was claimed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.actors.dispatcher import Job, NamesSource
+from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 
 if TYPE_CHECKING:
     from ct_actors.db.store import SpineAnomalies
@@ -170,12 +170,19 @@ class LoaderActor:
             # releases their leases with everything else still unfinished.
             for record in fresh:
                 error = failure
-                if error is None and self._names is not None and record.outreach_id not in people:
-                    error = "the names query timed out or failed for this record"
-                    log.warning("names_query_record_failed", outreach_id=str(record.outreach_id))
+                entry = people.get(record.outreach_id, [])
+                names: tuple[tuple[str, str], ...] = ()
+                if isinstance(entry, NamesFailed):
+                    error = error or entry.reason
+                    log.warning(
+                        "names_query_record_failed",
+                        outreach_id=str(record.outreach_id),
+                        reason=entry.reason,
+                    )
+                else:
+                    names = tuple(entry)
                 if error is not None:
                     self._stats["names_deferred"] += 1
-                names = tuple(people.get(record.outreach_id, ()))
                 await self._send.send(
                     Job(record.outreach_id, record.domain, now, names, names_error=error)
                 )
@@ -224,9 +231,9 @@ class LoaderActor:
 
     async def _fetch_names(
         self, ids: list[uuid.UUID]
-    ) -> tuple[dict[uuid.UUID, list[tuple[str, str]]], str | None]:
+    ) -> tuple[Mapping[uuid.UUID, list[tuple[str, str]] | NamesFailed], str | None]:
         """Sample names for the whole claim batch in one query (the operator's names_query),
-        and None, or the reason the whole batch gets none. A record missing from the answer
+        and None, or the reason the whole batch gets none. A record answered with NamesFailed
         had its own query fail (timeout); the caller defers it. The records are leased, so a
         database hiccup is retried with back-off, but only `names_failures` attempts in a row:
         then an alert, and the reason (the batch is deferred, never probed without names)."""
