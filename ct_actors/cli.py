@@ -317,7 +317,9 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
 
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
         # One live daemon per owner name (OwnerInUse: a configuration error, exit 2).
-        lock = await acquire_owner_lock(cfg.database.url, cfg.daemon.owner)
+        lock = await acquire_owner_lock(
+            cfg.database.url, cfg.daemon.owner, wait=cfg.daemon.owner_lock_wait
+        )
         try:
             # A progress bar only for a human watching a drain; the journal gets stats lines.
             progress = sys.stderr if args.drain and sys.stderr.isatty() else None

@@ -336,6 +336,9 @@ class VerifierConfig:
 class DaemonConfig:
     owner: str = _key_factory(_default_owner, KeySpec("str", False, "lease owner id"))
     drain_deadline: float = _key(60.0, KeySpec("float", True, "shutdown drain seconds", gt=0))
+    owner_lock_wait: float = _key(
+        30.0, KeySpec("float", False, "wait for the owner name to be free at start", ge=0, le=600)
+    )
 
 
 _SECTIONS: dict[str, type[Any]] = {

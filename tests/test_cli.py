@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -447,3 +448,26 @@ def test_run_refuses_a_names_query_of_the_wrong_shape(migrated_db: str, tmp_path
     assert db_val(migrated_db, "SELECT count(*) FROM ct_actors.lease") == 0
     snap = snapshot(migrated_db)
     assert snap.targets == {} and snap.errors == {}
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_run_refuses_an_owner_name_another_live_daemon_holds(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    # Issue 10 (tidy): two daemons with one daemon.owner took over each other's live leases.
+    async def hold_then_run(conn: Any) -> Any:
+        from ct_actors.db.owner_lock import OWNER_LOCK_CLASS, TRY_LOCK
+
+        assert await conn.fetchval(TRY_LOCK, OWNER_LOCK_CLASS, "prober-1")
+        config = config_file(
+            tmp_path, migrated_db, daemon={"owner": "prober-1", "owner_lock_wait": 1.0}
+        )
+        return await asyncio.to_thread(cli, config, "run", "--drain")
+
+    result = db_run(migrated_db, hold_then_run)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "configuration error: daemon.owner 'prober-1' is held by another live daemon" in (
+        result.stderr
+    )
+    assert db_val(migrated_db, "SELECT count(*) FROM ct_actors.lease") == 0
