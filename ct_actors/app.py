@@ -15,8 +15,8 @@ from typing import Any, TextIO
 import structlog
 import trio
 
-from ct_actors.actors.dispatcher import DispatchSettings, NamesSource
-from ct_actors.actors.loader import LoaderSettings
+from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed, NamesSource
+from ct_actors.actors.loader import LoaderSettings, report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
 from ct_actors.actors.smtp_gate import GuardSettings, SmtpGate, SmtpGuard
@@ -27,9 +27,10 @@ from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
-from ct_actors.dns.types import MxResolver
+from ct_actors.dns.types import DnsUnavailable, MxResolver
 from ct_actors.log import set_level
 from ct_actors.net.connector import Connector, TrioConnector
+from ct_actors.outcome import Deferred
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
 from ct_actors.progress import progress_loop
 from ct_actors.service import SystemdService, WatchdogPolicy
@@ -114,7 +115,10 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
         drain_deadline=cfg.daemon.drain_deadline,
         stats_interval=cfg.log.stats_interval,
         loader=LoaderSettings(
-            claim_batch=cfg.probe.claim_batch, lease_seconds=float(cfg.database.lease_seconds)
+            claim_batch=cfg.probe.claim_batch,
+            lease_seconds=float(cfg.database.lease_seconds),
+            names_failures=cfg.probe.names_failures,
+            names_pause=cfg.probe.names_pause,
         ),
         resolver=resolver_settings(cfg, toolbox),
         dispatch=DispatchSettings(
@@ -177,8 +181,13 @@ def names_source(cfg: Config, store: Store) -> NamesSource | None:
     if not query:
         return None
 
-    async def fetch(ids: Sequence[Any]) -> dict[Any, list[tuple[str, str]]]:
-        return await store.fetch_names_batch(query, list(ids))
+    timeout = cfg.probe.names_timeout
+    failed = NamesFailed(f"the names query timed out or failed for this record ({timeout:g} s)")
+
+    async def fetch(ids: Sequence[Any]) -> dict[Any, list[tuple[str, str]] | NamesFailed]:
+        found = await store.fetch_names_batch(query, list(ids), statement_timeout=timeout)
+        # The store leaves out a record whose own query failed (see fetch_names_batch).
+        return {oid: found.get(oid, failed) for oid in ids}
 
     return fetch
 
@@ -206,6 +215,11 @@ async def run_pipeline(
         service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
     service.starting()
     clock = clock or UtcClock.from_wall()
+    store.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
+    if cfg.probe.names_query:
+        # Raises ConfigurationError (exit 2) before anything is claimed.
+        await store.check_names_query(cfg.probe.names_query)
+    await report_spine_anomalies(store, TRANSIENT_DB_ERRORS)
     throttles = make_throttles(cfg, toolbox, store, clock)
     async with _maybe_resolver(cfg, resolver) as mx_resolver:
         supervisor = Supervisor(
@@ -381,6 +395,14 @@ async def _signal_loop(
             supervisor.request_stop()
 
 
+def resolver_deferral(exc: DnsUnavailable, cfg: Config, toolbox: Toolbox) -> Deferred:
+    return Deferred(
+        f"our resolver could not answer: {exc.reason}",
+        retry_policy(cfg, toolbox).defer_seconds,
+        {"nameserver": exc.nameserver},
+    )
+
+
 async def probe_domain(
     cfg: Config,
     toolbox: Toolbox,
@@ -420,7 +442,12 @@ async def probe_domain(
             await nursery.start(stage.run)
             await nursery.start(pools.run)
             try:
-                mx = await stage.lookup(domain)
+                try:
+                    mx = await stage.lookup(domain)
+                except DnsUnavailable as exc:
+                    # Our resolver's trouble, not a verdict: the same Deferred as in `run`
+                    # (dispatcher), returned, never raised out of the nursery.
+                    return DomainResult(resolver_deferral(exc, cfg, toolbox), None)
                 if cfg.probe.mode == "mx-only":
                     result = mx_only_result(mx)
                 else:

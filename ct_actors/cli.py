@@ -1,8 +1,9 @@
 """`ct-actors` command line: migrate, run, once, probe, demo, bench, report, canary.
 
 Exit codes: 0 success; 1 the command ran but its checks failed; 2 bad configuration or usage;
-3 the database is unavailable; 4 `run --drain` ended with work held back (a tripped kill switch,
-deferred records: see ct_actors.drain_report).
+3 the database is unavailable; 4 no verdict: `probe`/`once` reached none (DEFERRED: our side's
+trouble, such as the resolver not answering; the printed JSON says why), or `run --drain` ended
+with work held back (a tripped kill switch, deferred records: see ct_actors.drain_report).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE, EXIT_HELD = 0, 1, 2, 3, 4
+EXIT_DEFERRED = EXIT_HELD  # one code for "no verdict yet": probe/once DEFERRED, drain held back
 
 DEFAULT_CONFIG = Path("config/ct-actors.toml")
 
@@ -46,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Configuration: TOML file (--config, $CT_CONFIG, else ./config/ct-actors.toml if it "
             "exists), overridden by CT_<SECTION>_<KEY> environment variables such as "
             "CT_DATABASE_URL. See docs/configuration.md. Exit codes: 0 ok, 1 checks failed, "
-            "2 bad configuration, 3 database unavailable, 4 `run --drain` ended with records "
-            "still pending, held back by a tripped kill switch or deferred (what and why is "
-            "printed on stderr; docs/operations.md)."
+            "2 bad configuration, 3 database unavailable, 4 no verdict: probe/once DEFERRED, "
+            "or `run --drain` ended with records still pending, held back by a tripped kill "
+            "switch or deferred (what and why is printed on stderr; docs/operations.md)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"ct-actors {__version__}")
@@ -278,7 +280,7 @@ def _load(args: argparse.Namespace) -> Config:
 async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int:
     """`unbounded`: no per-statement timeout (migrate: an index build on a big production table
     may take long; lock waits are bounded by the migration's lock_timeout instead)."""
-    from ct_actors.db.store import DatabaseUnavailable, open_store
+    from ct_actors.db.store import ConfigurationError, DatabaseUnavailable, open_store
 
     async with trio_asyncio.open_loop():
         try:
@@ -297,6 +299,14 @@ async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int
         try:
             result: int = await body(store)
             return result
+        except ConfigurationError as exc:
+            # Found against the database (e.g. probe.names_query's columns): still the
+            # configuration's fault, so exit 2 like any other configuration error.
+            print(
+                f"ct-actors: configuration error: {redact_text(str(exc), cfg.secrets())}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         finally:
             await store.aclose()
 
@@ -320,15 +330,24 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
         return new_cfg, load_toolbox(new_cfg.toolbox.path)
 
     async def body(store: Any) -> int:
+        from ct_actors.db.owner_lock import acquire_owner_lock
+
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
-        # A progress bar only for a human watching a drain; the journal gets the stats lines.
-        progress = sys.stderr if args.drain and sys.stderr.isatty() else None
-        supervisor = await run_pipeline(
-            cfg, toolbox, store, drain=args.drain, load=load, progress=progress
+        # One live daemon per owner name (OwnerInUse: a configuration error, exit 2).
+        lock = await acquire_owner_lock(
+            cfg.database.url, cfg.daemon.owner, wait=cfg.daemon.owner_lock_wait
         )
-        code = EXIT_OK
-        if args.drain and supervisor.loader.drained.is_set():
-            code = await drain_exit_code(supervisor, store, cfg.daemon.owner)
+        try:
+            # A progress bar only for a human watching a drain; the journal gets stats lines.
+            progress = sys.stderr if args.drain and sys.stderr.isatty() else None
+            supervisor = await run_pipeline(
+                cfg, toolbox, store, drain=args.drain, load=load, progress=progress
+            )
+            code = EXIT_OK
+            if args.drain and supervisor.loader.drained.is_set():
+                code = await drain_exit_code(supervisor, store, cfg.daemon.owner)
+        finally:
+            await lock.aclose()
         log.info("daemon_stopped")
         return code
 
@@ -368,7 +387,7 @@ async def _once(cfg: Config, toolbox: Toolbox, outreach_id: uuid.UUID) -> int:
     async def body(store: Any) -> int:
         result = await process_one(cfg, toolbox, store, outreach_id)
         print(json.dumps(result, default=str))
-        return EXIT_OK
+        return EXIT_DEFERRED if result.get("outcome") == "DEFERRED" else EXIT_OK
 
     return await _with_store(cfg, body)
 
@@ -406,13 +425,14 @@ async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int
         "domain": domain.domain,
         "input": args.domain,
         "normalised": list(domain.changes),
+        **({"mixed_script_labels": list(domain.mixed_script)} if domain.mixed_script else {}),
         "mode": cfg.probe.mode,
         **result_fields(decided.result),
         "mx_host": decided.mx_host,
         "evidence": decided.result.evidence,
     }
     print(json.dumps(body, default=str, indent=2))
-    return EXIT_OK
+    return EXIT_DEFERRED if body.get("outcome") == "DEFERRED" else EXIT_OK
 
 
 async def _report(cfg: Config, args: argparse.Namespace) -> int:

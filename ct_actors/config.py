@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
+from ct_actors.net.address_policy import parse_networks
 from ct_actors.redact import redact_url
 
 __all__ = [
@@ -148,7 +149,9 @@ class DatabaseConfig:
     )
     min_connections: int = _key(1, KeySpec("int", False, "pool minimum size", ge=0))
     max_connections: int = _key(4, KeySpec("int", False, "pool maximum size", ge=1))
-    lease_seconds: int = _key(300, KeySpec("int", False, "claim lease length", ge=1))
+    # Upper bounds keep now() + interval inside PostgreSQL's timestamp range: a larger value
+    # would pass here and fail every claim (exit 1, restarted forever) instead of exit 2.
+    lease_seconds: int = _key(300, KeySpec("int", False, "claim lease length", ge=1, le=86_400))
     # Also how long a cancelled query can hold up a stop: asyncpg finishes cancelling a query on
     # a silent connection only after this. The daemon's statements take milliseconds.
     command_timeout: float = _key(
@@ -187,6 +190,10 @@ class SmtpConfig:
     )
     source_address: str | None = _key(
         None, KeySpec("opt_str", False, "local IP to bind outgoing connections to")
+    )
+    # Empty: only public MX addresses are connected to (ct_actors.net.address_policy).
+    allow_networks: tuple[str, ...] = _key(
+        (), KeySpec("str_list", False, "non-public CIDR blocks MX hosts may be on")
     )
     connect_timeout: float = _key(10.0, KeySpec("float", True, "TCP connect + banner", gt=0))
     command_timeout: float = _key(30.0, KeySpec("float", True, "per SMTP command", gt=0))
@@ -258,9 +265,20 @@ class ProbeConfig:
         "smtp", KeySpec("choice", False, "probe depth", choices=("smtp", "mx-only"))
     )
     names_query: str = _key("", KeySpec("str", False, "SQL for candidate names; $1 = company"))
+    names_timeout: float = _key(
+        5.0, KeySpec("float", False, "names query seconds per record", gt=0, le=300)
+    )
+    names_failures: int = _key(
+        5, KeySpec("int", False, "names query failures in a row before alert + pause", ge=1)
+    )
+    names_pause: float = _key(
+        120.0, KeySpec("float", False, "claim pause after names_failures", gt=0, le=300)
+    )
     max_in_flight: int = _key(512, KeySpec("int", False, "records in the pipeline", ge=1))
     claim_batch: int = _key(200, KeySpec("int", True, "records claimed per query", ge=1))
-    defer_seconds: int = _key(600, KeySpec("int", True, "re-claim delay after Deferred", ge=1))
+    defer_seconds: int = _key(
+        600, KeySpec("int", True, "re-claim delay after Deferred", ge=1, le=2_592_000)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +353,9 @@ class VerifierConfig:
 class DaemonConfig:
     owner: str = _key_factory(_default_owner, KeySpec("str", False, "lease owner id"))
     drain_deadline: float = _key(60.0, KeySpec("float", True, "shutdown drain seconds", gt=0))
+    owner_lock_wait: float = _key(
+        30.0, KeySpec("float", False, "wait for the owner name to be free at start", ge=0, le=600)
+    )
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -487,15 +508,20 @@ def _type_name(v: object) -> str:
     return f"a {type(v).__name__}"
 
 
+def _bound(x: float) -> str:
+    # 2592000, not 2.592e+06.
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _check_bounds(v: float, spec: KeySpec) -> None:
     if spec.ge is not None and spec.le is not None and not (spec.ge <= v <= spec.le):
-        raise _Invalid(f"must be between {spec.ge:g} and {spec.le:g}, got {v!r}")
+        raise _Invalid(f"must be between {_bound(spec.ge)} and {_bound(spec.le)}, got {v!r}")
     if spec.ge is not None and v < spec.ge:
-        raise _Invalid(f"must be >= {spec.ge:g}, got {v!r}")
+        raise _Invalid(f"must be >= {_bound(spec.ge)}, got {v!r}")
     if spec.gt is not None and v <= spec.gt:
-        raise _Invalid(f"must be > {spec.gt:g}, got {v!r}")
+        raise _Invalid(f"must be > {_bound(spec.gt)}, got {v!r}")
     if spec.le is not None and v > spec.le:
-        raise _Invalid(f"must be <= {spec.le:g}, got {v!r}")
+        raise _Invalid(f"must be <= {_bound(spec.le)}, got {v!r}")
 
 
 def _coerce(raw: object, spec: KeySpec, *, from_text: bool) -> Any:
@@ -576,6 +602,7 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
 _DOLLAR_ONE = re.compile(r"\$1(?!\d)")
+_OTHER_PARAM = re.compile(r"\$(?!1(?!\d))\d+")
 _SQL_START = re.compile(r"^\s*(?:select|with)\b", re.IGNORECASE)
 
 
@@ -665,6 +692,13 @@ def _validate_source_address(value: str | None) -> str | None:
         raise _Invalid(f"{value!r} is not an IPv4/IPv6 address") from None
 
 
+def _validate_allow_networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return tuple(str(n) for n in parse_networks(values))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _validate_names_query(q: str) -> str:
     if not q.strip():
         return ""
@@ -672,6 +706,10 @@ def _validate_names_query(q: str) -> str:
         raise _Invalid("must be a single SELECT or WITH query")
     if not _DOLLAR_ONE.search(q):
         raise _Invalid("must use the parameter $1 (the outreach_id of the company)")
+    if other := _OTHER_PARAM.search(q):
+        raise _Invalid(f"must use no parameter but $1, found {other.group(0)}")
+    # Its columns cannot be read from the text (SELECT *, views): the daemon checks them
+    # against the database at start (Store.check_names_query).
     return q
 
 
@@ -702,6 +740,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "smtp.helo_name": lambda v: None if v is None else _validate_fqdn(v, "helo_name"),
     "smtp.mail_from": _validate_mail_from,
     "smtp.source_address": _validate_source_address,
+    "smtp.allow_networks": _validate_allow_networks,
     "probe.names_query": _validate_names_query,
     "daemon.owner": _validate_owner,
     "verifier.base_url": _validate_base_url,

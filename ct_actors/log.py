@@ -257,6 +257,7 @@ def configure_logging(
     _REDACTOR[0] = Redactor(secrets)
     _PROCESSORS[:] = _build_processors(fmt, colors)
     _apply_level(level_no)
+    _bridge_stdlib_logging()
     structlog.configure(
         processors=_PROCESSORS,
         wrapper_class=cast(type[FilteringBoundLogger], _LevelSwitchingLogger),
@@ -264,6 +265,32 @@ def configure_logging(
         logger_factory=_sink_factory,
         cache_logger_on_first_use=True,
     )
+
+
+class _StdlibBridge(logging.Handler):
+    """Records of the standard `logging` module (asyncpg's pool, asyncio's default exception
+    handler during a database outage) as `library_log` events of our own log: one JSON line,
+    redacted, traceback included as text, instead of plain-text tracebacks on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            logger = structlog.get_logger(record.name)
+            method = getattr(logger, record.levelname.lower(), logger.error)
+            fields: dict[str, Any] = {"message": record.getMessage()}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info
+            method("library_log", **fields)
+        except Exception:  # pragma: no cover - logging must never raise into the caller
+            self.handleError(record)
+
+
+def _bridge_stdlib_logging() -> None:
+    """Route the standard library's root logger through `_StdlibBridge` (idempotent). Libraries
+    log warnings and errors; their debug/info chatter stays out."""
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StdlibBridge)]
+    root.addHandler(_StdlibBridge())
+    root.setLevel(logging.WARNING)
 
 
 def set_level(level: str) -> None:

@@ -21,6 +21,7 @@ async def process_one(
     cfg: Config, toolbox: Toolbox, store: Store, outreach_id: uuid.UUID
 ) -> dict[str, Any]:
     started = trio.current_time()
+    store.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
     spine = await store.fetch_spine(outreach_id)
     if spine is None:
         failed = Failed(FailureCode.NOT_FOUND, "outreach_id is not in outreach.outreach")
@@ -46,7 +47,10 @@ async def process_one(
         return await _write(store, cfg, Outcome(outreach_id, None, failed))
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
-        people = await store.fetch_names(cfg.probe.names_query, outreach_id)
+        await store.check_names_query(cfg.probe.names_query)
+        people = await store.fetch_names(
+            cfg.probe.names_query, outreach_id, statement_timeout=cfg.probe.names_timeout
+        )
     decided = await probe_domain(
         cfg, toolbox, domain.domain, people, usage=store, ledger=store
     )
@@ -54,6 +58,7 @@ async def process_one(
         **decided.result.evidence,
         "raw_domain": spine.domain,
         "normalised": list(domain.changes),
+        **({"mixed_script_labels": list(domain.mixed_script)} if domain.mixed_script else {}),
     }
     result = dataclasses.replace(decided.result, evidence=evidence)
     outcome = Outcome(

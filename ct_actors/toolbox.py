@@ -54,6 +54,7 @@ IMPLIED_WINDOWS: dict[str, float] = {
 }
 SCOPES: tuple[str, ...] = (*IMPLIED_WINDOWS, "per_domain")
 STRATEGIES: tuple[str, ...] = ("linear", "exponential", "fixed")
+BIGINT_MAX = 2**63 - 1
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -268,12 +269,23 @@ class _Reader:
         number = self.positive(value, path)
         if not number.is_integer():
             raise self.fail(path, f"must be a positive whole number, got {value!r}")
-        return int(number)
+        # Exact for an int (a float would round 2**63 - 1 up past the bound).
+        whole = value if isinstance(value, int) else int(number)
+        return self._in_bigint(whole, value, path)
 
     def non_negative_int(self, value: object, path: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.fail(path, f"must be a whole number >= 0, got {value!r}")
-        return value
+        return self._in_bigint(value, value, path)
+
+    def _in_bigint(self, whole: int, value: object, path: str) -> int:
+        # Counts are kept in PostgreSQL bigint columns (ct_actors.tool_usage.used); a larger
+        # limit would pass here and fail at the first reservation, every restart.
+        if whole > BIGINT_MAX:
+            raise self.fail(
+                path, f"must be at most {BIGINT_MAX} (PostgreSQL bigint), got {value!r}"
+            )
+        return whole
 
     def non_negative_number(self, value: object, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow
-from ct_actors.sim.world import World
+from ct_actors.sim.world import SIM_NETWORK, World
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLBOX = REPO / "config" / "SNAP_ON_TOOLBOX.yaml"
@@ -373,6 +373,8 @@ def daemon_sections(
             "greylist_retry_delay": world.greylist_delay + 0.5,
             "greylist_max_retries": 2,
             "dead_host_backoff": 60.0,
+            # The simulated internet lives on loopback, which production refuses.
+            "allow_networks": [SIM_NETWORK],
         },
         "probe": {"mode": mode, "names_query": NAMES_QUERY, "claim_batch": 100},
         "writer": {"batch_size": 100, "flush_interval": 0.1},

@@ -21,6 +21,7 @@ class Claimed:
     outreach_id: uuid.UUID
     domain: str | None
     attempts: int | None = None
+    spine_rows: int = 1
 
 
 @dataclass

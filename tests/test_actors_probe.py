@@ -496,3 +496,31 @@ async def test_broken_starttls_handshake_falls_back_to_plaintext_on_a_new_connec
     assert host.commands(2)[:2] == [EHLO, MAIL]
     assert host.commands(3)[:2] == [EHLO, MAIL]  # no STARTTLS tried again for a while
     assert stats["tls_fallbacks"] == 1
+
+
+async def test_overlong_sample_name_is_skipped_recorded_and_never_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A 10 kB last name: the candidates using it are not valid RFC 5321 local parts (over 64
+    # octets); they are recorded in the evidence and never reach the server, and the healthy
+    # domain still concludes (here on contact@).
+    host = MailHost("mx1.test", "192.0.2.1", mailboxes=frozenset({"contact"}))
+    people = [("Ann", "L" * 10_000)]
+    with trio.fail_after(BOUND):
+        async with network(host) as manager:
+            result = await probe(manager, "acme.test", [host], people)
+    assert isinstance(result.result, Passed)
+    assert result.result.method_type == "contact"
+    sent = [c for c in host.commands() if c.startswith("RCPT")]
+    assert sent == rcpts("acme.test", "ct-probe-X", "ann.l", "ann", "info", "contact")
+    skipped = result.result.evidence["skipped_candidates"]
+    assert [(s["method_type"], s["person"]) for s in skipped] == [
+        ("first.last", 0),
+        ("firstlast", 0),
+        ("f.last", 0),
+        ("last", 0),
+    ]
+    assert [s["reason"] for s in skipped] == [
+        f"local part longer than 64 octets ({n})" for n in (10_004, 10_003, 10_002, 10_000)
+    ]
+    assert max(len(s["local_part"]) for s in skipped) == 65

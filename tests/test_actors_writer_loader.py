@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.actors.dispatcher import Job
+from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 from ct_actors.actors.loader import LoaderActor, LoaderSettings
 from ct_actors.actors.writer import WriterActor, WriterSettings
 from ct_actors.outcome import Outcome, Passed
@@ -444,3 +445,141 @@ async def test_loader_reclaiming_its_own_expired_lease_does_not_leak_a_credit(
             loader.stop()
     assert credits.available == 2
     assert [job.outreach_id for job in held] == [oid(1)]
+
+
+class DuplicatedSpine(RecordingStore):
+    """Record 1 is carried by three spine rows (the real claim merges them into one record)."""
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+        claimed = await super().claim(owner, limit, lease_seconds)
+        return [
+            Claimed(c.outreach_id, c.domain, 3 if c.outreach_id == oid(1) else 1) for c in claimed
+        ]
+
+
+async def test_loader_alerts_each_duplicated_spine_id_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    credits = WorkCredits(2)
+    store = DuplicatedSpine(spine(2), credits)
+    loader, jobs = loader_for(store, credits, drain=False, claim_batch=2, lease_seconds=10.0)
+    seen: list[tuple[float, uuid.UUID]] = []
+
+    async def consume() -> None:
+        # Finishes every job without a terminal outcome: the leases lapse and both records are
+        # claimed again after lease_seconds, the duplicated one included.
+        async with jobs:
+            async for job in jobs:
+                seen.append((now(), job.outreach_id))
+                credits.leave(job.outreach_id)
+
+    with capture_logs() as logs, trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(loader.run)
+            await trio.sleep_until(25.0)
+            loader.stop()
+    assert [i for _, i in seen].count(oid(1)) >= 2  # claimed (and processed) again
+    alerts = [e for e in logs if e["event"] == "spine_duplicate_id"]
+    assert [(a["outreach_id"], a["spine_rows"], a["skipped_rows"]) for a in alerts] == [
+        (str(oid(1)), 3, 2)
+    ]
+    assert alerts[0]["log_level"] == "error"
+    assert loader.statistics()["spine_duplicate_rows"] == 2
+
+
+# ─── names query failures (issue 10, item 6) ────────────────────────────────────────────────
+
+
+def names_loader(
+    store: FakeStore, credits: WorkCredits, names: NamesSource
+) -> tuple[LoaderActor, trio.MemoryReceiveChannel[Job]]:
+    send, recv = trio.open_memory_channel[Job](0)
+    settings = LoaderSettings(
+        claim_batch=2,
+        idle_poll=5.0,
+        retry_initial=1.0,
+        retry_max=60.0,
+        names_failures=3,
+        names_pause=100.0,
+    )
+    loader = LoaderActor(
+        send,
+        store,
+        owner=OWNER,
+        credits=credits,
+        settings=settings,
+        transient_errors=(Unavailable,),
+        names=names,
+    )
+    return loader, recv
+
+
+async def test_a_record_whose_names_query_failed_is_deferred_not_probed_without_names(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    credits = WorkCredits(2)
+    store = RecordingStore(spine(2), credits)
+
+    async def names(
+        ids: Sequence[uuid.UUID],
+    ) -> dict[uuid.UUID, list[tuple[str, str]] | NamesFailed]:
+        await trio.lowlevel.checkpoint()
+        # Record 2's own query timed out.
+        return {oid(1): [("Ann", "Lee")], oid(2): NamesFailed("timed out (5 s)")}
+
+    loader, jobs = names_loader(store, credits, names)
+    with capture_logs() as logs, trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader.run)
+            first, second = await jobs.receive(), await jobs.receive()
+            loader.stop()
+            nursery.cancel_scope.cancel()
+    assert (first.people, first.names_error) == ((("Ann", "Lee"),), None)
+    assert second.people == ()
+    assert second.names_error == "timed out (5 s)"
+    assert [
+        (e["outreach_id"], e["reason"]) for e in logs if e["event"] == "names_query_record_failed"
+    ] == [(str(oid(2)), "timed out (5 s)")]
+    assert loader.statistics()["names_deferred"] == 1
+
+
+async def test_repeated_names_failures_alert_defer_the_batch_and_pause_claiming(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    credits = WorkCredits(4)
+    store = RecordingStore(spine(4), credits)
+    attempts: list[float] = []
+
+    async def names(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
+        attempts.append(now())
+        await trio.lowlevel.checkpoint()
+        raise Unavailable("canceling statement due to statement timeout")
+
+    loader, jobs = names_loader(store, credits, names)
+    received: list[tuple[float, Job]] = []
+    with capture_logs() as logs, trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader.run)
+            for _ in range(4):
+                job = await jobs.receive()
+                received.append((now(), job))
+            loader.stop()
+            nursery.cancel_scope.cancel()
+    # Batch 1: attempts at 0, 1 (back-off 1 s), 3 (2 s); the third failure alerts and defers
+    # the batch; claiming pauses 100 s. Batch 2 at 103: the failures are still in a row, so
+    # its single attempt defers it at once.
+    assert attempts == [0.0, 1.0, 3.0, 103.0]
+    assert [t for t, _ in received] == [3.0, 3.0, 103.0, 103.0]
+    reason = "the names query failed 3 times: canceling statement due to statement timeout"
+    assert {job.names_error for _, job in received} == {
+        reason,
+        "the names query failed 4 times: canceling statement due to statement timeout",
+    }
+    assert received[0][1].names_error == reason
+    alerts = [e for e in logs if e["event"] == "names_query_failing"]
+    assert [(a["failures"], a["deferred"], a["pause"]) for a in alerts] == [
+        (3, 2, 100.0),
+        (4, 2, 100.0),
+    ]
+    assert loader.statistics()["names_pauses"] == 2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -423,3 +424,92 @@ def test_probe_prints_the_decision_and_touches_no_database(
     stats = sim.stop()
     assert stats["data_attempts"] == 0
     assert stats["rcpt_domains"] == 2  # the two smtp-mode probes; mx-only sent nothing
+
+
+# ─── our resolver down (issue 10, item 8) ───────────────────────────────────────────────────
+
+
+@pytest.mark.timeout(60)
+def test_probe_when_dns_fails_prints_the_deferred_decision(tmp_path: Path) -> None:
+    # NOT_THERE's resolver is 127.0.0.1:1, where nothing listens: every query fails.
+    config = config_file(tmp_path, UNREACHABLE)
+    result = cli(config, "probe", "example.com")
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+    printed = last_json(result.stdout)
+    assert printed["outcome"] == "DEFERRED"
+    assert printed["reason"].startswith("our resolver could not answer: ")
+    assert printed["retry_after"] > 0
+    assert printed["domain"] == "example.com"
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_once_when_dns_fails_prints_and_records_the_deferral(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    outreach_id = uuid.uuid4()
+    db_val(
+        migrated_db,
+        "INSERT INTO outreach.outreach (outreach_id, domain) VALUES ($1, $2) RETURNING 1",
+        outreach_id,
+        "example.com",
+    )
+    config = config_file(tmp_path, migrated_db, probe={"mode": "smtp", "names_query": ""})
+    result = cli(config, "once", str(outreach_id))
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    printed = last_json(result.stdout)
+    assert (printed["outcome"], printed["written"]) == ("DEFERRED", False)
+    assert printed["reason"].startswith("our resolver could not answer: ")
+    snap = snapshot(migrated_db)
+    assert snap.targets == {} and snap.errors == {}  # still pending: no verdict was written
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_run_refuses_a_names_query_of_the_wrong_shape(migrated_db: str, tmp_path: Path) -> None:
+    # Issue 10, item 6: a one-column query used to make `run` read the wrapper's row number as
+    # the last name (PASS first.last at 0.95). Its columns are known only to the database, so
+    # they are checked there before anything is claimed: exit 2, nothing written.
+    outreach_id = uuid.uuid4()
+    db_val(
+        migrated_db,
+        "INSERT INTO outreach.outreach (outreach_id, domain) VALUES ($1, 'a.example') "
+        "RETURNING 1",
+        outreach_id,
+    )
+    one_column = "SELECT 'Ann'::text AS first_name WHERE $1::uuid IS NOT NULL"
+    config = config_file(tmp_path, migrated_db, probe={"mode": "smtp", "names_query": one_column})
+    for command in (["run", "--drain"], ["once", str(outreach_id)]):
+        result = cli(config, *command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "configuration error: probe.names_query returns 1 column (first_name)" in (
+            result.stderr
+        )
+    assert db_val(migrated_db, "SELECT count(*) FROM ct_actors.lease") == 0
+    snap = snapshot(migrated_db)
+    assert snap.targets == {} and snap.errors == {}
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_run_refuses_an_owner_name_another_live_daemon_holds(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    # Issue 10 (tidy): two daemons with one daemon.owner took over each other's live leases.
+    async def hold_then_run(conn: Any) -> Any:
+        from ct_actors.db.owner_lock import OWNER_LOCK_CLASS, TRY_LOCK
+
+        assert await conn.fetchval(TRY_LOCK, OWNER_LOCK_CLASS, "prober-1")
+        config = config_file(
+            tmp_path, migrated_db, daemon={"owner": "prober-1", "owner_lock_wait": 1.0}
+        )
+        return await asyncio.to_thread(cli, config, "run", "--drain")
+
+    result = db_run(migrated_db, hold_then_run)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "configuration error: daemon.owner 'prober-1' is held by another live daemon" in (
+        result.stderr
+    )
+    assert db_val(migrated_db, "SELECT count(*) FROM ct_actors.lease") == 0

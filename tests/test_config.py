@@ -349,6 +349,12 @@ def test_section_must_be_table(tmp_path: Path) -> None:
         ("[writer]\nbatch_size = 0", "writer.batch_size: must be >= 1"),
         ('[database]\nurl = "mysql://u:hunter22@h/db"', "must be a postgresql:// URL"),
         ('[toolbox]\npath = ""', "toolbox.path: must not be empty"),
+        # Issue 10: values PostgreSQL cannot turn into a timestamp used to pass here and fail
+        # every claim/deferral (exit 1, restarted forever).
+        ("[database]\nlease_seconds = 9223372036854775807", "must be between 1 and 86400"),
+        ("[probe]\ndefer_seconds = 100000000000", "must be between 1 and 2592000"),
+        ('[smtp]\nallow_networks = ["10.0.0.1/8"]', "smtp.allow_networks: '10.0.0.1/8'"),
+        ("[probe]\nnames_timeout = 0", "probe.names_timeout: must be"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(tmp_path: Path, snippet: str, expected: str) -> None:
@@ -499,6 +505,7 @@ def test_smtp_reverse_path_default_object() -> None:
         ("DELETE FROM outreach.people WHERE id = $1", "must be a single SELECT or WITH"),
         ("SELECT first, last FROM people", "must use the parameter $1"),
         ("SELECT first FROM people WHERE a = $10", "must use the parameter $1"),
+        ("SELECT a, b FROM p WHERE id = $1 AND k = $2", "must use no parameter but $1, found $2"),
     ],
 )
 def test_names_query_refused(tmp_path: Path, query: str, expected: str) -> None:

@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 
 from ct_actors.db.encode import (
+    EVIDENCE_LIMIT,
+    EVIDENCE_STRING_LIMIT,
+    FIELD_LIMITS,
     MAX_RETRY_AFTER,
+    SecretMask,
     clean_text,
     encode_evidence,
     encode_outcomes,
@@ -127,3 +131,58 @@ def test_evidence_always_encodes_to_valid_json_postgres_accepts() -> None:
     assert encode_evidence(None) is None
     assert encode_evidence({}) == "{}"
     assert encode_evidence({"a": [1, "b"]}) == '{"a":[1,"b"]}'
+
+
+# ─── issue 10: bounded, readable, secret-free stored text ───────────────────────────────────
+
+
+def test_control_characters_are_never_stored_raw() -> None:
+    # ESC/BEL from a hostile reply would drive an operator's terminal through psql; a bare CR
+    # can overwrite a line; bidi overrides (Trojan Source) reorder text. Tab and LF are plain
+    # whitespace and kept (the audit shows a spine value as it was).
+    assert clean_text("550 \x1b[31mred\x07 bell") == "550 \\x1b[31mred\\x07 bell"
+    assert clean_text("line1\r\nline2\tx") == "line1\\x0d\nline2\tx"
+    assert clean_text("a\x9bb\x7fc") == "a\\x9bb\\x7fc"
+    assert clean_text("abc\u202edcba") == "abc\\u202edcba"
+    text = encode_evidence({"reply": "550 \x1b]0;pwned\x07", "ok": "fine\n"})
+    assert text is not None
+    parsed = json.loads(text)
+    assert parsed == {"reply": "550 \\x1b]0;pwned\\x07", "ok": "fine\n"}
+
+
+def test_free_text_fields_are_bounded() -> None:
+    assert clean_text("x" * 50, 20) == "x" * 9 + "…[50 chars]"
+    assert len(clean_text("y" * 100_000, 2000) or "") == 2000
+    huge = "d" * 100_000
+    outcome = Outcome(
+        uuid.UUID(int=1),
+        None,
+        Failed(FailureCode.NO_DOMAIN, f"domain {huge!r} unusable", evidence={"raw_domain": huge}),
+    )
+    batch = encode_outcomes([outcome])
+    reason = batch.columns["blocking_reason"][0]
+    assert len(reason) == FIELD_LIMITS["blocking_reason"] and reason.endswith("…[100018 chars]")
+    evidence = json.loads(batch.columns["evidence"][0])
+    assert len(evidence["raw_domain"]) == EVIDENCE_STRING_LIMIT
+    # Many strings, each within its bound, still cannot make the evidence unbounded.
+    wide = encode_evidence({"visits": [{"reply": "r" * 1500} for _ in range(200)]})
+    assert wide is not None and len(wide) < EVIDENCE_LIMIT
+    cut = json.loads(wide)
+    assert cut["evidence_truncated"] is True and cut["chars"] > EVIDENCE_LIMIT
+
+
+def test_known_secrets_are_masked_in_everything_stored() -> None:
+    key = "mv-KEY-0123456789"
+    mask = SecretMask([key, "pa ss"])
+    evidence = {"vendor": {"echo": f"api_key={key}&email=a@b.c"}, "url": "x?k=pa%20ss"}
+    text = encode_evidence(evidence, mask)
+    assert text is not None and key not in text and "pa%20ss" not in text
+    assert json.loads(text)["vendor"]["echo"] == "api_key=***&email=a@b.c"
+    outcome = Outcome(
+        uuid.UUID(int=2), None, Deferred(f"vendor said {key}", 60.0, {"short": key})
+    )
+    batch = encode_outcomes([outcome], mask)
+    assert batch.columns["reason"][0] == "vendor said ***"
+    assert key not in batch.columns["evidence"][0]
+    # Without a mask nothing is guessed (shape-based masking belongs to the logs).
+    assert encode_evidence({"a": key}) == f'{{"a":"{key}"}}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -281,3 +282,29 @@ def test_short_secrets_are_not_masked_by_value() -> None:
 
 def test_longest_secret_wins() -> None:
     assert Redactor(["abcd", "abcdefgh"])("xx abcdefgh yy") == "xx *** yy"
+
+
+def test_library_logging_goes_through_the_json_log(capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 10: during a database outage asyncpg (and asyncio's default exception handler)
+    # printed plain-text tracebacks on stderr, unredacted; now they are JSON lines like ours.
+    buf = io.StringIO()
+    configure_logging("json", "info", stream=buf, secrets=["hunter2-pw"])
+    configure_logging("json", "info", stream=buf, secrets=["hunter2-pw"])  # idempotent
+    try:
+        raise ConnectionResetError("postgresql://ct:hunter2-pw@db/x reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("asyncpg.pool").warning(
+            "connection %s lost", "db:5432", exc_info=True
+        )
+    logging.getLogger("asyncpg.protocol").info("chatter")  # below WARNING: dropped
+    (line,) = lines(buf)
+    assert line["event"] == "library_log" and line["logger"] == "asyncpg.pool"
+    assert line["level"] == "warning" and line["message"] == "connection db:5432 lost"
+    assert "ConnectionResetError" in line["exception"] and "hunter2-pw" not in line["exception"]
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    root = logging.getLogger()
+    bridges = [h for h in root.handlers if isinstance(h, log_module._StdlibBridge)]
+    assert len(bridges) == 1
+    root.removeHandler(bridges[0])  # leave the process's logging as other tests expect it
+    root.setLevel(logging.WARNING)

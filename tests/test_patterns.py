@@ -5,9 +5,11 @@ import pytest
 from ct_actors.probe.patterns import (
     CONFIDENCE,
     candidates,
+    candidates_and_skips,
     catchall_probe_address,
     fold_name,
     local_part,
+    local_part_problem,
     template,
 )
 from ct_actors.probe.plan import Conclusion, ProbePlan
@@ -142,3 +144,61 @@ def test_plan_earlier_accept_wins_after_resume() -> None:
     plan.resume()
     plan.answer(True)  # first.last accepted on retry: it comes first in the contract order
     assert plan.winner is not None and plan.winner.method_type == "first.last"
+
+
+# ─── RFC 5321 local parts (issue 10, item 7) ────────────────────────────────────────────────
+# RFC 5321 §4.5.3.1.1: a local part is at most 64 octets; §4.1.2: Local-part = Dot-string /
+# Quoted-string, Dot-string = Atom *("." Atom), Atom = 1*atext (RFC 5322 §3.2.3). A 10 kB
+# sample name used to be sent whole and the server refused the RCPT line ("command longer than
+# 512 octets", §4.5.3.1.4), failing a healthy domain.
+
+
+@pytest.mark.parametrize(
+    ("local", "problem"),
+    [
+        ("first.last", None),
+        ("a" * 64, None),
+        ("o'brien+x", None),
+        ("a" * 65, "local part longer than 64 octets (65)"),
+        ("", "empty local part"),
+        (".abc", "empty atom in dot-string"),
+        ("abc.", "empty atom in dot-string"),
+        ("a..b", "empty atom in dot-string"),
+        ("a b", "character ' ' not allowed in a dot-string local part"),
+        ("a\x00b", "character '\\x00' not allowed in a dot-string local part"),
+        ("jos\u00e9", "character 'é' not allowed in a dot-string local part"),
+        ("a<b>", "character '<' not allowed in a dot-string local part"),
+    ],
+)
+def test_local_part_problem(local: str, problem: str | None) -> None:
+    assert local_part_problem(local) == problem
+
+
+def test_overlong_names_are_skipped_and_recorded_never_sent() -> None:
+    huge = "x" * 10_000
+    got, skipped = candidates_and_skips("acme.com", [("Ann", huge), ("Bob", "Lee")])
+    addresses = [c.address for c in got]
+    # For person 0 only the patterns that do not use the whole last name survive.
+    assert addresses[:2] == ["ann.x@acme.com", "ann@acme.com"]
+    assert all(len(a.split("@")[0]) <= 64 for a in addresses)
+    assert "bob.lee@acme.com" in addresses and "info@acme.com" in addresses
+    assert [(s.method_type, s.person) for s in skipped] == [
+        ("first.last", 0),
+        ("firstlast", 0),
+        ("f.last", 0),
+        ("last", 0),
+    ]
+    for s in skipped:
+        assert s.reason.startswith("local part longer than 64 octets")
+        assert len(s.local_part) <= 68  # a bounded prefix, never the 10 kB name
+    assert skipped[0].audit() == {
+        "method_type": "first.last",
+        "person": 0,
+        "reason": skipped[0].reason,
+        "local_part": skipped[0].local_part,
+    }
+    # The plan asks only valid candidates and keeps the skipped ones for the evidence.
+    plan = ProbePlan("acme.com", [("Ann", huge), ("Bob", "Lee")], catchall_address="c@acme.com")
+    assert [s.address for s in plan.steps[1:]] == addresses
+    assert plan.skipped == skipped
+    assert candidates("acme.com", [("Ann", huge)]) == got[:2] + got[-2:]

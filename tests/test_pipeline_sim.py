@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from ct_actors.actors.dispatcher import DispatchSettings
+from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import PoolSettings
@@ -178,3 +178,73 @@ async def test_writer_holds_results_while_the_database_is_down(
     assert supervisor.writer.statistics()["retries"] == 4
     first_write = store.writes[0][0]
     assert first_write >= 7.5
+
+
+async def test_a_record_without_its_names_is_deferred_and_the_rest_concludes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 10, item 6: one record's names query times out; it is deferred with the reason
+    # (never probed role-only), and the healthy records of its batch conclude.
+    world = World.generate(7, 12, latency_ms=40, jitter_ms=20, conn_limit=1)
+    spine, owner = spine_for(world)
+    store = FakeStore(spine)
+    poison = sorted(spine)[3]
+
+    async def names(
+        ids: Sequence[uuid.UUID],
+    ) -> dict[uuid.UUID, list[tuple[str, str]] | NamesFailed]:
+        await trio.lowlevel.checkpoint()
+        failed = NamesFailed("the names query timed out or failed for this record")
+        return {i: world.people(owner[i]) if i != poison else failed for i in ids}
+
+    async with open_sim_connector(world, SimStats()) as connector:
+        supervisor = Supervisor(
+            settings(),
+            store=store,
+            resolver=SimResolver(world),
+            pools=SmtpPoolManager(POOL, connector, max_connections=32),
+            transient_db_errors=(Unavailable,),
+            names=names,
+            drain=True,
+        )
+        with trio.fail_after(3600):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(supervisor.run)
+    deferred = store.deferred[poison].result
+    assert isinstance(deferred, Deferred)
+    assert deferred.reason == (
+        "sample names unavailable: the names query timed out or failed for this record"
+    )
+    assert deferred.retry_after == 600.0
+    healthy = [oid for oid in spine if oid != poison]
+    assert all(
+        label(o.result) == expected_label(world, owner[oid])
+        for oid, o in {**store.deferred, **store.terminal}.items()
+        if oid in healthy
+    )
+    assert len(store.terminal) + len(store.deferred) == len(spine)
+
+
+async def test_mixed_script_labels_are_recorded_in_the_evidence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 10: a look-alike label (Cyrillic U+0430 among Latin letters) is probed like any other
+    # domain and flagged in the evidence for a human.
+    world = World.generate(3, 4, latency_ms=5, jitter_ms=2)
+    ids = [uuid.UUID(int=1), uuid.UUID(int=2)]
+    store = FakeStore({ids[0]: "\u0430pple.com", ids[1]: "apple.com"})
+    async with open_sim_connector(world, SimStats()) as connector:
+        supervisor = Supervisor(
+            settings("mx-only"),
+            store=store,
+            resolver=SimResolver(world),
+            pools=SmtpPoolManager(POOL, connector, max_connections=8),
+            transient_db_errors=(Unavailable,),
+            drain=True,
+        )
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(supervisor.run)
+    outcomes = {**store.deferred, **store.terminal}
+    assert outcomes[ids[0]].result.evidence["mixed_script_labels"] == ["xn--pple-43d"]
+    assert "mixed_script_labels" not in outcomes[ids[1]].result.evidence

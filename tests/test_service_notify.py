@@ -143,6 +143,20 @@ def test_unit_file_speaks_notify_with_watchdog_and_hardening() -> None:
     assert "CT_DATABASE_URL" in text and "MILLIONVERIFIER_API_KEY" in text
 
 
+def test_unit_file_bounds_restarts_memory_and_addresses() -> None:
+    # Issue 10: a crash loop ends in a failed unit (5 starts in 10 minutes at RestartSec=10);
+    # a runaway is capped; link-local (cloud metadata) and multicast are unreachable.
+    unit = unit_settings()
+    assert unit["StartLimitIntervalSec"] == ["600"] and unit["StartLimitBurst"] == ["5"]
+    assert int(unit["StartLimitBurst"][0]) * int(unit["RestartSec"][0]) < int(
+        unit["StartLimitIntervalSec"][0]
+    )
+    assert unit["MemoryMax"] == ["1G"]
+    assert unit["IPAddressDeny"] == ["link-local multicast"]
+    assert "IPAddressAllow" not in unit  # PostgreSQL/DNS may be on loopback or private nets
+    assert unit["RestartPreventExitStatus"] == ["2"]  # configuration errors do not loop
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """`systemd-analyze verify` on a copy whose ExecStart names an executable that exists here

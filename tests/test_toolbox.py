@@ -188,6 +188,10 @@ def test_refuses_negative_limit_with_exact_message(write: Callable[..., Path]) -
         (None, "is missing"),
         (2.5, "must be a positive whole number, got 2.5"),
         (float("inf"), "must be a positive number, got inf"),
+        # Issue 10: beyond PostgreSQL's bigint a limit used to pass here and fail at the first
+        # reservation (exit 1, restarted by systemd forever).
+        (2**63, "must be at most 9223372036854775807 (PostgreSQL bigint), got 9223372036854775808"),
+        (1e19, "must be at most 9223372036854775807 (PostgreSQL bigint), got 1e+19"),
     ],
 )
 def test_refuses_bad_limits(write: Callable[..., Path], value: object, expected: str) -> None:
@@ -404,3 +408,11 @@ def test_toolbox_is_frozen() -> None:
     with pytest.raises(AttributeError):
         tb.version = "x"  # type: ignore[misc]
     assert isinstance(tb, Toolbox)
+
+
+def test_bigint_max_limit_is_accepted_exactly(write: Callable[..., Path]) -> None:
+    def big(doc: dict[str, Any]) -> None:
+        doc["tools"]["MXLookup"]["throttle"]["rate_limits"][1]["limit"] = 2**63 - 1
+
+    toolbox = load_toolbox(write(big))
+    assert toolbox.tools["TOOL-004"].rate_limits[1].limit == 2**63 - 1

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import trio
-from conftest_db import Db
+from conftest_db import Db, insert_spine, passed
 
 from ct_actors.db import Store, open_store
 from ct_actors.throttle.calendar import UtcClock
@@ -302,3 +302,25 @@ async def test_transport_failures_and_the_ledger_row(
     assert again[0].reason is SkipReason.ATTEMPTED
     assert again[1].kind is DecisionKind.VERIFIED
     assert fake.count("slow@acme.com") == 3 and fake.count("busy@acme.com") == 4
+
+
+async def test_an_echoed_api_key_is_never_stored(store: Store, db: Db) -> None:
+    # Issue 10: a vendor that echoes the API key got it stored in verifier_ledger.detail and
+    # in company_target.evidence. The store masks the configured secrets in both.
+    key = "mv-live-7d1f0c9e55aa"
+    store.set_secrets([key])
+    with trio.fail_after(30):
+        assert await store.verifier_claim("k@acme.com", "d1", AT, 1) == 1
+        assert await store.verifier_finish(
+            "k@acme.com", "d1", status=LedgerStatus.UNAVAILABLE, at=AT,
+            detail=f"HTTP 500: bad request api={key}\x1b[0m",
+        )
+        entry = await store.verifier_entry("k@acme.com")
+        assert entry is not None and entry.detail == "HTTP 500: bad request api=***\\x1b[0m"
+        (oid,) = await insert_spine(db, 1)
+        outcome = passed(oid, vendor={"request": f"/v3/?api={key}&email=k@acme.com"})
+        assert (await store.write_outcomes("d1", [outcome])).written == [oid]
+        stored = await db.fetchval(
+            "SELECT evidence::text FROM outreach.company_target WHERE outreach_id = $1", oid
+        )
+        assert key not in stored and "api=***" in stored

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,7 +37,19 @@ from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 
 log = structlog.get_logger("ct_actors.dispatcher")
 
-NamesSource = Callable[[Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, list[tuple[str, str]]]]]
+@dataclass(frozen=True, slots=True)
+class NamesFailed:
+    """In a NamesSource answer: this record's own names query failed (timeout, data error);
+    the loader defers the record instead of probing it without its names."""
+
+    reason: str
+
+
+# Sample names per record (a record missing from the answer has none), or NamesFailed.
+NamesSource = Callable[
+    [Sequence[uuid.UUID]],
+    Awaitable[Mapping[uuid.UUID, list[tuple[str, str]] | NamesFailed]],
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,9 @@ class Job:
     raw_domain: str | None
     started_at: float = 0.0
     people: tuple[tuple[str, str], ...] = ()  # sample names for pattern candidates
+    # Set when this record's names query failed: probing without its names would give a
+    # different (role-only) answer, so the record is deferred instead.
+    names_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +142,11 @@ class Dispatcher:
 
     async def _accept(self, job: Job, nursery: trio.Nursery) -> None:
         self._stats["jobs"] += 1
+        if job.names_error is not None:
+            reason = f"sample names unavailable: {job.names_error}"
+            deferred = Deferred(reason, self.settings.retry.defer_seconds, {})
+            await self._emit(job, None, deferred, None)
+            return
         try:
             domain = normalise_domain(job.raw_domain)
         except UnusableDomain as exc:
@@ -250,6 +270,9 @@ def _with_normalisation(
         "domain": domain.domain,
         "normalised": list(domain.changes),
     }
+    if domain.mixed_script:
+        # Look-alike suspects (UTS #39): probed like any domain, flagged for a human.
+        extra["mixed_script_labels"] = list(domain.mixed_script)
     if cached:
         extra["verdict_cache"] = True
     return dataclasses.replace(result, evidence={**result.evidence, **extra})

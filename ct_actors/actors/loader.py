@@ -9,15 +9,18 @@ waits and tries again; nothing is lost because nothing was claimed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.actors.dispatcher import Job, NamesSource
+from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
+
+if TYPE_CHECKING:
+    from ct_actors.db.store import SpineAnomalies
 
 log = structlog.get_logger("ct_actors.loader")
 
@@ -34,6 +37,9 @@ class Claimed(Protocol):
     # unknown; that record's write is then not fenced.
     @property
     def attempts(self) -> int | None: ...
+    # Spine rows carrying this id (more than 1: upstream duplicated it; see Store.claim).
+    @property
+    def spine_rows(self) -> int: ...
 
 
 class ClaimStore(Protocol):
@@ -54,6 +60,11 @@ class LoaderSettings:
     # A claim is never cut short by a stop; this bounds the wait (a statement on a dead
     # connection gives up after database.command_timeout, 15 s, anyway).
     claim_timeout: float = 15.0
+    # The names query (probe.names_failures / names_pause): after this many failed attempts
+    # in a row, alert, defer the batch's records and pause claiming, instead of retrying the
+    # same batch forever.
+    names_failures: int = 5
+    names_pause: float = 120.0
 
 
 class LoaderActor:
@@ -87,6 +98,9 @@ class LoaderActor:
         self.drained = trio.Event()
         # The drain ended while a kill switch held claiming (pending work was left unclaimed).
         self.drained_while_paused = False
+        self._names_failures = 0  # failed names query attempts in a row
+        # Duplicated spine ids already reported, so each is alerted once per process.
+        self._duplicates_reported: set[uuid.UUID] = set()
         self._stats = {
             "claims": 0,
             "claimed": 0,
@@ -95,6 +109,9 @@ class LoaderActor:
             "renewals": 0,
             "reclaimed_own": 0,
             "waits_for_other_leases": 0,
+            "spine_duplicate_rows": 0,
+            "names_deferred": 0,
+            "names_pauses": 0,
         }
 
     def statistics(self) -> dict[str, int]:
@@ -150,6 +167,7 @@ class LoaderActor:
                 raise
             delay = self.settings.retry_initial
             self._stats["claims"] += 1
+            self._report_duplicates(claimed)
             # A record still in flight here can come back when its lease lapsed (renewals
             # failed): the claim renewed the lease, and it must not be sent a second time.
             fresh = [record for record in claimed if record.outreach_id not in self._credits]
@@ -173,12 +191,46 @@ class LoaderActor:
             now = trio.current_time()
             for record in fresh:
                 self._credits.enter(record.outreach_id, record.attempts)
-            people = await self._fetch_names([record.outreach_id for record in fresh])
+            people, failure = await self._fetch_names([record.outreach_id for record in fresh])
             # If cancelled mid-batch, the unsent records stay in `credits` so the supervisor
             # releases their leases with everything else still unfinished.
             for record in fresh:
-                names = tuple(people.get(record.outreach_id, ()))
-                await self._send.send(Job(record.outreach_id, record.domain, now, names))
+                error = failure
+                entry = people.get(record.outreach_id, [])
+                names: tuple[tuple[str, str], ...] = ()
+                if isinstance(entry, NamesFailed):
+                    error = error or entry.reason
+                    log.warning(
+                        "names_query_record_failed",
+                        outreach_id=str(record.outreach_id),
+                        reason=entry.reason,
+                    )
+                else:
+                    names = tuple(entry)
+                if error is not None:
+                    self._stats["names_deferred"] += 1
+                await self._send.send(
+                    Job(record.outreach_id, record.domain, now, names, names_error=error)
+                )
+            if failure is not None:
+                # Claiming more would only defer more: give the database (or the operator)
+                # names_pause seconds before the next batch tries the query again.
+                self._stats["names_pauses"] += 1
+                await trio.sleep(self.settings.names_pause)
+
+    def _report_duplicates(self, claimed: Sequence[Claimed]) -> None:
+        for record in claimed:
+            if record.spine_rows > 1 and record.outreach_id not in self._duplicates_reported:
+                self._duplicates_reported.add(record.outreach_id)
+                self._stats["spine_duplicate_rows"] += record.spine_rows - 1
+                log.error(
+                    "spine_duplicate_id",
+                    outreach_id=str(record.outreach_id),
+                    spine_rows=record.spine_rows,
+                    skipped_rows=record.spine_rows - 1,
+                    domain=record.domain,
+                    note="processed once; fix the spine upstream",
+                )
 
     async def _wait_for_pause(self) -> bool:
         """Wait while a kill switch holds claiming. True: the drain ends here instead.
@@ -224,21 +276,40 @@ class LoaderActor:
             await trio.sleep(min(1.0, self.settings.idle_poll))
         return held == 0
 
-    async def _fetch_names(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
-        """Sample names for the whole claim batch in one query (the operator's names_query).
-        The records are already leased, so a database hiccup is waited out, not skipped:
-        probing without the names would give a different (role-only) answer."""
+    async def _fetch_names(
+        self, ids: list[uuid.UUID]
+    ) -> tuple[Mapping[uuid.UUID, list[tuple[str, str]] | NamesFailed], str | None]:
+        """Sample names for the whole claim batch in one query (the operator's names_query),
+        and None, or the reason the whole batch gets none. A record answered with NamesFailed
+        had its own query fail (timeout); the caller defers it. The records are leased, so a
+        database hiccup is retried with back-off, but only `names_failures` attempts in a row:
+        then an alert, and the reason (the batch is deferred, never probed without names)."""
         if self._names is None:
-            return {}
+            return {}, None
         delay = self.settings.retry_initial
         while True:
             try:
-                return await self._names(ids)
+                people = await self._names(ids)
             except self._transient as exc:
-                log.warning("names_query_failed", error=str(exc), records=len(ids),
-                            retry_in=delay)
+                self._names_failures += 1
+                error = str(exc) or type(exc).__name__
+                if self._names_failures >= self.settings.names_failures:
+                    log.error(
+                        "names_query_failing",
+                        error=error,
+                        failures=self._names_failures,
+                        deferred=len(ids),
+                        pause=self.settings.names_pause,
+                    )
+                    return {}, f"the names query failed {self._names_failures} times: {error}"
+                log.warning("names_query_failed", error=error, records=len(ids), retry_in=delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max)
+                continue
+            if self._names_failures >= self.settings.names_failures:
+                log.warning("names_query_recovered", failures=self._names_failures)
+            self._names_failures = 0
+            return people, None
 
     async def _renew_loop(self) -> None:
         interval = max(1.0, self.settings.lease_seconds / 3)
@@ -257,3 +328,30 @@ class LoaderActor:
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+class SpineChecker(Protocol):
+    async def spine_anomalies(self) -> SpineAnomalies: ...
+
+
+async def report_spine_anomalies(
+    store: SpineChecker, transient_errors: tuple[type[BaseException], ...]
+) -> SpineAnomalies | None:
+    """At start: one alert for the spine rows no claim will ever process as records of their
+    own (NULL outreach_id; the extra rows of a duplicated id). A database hiccup only skips the
+    check: the claim itself is safe against these rows either way."""
+    try:
+        found = await store.spine_anomalies()
+    except transient_errors as exc:
+        log.warning("spine_check_failed", error=str(exc) or type(exc).__name__)
+        return None
+    if found.skipped_rows:
+        log.error(
+            "spine_rows_skipped",
+            skipped_rows=found.skipped_rows,
+            null_ids=found.null_ids,
+            duplicated_ids=len(found.duplicated),
+            sample=[str(oid) for oid in list(found.duplicated)[:10]],
+            note="NULL ids are never processed, duplicated ids once; fix the spine upstream",
+        )
+    return found

@@ -16,6 +16,7 @@ from ct_actors.db.redact import redact_url
 from ct_actors.db.store import (
     USAGE_SCOPES,
     ClaimedRecord,
+    SpineAnomalies,
     SpineRecord,
     Store,
     StoreStatistics,
@@ -31,6 +32,7 @@ __all__ = [
     "DatabaseUnavailable",
     "QueryError",
     "SchemaError",
+    "SpineAnomalies",
     "SpineRecord",
     "Store",
     "StoreError",

@@ -52,7 +52,8 @@ def _claim(range_on: str) -> str:
 WITH candidates AS (
     SELECT o.outreach_id, o.domain
     FROM outreach.outreach o
-    WHERE {range_on.replace("{t}", "o")}
+    WHERE o.outreach_id IS NOT NULL
+      AND {range_on.replace("{t}", "o")}
       AND {_not_terminal("o.outreach_id", range_on)}
       AND NOT EXISTS (SELECT 1 FROM ct_actors.lease l
                       WHERE l.outreach_id = o.outreach_id AND NOT {_CLAIMABLE}
@@ -63,12 +64,20 @@ WITH candidates AS (
     -- but does not conflict with the KEY SHARE locks that FK checks on company_target take.
     FOR NO KEY UPDATE OF o SKIP LOCKED
 ),
+-- The spine is upstream's and may lack a primary key: one lease per id however many rows
+-- carry it (two proposed rows with one key would fail the whole upsert), the smallest domain
+-- as a deterministic choice, and spine_rows > 1 tells the caller to report the duplicate.
+records AS (
+    SELECT c.outreach_id, min(c.domain) AS domain, count(*) AS spine_rows
+    FROM candidates c
+    GROUP BY c.outreach_id
+),
 leased AS (
     INSERT INTO ct_actors.lease AS l
         (outreach_id, owner, claimed_at, expires_at, attempts, not_before, last_reason)
-    SELECT c.outreach_id, $1, now(), now() + make_interval(secs => $3), 1, NULL, NULL
-    FROM candidates c
-    ORDER BY c.outreach_id
+    SELECT r.outreach_id, $1, now(), now() + make_interval(secs => $3), 1, NULL, NULL
+    FROM records r
+    ORDER BY r.outreach_id
     ON CONFLICT (outreach_id) DO UPDATE
         SET owner = excluded.owner,
             claimed_at = excluded.claimed_at,
@@ -80,10 +89,10 @@ leased AS (
         WHERE {_CLAIMABLE}
     RETURNING l.outreach_id, l.attempts
 )
-SELECT c.outreach_id, c.domain, leased.attempts
-FROM candidates c
-JOIN leased ON leased.outreach_id = c.outreach_id
-ORDER BY c.outreach_id
+SELECT r.outreach_id, r.domain, r.spine_rows, leased.attempts
+FROM records r
+JOIN leased ON leased.outreach_id = r.outreach_id
+ORDER BY r.outreach_id
 """
 
 
@@ -327,8 +336,26 @@ RETURNING outreach_id
 # ---------------------------------------------------------------------------------------------
 # Single-record and monitoring queries
 # ---------------------------------------------------------------------------------------------
+# Rows the claim skips or merges (a spine without a primary key): NULL ids, and ids carried by
+# more than one row (at most $1 of them listed). Both use the index on outreach_id.
+SPINE_NULL_IDS: Final = """
+SELECT count(*) FROM outreach.outreach o WHERE o.outreach_id IS NULL
+"""
+
+SPINE_DUPLICATED_IDS: Final = """
+SELECT o.outreach_id, count(*) AS n
+FROM outreach.outreach o
+WHERE o.outreach_id IS NOT NULL
+GROUP BY o.outreach_id
+HAVING count(*) > 1
+ORDER BY o.outreach_id
+LIMIT $1
+"""
+
 FETCH_SPINE: Final = """
 SELECT o.outreach_id, o.domain FROM outreach.outreach o WHERE o.outreach_id = $1
+ORDER BY o.domain NULLS LAST
+LIMIT 1
 """
 
 TERMINAL_STATUS: Final = f"""
@@ -340,8 +367,11 @@ SELECT coalesce(
 )
 """
 
+# Distinct ids, NULLs excluded: a spine without a primary key may repeat an id or carry none
+# (the claim processes such an id once and never a NULL one).
 PENDING_COUNT: Final = f"""
-SELECT count(*) FROM outreach.outreach o WHERE {_not_terminal("o.outreach_id")}
+SELECT count(DISTINCT o.outreach_id) FROM outreach.outreach o
+WHERE {_not_terminal("o.outreach_id")}
 """
 
 # Pending records `$1` does not hold and that are not deferred into the future: leased by another
@@ -350,7 +380,8 @@ SELECT count(*) FROM outreach.outreach o WHERE {_not_terminal("o.outreach_id")}
 # is 0: a crashed daemon's leases and a concurrent claim both mean work is still pending.
 PENDING_ELSEWHERE: Final = f"""
 SELECT count(*) FROM outreach.outreach o
-WHERE {_not_terminal("o.outreach_id")}
+WHERE o.outreach_id IS NOT NULL
+  AND {_not_terminal("o.outreach_id")}
   AND NOT EXISTS (SELECT 1 FROM ct_actors.lease l
                   WHERE l.outreach_id = o.outreach_id
                     AND (l.not_before > now() OR (l.owner = $1 AND l.expires_at > now())))

@@ -43,7 +43,7 @@ import trio
 import trio_asyncio
 
 from ct_actors.db import queries as q
-from ct_actors.db.encode import encode_outcomes
+from ct_actors.db.encode import SecretMask, clean_text, encode_outcomes
 from ct_actors.db.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -52,6 +52,7 @@ from ct_actors.db.errors import (
     StoreError,
 )
 from ct_actors.db.migrate import migrate as _migrate
+from ct_actors.db.names_query import names_query_problem
 from ct_actors.db.redact import Redactor, scrub_text
 from ct_actors.drain_report import HeldBack
 from ct_actors.outcome import Failed, FailureCode, Outcome, Passed
@@ -65,6 +66,7 @@ __all__ = [
     "DatabaseUnavailable",
     "QueryError",
     "SchemaError",
+    "SpineAnomalies",
     "SpineRecord",
     "Store",
     "StoreError",
@@ -87,6 +89,9 @@ T = TypeVar("T")
 # How many rows an operator names query may contribute.
 MAX_NAMES = 3
 
+# Characters of verifier_ledger.detail kept.
+_LEDGER_DETAIL_LIMIT = 500
+
 # The toolbox scopes counted in ct_actors.tool_usage (its CHECK constraint says the same).
 USAGE_SCOPES: tuple[str, ...] = ("per_day", "per_month")
 # A window row whose creation keeps losing to something deleting it (an operator pruning the
@@ -101,6 +106,27 @@ class ClaimedRecord:
     # How many times this record has been claimed, this claim included (deferrals and crashes
     # make it grow); lets the caller notice a record that keeps coming back.
     attempts: int = 1
+    # Spine rows seen with this id by the claim: more than 1 means upstream duplicated it (one
+    # record is processed; the caller reports the rest as skipped).
+    spine_rows: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpineAnomalies:
+    """Spine rows the claim cannot treat as records of their own (a spine without a primary
+    key): rows with a NULL outreach_id are never claimed; an id carried by several rows is
+    processed once. `duplicated` lists at most SPINE_DUPLICATES_LISTED ids."""
+
+    null_ids: int
+    duplicated: dict[UUID, int]
+
+    @property
+    def skipped_rows(self) -> int:
+        return self.null_ids + sum(n - 1 for n in self.duplicated.values())
+
+
+# How many duplicated ids `spine_anomalies` lists (and counts) at most.
+SPINE_DUPLICATES_LISTED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +298,14 @@ class Store:
         # Keyset-pagination cursor per owner (see queries.CLAIM_AFTER).
         self._cursor: dict[str, UUID | None] = {}
         self._closed = False
+        # Known secrets masked in everything stored (outcomes, verifier ledger): the URL's
+        # password from the start, the rest (the verifier API key) from `set_secrets`.
+        self._mask = SecretMask(redactor.secrets)
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        """Secret values (Config.secrets(): the verifier API key, the database password) to
+        mask wherever they would be stored, e.g. echoed back by a vendor into evidence."""
+        self._mask = SecretMask((*self._redactor.secrets, *secrets))
 
     def __repr__(self) -> str:
         return f"<Store {self._redactor.redacted_url}{' closed' if self._closed else ''}>"
@@ -400,10 +434,7 @@ class Store:
         # Sorted as a whole: after a wrap-around the rows come in two ascending runs.
         return sorted(
             (
-                ClaimedRecord(
-                    outreach_id=r["outreach_id"], domain=r["domain"], attempts=int(r["attempts"])
-                )
-                for r in rows
+                _claimed(r) for r in rows
             ),
             key=lambda r: r.outreach_id,
         )
@@ -434,12 +465,7 @@ class Store:
             self._stats.claim_seconds += time.perf_counter() - started
         self._stats.claims += 1
         self._stats.rows_claimed += len(rows)
-        return [
-            ClaimedRecord(
-                outreach_id=r["outreach_id"], domain=r["domain"], attempts=int(r["attempts"])
-            )
-            for r in rows
-        ]
+        return [_claimed(r) for r in rows]
 
     async def write_outcomes(
         self,
@@ -464,7 +490,7 @@ class Store:
         """
         if not outcomes:
             return WriteReport([], [], [])
-        batch = encode_outcomes(outcomes, claims)
+        batch = encode_outcomes(outcomes, claims, self._mask)
         started = time.perf_counter()
         try:
             rows = await self._call(
@@ -611,31 +637,81 @@ class Store:
     ) -> dict[UUID, list[tuple[str, str]]]:
         """`fetch_names` for many records in ONE statement: the operator's query runs as a
         LATERAL subquery once per id (`$1` bound to each id in turn), so a claim batch costs
-        one round trip instead of one per record."""
+        one round trip instead of one per record.
+
+        `statement_timeout` is per record: the batch statement gets it once per id. When the
+        batch is cancelled by it, every record's query runs alone with its own timeout, and a
+        record whose query still times out is left out of the result (the caller defers it):
+        one slow record neither stalls nor starves the others."""
         id_list = list(dict.fromkeys(ids))
         if not id_list:
             return {}
         sql = lateral_names_query(query)
 
-        async def run() -> dict[UUID, list[tuple[str, str]]]:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+        async def fetch(conn: Any, batch: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
+            seconds = statement_timeout * len(batch)
+            async with conn.transaction(readonly=True):
                 self._stats.round_trips += 4  # BEGIN, set_config, fetch, COMMIT
-                timeout_ms = str(max(1, int(statement_timeout * 1000)))
+                timeout_ms = str(max(1, int(seconds * 1000)))
                 await conn.fetchval(q.SET_LOCAL_STATEMENT_TIMEOUT, timeout_ms)
-                rows = await conn.fetch(sql, id_list)
-            out: dict[UUID, list[tuple[str, str]]] = {oid: [] for oid in id_list}
-            for row in rows:
-                names = out[row[0]]
-                if len(names) >= MAX_NAMES or len(row) < 3 or row[1] is None or row[2] is None:
-                    continue
-                first, last = str(row[1]).strip(), str(row[2]).strip()
-                if first and last:
-                    names.append((first, last))
-            return out
+                # The client-side command_timeout must not cut the server's budget short.
+                rows = await conn.fetch(sql, batch, timeout=seconds + 5.0)
+            return _names_by_id(batch, rows)
+
+        async def run() -> dict[UUID, list[tuple[str, str]]]:
+            async with self._pool.acquire() as conn:
+                try:
+                    return await fetch(conn, id_list)
+                except _NAMES_RECORD_ERRORS:
+                    if len(id_list) == 1:
+                        return {}
+                out: dict[UUID, list[tuple[str, str]]] = {}
+                for oid in id_list:
+                    try:
+                        out.update(await fetch(conn, [oid]))
+                    except _NAMES_RECORD_ERRORS:
+                        continue
+                return out
 
         return await self._call("names query", run)
 
+    async def check_names_query(self, query: str) -> None:
+        """Raise ConfigurationError unless the names query takes a uuid `$1` and returns the
+        first and last name as its first two (text) columns. Asks the database (a prepare: it
+        runs nothing), since the shape of arbitrary SQL cannot be read from its text."""
+
+        async def run() -> tuple[list[tuple[str, str]], list[str]]:
+            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+                self._stats.round_trips += 3
+                stmt = await conn.prepare(query)
+                columns = [(a.name, a.type.name) for a in stmt.get_attributes()]
+                params = [p.name for p in stmt.get_parameters()]
+            return columns, params
+
+        try:
+            columns, params = await self._call("names query check", run)
+        except (QueryError, SchemaError) as exc:
+            # Unknown table/column, syntax: the operator's query, not our schema.
+            raise ConfigurationError(f"probe.names_query does not prepare: {exc}") from None
+        problem = names_query_problem(columns, params)
+        if problem is not None:
+            raise ConfigurationError(f"probe.names_query {problem}")
+
     # -- monitoring ---------------------------------------------------------------------------
+    async def spine_anomalies(self) -> SpineAnomalies:
+        """NULL and duplicated outreach_ids in the spine (see SpineAnomalies)."""
+
+        async def run() -> SpineAnomalies:
+            async with self._pool.acquire() as conn:
+                self._stats.round_trips += 2
+                nulls = await conn.fetchval(q.SPINE_NULL_IDS)
+                dups = await conn.fetch(q.SPINE_DUPLICATED_IDS, SPINE_DUPLICATES_LISTED)
+            return SpineAnomalies(
+                null_ids=int(nulls), duplicated={r["outreach_id"]: int(r["n"]) for r in dups}
+            )
+
+        return await self._call("spine check", run)
+
     async def pending_count(self) -> int:
         """Spine records without a terminal outcome (including leased and deferred ones)."""
         return int(await self._call("pending count", self._fetchval, q.PENDING_COUNT))
@@ -791,7 +867,9 @@ class Store:
             result,
             credits_after,
             Decimal(cost),
-            detail,
+            # Vendor text: bounded, control characters escaped, known secrets (the API key a
+            # vendor may echo back) masked, like every stored free text.
+            clean_text(detail, _LEDGER_DETAIL_LIMIT, self._mask),
         )
         return value is not None
 
@@ -864,6 +942,35 @@ def check_usage_window(scope: str, window_start: dt.datetime) -> None:
             f"window_start {window_start.isoformat()} is not the start of a UTC "
             f"{'day' if scope == 'per_day' else 'month'}"
         )
+
+
+def _claimed(row: Any) -> ClaimedRecord:
+    return ClaimedRecord(
+        outreach_id=row["outreach_id"],
+        domain=row["domain"],
+        attempts=int(row["attempts"]),
+        spine_rows=int(row["spine_rows"]),
+    )
+
+
+# Failures of the names query that may belong to one record's data: the statement timeout
+# (57014) and data exceptions (class 22: a bad cast, a division by zero for one row).
+_NAMES_RECORD_ERRORS = (asyncpg.QueryCanceledError, asyncpg.DataError)
+
+
+def _names_by_id(ids: list[UUID], rows: Sequence[Any]) -> dict[UUID, list[tuple[str, str]]]:
+    """Rows of `lateral_names_query`: (id, the query's columns..., ct_rn). Only the query's
+    own first two columns are names; a narrower row (which `check_names_query` refuses at
+    start) yields none, never the wrapper's row number."""
+    out: dict[UUID, list[tuple[str, str]]] = {oid: [] for oid in ids}
+    for row in rows:
+        names = out[row[0]]
+        if len(names) >= MAX_NAMES or len(row) < 4 or row[1] is None or row[2] is None:
+            continue
+        first, last = str(row[1]).strip(), str(row[2]).strip()
+        if first and last:
+            names.append((first, last))
+    return out
 
 
 _PARAM_1 = re.compile(r"\$1(?!\d)")

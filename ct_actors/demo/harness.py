@@ -33,7 +33,7 @@ from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_url
 from ct_actors.service import SystemdService
-from ct_actors.sim.world import Behaviour, World
+from ct_actors.sim.world import SIM_NETWORK, Behaviour, World
 from ct_actors.toolbox import Toolbox, load_toolbox
 
 EXIT_OK, EXIT_FAILED, EXIT_DATABASE = 0, 1, 3
@@ -381,6 +381,8 @@ def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str)
             dead_host_backoff=60.0,
             session_reuse_seconds=30,
             pool_idle_seconds=30,
+            # The simulated internet lives on loopback, which production refuses.
+            allow_networks=(SIM_NETWORK,),
         ),
         probe=dataclasses.replace(
             cfg.probe,

@@ -41,7 +41,19 @@ CLOCK: Final = "SELECT clock_timestamp() AS now"
 # Spine records without a terminal outcome, leased and deferred ones included (the same
 # definition as `Store.pending_count`).
 PENDING_COUNT: Final = f"""
-SELECT count(*) AS pending FROM outreach.outreach o WHERE {_not_terminal("o.outreach_id")}
+SELECT count(DISTINCT o.outreach_id) AS pending FROM outreach.outreach o
+WHERE {_not_terminal("o.outreach_id")}
+"""
+
+# Spine rows the daemon skips (a spine without a primary key): rows with a NULL outreach_id,
+# and the extra rows of an id carried by several rows (that id is processed once).
+SPINE_SKIPPED: Final = """
+SELECT (SELECT count(*) FROM outreach.outreach o WHERE o.outreach_id IS NULL) AS null_ids,
+       count(*) AS duplicated_ids,
+       coalesce(sum(d.n - 1), 0) AS duplicate_rows
+FROM (SELECT count(*) AS n FROM outreach.outreach o
+      WHERE o.outreach_id IS NOT NULL
+      GROUP BY o.outreach_id HAVING count(*) > 1) d
 """
 
 # Fails with 42P01/42703 (SchemaError) when `ct-actors migrate` has not been run: every
@@ -141,7 +153,8 @@ ORDER BY k.start
 CLAIMABLE_PENDING: Final = f"""
 SELECT o.outreach_id, o.domain
 FROM outreach.outreach o
-WHERE {_not_terminal("o.outreach_id")}
+WHERE o.outreach_id IS NOT NULL
+  AND {_not_terminal("o.outreach_id")}
   AND NOT EXISTS (SELECT 1 FROM ct_actors.lease l
                   WHERE l.outreach_id = o.outreach_id
                     AND (l.expires_at > now() OR coalesce(l.not_before > now(), false)))

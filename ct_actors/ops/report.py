@@ -12,6 +12,7 @@ agree with each other and share one now()); `report_dict` and `format_report` ar
   which the daemon sets to the writing transaction's time; error rows without a company_target
   row, i.e. CT-I-NOT-FOUND, by created_at);
 * pending: spine records without a terminal outcome (as `Store.pending_count`);
+* spine rows skipped: NULL and duplicated outreach_ids (a spine without a primary key);
 * estimate: pending / current rate, the rate being the outcomes of the last `rate_minutes`.
 """
 
@@ -124,11 +125,26 @@ class Report:
     recent: list[RecentFailure]
     throughput: list[ThroughputBucket]
     estimate: Estimate
+    spine: SpineSkipped = field(default_factory=lambda: SpineSkipped(0, 0, 0))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
         return self.estimate.pending
+
+
+@dataclass(frozen=True, slots=True)
+class SpineSkipped:
+    """Spine rows the daemon does not process as records of their own (issue 10): NULL ids are
+    never claimed; an id carried by several rows is processed once, its extra rows skipped."""
+
+    null_ids: int
+    duplicated_ids: int
+    duplicate_rows: int
+
+    @property
+    def skipped_rows(self) -> int:
+        return self.null_ids + self.duplicate_rows
 
 
 async def gather_report(db: OpsDb, options: ReportOptions) -> Report:
@@ -141,6 +157,7 @@ async def gather_report(db: OpsDb, options: ReportOptions) -> Report:
         pending = await conn.fetchval(oq.PENDING_COUNT)
         window = options.rate_minutes * 60.0
         in_window = await conn.fetchrow(oq.RECENT_OUTCOMES, window)
+        spine = await conn.fetchrow(oq.SPINE_SKIPPED)
         return Report(
             generated_at=now,
             options=options,
@@ -154,6 +171,9 @@ async def gather_report(db: OpsDb, options: ReportOptions) -> Report:
                 for r in buckets
             ],
             estimate=estimate(int(pending), int(in_window["outcomes"]), window),
+            spine=SpineSkipped(
+                int(spine["null_ids"]), int(spine["duplicated_ids"]), int(spine["duplicate_rows"])
+            ),
         )
 
     return await db.snapshot("report", body)
@@ -213,6 +233,12 @@ def report_dict(report: Report) -> dict[str, Any]:
             ],
         },
         "pending": e.pending,
+        "spine_skipped": {
+            "rows": report.spine.skipped_rows,
+            "null_ids": report.spine.null_ids,
+            "duplicated_ids": report.spine.duplicated_ids,
+            "duplicate_rows": report.spine.duplicate_rows,
+        },
         "rate": {
             "window_minutes": e.window_minutes,
             "outcomes": e.outcomes_in_window,
@@ -286,4 +312,10 @@ def format_report(report: Report, *, reason_width: int = 60) -> str:
         f"Pending: {report.pending}",
         f"Estimate: {report.estimate.text}",
     ]
+    sp = report.spine
+    if sp.skipped_rows:
+        parts.append(
+            f"Spine rows skipped: {sp.skipped_rows} ({sp.null_ids} with a NULL outreach_id, "
+            f"{sp.duplicate_rows} extra rows of {sp.duplicated_ids} duplicated ids)"
+        )
     return "\n".join(parts)

@@ -145,6 +145,8 @@ async def smtp_probe(
         "attempts": attempt,
         "catchall_probe": plan.catchall_address,
     }
+    if plan.skipped:  # never sent: not a valid RFC 5321 local part (issue 10, item 7)
+        evidence["skipped_candidates"] = [s.audit() for s in plan.skipped]
     if concluded_on is not None:
         return DomainResult(_concluded(plan, mx.domain, evidence), concluded_on.host)
     last_attempt = [v for v, n in zip(visits, attempts, strict=True) if n == attempt]

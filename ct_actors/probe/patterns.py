@@ -9,6 +9,7 @@ a full `first.last` hit is the strongest evidence, a role mailbox says nothing a
 from __future__ import annotations
 
 import secrets
+import string
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,51 @@ def local_part(method_type: str, first: str, last: str) -> str:
     return _TEMPLATES[method_type].format(first=f, last=la, f=f[:1], l=la[:1])
 
 
+# RFC 5321 §4.5.3.1.1: "The maximum total length of a user name or other local-part is 64
+# octets." §4.5.3.1.3 caps the whole forward-path at 256 octets and RFC 3696 erratum 1003
+# (Klensin) says addresses beyond those limits "are not normally useful"; a 10 kB local part
+# even breaks the 512-octet command line limit (§4.5.3.1.4) and the server refuses the line.
+MAX_LOCAL_PART_OCTETS = 64
+# RFC 5322 §3.2.3 atext: the characters an unquoted (dot-string) local part may contain. We
+# never send quoted strings: a name that needs quoting is not a pattern a company uses.
+_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
+# How much of a refused local part the evidence keeps.
+_SKIPPED_PREFIX = 64
+
+
+def local_part_problem(local: str) -> str | None:
+    """Why `local` is not a valid RFC 5321 dot-string local part (§4.1.2, §4.5.3.1.1), or None."""
+    if not local:
+        return "empty local part"
+    octets = len(local.encode("utf-8"))
+    if octets > MAX_LOCAL_PART_OCTETS:
+        return f"local part longer than {MAX_LOCAL_PART_OCTETS} octets ({octets})"
+    bad = next((c for c in local if c != "." and c not in _ATEXT), None)
+    if bad is not None:
+        return f"character {bad!r} not allowed in a dot-string local part"
+    if "" in local.split("."):
+        return "empty atom in dot-string"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedCandidate:
+    """A candidate never sent: its local part is not valid (recorded in the evidence)."""
+
+    method_type: str
+    person: int | None
+    reason: str
+    local_part: str  # at most _SKIPPED_PREFIX characters, then "…"
+
+    def audit(self) -> dict[str, object]:
+        return {
+            "method_type": self.method_type,
+            "person": self.person,
+            "reason": self.reason,
+            "local_part": self.local_part,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     method_type: str
@@ -88,14 +134,28 @@ class Candidate:
 
 
 def candidates(domain: str, people: Sequence[tuple[str, str]]) -> list[Candidate]:
-    """All candidates in contract order, without duplicate addresses (the first wins)."""
+    """All valid candidates in contract order, without duplicate addresses (the first wins)."""
+    return candidates_and_skips(domain, people)[0]
+
+
+def candidates_and_skips(
+    domain: str, people: Sequence[tuple[str, str]]
+) -> tuple[list[Candidate], list[SkippedCandidate]]:
+    """`candidates`, and the person candidates left out because their local part is not a
+    valid RFC 5321 local part (never sent; the caller records them)."""
     out: list[Candidate] = []
+    skipped: list[SkippedCandidate] = []
     seen: set[str] = set()
     for index, (first, last) in enumerate(people[:MAX_PEOPLE]):
         if not fold_name(first) or not fold_name(last):
             continue  # a name that folds to nothing cannot produce a meaningful pattern
         for method in PERSON_PATTERNS:
-            address = f"{local_part(method, first, last)}@{domain}"
+            local = local_part(method, first, last)
+            if (problem := local_part_problem(local)) is not None:
+                shown = local if len(local) <= _SKIPPED_PREFIX else local[:_SKIPPED_PREFIX] + "…"
+                skipped.append(SkippedCandidate(method, index, problem, shown))
+                continue
+            address = f"{local}@{domain}"
             if address not in seen:
                 seen.add(address)
                 out.append(Candidate(method, address, index))
@@ -104,7 +164,7 @@ def candidates(domain: str, people: Sequence[tuple[str, str]]) -> list[Candidate
         if address not in seen:
             seen.add(address)
             out.append(Candidate(role, address, None))
-    return out
+    return out, skipped
 
 
 def catchall_probe_address(domain: str) -> str:

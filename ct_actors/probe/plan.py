@@ -15,7 +15,12 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ct_actors.probe.patterns import Candidate, candidates, catchall_probe_address
+from ct_actors.probe.patterns import (
+    Candidate,
+    SkippedCandidate,
+    candidates_and_skips,
+    catchall_probe_address,
+)
 
 
 class Conclusion(enum.StrEnum):
@@ -36,6 +41,8 @@ class ProbePlan:
     answers: list[tuple[str, bool]] = field(default_factory=list)
     known: dict[int, bool] = field(default_factory=dict)  # step index -> mailbox exists
     greylisted: set[int] = field(default_factory=set)
+    # Candidates never asked: not a valid RFC 5321 local part (see patterns.local_part_problem).
+    skipped: list[SkippedCandidate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.catchall_address:
@@ -43,7 +50,8 @@ class ProbePlan:
         # The catch-all question comes first: if a random local part is accepted, no other
         # answer from this server can tell us anything about real mailboxes.
         probe = Candidate("catchall-probe", self.catchall_address, None)
-        self.steps = [probe, *candidates(self.domain, self.people)]
+        valid, self.skipped = candidates_and_skips(self.domain, self.people)
+        self.steps = [probe, *valid]
 
     @property
     def done(self) -> bool:

@@ -339,6 +339,11 @@ class SimDomain:
         )
 
 
+# Every simulated host and resolver is on loopback: the network the demo, bench and tests
+# put in smtp.allow_networks (production refuses it, ct_actors.net.address_policy).
+SIM_NETWORK = "127.0.0.0/8"
+
+
 def _ip(net: int, index: int) -> str:
     """index-th usable address of 127.<net>.0.0/... skipping .0 and .255 final octets."""
     b2, rest = divmod(index, 254 * 256)
