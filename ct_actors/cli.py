@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Configuration: TOML file (--config, $CT_CONFIG, else ./config/ct-actors.toml if it "
             "exists), overridden by CT_<SECTION>_<KEY> environment variables such as "
             "CT_DATABASE_URL. See docs/configuration.md. Exit codes: 0 ok, 1 checks failed, "
-            "2 bad configuration, 3 database unavailable, 4 no verdict: probe/once DEFERRED, "
-            "or `run --drain` ended with records still pending, held back by a tripped kill "
-            "switch or deferred (what and why is printed on stderr; docs/operations.md)."
+            "2 bad configuration, 3 database unavailable, 4 `run --drain` ended with records "
+            "still pending, held back by a tripped kill switch or deferred (what and why is "
+            "printed on stderr; docs/operations.md), or probe/once reached no verdict "
+            "(DEFERRED)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"ct-actors {__version__}")

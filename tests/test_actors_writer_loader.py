@@ -453,7 +453,8 @@ class DuplicatedSpine(RecordingStore):
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
         claimed = await super().claim(owner, limit, lease_seconds)
         return [
-            Claimed(c.outreach_id, c.domain, 3 if c.outreach_id == oid(1) else 1) for c in claimed
+            Claimed(c.outreach_id, c.domain, spine_rows=3 if c.outreach_id == oid(1) else 1)
+            for c in claimed
         ]
 
 

@@ -181,7 +181,7 @@ def test_known_secrets_are_masked_in_everything_stored() -> None:
     outcome = Outcome(
         uuid.UUID(int=2), None, Deferred(f"vendor said {key}", 60.0, {"short": key})
     )
-    batch = encode_outcomes([outcome], mask)
+    batch = encode_outcomes([outcome], mask=mask)
     assert batch.columns["reason"][0] == "vendor said ***"
     assert key not in batch.columns["evidence"][0]
     # Without a mask nothing is guessed (shape-based masking belongs to the logs).
