@@ -372,6 +372,9 @@ def daemon_sections(
             "max_connections_per_host": 2,
             "greylist_retry_delay": world.greylist_delay + 0.5,
             "greylist_max_retries": 2,
+            # The default world has no directory-harvest blockers and a few hot shared hosts:
+            # lifted like the demo does (test_actors_probe covers the budget's pacing).
+            "max_rejected_rcpts_per_host": 1_000_000,
             "dead_host_backoff": 60.0,
             # The simulated internet lives on loopback, which production refuses.
             "allow_networks": [SIM_NETWORK],

@@ -37,6 +37,10 @@ from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 
 log = structlog.get_logger("ct_actors.dispatcher")
 
+# How long a greylisted domain's state (its catch-all address) is kept after its retry time,
+# for a record that comes back late (a paused claim, a busy pipeline).
+_KEEP = 3600.0
+
 @dataclass(frozen=True, slots=True)
 class NamesFailed:
     """In a NamesSource answer: this record's own names query failed (timeout, data error);
@@ -122,14 +126,16 @@ class Dispatcher:
         }
 
     def greylist_waiting(self) -> int:
-        """Domains whose greylisting retry is still to come: `run --drain` waits for them."""
+        """Domains whose greylisting retry is still in the future: `run --drain` waits for
+        them (once a retry's time has come the record is pending in the database again, and
+        the drain's own check covers it)."""
         now = trio.current_time()
-        expired = [d for d, (_, until) in self._greylist.items() if until < now]
-        for domain in expired:
-            # The record was never claimed back for its retry (another daemon took it, or it
-            # concluded elsewhere): forget the state rather than wait for it forever.
+        stale = [d for d, (_, retry_at) in self._greylist.items() if retry_at + _KEEP < now]
+        for domain in stale:
+            # Never claimed back here (another daemon took it): forget the state, so memory
+            # stays bounded by the domains greylisted in the last hours.
             del self._greylist[domain]
-        return len(self._greylist)
+        return sum(1 for _, retry_at in self._greylist.values() if retry_at > now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self._send, trio.open_nursery() as nursery:
@@ -243,9 +249,8 @@ class Dispatcher:
                 Failed(FailureCode.SMTP_FAIL, reason[:2000], evidence=evidence), result.mx_host
             )
         self._stats["greylist_deferrals"] += 1
-        # Remember the state a little past the retry time, so a drain waits for the retry.
-        until = trio.current_time() + delay + self.settings.retry.defer_seconds
-        self._greylist[name] = (GreylistState(catchall, attempts, history), until)
+        retry_at = trio.current_time() + delay + 1.0
+        self._greylist[name] = (GreylistState(catchall, attempts, history), retry_at)
         return DomainResult(
             dataclasses.replace(deferred, retry_after=delay, evidence=evidence), result.mx_host
         )
