@@ -273,6 +273,8 @@ class EmbeddedPostgres:
             self._users = (parent / f".{self.data_dir.name}.users").open("ab")
             fcntl.flock(self._users, fcntl.LOCK_SH)
         self.started_in = time.perf_counter() - began
+        if not self.reused:
+            self.say(f"PostgreSQL ready on 127.0.0.1:{self.port} in {self.started_in:.2f} s")
         return self.url
 
     def stop(self) -> None:
