@@ -227,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _with_database(cfg, toolbox, args)
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # Ctrl-C inside a trio nursery arrives wrapped, next to what it broke on its way out.
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 130
+        raise
 
 
 def _with_database(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
