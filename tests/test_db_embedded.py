@@ -60,6 +60,29 @@ def test_parse_postmaster_pid() -> None:
     assert parse_postmaster_pid("garbage\n") is None
 
 
+def test_is_postmaster_of(tmp_path: Path) -> None:
+    proc, data = tmp_path / "proc", tmp_path / "pg"
+    data.mkdir()
+
+    def process(pid: int, argv: list[str], cwd: Path | None = None) -> None:
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        if cwd is not None:
+            (proc / str(pid) / "cwd").symlink_to(cwd)
+
+    process(1, ["/opt/pg/bin/postgres", "-D", str(data), "-p", "5"])
+    process(2, ["/opt/pg/bin/postgres", "-D", "/elsewhere/../pg"], cwd=data)  # another spelling
+    process(3, ["/usr/lib/postgresql/15/bin/postgres", "-D", "/var/lib/pg15"], cwd=tmp_path)
+    process(4, ["/usr/bin/python3", "-D", str(data)])  # a reused pid, not a postgres
+    (proc / "5").mkdir()
+    (proc / "5" / "cmdline").write_bytes(b"")  # a zombie
+    assert is_postmaster_of(1, data, proc) and is_postmaster_of(2, data, proc)
+    assert not is_postmaster_of(3, data, proc)  # another cluster's postmaster
+    assert not is_postmaster_of(4, data, proc)
+    assert not is_postmaster_of(5, data, proc)
+    assert not is_postmaster_of(6, data, proc)  # gone
+
+
 def _entry(name: str, uid: int, gid: int) -> Any:
     return SimpleNamespace(pw_name=name, pw_uid=uid, pw_gid=gid)
 

@@ -165,14 +165,22 @@ def parse_postmaster_pid(text: str) -> Postmaster | None:
 
 
 def is_postmaster_of(pid: int, data_dir: Path, proc: Path = Path("/proc")) -> bool:
-    """True if `pid` is a live postgres started on `data_dir` (its command line, from /proc)."""
+    """True if `pid` is a live postgres serving `data_dir`: its command line (from /proc) names
+    postgres, and its working directory is the data directory (the postmaster chdirs there:
+    src/backend/utils/init/miscinit.c ChangeToDataDir), whatever path spelling started it.
+    A zombie has an empty command line: not running."""
     try:
         argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
     if not argv or not os.path.basename(argv[0]).startswith(b"postgres"):
         return False
-    return os.fsencode(str(data_dir)) in argv
+    if os.fsencode(str(data_dir)) in argv:
+        return True
+    try:
+        return os.path.samefile(proc / str(pid) / "cwd", data_dir)
+    except OSError:
+        return False
 
 
 def free_port() -> int:
