@@ -9,6 +9,7 @@ with work held back (a tripped kill switch, deferred records: see ct_actors.drai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,13 +23,22 @@ import trio
 import trio_asyncio
 
 from ct_actors import __version__
-from ct_actors.config import Config, ConfigError, load_config
+from ct_actors.config import EMBEDDED_URL, Config, ConfigError, load_config
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE, EXIT_HELD = 0, 1, 2, 3, 4
 EXIT_DEFERRED = EXIT_HELD  # one code for "no verdict yet": probe/once DEFERRED, drain held back
+
+# Commands that work on the operator's database: they use database.url and nothing else.
+PRODUCTION_COMMANDS = ("migrate", "run", "once", "report", "canary")
+NO_DATABASE = (
+    "ct-actors {command}: no database named. Set database.url in the config file (or "
+    "CT_DATABASE_URL) to a postgresql:// URL, or to \"embedded\" with database.data_directory "
+    "for a single-box installation on the embedded PostgreSQL (docs/operations.md). Only demo, "
+    "bench and the tests start a database of their own."
+)
 
 DEFAULT_CONFIG = Path("config/ct-actors.toml")
 
@@ -232,27 +242,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ct-actors: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
-    command = args.command
     try:
-        if command == "migrate":
-            return trio.run(_migrate, cfg)
-        if command == "run":
-            return trio.run(_run, cfg, toolbox, args)
-        if command == "once":
-            return trio.run(_once, cfg, toolbox, args.outreach_id)
-        if command == "probe":
-            return trio.run(_probe, cfg, toolbox, args)
-        if command in ("demo", "bench"):
-            from ct_actors.demo.harness import run_bench, run_demo
-
-            runner = run_demo if command == "demo" else run_bench
-            return trio.run(runner, cfg, toolbox, args)
-        if command == "report":
-            return trio.run(_report, cfg, args)
-        if command == "canary":
-            return trio.run(_canary, cfg, toolbox, args)
+        return _with_database(cfg, toolbox, args)
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # Ctrl-C inside a trio nursery arrives wrapped, next to what it broke on its way out.
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 130
+        raise
+
+
+def _with_database(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+    """Name the database (starting the embedded server if that is the choice), then run the
+    command. The server is started here, in the main thread and outside trio, and stopped when
+    the command returns or is interrupted."""
+    from ct_actors.db.choice import PRODUCTION_DATABASE, choose_database, ensure_database
+    from ct_actors.db.embedded import EmbeddedPostgresError
+
+    command = args.command
+    try:
+        if command in ("demo", "bench"):
+            with choose_database("demo") as chosen:
+                demo_db = dataclasses.replace(cfg.database, url=chosen.url, data_directory=None)
+                return _dispatch(dataclasses.replace(cfg, database=demo_db), toolbox, args, chosen)
+        if command in PRODUCTION_COMMANDS:
+            if not cfg.database.url:
+                print(NO_DATABASE.format(command=command), file=sys.stderr)
+                return EXIT_CONFIG
+            if cfg.database.url == EMBEDDED_URL:
+                with choose_database(
+                    "production", url=cfg.database.url, data_dir=cfg.database.data_directory
+                ) as chosen:
+                    url = ensure_database(chosen.url, PRODUCTION_DATABASE)
+                    print(f"ct-actors: {chosen.describe(PRODUCTION_DATABASE)}", file=sys.stderr)
+                    local = dataclasses.replace(cfg.database, url=url)
+                    return _dispatch(dataclasses.replace(cfg, database=local), toolbox, args)
+    except EmbeddedPostgresError as exc:
+        print(f"ct-actors {command}: embedded PostgreSQL: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    return _dispatch(cfg, toolbox, args)
+
+
+def _dispatch(
+    cfg: Config, toolbox: Toolbox, args: argparse.Namespace, chosen: Any = None
+) -> int:
+    command = args.command
+    if command == "migrate":
+        return trio.run(_migrate, cfg)
+    if command == "run":
+        return trio.run(_run, cfg, toolbox, args)
+    if command == "once":
+        return trio.run(_once, cfg, toolbox, args.outreach_id)
+    if command == "probe":
+        return trio.run(_probe, cfg, toolbox, args)
+    if command in ("demo", "bench"):
+        from ct_actors.demo.harness import run_bench, run_demo
+
+        runner = run_demo if command == "demo" else run_bench
+        return trio.run(runner, cfg, toolbox, args, chosen)
+    if command == "report":
+        return trio.run(_report, cfg, args)
+    if command == "canary":
+        return trio.run(_canary, cfg, toolbox, args)
     raise AssertionError(command)
 
 
@@ -328,6 +380,11 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
 
     def load() -> tuple[Config, Toolbox]:
         new_cfg = _load(args)
+        if new_cfg.database.url == EMBEDDED_URL:
+            # The running embedded server's URL stands for "embedded": not a database change.
+            new_cfg = dataclasses.replace(
+                new_cfg, database=dataclasses.replace(new_cfg.database, url=cfg.database.url)
+            )
         return new_cfg, load_toolbox(new_cfg.toolbox.path)
 
     async def body(store: Any) -> int:

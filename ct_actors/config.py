@@ -39,6 +39,7 @@ from ct_actors.redact import redact_url
 
 __all__ = [
     "BIG_PROVIDER_DOMAINS",
+    "EMBEDDED_URL",
     "ENV_PREFIX",
     "PLACEHOLDER_DOMAINS",
     "Config",
@@ -87,6 +88,9 @@ BIG_PROVIDER_DOMAINS: tuple[str, ...] = (
 # `.invalid` are deliberately allowed: the simulated internet used by the e2e tests lives there.
 PLACEHOLDER_DOMAINS: tuple[str, ...] = ("example.com", "example.net", "example.org")
 
+# `database.url = "embedded"`: the embedded PostgreSQL in `database.data_directory`.
+EMBEDDED_URL = "embedded"
+
 DEFAULT_TOOLBOX_PATH = Path("config/SNAP_ON_TOOLBOX.yaml")
 # With a config file and no `toolbox.path` in it, the registry is expected next to the file
 # (the shipped layout: config/ct-actors.toml + config/SNAP_ON_TOOLBOX.yaml).
@@ -105,7 +109,9 @@ class ConfigError(Exception):
 
 # ─── key declarations ────────────────────────────────────────────────────────────────────────
 
-Kind = Literal["int", "float", "bool", "str", "opt_str", "str_list", "choice", "path"]
+Kind = Literal[
+    "int", "float", "bool", "str", "opt_str", "str_list", "choice", "path", "opt_path"
+]
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
@@ -143,9 +149,21 @@ def _default_owner() -> str:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class DatabaseConfig:
+    # No default on purpose (issue 11): a production command must never pick a database the
+    # operator did not name. "" = unset (refused by migrate/run/once/report/canary).
     url: str = _key(
-        "postgresql://postgres@127.0.0.1:5432/test",
-        KeySpec("str", False, "PostgreSQL URL (asyncpg DSN)", secret=True),
+        "",
+        KeySpec(
+            "str", False, 'PostgreSQL URL (asyncpg DSN), or "embedded" (single box)', secret=True
+        ),
+    )
+    data_directory: Path | None = field(
+        default=None,
+        metadata={
+            "spec": KeySpec(
+                "opt_path", False, 'data directory of the embedded server (url = "embedded")'
+            )
+        },
     )
     min_connections: int = _key(1, KeySpec("int", False, "pool minimum size", ge=0))
     max_connections: int = _key(4, KeySpec("int", False, "pool maximum size", ge=1))
@@ -161,7 +179,8 @@ class DatabaseConfig:
     def __repr__(self) -> str:
         # Never let a repr (tracebacks, debuggers, f-strings) carry the DB password.
         return (
-            f"DatabaseConfig(url={redact_url(self.url)!r}, min_connections={self.min_connections}"
+            f"DatabaseConfig(url={redact_url(self.url)!r}, data_directory={self.data_directory!r}"
+            f", min_connections={self.min_connections}"
             f", max_connections={self.max_connections}, lease_seconds={self.lease_seconds})"
         )
 
@@ -579,6 +598,8 @@ def _coerce(raw: object, spec: KeySpec, *, from_text: bool) -> Any:
             hint = _closest(value, spec.choices)
             raise _Invalid(f"must be one of {options}, got {raw!r}{hint}")
         return value
+    if kind == "opt_path":
+        return Path(raw.strip()).expanduser() if raw.strip() else None
     if kind == "path":
         if not raw.strip():
             raise _Invalid("must not be empty")
@@ -643,6 +664,8 @@ def _validate_fqdn(name: str, what: str) -> str:
 
 
 def _validate_url(url: str) -> str:
+    if url.strip() in ("", EMBEDDED_URL):
+        return url.strip()
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -654,7 +677,7 @@ def _validate_url(url: str) -> str:
             "@ : / ? # in the user name and password)"
         ) from None
     if parts.scheme not in ("postgresql", "postgres"):
-        raise _Invalid(f"must be a postgresql:// URL, got {redact_url(url)!r}")
+        raise _Invalid(f'must be a postgresql:// URL or "embedded", got {redact_url(url)!r}')
     return url
 
 
@@ -895,6 +918,21 @@ def _cross_check(cfg: Config, labels: Mapping[str, str], *, probing: bool) -> li
         errors.append(
             f"{where('database.min_connections')}: must be <= database.max_connections "
             f"({cfg.database.max_connections}), got {cfg.database.min_connections}"
+        )
+    embedded = cfg.database.url == EMBEDDED_URL
+    data_dir = cfg.database.data_directory
+    if embedded and data_dir is None:
+        errors.append(
+            f'{where("database.url")}: "embedded" needs database.data_directory '
+            "(CT_DATABASE_DATA_DIRECTORY), the directory the embedded PostgreSQL keeps its data "
+            "in, e.g. /var/lib/ct-actors/pg"
+        )
+    elif embedded and data_dir is not None and not data_dir.is_absolute():
+        errors.append(f"{where('database.data_directory')}: must be an absolute path")
+    elif not embedded and data_dir is not None:
+        errors.append(
+            f"{where('database.data_directory')}: only used with database.url = \"embedded\"; "
+            "remove it, or set database.url = \"embedded\""
         )
     if cfg.smtp.initial_connections_per_host > cfg.smtp.max_connections_per_host:
         errors.append(

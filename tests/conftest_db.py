@@ -4,13 +4,14 @@ Databases are created and dropped with plain asyncio (`asyncio.run`), outside tr
 fixtures; tests talk to them from trio through `trio_asyncio`, like production code. `Db` is a raw
 asyncpg connection driven from trio, for test setup and assertions.
 
-Set CT_TEST_PG_URL to point at another server (an admin URL, database `postgres`).
+Which server: `ct_actors.db.choice.choose_database("tests")` decides, once per session (the
+`pg_server` fixture in `dbfixtures`): CT_TEST_DATABASE_URL (an admin URL, database `postgres`;
+CT_TEST_PG_URL is its deprecated old name) if set, else an embedded cluster of our own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
@@ -23,19 +24,31 @@ import trio_asyncio
 
 from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Passed
 
-ADMIN_URL = os.environ.get("CT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+_admin_url: str | None = None
+
+
+def set_admin_url(url: str | None) -> None:
+    global _admin_url
+    _admin_url = url
+
+
+def admin_url() -> str:
+    """The session's administrator URL; only valid under the `pg_server` fixture."""
+    if _admin_url is None:
+        raise RuntimeError("no test database yet: depend on the pg_server fixture (dbfixtures)")
+    return _admin_url
 
 T = TypeVar("T")
 
 
-def database_url(name: str, base: str = ADMIN_URL) -> str:
-    parts = urlsplit(base)
+def database_url(name: str, base: str | None = None) -> str:
+    parts = urlsplit(base or admin_url())
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def admin(fn: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
-        conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+        conn = await asyncpg.connect(admin_url(), timeout=5)
         try:
             return await fn(conn)
         finally:

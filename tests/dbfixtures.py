@@ -11,12 +11,16 @@ suites use the same server:
   (CREATE DATABASE ... TEMPLATE is much cheaper than migrating each time);
 * `db`: a `Db` connection to `migrated_db`; `store`: a `Store` on it;
 * `aio_loop`: the trio_asyncio loop production code assumes is open.
-If PostgreSQL is unreachable these fixtures skip the test, with the reason.
+* `pg_server`: the session's administrator URL. One server for the whole session, chosen by
+  `ct_actors.db.choice.choose_database("tests")`: CT_TEST_DATABASE_URL if set, else an embedded
+  cluster started once and stopped at the end. A test that needs PostgreSQL and cannot get one
+  fails (pytest.fail), never skips: a green run means the database code ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,21 +28,51 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 import trio_asyncio
-from conftest_db import ADMIN_URL, Db, admin, create_database, database_url, drop_database
+from conftest_db import (
+    Db,
+    admin,
+    create_database,
+    database_url,
+    drop_database,
+    set_admin_url,
+)
 
+from ct_actors.db.choice import choose_database
+from ct_actors.db.embedded import EmbeddedPostgresError
 from ct_actors.db.migrate import migrate
 from ct_actors.db.store import Store, open_store
 
 
-@pytest.fixture(scope="session")
-def pg_available() -> None:
-    async def probe(conn: Any) -> None:
-        await conn.fetchval("SELECT 1")
+def _say(message: str) -> None:
+    print(f"[test database] {message}", file=sys.stderr)
 
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
     try:
-        admin(probe)
-    except Exception as exc:  # any failure to reach the server means "skip", with the reason
-        pytest.skip(f"PostgreSQL unreachable at {urlsplit(ADMIN_URL).netloc}: {exc!r}")
+        with choose_database("tests", say=_say) as chosen:
+            set_admin_url(chosen.url)
+
+            async def probe(conn: Any) -> None:
+                await conn.fetchval("SELECT 1")
+
+            try:
+                admin(probe)
+            except Exception as exc:  # fail, with the reason; never skip
+                pytest.fail(
+                    f"PostgreSQL unreachable at {urlsplit(chosen.url).netloc} "
+                    f"(from {chosen.source}): {exc!r}",
+                    pytrace=False,
+                )
+            yield chosen.url
+            set_admin_url(None)
+    except EmbeddedPostgresError as exc:
+        pytest.fail(f"the embedded PostgreSQL did not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pg_available(pg_server: str) -> None:
+    """Kept for tests that only need a reachable server (they fail without one)."""
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,8 @@ def refused(
 
 def test_defaults(tmp_path: Path) -> None:
     cfg = load(tmp_path)
-    assert cfg.database.url == "postgresql://postgres@127.0.0.1:5432/test"
+    assert cfg.database.url == ""  # unset: production commands refuse (issue 11)
+    assert cfg.database.data_directory is None
     assert (cfg.database.min_connections, cfg.database.max_connections) == (1, 4)
     assert cfg.database.lease_seconds == 300
     assert cfg.dns.nameservers == ()
@@ -162,7 +163,9 @@ def test_example_loads_in_mx_only_mode_with_documented_defaults() -> None:
     cfg = load_config(EXAMPLE, env={"CT_PROBE_MODE": "mx-only"})
     defaults = Config()
     for key in key_specs():
-        if key in ("smtp.helo_name", "smtp.mail_from", "toolbox.path", "probe.mode"):
+        # database.url has no default; the example names one explicitly.
+        skip = ("smtp.helo_name", "smtp.mail_from", "toolbox.path", "probe.mode", "database.url")
+        if key in skip:
             continue
         assert cfg.value(key) == defaults.value(key), f"example differs from default: {key}"
     assert cfg.toolbox.path == EXAMPLE.parent.resolve() / "SNAP_ON_TOOLBOX.yaml"
@@ -667,3 +670,33 @@ def test_verifier_is_off_by_default_and_needs_its_key_when_on() -> None:
             env={"CT_PROBE_MODE": "mx-only", "CT_VERIFIER_BASE_URL": "https://x.test/?api=k"},
         )
     assert "must not carry credentials, a query or a fragment" in url.value.message
+
+
+# ─── database.url = "embedded" (issue 11) ────────────────────────────────────────────────────
+
+
+def test_embedded_database_with_a_data_directory(tmp_path: Path) -> None:
+    text = GOOD_SMTP + '[database]\nurl = "embedded"\ndata_directory = "/var/lib/ct-actors/pg"\n'
+    cfg = load(tmp_path, text)
+    assert cfg.database.url == "embedded"
+    assert cfg.database.data_directory == Path("/var/lib/ct-actors/pg")
+    env = {"CT_DATABASE_URL": "embedded", "CT_DATABASE_DATA_DIRECTORY": "/srv/pg"}
+    assert load(tmp_path, env=env).database.data_directory == Path("/srv/pg")
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        ('url = "embedded"\n', '"embedded" needs database.data_directory'),
+        ('url = "embedded"\ndata_directory = "pg"\n', "must be an absolute path"),
+        (
+            'url = "postgresql://u@db/x"\ndata_directory = "/srv/pg"\n',
+            'only used with database.url = "embedded"',
+        ),
+        ('url = "mysql://u@db/x"\n', 'must be a postgresql:// URL or "embedded"'),
+    ],
+    ids=["no-directory", "relative", "not-embedded", "other-scheme"],
+)
+def test_embedded_database_settings_refused(tmp_path: Path, database: str, message: str) -> None:
+    err = refused(tmp_path, GOOD_SMTP + "[database]\n" + database)
+    assert message in err.message

@@ -27,6 +27,7 @@ from trio_asyncio import aio_as_trio
 
 from ct_actors.app import run_pipeline
 from ct_actors.config import Config, SmtpConfig, env_var_name
+from ct_actors.db.choice import ChosenDatabase
 from ct_actors.db.migrate import migrate
 from ct_actors.db.store import DatabaseUnavailable, open_store
 from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
@@ -61,7 +62,11 @@ class Scenario:
     mix: str = "default"
 
 
-async def run_demo(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+async def run_demo(
+    cfg: Config, toolbox: Toolbox, args: argparse.Namespace, chosen: ChosenDatabase | None = None
+) -> int:
+    """`cfg.database.url` is an administrator's URL (the cli puts the chosen one there:
+    `ct_actors.db.choice`); `chosen` says which server it is, for the user."""
     scenario = Scenario(
         "demo",
         args.domains,
@@ -75,14 +80,16 @@ async def run_demo(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> i
         max_in_flight=1024,
         mix=getattr(args, "mix", None) or "default",
     )
-    result = await _run(cfg, toolbox, scenario)
+    result = await _run(cfg, toolbox, scenario, chosen)
     if result is None:
         return EXIT_DATABASE
     _print_summary(result)
     return EXIT_OK if result["accuracy"]["mismatches"] == 0 else EXIT_FAILED
 
 
-async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
+async def run_bench(
+    cfg: Config, toolbox: Toolbox, args: argparse.Namespace, chosen: ChosenDatabase | None = None
+) -> int:
     scenario = Scenario(
         "bench",
         args.domains,
@@ -99,7 +106,7 @@ async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> 
         mix=getattr(args, "mix", None) or "default",
     )
     if getattr(args, "processes", None) is not None:
-        result = await _run_fleet(cfg, toolbox, scenario)
+        result = await _run_fleet(cfg, toolbox, scenario, chosen)
         if result is None:
             return EXIT_DATABASE
         if args.json:
@@ -113,7 +120,7 @@ async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> 
             for p in result["per_process"]
         )
         return EXIT_OK if clean else EXIT_FAILED
-    result = await _run(cfg, toolbox, scenario)
+    result = await _run(cfg, toolbox, scenario, chosen)
     if result is None:
         return EXIT_DATABASE
     if args.json:
@@ -123,13 +130,15 @@ async def run_bench(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
-async def _run(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, Any] | None:
+async def _run(
+    cfg: Config, toolbox: Toolbox, scenario: Scenario, chosen: ChosenDatabase | None = None
+) -> dict[str, Any] | None:
     workdir = Path(tempfile.mkdtemp(prefix=f"ct-actors-{scenario.name}-"))
     log_path = workdir / "daemon.jsonl"
     world_path = workdir / "world.json"
     db_url = _with_database(cfg.database.url, scenario.database)
     async with trio_asyncio.open_loop():
-        if not await _recreate_or_explain(cfg, scenario, db_url):
+        if not await _recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
         sim = await SimProcess.start(scenario, world_path)
         world = sim.world
@@ -191,17 +200,24 @@ async def _run(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, A
     )
 
 
-async def _recreate_or_explain(cfg: Config, scenario: Scenario, db_url: str) -> bool:
+async def _recreate_or_explain(
+    cfg: Config, scenario: Scenario, db_url: str, chosen: ChosenDatabase | None
+) -> bool:
     """Drop and create the scenario's database; False (explained on stderr) if unreachable."""
-    print(f"[{scenario.name}] database {redact_url(db_url)}", file=sys.stderr)
+    where = (
+        chosen.describe(scenario.database)
+        if chosen is not None
+        else f"database {redact_url(db_url)}"
+    )
+    print(f"[{scenario.name}] {where}", file=sys.stderr)
     try:
         await _recreate_database(cfg.database.url, scenario.database)
     except (OSError, asyncpg.PostgresError, DatabaseUnavailable) as exc:
         print(
             f"ct-actors {scenario.name}: PostgreSQL is not reachable at "
-            f"{redact_url(cfg.database.url)} ({type(exc).__name__}: {exc}). Start "
-            "PostgreSQL or set CT_DATABASE_URL to a server where this user may create "
-            "databases.",
+            f"{redact_url(cfg.database.url)} ({type(exc).__name__}: {exc}). Start that "
+            "server, set CT_DATABASE_URL to one where this user may create databases, or "
+            "unset CT_DATABASE_URL to use the embedded PostgreSQL.",
             file=sys.stderr,
         )
         return False
@@ -517,7 +533,9 @@ def _print_summary(result: dict[str, Any]) -> None:
 # ─── bench --processes N: a fleet of real daemon processes ───────────────────────────────────
 
 
-async def _run_fleet(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[str, Any] | None:
+async def _run_fleet(
+    cfg: Config, toolbox: Toolbox, scenario: Scenario, chosen: ChosenDatabase | None = None
+) -> dict[str, Any] | None:
     """`bench --processes N`: the same fresh database, spine and simulated internet as `_run`,
     processed by N real `ct-actors run --drain` processes (each its own `daemon.owner`, each
     with the benchmark's configuration) started together. Wall time runs from the first start
@@ -526,7 +544,7 @@ async def _run_fleet(cfg: Config, toolbox: Toolbox, scenario: Scenario) -> dict[
     world_path = workdir / "world.json"
     db_url = _with_database(cfg.database.url, scenario.database)
     async with trio_asyncio.open_loop():
-        if not await _recreate_or_explain(cfg, scenario, db_url):
+        if not await _recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
         sim = await SimProcess.start(scenario, world_path)
         world = sim.world
