@@ -29,6 +29,7 @@ from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, MxResolver
 from ct_actors.log import set_level
+from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.outcome import Deferred
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
@@ -125,6 +126,7 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
             mode=cfg.probe.mode,
             verdict_ttl=toolbox.smtp_check.cache_ttl or 0.0,
             retry=retry_policy(cfg, toolbox),
+            addresses=AddressPolicy.from_config(cfg),
         ),
         writer=WriterSettings(
             batch_size=cfg.writer.batch_size, flush_interval=cfg.writer.flush_interval
@@ -457,6 +459,7 @@ async def probe_domain(
                         gate,
                         retry_policy(cfg, toolbox),
                         reachable_recently=guard.reachable_recently,
+                        addresses=AddressPolicy.from_config(cfg),
                     )
                 if verifier is not None:
                     result = await verify_weak_pass(verifier, result, domain, people)

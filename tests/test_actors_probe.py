@@ -18,6 +18,7 @@ import trio.testing
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.dns.types import MxLookup, MxStatus
+from ct_actors.net.address_policy import AddressPolicy, parse_networks
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
 from ct_actors.probe.domain_probe import (
     DomainResult,
@@ -524,3 +525,31 @@ async def test_overlong_sample_name_is_skipped_recorded_and_never_sent(
         f"local part longer than 64 octets ({n})" for n in (10_004, 10_003, 10_002, 10_000)
     ]
     assert max(len(s["local_part"]) for s in skipped) == 65
+
+
+async def test_mx_on_a_non_public_address_is_refused_without_a_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 10, item 4: an MX record pointing at loopback gets no conversation (no call, no
+    # connection, no banner in the evidence) unless the operator allows the network.
+    host = MailHost("mx1.test", "127.0.0.5", mailboxes=frozenset({"info"}))
+    with trio.fail_after(BOUND):
+        async with network(host) as manager:
+            refused = await smtp_probe(
+                lookup("acme.test", host), [], manager, POLICY, addresses=AddressPolicy()
+            )
+            assert host.connects == []
+            allowed = await smtp_probe(
+                lookup("beta.test", host),
+                [],
+                manager,
+                POLICY,
+                addresses=AddressPolicy(parse_networks(["127.0.0.0/8"])),
+            )
+    assert isinstance(refused.result, Failed)
+    assert refused.result.code is FailureCode.SMTP_FAIL
+    assert "MX address is not public: 127.0.0.5 is loopback" in refused.result.blocking_reason
+    assert visits(refused) == [("mx1.test", "not-public")]
+    assert refused.result.evidence["attempts"] == 1  # not a transient fault: no retries
+    assert isinstance(allowed.result, Passed) and allowed.result.method_type == "info"
+    assert host.connects == [0.0]

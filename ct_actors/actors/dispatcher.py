@@ -20,6 +20,7 @@ import trio
 
 from ct_actors.actors.resolver_stage import ResolverStage
 from ct_actors.dns.types import DnsUnavailable
+from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Result
 from ct_actors.probe.domain_probe import (
     GREYLISTED_KEY,
@@ -72,6 +73,9 @@ class DispatchSettings:
     mode: Literal["smtp", "mx-only"] = "smtp"
     verdict_ttl: float = 168 * 3600.0  # SMTPCheck cache_ttl_hours
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Which MX addresses may be connected to; None: no check (tests on documentation
+    # addresses). The daemon always sets it (smtp.allow_networks).
+    addresses: AddressPolicy | None = None
 
 
 @dataclass(slots=True)
@@ -216,6 +220,7 @@ class Dispatcher:
                 self.settings.retry,
                 reachable_recently=self._reachable_recently,
                 catchall_address=state.catchall_address if state is not None else "",
+                addresses=self.settings.addresses,
             )
             result = self._greylisted(name, result, state)
         if self._verifier is not None:

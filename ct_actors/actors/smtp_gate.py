@@ -30,6 +30,7 @@ from ct_actors.actors.smtp_pool import (
     HALTED,
     HOST_DEAD,
     NO_ADDRESS,
+    NOT_PUBLIC,
     HostVisit,
     ProbeRequest,
     is_connect_failure,
@@ -46,7 +47,7 @@ PORT_BLOCKED = "smtp_port_blocked"
 SMTP_SWITCHES = (IP_BLACKLISTED, PORT_BLOCKED)
 
 # Visit outcomes that say nothing about whether we can reach port 25.
-_NO_CONNECTION_TRIED = frozenset({HOST_DEAD, HALTED, NO_ADDRESS})
+_NO_CONNECTION_TRIED = frozenset({HOST_DEAD, HALTED, NO_ADDRESS, NOT_PUBLIC})
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ PROTOCOL_ERROR = "protocol-error"
 HOST_DEAD = "host-dead"
 HALTED = "halted"  # not attempted: an SMTP kill switch is tripped (see smtp_gate.py)
 NO_ADDRESS = "no-address"
+NOT_PUBLIC = "not-public"  # refused: the MX address is not public (net/address_policy.py)
 
 
 class PoolClosed(Exception):

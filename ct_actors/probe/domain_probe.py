@@ -8,6 +8,7 @@ an SMTP worker or blocks other domains.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,12 +20,14 @@ from ct_actors.actors.smtp_pool import (
     HALTED,
     HOST_DEAD,
     NO_ADDRESS,
+    NOT_PUBLIC,
     TIMEOUT,
     HostVisit,
     ProbeRequest,
     is_connect_failure,
 )
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
+from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed, Result
 from ct_actors.probe.conversation import HostOutcome
 from ct_actors.probe.patterns import (
@@ -107,9 +110,13 @@ async def smtp_probe(
     *,
     reachable_recently: Callable[[], bool] | None = None,
     catchall_address: str = "",
+    addresses: AddressPolicy | None = None,
 ) -> DomainResult:
     """`catchall_address`: the catch-all probe address to use (kept across a greylisting
     deferral, so the retry presents the same triplet); a fresh random one when empty.
+
+    `addresses`: which MX addresses may be connected to (production refuses non-public ones;
+    None: no check, for tests on documentation addresses).
 
     `reachable_recently` says whether our side has made an SMTP connection lately; when it
     says no, "no MX host reachable" is treated as our fault (deferred), not the domain's.
@@ -129,7 +136,7 @@ async def smtp_probe(
     while True:
         attempt += 1
         first = len(visits)
-        concluded_on = await _walk_hosts(mx, plan, pools, policy, visits)
+        concluded_on = await _walk_hosts(mx, plan, pools, policy, visits, addresses)
         attempts.extend([attempt] * (len(visits) - first))
         if concluded_on is not None or attempt >= policy.remote_attempts:
             break
@@ -179,12 +186,23 @@ async def _walk_hosts(
     pools: HostVisitor,
     policy: RetryPolicy,
     visits: list[HostVisit],
+    addresses: AddressPolicy | None = None,
 ) -> HostVisit | None:
     """One walk over the MX hosts in preference order; the visit that concluded, if any."""
     for host in mx.hosts:
         if not host.addresses:
             visits.append(HostVisit(host.name, None, NO_ADDRESS, "MX host name does not resolve"))
             continue
+        if addresses is not None:
+            # Never connect to loopback, private, link-local, multicast... addresses an MX
+            # record points at (internal banners would land in the evidence): no call, no
+            # connection, the host is skipped with the reason.
+            allowed = tuple(a for a in host.addresses if addresses.refusal(a) is None)
+            if not allowed:
+                why = addresses.refusal(host.addresses[0]) or ""
+                visits.append(HostVisit(host.name, host.addresses[0], NOT_PUBLIC, why))
+                continue
+            host = dataclasses.replace(host, addresses=allowed)
         plan.restart()
         throttles = lost = 0
         while True:
