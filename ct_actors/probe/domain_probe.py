@@ -136,7 +136,10 @@ async def smtp_probe(
     while True:
         attempt += 1
         first = len(visits)
-        concluded_on = await _walk_hosts(mx, plan, pools, policy, visits, addresses)
+        # A later walk is itself the retry: one session per host, not another round of
+        # fresh sessions.
+        fresh = policy.fresh_sessions if attempt == 1 else 1
+        concluded_on = await _walk_hosts(mx, plan, pools, policy, visits, addresses, fresh)
         attempts.extend([attempt] * (len(visits) - first))
         if concluded_on is not None or attempt >= policy.remote_attempts:
             break
@@ -187,6 +190,7 @@ async def _walk_hosts(
     policy: RetryPolicy,
     visits: list[HostVisit],
     addresses: AddressPolicy | None = None,
+    fresh_sessions: int | None = None,
 ) -> HostVisit | None:
     """One walk over the MX hosts in preference order; the visit that concluded, if any."""
     for host in mx.hosts:
@@ -217,9 +221,11 @@ async def _walk_hosts(
                     await trio.sleep(visit.retry_in)
                     continue
                 lost = 0 if visit.progress else lost + 1
-                if lost >= policy.fresh_sessions:
+                if lost >= (fresh_sessions or policy.fresh_sessions):
                     break
-                if visit.pace or (lost and not visit.budget_spent):
+                if visit.pace:
+                    # Only a 421 about our pace asks for a back-off; any other fresh session is
+                    # spaced by the SMTPCheck throttle (per_domain) like every visit.
                     await trio.sleep(
                         backoff_delay(
                             policy.throttle_strategy, policy.throttle_delay, max(0, lost - 1)
