@@ -80,6 +80,7 @@ def retry_policy(cfg: Config, toolbox: Toolbox) -> RetryPolicy:
         greylist_retries=cfg.smtp.greylist_max_retries,
         fresh_sessions=cfg.smtp.max_fresh_sessions,
         remote_attempts=cfg.smtp.remote_attempts,
+        time_budget=cfg.smtp.domain_time_budget,
         throttle_delay=backoff.initial_delay,
         throttle_retries=backoff.max_retries,
         throttle_strategy=backoff.strategy,

@@ -261,6 +261,9 @@ class SmtpConfig:
     remote_attempts: int = _key(
         3, KeySpec("int", True, "MX walks per pass when the hosts fail transiently", ge=1)
     )
+    domain_time_budget: float = _key(
+        900.0, KeySpec("float", True, "wall time one domain's pass may take, seconds", gt=0)
+    )
     max_rejected_rcpts_per_host: int = _key(
         8, KeySpec("int", True, "rejected RCPTs per MX host per window (DHA safety)", ge=1)
     )

@@ -553,3 +553,22 @@ async def test_mx_on_a_non_public_address_is_refused_without_a_connection(
     assert refused.result.evidence["attempts"] == 1  # not a transient fault: no retries
     assert isinstance(allowed.result, Passed) and allowed.result.method_type == "info"
     assert host.connects == [0.0]
+
+
+async def test_a_tarpit_cannot_hold_a_domain_past_its_time_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 10, item 3: every reply comes 29 s late (just inside command_timeout 30 s), every
+    # RCPT is rejected. The pass is cut at its 300 s budget and concludes CT-M-SMTP-FAIL with
+    # what it has, saying why; it never runs into the watchdog's one-hour record rule.
+    host = MailHost("mx1.test", "192.0.2.1", latency=29.0)
+    policy = dataclasses.replace(POLICY, time_budget=300.0)
+    with trio.fail_after(BOUND):
+        async with network(host) as manager:
+            result = await probe(manager, "acme.test", [host], ANN, policy)
+            assert now() == 300.0
+    assert isinstance(result.result, Failed)
+    assert result.result.code is FailureCode.SMTP_FAIL
+    assert result.result.blocking_reason.startswith("time budget of 300s spent without an answer")
+    assert result.result.evidence["time_budget_spent"] == 300.0
+    assert visits(result)[0] == ("mx1.test", "session-ended")  # five answers, then the budget

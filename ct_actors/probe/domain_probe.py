@@ -64,6 +64,8 @@ class RetryPolicy:
     fresh_sessions: int = 3
     # Walks over the MX hosts in one pass when they fail for transient reasons of theirs.
     remote_attempts: int = 3
+    # Wall time one domain's pass may take across all its MX hosts (tarpits, slow hosts).
+    time_budget: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,21 +135,28 @@ async def smtp_probe(
     attempts: list[int] = []  # the pass attempt of each visit, for the audit trail
     concluded_on: HostVisit | None = None
     attempt = 0
-    while True:
-        attempt += 1
-        first = len(visits)
-        # A later walk is itself the retry: one session per host, not another round of
-        # fresh sessions.
-        fresh = policy.fresh_sessions if attempt == 1 else 1
-        concluded_on = await _walk_hosts(mx, plan, pools, policy, visits, addresses, fresh)
-        attempts.extend([attempt] * (len(visits) - first))
-        if concluded_on is not None or attempt >= policy.remote_attempts:
-            break
-        if not _about_them(visits[first:], reachable_recently):
-            break
-        await trio.sleep(
-            backoff_delay(policy.throttle_strategy, policy.throttle_delay, attempt - 1)
-        )
+    # No record may take unbounded time: a tarpit answering each command just inside
+    # command_timeout, times ten MX hosts, would outlast the watchdog's record rule (1 h).
+    with trio.move_on_after(policy.time_budget) as budget:
+        while True:
+            attempt += 1
+            first = len(visits)
+            # A later walk is itself the retry: one session per host, not another round of
+            # fresh sessions.
+            fresh = policy.fresh_sessions if attempt == 1 else 1
+            try:
+                concluded_on = await _walk_hosts(
+                    mx, plan, pools, policy, visits, addresses, fresh
+                )
+            finally:
+                attempts.extend([attempt] * (len(visits) - first))
+            if concluded_on is not None or attempt >= policy.remote_attempts:
+                break
+            if not _about_them(visits[first:], reachable_recently):
+                break
+            await trio.sleep(
+                backoff_delay(policy.throttle_strategy, policy.throttle_delay, attempt - 1)
+            )
     evidence = {
         **mx_evidence(mx),
         "mode": "smtp",
@@ -162,6 +171,16 @@ async def smtp_probe(
     last_attempt = [v for v, n in zip(visits, attempts, strict=True) if n == attempt]
     if (deferred := _about_us(last_attempt, visits, reachable_recently, policy)) is not None:
         return DomainResult(Deferred(deferred[0], policy.defer_seconds, evidence), deferred[1])
+    if budget.cancelled_caught:
+        # Conclude with what we have: nothing about us held it up, so the hosts did.
+        evidence = {**evidence, "time_budget_spent": policy.time_budget}
+        last = visits[-1] if visits else None
+        seen = f"; last: {last.host}: {last.outcome} ({last.detail})" if last is not None else ""
+        reason = f"time budget of {policy.time_budget:g}s spent without an answer{seen}"
+        return DomainResult(
+            Failed(FailureCode.SMTP_FAIL, reason[:2000], evidence=evidence),
+            last.host if last is not None else None,
+        )
     if greylisted := [v for v in last_attempt if v.outcome == HostOutcome.GREYLISTED]:
         # Greylisting asks us to come back with the same triplet after its delay (postgrey:
         # 300 s; others up to an hour). The record goes back to pending meanwhile, holding no
