@@ -359,6 +359,12 @@ def simulation_toolbox(toolbox: Toolbox) -> Toolbox:
 _DHA_WINDOW = 60.0
 
 
+def _greylist_delay(world: World) -> float:
+    if world.by_behaviour(Behaviour.GREYLIST_300):
+        return SmtpConfig().greylist_retry_delay
+    return world.greylist_delay + 0.5
+
+
 def _dha_budget(world: World) -> int:
     if world.by_behaviour(Behaviour.DHA_BLOCK):
         return SmtpConfig().max_rejected_rcpts_per_host
@@ -381,14 +387,18 @@ def _scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str)
             port=world.smtp_port,
             helo_name="prober.ct-actors-sim.test",
             mail_from="postmaster@prober.ct-actors-sim.test",
-            starttls="never",
+            # Only --mix real has a STARTTLS host (one that breaks the handshake, to exercise
+            # the plaintext fallback); the default world offers none.
+            starttls="opportunistic" if world.by_behaviour(Behaviour.TLS_BROKEN) else "never",
             connect_timeout=2.0,
             command_timeout=10.0,
             max_connections=scenario.max_connections,
             max_connections_per_host=scenario.per_host,
             initial_connections_per_host=scenario.initial_per_host,
-            greylist_retry_delay=world.greylist_delay + 0.5,
-            greylist_max_retries=2,
+            # postgrey-like hosts (--mix real) need the production 300 s retry; the default
+            # world's greylisters are quick, and so is the bench then.
+            greylist_retry_delay=_greylist_delay(world),
+            greylist_max_retries=4 if world.by_behaviour(Behaviour.GREYLIST_300) else 2,
             # The default mix has no directory-harvest blockers: lift the per-host rejected-RCPT
             # budget like the registry's rates (said on stderr). A world that has them keeps
             # the production default, which stays under their threshold.
