@@ -262,7 +262,7 @@ class SmtpConfig:
         3, KeySpec("int", True, "MX walks per pass when the hosts fail transiently", ge=1)
     )
     domain_time_budget: float = _key(
-        900.0, KeySpec("float", True, "wall time one domain's pass may take, seconds", gt=0)
+        900.0, KeySpec("float", True, "seconds one domain's pass may spend at its MX hosts", gt=0)
     )
     max_rejected_rcpts_per_host: int = _key(
         8, KeySpec("int", True, "rejected RCPTs per MX host per window (DHA safety)", ge=1)

@@ -207,7 +207,7 @@ async def test_idle_worker_retires_and_manager_retires_the_pool(
     assert retired == {
         # The window (with a.test's rejected catch-all probe) outlives the retired pool.
         "rejected_rcpts_peak": 1,
-        "rejected_rcpts_peak_host": "mx1.test",
+        "rejected_rcpts_peak_host": "192.0.2.1",  # politeness is per IP address
         "rejection_budget_waits": 0,
         "pools": 0,
         "pools_created": 1,

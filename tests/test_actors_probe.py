@@ -17,7 +17,7 @@ import trio.testing
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import PoolSettings
-from ct_actors.dns.types import MxLookup, MxStatus
+from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.address_policy import AddressPolicy, parse_networks
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
 from ct_actors.probe.domain_probe import (
@@ -559,16 +559,45 @@ async def test_a_tarpit_cannot_hold_a_domain_past_its_time_budget(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Issue 10, item 3: every reply comes 29 s late (just inside command_timeout 30 s), every
-    # RCPT is rejected. The pass is cut at its 300 s budget and concludes CT-M-SMTP-FAIL with
-    # what it has, saying why; it never runs into the watchdog's one-hour record rule.
+    # RCPT is rejected. The first session spends 232 s at the host (banner, EHLO, MAIL, five
+    # RCPTs), past the 200 s budget: the pass concludes CT-M-SMTP-FAIL with what it has, saying
+    # why, instead of running into the watchdog's one-hour record rule.
     host = MailHost("mx1.test", "192.0.2.1", latency=29.0)
-    policy = dataclasses.replace(POLICY, time_budget=300.0)
+    policy = dataclasses.replace(POLICY, time_budget=200.0)
     with trio.fail_after(BOUND):
         async with network(host) as manager:
             result = await probe(manager, "acme.test", [host], ANN, policy)
-            assert now() == 300.0
+            assert now() == 8 * 29.0
     assert isinstance(result.result, Failed)
     assert result.result.code is FailureCode.SMTP_FAIL
-    assert result.result.blocking_reason.startswith("time budget of 300s spent without an answer")
-    assert result.result.evidence["time_budget_spent"] == 300.0
-    assert visits(result)[0] == ("mx1.test", "session-ended")  # five answers, then the budget
+    assert result.result.blocking_reason.startswith("time budget of 200s spent without an answer")
+    assert result.result.evidence["time_budget_spent"] == 200.0
+    assert visits(result) == [("mx1.test", "session-ended")]
+
+
+async def test_politeness_is_per_ip_address_not_per_mx_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Issue 10, item 5: twelve tenants' MX names on one IP (as providers do). The per-host
+    # window (2 here) bounds the sessions to that IP, whatever the names; each visit is still
+    # reported under the MX name the domain's record gave.
+    host = MailHost("shared.mx.test", "192.0.2.9", mailboxes=frozenset({"info"}))
+    results: dict[str, DomainResult] = {}
+
+    async def one(i: int) -> None:
+        name = f"mx.tenant{i}.test"
+        mx = MxLookup(
+            f"tenant{i}.test", MxStatus.FOUND, (MxHost(name, 10, (host.address,)),), "ns:53"
+        )
+        results[name] = await smtp_probe(mx, [], manager, POLICY)
+
+    with trio.fail_after(BOUND):
+        async with network(host) as manager, trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(one, i)
+    assert host.max_active <= SETTINGS.max_connections_per_host == 2
+    assert len(results) == 12
+    for name, result in results.items():
+        assert isinstance(result.result, Passed) and result.result.method_type == "info"
+        assert result.mx_host == name
+        assert {v["host"] for v in result.result.evidence["visits"]} == {name}

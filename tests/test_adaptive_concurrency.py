@@ -153,7 +153,8 @@ async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False
     async with open_sim_connector(world, stats) as connector:
         pools = CountingPools(pool, connector)
         if pinned:
-            pools._windows[LIMITED.name] = PinnedWindow(pool.window())
+            # Windows are per IP address (pool_key), like every per-host politeness limit.
+            pools._windows[LIMITED.ip] = PinnedWindow(pool.window())
         supervisor = Supervisor(
             settings(),
             store=store,

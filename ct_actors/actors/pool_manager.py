@@ -65,23 +65,25 @@ class SmtpPoolManager:
         self._stop.set()
 
     def pool(self, host: MxHost) -> HostPool:
-        pool = self._pools.get(host.name)
-        if pool is None or set(pool.host.addresses) != set(host.addresses):
+        """The pool for `host`'s address. Politeness is per IP address, not per MX name:
+        providers put many tenants' MX names on shared IPs, and it is the IP that counts our
+        connections and our rejected recipients. The MX name stays in each visit."""
+        key = pool_key(host)
+        pool = self._pools.get(key)
+        if pool is None:
             if self._nursery is None or self._stop.is_set():
                 raise RuntimeError("SMTP pool manager is not running")
-            if pool is not None:
-                pool.close()  # the host's addresses changed: start over with the new ones
             pool = HostPool(
-                host,
+                MxHost(host.name, host.preference, host.addresses[:1]),
                 settings=self.settings,
                 connector=self._connector,
                 connections=self.connections,
                 ssl_context=self._ssl_context,
                 counters=self.counters,
                 on_pressure=self._reclaim_idle,
-                window=self._window_for(host.name),
+                window=self._window_for(key),
             )
-            self._pools[host.name] = pool
+            self._pools[key] = pool
             self._created += 1
             self._nursery.start_soon(pool.run)
         return pool
@@ -126,7 +128,7 @@ class SmtpPoolManager:
     async def wait_for_rejection_room(self, host: MxHost) -> float:
         """Wait until the host's rejected-RCPT budget has room for one more RCPT (pacing its
         domains, never failing them); returns the seconds waited."""
-        window = self._window_for(host.name)
+        window = self._window_for(pool_key(host))
         waited = 0.0
         while (wait := window.rejection_wait(trio.current_time())) > 0:
             self.counters["rejection_budget_waits"] += 1
@@ -139,7 +141,7 @@ class SmtpPoolManager:
         self.counters["idle_reclaims"] += sum(p.reclaim_idle() for p in self._pools.values())
 
     def is_dead(self, host: MxHost) -> bool:
-        pool = self._pools.get(host.name)
+        pool = self._pools.get(pool_key(host))
         return pool is not None and pool.is_dead()
 
     def _reap(self) -> None:
@@ -172,6 +174,12 @@ class SmtpPoolManager:
             "dead_hosts": sum(1 for p in self._pools.values() if p.is_dead()),
             "top_pools": [p.statistics() for p in busiest],
         }
+
+
+def pool_key(host: MxHost) -> str:
+    """Pools, windows and budgets are per IP address (the first one the MX name resolves to,
+    the one the pool connects to); a name that does not resolve keys by name."""
+    return host.addresses[0] if host.addresses else host.name
 
 
 def _nothing_learnt(window: HostWindow) -> bool:

@@ -112,6 +112,9 @@ class ProbeRequest:
     domain: str
     plan: ProbePlan
     reply: ReplySlot[HostVisit] = field(default_factory=ReplySlot)
+    # The MX name the domain asked for: a pool serves one IP address, which several tenants'
+    # MX names may share; visits are reported under the name the domain's MX record gave.
+    mx_name: str = ""
 
 
 @dataclass(slots=True)
@@ -131,6 +134,8 @@ class HostVisit:
     retry_in: float = 0.0  # with dha_paused: seconds until the budget has room again
     budget_spent: bool = False  # the session ended on our own per-session error budget
     tls_note: str = ""  # a STARTTLS failure and the plaintext fallback, when it happened
+    # Seconds spent at the host (connect and conversation), not waiting for our own throttles.
+    elapsed: float = 0.0
 
     def audit(self) -> dict[str, object]:
         audit: dict[str, object] = {
@@ -250,7 +255,7 @@ class HostPool:
         self.last_used = trio.current_time()
         self._stats["requests"] += 1
         if self.is_dead():
-            return self._dead_visit()
+            return self._as_asked(request, self._dead_visit())
         await self._running.wait()
         if self._nursery is None or self._closed.is_set():
             raise PoolClosed(self.host.name)
@@ -266,6 +271,11 @@ class HostPool:
             self._waiting -= 1
         visit = await request.reply.wait()
         self.last_used = trio.current_time()
+        return self._as_asked(request, visit)
+
+    def _as_asked(self, request: ProbeRequest, visit: HostVisit) -> HostVisit:
+        if request.mx_name:
+            visit.host = request.mx_name
         return visit
 
     async def _worker(self) -> None:
@@ -345,6 +355,7 @@ class HostPool:
 
     async def _handle(self, request: ProbeRequest, conn: _Conn | None) -> _Conn | None:
         """Serve one request; returns the connection to keep for the next one, if any."""
+        started = trio.current_time()
         reused = conn is not None
         if conn is not None:
             try:
@@ -365,15 +376,15 @@ class HostPool:
         if conn is None:
             if self.is_dead():
                 # Another worker found the host dead while this request was queued.
-                request.reply.set(self._dead_visit())
+                request.reply.set(_timed(self._dead_visit(), started))
                 return None
             try:
                 conn = await self._open()
             except SmtpError as exc:
-                request.reply.set(self._failed_open(exc))
+                request.reply.set(_timed(self._failed_open(exc), started))
                 return None
         visit = await self._serve(conn, request, reused)
-        request.reply.set(visit)
+        request.reply.set(_timed(visit, started))
         if visit.outcome not in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
             # After anything unusual, start the next domain on a fresh connection.
             await self._close(conn)
@@ -574,6 +585,11 @@ class _WindowRejections:
 
     def settle(self, token: float, rejected: bool) -> None:
         self.window.settle_rejection(token, rejected)
+
+
+def _timed(visit: HostVisit, started: float) -> HostVisit:
+    visit.elapsed = trio.current_time() - started
+    return visit
 
 
 def _transcript_lines(session: SmtpSession, last: int = 4) -> list[str]:

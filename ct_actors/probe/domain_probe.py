@@ -136,27 +136,27 @@ async def smtp_probe(
     concluded_on: HostVisit | None = None
     attempt = 0
     # No record may take unbounded time: a tarpit answering each command just inside
-    # command_timeout, times ten MX hosts, would outlast the watchdog's record rule (1 h).
-    with trio.move_on_after(policy.time_budget) as budget:
-        while True:
-            attempt += 1
-            first = len(visits)
-            # A later walk is itself the retry: one session per host, not another round of
-            # fresh sessions.
-            fresh = policy.fresh_sessions if attempt == 1 else 1
-            try:
-                concluded_on = await _walk_hosts(
-                    mx, plan, pools, policy, visits, addresses, fresh
-                )
-            finally:
-                attempts.extend([attempt] * (len(visits) - first))
-            if concluded_on is not None or attempt >= policy.remote_attempts:
-                break
-            if not _about_them(visits[first:], reachable_recently):
-                break
-            await trio.sleep(
-                backoff_delay(policy.throttle_strategy, policy.throttle_delay, attempt - 1)
-            )
+    # command_timeout, times ten MX hosts, would outlast the watchdog's record rule (1 h). The
+    # budget counts time spent at the hosts, never time spent waiting for our own throttles
+    # (SMTPCheck spacing, the rejected-RCPT budget), so our politeness cannot fail a domain.
+    clock = _HostClock(policy.time_budget)
+    while True:
+        attempt += 1
+        first = len(visits)
+        # A later walk is itself the retry: one session per host, not another round of
+        # fresh sessions.
+        fresh = policy.fresh_sessions if attempt == 1 else 1
+        concluded_on = await _walk_hosts(
+            mx, plan, pools, policy, visits, addresses, fresh, clock
+        )
+        attempts.extend([attempt] * (len(visits) - first))
+        if concluded_on is not None or attempt >= policy.remote_attempts or clock.spent:
+            break
+        if not _about_them(visits[first:], reachable_recently):
+            break
+        await trio.sleep(
+            backoff_delay(policy.throttle_strategy, policy.throttle_delay, attempt - 1)
+        )
     evidence = {
         **mx_evidence(mx),
         "mode": "smtp",
@@ -171,7 +171,7 @@ async def smtp_probe(
     last_attempt = [v for v, n in zip(visits, attempts, strict=True) if n == attempt]
     if (deferred := _about_us(last_attempt, visits, reachable_recently, policy)) is not None:
         return DomainResult(Deferred(deferred[0], policy.defer_seconds, evidence), deferred[1])
-    if budget.cancelled_caught:
+    if clock.spent:
         # Conclude with what we have: nothing about us held it up, so the hosts did.
         evidence = {**evidence, "time_budget_spent": policy.time_budget}
         last = visits[-1] if visits else None
@@ -210,6 +210,7 @@ async def _walk_hosts(
     visits: list[HostVisit],
     addresses: AddressPolicy | None = None,
     fresh_sessions: int | None = None,
+    clock: _HostClock | None = None,
 ) -> HostVisit | None:
     """One walk over the MX hosts in preference order; the visit that concluded, if any."""
     for host in mx.hosts:
@@ -229,8 +230,10 @@ async def _walk_hosts(
         plan.restart()
         throttles = lost = 0
         while True:
-            visit = await pools.visit(host, ProbeRequest(mx.domain, plan))
+            visit = await pools.visit(host, ProbeRequest(mx.domain, plan, mx_name=host.name))
             visits.append(visit)
+            if clock is not None and clock.charge(visit.elapsed):
+                return None if visit.outcome != HostOutcome.CONCLUDED else visit
             if visit.outcome == HostOutcome.SESSION_ENDED:
                 # The session ended, not the domain: go on from the same question on a fresh
                 # session. Sessions that end without moving the plan on are bounded; a pause
@@ -265,6 +268,22 @@ async def _walk_hosts(
         if visit.outcome == HostOutcome.CONCLUDED:
             return visit
     return None
+
+
+@dataclass(slots=True)
+class _HostClock:
+    """Time a domain's pass has spent at its hosts, against its budget."""
+
+    budget: float
+    used: float = 0.0
+
+    @property
+    def spent(self) -> bool:
+        return self.used >= self.budget
+
+    def charge(self, seconds: float) -> bool:
+        self.used += seconds
+        return self.spent
 
 
 GREYLISTED_KEY = "greylisted"
