@@ -64,7 +64,8 @@ class RetryPolicy:
     fresh_sessions: int = 3
     # Walks over the MX hosts in one pass when they fail for transient reasons of theirs.
     remote_attempts: int = 3
-    # Wall time one domain's pass may take across all its MX hosts (tarpits, slow hosts).
+    # Seconds one domain's pass may spend at its MX hosts (tarpits, slow hosts); waits for
+    # our own throttles do not count.
     time_budget: float = 900.0
 
 
