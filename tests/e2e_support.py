@@ -40,7 +40,6 @@ HELO_NAME = "prober.ct-actors-sim.test"
 MAIL_FROM = "postmaster@prober.ct-actors-sim.test"
 # The operations runbook ships outside this repository; its queries are copied in the tests and
 # compared with it when it is there.
-RUNBOOK = Path("/work/shared/seeds/operations-runbook.md")
 
 # Loopback ports for the simulated internet. Chosen at random (per test) below the ephemeral
 # range, and retried on a clash, so several suites (or several checkouts) can run at once.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +13,7 @@ from conftest_db import Db, admin, deferred, failed, insert_spine, passed
 
 from ct_actors.db import DatabaseUnavailable, QueryError, Store, open_store
 from ct_actors.outcome import FailureCode
+from tests.shared_docs import RUNBOOK, skip_unless_ci
 
 pytestmark = pytest.mark.db
 pytest_plugins = ["dbfixtures"]
@@ -39,12 +39,11 @@ PASS_RATE = """SELECT
 FROM outreach.company_target
 WHERE imo_completed_at > NOW() - INTERVAL '24 hours';"""
 
-RUNBOOK = Path("/work/shared/seeds/operations-runbook.md")
 
 
 def test_runbook_copy_is_verbatim() -> None:
     if not RUNBOOK.exists():
-        pytest.skip(f"{RUNBOOK} not available")
+        skip_unless_ci(f"{RUNBOOK} not available")
     blocks = re.findall(r"```sql\n(.*?)\n```", RUNBOOK.read_text(), re.S)
     assert blocks == [RECENT_FAILURES, FAILURE_DISTRIBUTION, PASS_RATE]
 

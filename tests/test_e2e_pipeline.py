@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from e2e_support import (
-    RUNBOOK,
     DaemonProcess,
     SimProcess,
     Snapshot,
@@ -31,6 +30,7 @@ from e2e_support import (
 from ct_actors.demo.spine import SpineRow, spine_rows
 from ct_actors.probe.patterns import candidates
 from ct_actors.sim.world import DEFAULT_MIX, Behaviour, World, local_part
+from tests.shared_docs import RUNBOOK, skip_unless_ci
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
 pytest_plugins = ["dbfixtures", "e2e_fixtures"]
@@ -165,7 +165,7 @@ def runbook_sql_blocks() -> list[str]:
 
 def test_runbook_queries_are_the_runbooks() -> None:
     if not RUNBOOK.exists():
-        pytest.skip(f"{RUNBOOK} is not on this machine")
+        skip_unless_ci(f"{RUNBOOK} is not on this machine")
     assert runbook_sql_blocks() == [
         RUNBOOK_RECENT_FAILURES,
         RUNBOOK_FAILURE_DISTRIBUTION,

@@ -46,6 +46,7 @@ from ct_actors.smtp.testing import (
     opening,
     reply,
 )
+from tests.shared_docs import skip_unless_ci
 
 BOUND = 600.0
 HELO = "probe.example.net"
@@ -631,7 +632,7 @@ async def test_starttls_plaintext_injection_is_refused(
 def server_tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl binary not available to make a test certificate")
+        skip_unless_ci("openssl binary not available to make a test certificate")
     d: Path = tmp_path_factory.mktemp("tls")
     key, cert = d / "key.pem", d / "cert.pem"
     result = subprocess.run(
@@ -657,7 +658,7 @@ def server_tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLConte
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {result.stderr[:200]!r}")
+        skip_unless_ci(f"openssl could not make a certificate: {result.stderr[:200]!r}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     return ctx

@@ -22,8 +22,9 @@ from ct_actors.toolbox import (
     load_toolbox,
     parse_duration,
 )
+from tests.shared_docs import REFERENCE_TOOLBOX, skip_unless_ci
 
-REFERENCE = Path("/work/shared/reference/SNAP_ON_TOOLBOX.yaml")
+REFERENCE = REFERENCE_TOOLBOX
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "SNAP_ON_TOOLBOX.yaml"
 # The shipped copy is the same file; tests use it when shared/ is not beside the repo.
@@ -122,7 +123,7 @@ def test_real_registry_keeps_only_our_tools() -> None:
 
 def test_shipped_registry_is_the_reference() -> None:
     if not REFERENCE.exists():
-        pytest.skip("shared/reference not available")
+        skip_unless_ci(f"{REFERENCE} not available")
     assert SHIPPED.read_bytes() == REFERENCE.read_bytes()
 
 
