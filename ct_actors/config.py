@@ -253,7 +253,7 @@ class SmtpConfig:
         4, KeySpec("int", True, "greylisted passes retried before CT-M-SMTP-FAIL", ge=0)
     )
     max_errors_per_session: int = _key(
-        5, KeySpec("int", True, "rejected commands one session may take", ge=1, le=1000)
+        8, KeySpec("int", True, "rejected commands one session may take", ge=1, le=1000)
     )
     max_fresh_sessions: int = _key(
         3, KeySpec("int", True, "fresh sessions in a row a domain may lose unanswered", ge=1)

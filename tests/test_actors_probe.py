@@ -34,6 +34,9 @@ SETTINGS = PoolSettings(
     # Not about directory-harvest pacing (test_actors_probe's rejected-RCPT budget test is):
     # lifted, so the timelines below show the behaviour under test alone.
     max_rejected_rcpts_per_host=1_000_000,
+    # Five, not the default eight: the timelines below split a domain's questions over
+    # sessions with few candidates.
+    max_errors_per_session=5,
     helo_name=HELO,
     mail_from=MAIL_FROM,
     connect_timeout=10.0,
@@ -152,8 +155,9 @@ async def test_greylisted_pass_is_deferred_and_the_retry_presents_the_same_tripl
     assert visits(again) == [("mx1.test", "concluded")]
     everything = rcpts("acme.test", "ct-probe-X", *ANN_ADDRESSES, "info", "contact")
     assert host.commands(1) == [EHLO, MAIL, *everything[:5], "QUIT"]
-    assert host.commands(2) == [EHLO, MAIL, *everything[5:], "QUIT"]
-    assert host.commands(3) == [EHLO, MAIL, *everything[:4], "QUIT"]
+    # Four errors left it with less than half its budget: retired (RSET, QUIT) at once.
+    assert host.commands(2) == [EHLO, MAIL, *everything[5:], "RSET", "QUIT"]
+    assert host.commands(3) == [EHLO, MAIL, *everything[:4], "RSET", "QUIT"]
     assert host.connects == [0.0, 2.25, 124.0]
     # The very same recipient strings, so a greylister keyed on the triplet lets them through.
     sent = [e.line for e in host.events if e.line.startswith("RCPT")]
@@ -196,6 +200,7 @@ async def test_452_after_first_rcpt_reasks_after_rset_and_pool_learns_the_limit(
         "RSET",
         MAIL,
         rcpt("info", "beta.test"),
+        "RSET",  # three errors on it, less than half the budget left: retired
         "QUIT",
     ]
     assert [anon(r) for r in first.result.evidence["visits"][0]["replies"]] == [
@@ -280,7 +285,8 @@ async def test_every_candidate_rejected_is_no_pattern(
     assert result.mx_host == "mx1.test"
     everything = rcpts("acme.test", "ct-probe-X", *ANN_ADDRESSES, "info", "contact")
     assert host.commands(1) == [EHLO, MAIL, *everything[:5], "QUIT"]
-    assert host.commands(2) == [EHLO, MAIL, *everything[5:], "QUIT"]
+    # Four more rejections leave less than half the budget: retired (RSET, QUIT) at once.
+    assert host.commands(2) == [EHLO, MAIL, *everything[5:], "RSET", "QUIT"]
     assert visits(result) == [("mx1.test", "session-ended"), ("mx1.test", "concluded")]
     assert host.connects == [0.0, 2.25]
 
@@ -323,7 +329,7 @@ async def test_candidates_are_asked_in_contract_order_with_people(
     expected = rcpts("acme.test", *order)
     assert host.commands(1) == [EHLO, MAIL, *expected[:5], "QUIT"]
     assert host.commands(2) == [EHLO, MAIL, *expected[5:10], "QUIT"]
-    assert host.commands(3) == [EHLO, MAIL, *expected[10:], "QUIT"]
+    assert host.commands(3) == [EHLO, MAIL, *expected[10:], "RSET", "QUIT"]
 
 
 async def test_mailbox_full_counts_as_existing(autojump_clock: trio.testing.MockClock) -> None:
@@ -357,9 +363,10 @@ async def test_server_error_limit_on_a_reused_session_is_about_the_session_and_i
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # A stricter-than-stock server: 421 "too many errors" once a connection has 3 rejections
-    # (Postfix's smtpd_hard_error_limit, set low). acme.test leaves 3 on the session; the RSET
-    # before beta.test gets the 421. beta.test is never failed for it: it goes on on a fresh
-    # session, and the pool keeps one error below the host's limit from then on.
+    # (Postfix's smtpd_hard_error_limit, set low). acme.test leaves 3 on the session, less
+    # than half the budget left: the RSET that retires it gets the 421, and the pool keeps one
+    # error below the host's limit from then on. beta.test is never failed for it: it starts
+    # on a fresh session with that budget and goes on on another.
     host = MailHost("mx1.test", "192.0.2.1", error_limit=3)
     with trio.fail_after(BOUND):
         async with network(host) as manager:

@@ -84,7 +84,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.session_reuse_seconds, s.pool_idle_seconds) == (30, 60)
     assert s.dead_host_backoff == 300.0
     assert (s.greylist_retry_delay, s.greylist_max_retries) == (300.0, 4)
-    assert (s.max_errors_per_session, s.max_fresh_sessions, s.remote_attempts) == (5, 3, 3)
+    assert (s.max_errors_per_session, s.max_fresh_sessions, s.remote_attempts) == (8, 3, 3)
     assert (s.max_rejected_rcpts_per_host, s.rejected_rcpts_window) == (8, 60.0)
     p = cfg.probe
     assert (p.mode, p.names_query, p.max_in_flight, p.claim_batch, p.defer_seconds) == (

@@ -327,7 +327,7 @@ def test_a_domain_shared_by_many_records_is_probed_once(
     for row in rows:
         assert snap.targets[row.outreach_id]["evidence"]["raw_domain"] == row.raw_domain
     # One probe, as the mail server saw it: one domain, one probe's RCPTs, on as many sessions
-    # as the per-session error budget (smtp.max_errors_per_session, 5) needs for them.
+    # as the per-session error budget (smtp.max_errors_per_session, 8) needs for them.
     assert set(sim_stats["connections_by_host"]) == {host}
     assert sim_stats["connections_by_host"][host] <= 1 + sim_stats["rcpts"] // 5
     assert sim_stats["rcpt_domains"] == 1

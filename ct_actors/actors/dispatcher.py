@@ -13,6 +13,7 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import structlog
@@ -151,11 +152,14 @@ class Dispatcher:
             # send side then tells the writer to flush and stop.
 
     async def _accept(self, job: Job, nursery: trio.Nursery) -> None:
+        # Never waits for the writer: a record answered at once (cached verdict, unusable
+        # domain) is handed over by a task of its own, so it cannot hold up the records behind
+        # it while the writer flushes. The loader's in-flight credits bound those tasks.
         self._stats["jobs"] += 1
         if job.names_error is not None:
             reason = f"sample names unavailable: {job.names_error}"
             deferred = Deferred(reason, self.settings.retry.defer_seconds, {})
-            await self._emit(job, None, deferred, None)
+            nursery.start_soon(self._emit, job, None, deferred, None)
             return
         try:
             domain = normalise_domain(job.raw_domain)
@@ -165,7 +169,7 @@ class Dispatcher:
                 f"domain {exc.raw!r} unusable: {exc.reason}",
                 evidence={"raw_domain": exc.raw},
             )
-            await self._emit(job, None, failed, None)
+            nursery.start_soon(self._emit, job, None, failed, None)
             return
         group = self._groups.get(domain.domain)
         if group is not None:
@@ -175,7 +179,7 @@ class Dispatcher:
         cached = self._verdicts.get(domain.domain)
         if cached is not None:
             self._stats["cache_hits"] += 1
-            await self._emit_result(job, domain, cached, cached=True)
+            nursery.start_soon(partial(self._emit_result, job, domain, cached, cached=True))
             return
         group = _DomainGroup(domain, [job])
         self._groups[domain.domain] = group

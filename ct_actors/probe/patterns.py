@@ -73,7 +73,10 @@ def template(method_type: str, domain: str) -> str:
 
 
 def local_part(method_type: str, first: str, last: str) -> str:
-    f, la = fold_name(first), fold_name(last)
+    return _local_part_folded(method_type, fold_name(first), fold_name(last))
+
+
+def _local_part_folded(method_type: str, f: str, la: str) -> str:
     return _TEMPLATES[method_type].format(first=f, last=la, f=f[:1], l=la[:1])
 
 
@@ -147,10 +150,11 @@ def candidates_and_skips(
     skipped: list[SkippedCandidate] = []
     seen: set[str] = set()
     for index, (first, last) in enumerate(people[:MAX_PEOPLE]):
-        if not fold_name(first) or not fold_name(last):
+        folded_first, folded_last = fold_name(first), fold_name(last)
+        if not folded_first or not folded_last:
             continue  # a name that folds to nothing cannot produce a meaningful pattern
         for method in PERSON_PATTERNS:
-            local = local_part(method, first, last)
+            local = _local_part_folded(method, folded_first, folded_last)
             if (problem := local_part_problem(local)) is not None:
                 shown = local if len(local) <= _SKIPPED_PREFIX else local[:_SKIPPED_PREFIX] + "…"
                 skipped.append(SkippedCandidate(method, index, problem, shown))

@@ -104,9 +104,9 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
-from ct_actors.smtp.reply import Reply
+from ct_actors.smtp.reply import EnhancedStatus, Reply
 
 
 class RcptVerdict(enum.StrEnum):
@@ -318,7 +318,7 @@ class Rule(Generic[V]):
     verdict: V
 
     def matches(self, reply: Reply) -> bool:
-        return _compiled(self).matches(reply)
+        return _compiled(self).matches(reply.code, reply.enhanced, reply.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,16 +327,15 @@ class _Compiled:
     enhanced: tuple[_Enh, ...] | None
     text: re.Pattern[str] | None
 
-    def matches(self, reply: Reply) -> bool:
-        if self.codes is not None and reply.code not in self.codes:
+    def matches(self, code: int, enhanced: EnhancedStatus | None, text: str) -> bool:
+        if self.codes is not None and code not in self.codes:
             return False
-        if self.enhanced is not None and not any(_enh_match(p, reply) for p in self.enhanced):
+        if self.enhanced is not None and not any(_enh_match(p, enhanced) for p in self.enhanced):
             return False
-        return self.text is None or self.text.search(reply.text) is not None
+        return self.text is None or self.text.search(text) is not None
 
 
-def _enh_match(pattern: _Enh, reply: Reply) -> bool:
-    e = reply.enhanced
+def _enh_match(pattern: _Enh, e: EnhancedStatus | None) -> bool:
     if pattern is None:
         return e is None
     if e is None:
@@ -399,10 +398,23 @@ class Classification(NamedTuple, Generic[V]):
     rule: str
 
 
+# Each table compiled once: classification runs for every reply the daemon reads, so the rule
+# specs are not looked up again and the reply's text is joined once, not once per rule.
+# The table itself is kept in the entry, so its id cannot be reused by another object.
+_CompiledTable = tuple[tuple[_Compiled, Classification[Any]], ...]
+_TABLES: dict[int, tuple[Sequence[Rule[Any]], _CompiledTable]] = {}
+
+
 def _first(table: Sequence[Rule[V]], reply: Reply) -> Classification[V]:
-    for rule in table:
-        if rule.matches(reply):
-            return Classification(rule.verdict, rule.name)
+    entry = _TABLES.get(id(table))
+    if entry is None or entry[0] is not table:
+        entry = (table, tuple((_compiled(r), Classification(r.verdict, r.name)) for r in table))
+        _TABLES[id(table)] = entry
+    compiled = entry[1]
+    code, enhanced, text = reply.code, reply.enhanced, reply.text
+    for rule, answer in compiled:
+        if rule.matches(code, enhanced, text):
+            return answer
     raise AssertionError("classification tables end with catch-all rules")  # pragma: no cover
 
 
