@@ -10,9 +10,10 @@ A failed lookup alone does not say whose fault it is: twenty domains with CNAME 
 delegations fail in a row as surely as a dead resolver. So every failure is weighed against a
 health check of the active resolver (`dns/health.py`: the health-check name and `. NS`, cached
 and coalesced): when the resolver answers it, the failure is the domain's (DomainDnsFailure,
-which the dispatcher bounds); when the distinct-failure streak reaches the threshold, a fresh
-check decides: answered, the streak is forgiven (`resolver_failure_not_ours`); failed too, the
-switch moves on or trips, and its alert quotes the check.
+which the dispatcher bounds). When the distinct-failure streak reaches the threshold, the check
+decides: answered, the streak is forgiven (`resolver_failure_not_ours`); failed, it is asked
+once more, and only when that fails too does the switch move on or trip, its alert quoting the
+check.
 
 Domain tasks ask through `lookup()`, which sends a request over the stage's unbuffered channel;
 a fixed set of worker tasks answers. When every worker is busy the senders wait: that is the
@@ -210,8 +211,13 @@ class ResolverStage:
             return None
         if not self._failures.failure(domain):
             return report
-        # The streak is long enough to blame the resolver: ask it afresh before acting.
-        fresh = await self._health.check(self._probe(), asked, max_age=0.0)
+        # The streak is long enough to blame the resolver. A healthy answer within the interval
+        # clears it; a failed one is asked again before acting on it (switch, pause).
+        fresh = (
+            report
+            if report.healthy
+            else await self._health.check(self._probe(), asked, max_age=0.0)
+        )
         if asked != self._active() or self.switches.is_tripped(RESOLVER_FAILURE):
             return None
         if fresh.healthy or not self._failures.tripped:
