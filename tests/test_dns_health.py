@@ -6,6 +6,7 @@ table, under the autojump MockClock: exact virtual timelines."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import dns.message
 import dns.name
@@ -16,6 +17,8 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings, ResolverStage
+from ct_actors.app import probe_domain
+from ct_actors.config import load_config
 from ct_actors.dns import wire
 from ct_actors.dns.client import DnsReply
 from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
@@ -23,6 +26,8 @@ from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.health import HealthAnswer, ResolverHealth
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
+from ct_actors.outcome import Deferred
+from ct_actors.toolbox import load_toolbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -389,3 +394,41 @@ async def test_a_resolver_that_dies_later_is_found_out_by_the_next_check(
     assert [type(r) for r in later[:2]] == [DnsUnavailable, DnsUnavailable]
     assert client.primary == 1  # switched at the threshold, a failed check as evidence
     assert getattr(later[2], "nameserver", None) == "10.0.0.2"
+
+
+# -- probe / once: one pass reports such a domain coherently ---------------------------------
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["domain-broken", "resolver-dead"])
+async def test_probe_says_whose_dns_failed(
+    autojump_clock: trio.testing.MockClock, dead: bool
+) -> None:
+    cfg = load_config(None, env={}, overrides={"probe.mode": "mx-only"}, probing=False)
+    toolbox = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")
+    client = Client({**ROOT, **cname_loops(1)})
+    if dead:
+        client.dead.add("10.0.0.1")
+    with trio.fail_after(BOUND):
+        decided = await probe_domain(
+            cfg, toolbox, "loop0.example", resolver=DnsMxResolver(client)
+        )
+    result = decided.result
+    assert isinstance(result, Deferred)
+    if dead:
+        assert result.reason.startswith("our resolver could not answer: no reply")
+        assert result.retry_after == cfg.probe.defer_seconds
+        assert "resolver_health" not in result.evidence
+        return
+    assert result.reason == (
+        "DNS for the domain is broken: CNAME loop at loop0.example (our resolver answered its "
+        "health check; `run` concludes CT-M-NO-MX after dns.domain_failure_retries deferrals)"
+    )
+    assert result.retry_after == cfg.dns.domain_failure_delay == 1800.0
+    assert result.evidence["resolver_health"] == {
+        "nameserver": "10.0.0.1",
+        "healthy": True,
+        "answers": [
+            "a.root-servers.net A: answered (NOERROR, 198.41.0.4)",
+            ". NS: answered (NOERROR, 3 records)",
+        ],
+    }
