@@ -20,7 +20,7 @@ from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings, 
 from ct_actors.app import probe_domain
 from ct_actors.config import load_config
 from ct_actors.dns import wire
-from ct_actors.dns.client import DnsReply
+from ct_actors.dns.client import DnsReply, UdpDnsClient
 from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
 from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.health import HealthAnswer, ResolverHealth
@@ -432,3 +432,23 @@ async def test_probe_says_whose_dns_failed(
             ". NS: answered (NOERROR, 3 records)",
         ],
     }
+
+
+# -- smoke: the real UDP client against the loopback fake resolver (real time, short) --------
+
+
+async def test_health_check_and_cname_loop_over_real_udp_on_loopback() -> None:
+    server = FakeDnsServer({**ROOT, **cname_loops(1)}, host="127.0.77.3")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            async with UdpDnsClient(["127.0.77.3"], port=server.port, timeout=1.0) as client:
+                resolver = DnsMxResolver(client)
+                answers = await resolver.check_health("a.root-servers.net")
+                with pytest.raises(DnsUnavailable, match="CNAME loop at"):
+                    await resolver.lookup("loop0.example")
+            nursery.cancel_scope.cancel()
+    assert answers == (
+        HealthAnswer("a.root-servers.net A", True, "NOERROR, 198.41.0.4"),
+        HealthAnswer(". NS", True, "NOERROR, 3 records"),
+    )

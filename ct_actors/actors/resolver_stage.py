@@ -220,8 +220,10 @@ class ResolverStage:
         )
         if asked != self._active() or self.switches.is_tripped(RESOLVER_FAILURE):
             return None
-        if fresh.healthy or not self._failures.tripped:
-            # Answered (or a lookup succeeded meanwhile): the failures were the domains' own.
+        if not self._failures.tripped:
+            return fresh  # a lookup succeeded while we asked: the streak is over already
+        if fresh.healthy:
+            # Answered: the failures were the domains' own.
             self._failures.reset()
             self._stats["switches_averted"] += 1
             log.warning(
