@@ -27,7 +27,7 @@ from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
-from ct_actors.dns.types import DnsUnavailable, MxResolver
+from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure, MxResolver
 from ct_actors.log import set_level
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.net.connector import Connector, TrioConnector
@@ -97,6 +97,8 @@ def resolver_settings(cfg: Config, toolbox: Toolbox) -> ResolverSettings:
         max_retries=mx.backoff.max_retries,
         retry_strategy=mx.backoff.strategy,
         failure_domains=cfg.killswitch.resolver_failure_domains,
+        health_check_name=cfg.dns.health_check_name,
+        health_check_interval=cfg.dns.health_check_interval,
     )
 
 
@@ -128,6 +130,8 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
             verdict_ttl=toolbox.smtp_check.cache_ttl or 0.0,
             retry=retry_policy(cfg, toolbox),
             addresses=AddressPolicy.from_config(cfg),
+            dns_failure_retries=cfg.dns.domain_failure_retries,
+            dns_failure_delay=cfg.dns.domain_failure_delay,
         ),
         writer=WriterSettings(
             batch_size=cfg.writer.batch_size, flush_interval=cfg.writer.flush_interval
@@ -399,6 +403,15 @@ async def _signal_loop(
 
 
 def resolver_deferral(exc: DnsUnavailable, cfg: Config, toolbox: Toolbox) -> Deferred:
+    if isinstance(exc, DomainDnsFailure):
+        # One pass cannot count the domain's attempts (run keeps them in memory): the record
+        # comes back when the daemon's first broken-DNS wait would have ended.
+        return Deferred(
+            f"DNS for the domain is broken: {exc.reason} (our resolver answered its health "
+            "check; `run` concludes CT-M-NO-MX after dns.domain_failure_retries deferrals)",
+            cfg.dns.domain_failure_delay,
+            {"nameserver": exc.nameserver, "resolver_health": exc.health},
+        )
     return Deferred(
         f"our resolver could not answer: {exc.reason}",
         retry_policy(cfg, toolbox).defer_seconds,

@@ -195,6 +195,22 @@ class DnsConfig:
     attempts: int = _key(2, KeySpec("int", True, "tries per query", ge=1))
     # Restart-only: the resolver stage's workers are started once.
     max_in_flight: int = _key(256, KeySpec("int", False, "concurrent DNS queries", ge=1))
+    # Asked (IN A, with `. NS`) before a failed lookup is blamed on our resolver: dnsdist's
+    # default health-check query, answered through the root and net. delegations.
+    health_check_name: str = _key(
+        "a.root-servers.net", KeySpec("str", True, "name that must resolve on a healthy resolver")
+    )
+    health_check_interval: float = _key(
+        30.0, KeySpec("float", True, "seconds a health-check result stands", gt=0, le=3600)
+    )
+    domain_failure_retries: int = _key(
+        3, KeySpec("int", True, "deferrals of a domain with broken DNS before CT-M-NO-MX", ge=0)
+    )
+    # Past the 5 minutes a resolver may cache a failure (RFC 2308 §7.1, RFC 9520).
+    domain_failure_delay: float = _key(
+        1800.0,
+        KeySpec("float", True, "first wait after a broken-DNS lookup (doubles)", ge=300, le=86_400),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,6 +710,16 @@ def _validate_nameservers(servers: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _validate_health_check_name(name: str) -> str:
+    host = name.strip().lower().rstrip(".")
+    if not host or not host.isascii() or any(c.isspace() for c in host):
+        raise _Invalid(f"{name!r} must be an ASCII domain name (xn-- form for IDNs)")
+    labels = host.split(".")
+    if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise _Invalid(f"{name!r} is not a domain name (expected e.g. 'a.root-servers.net')")
+    return host
+
+
 def _validate_mail_from(value: str | None) -> str | None:
     if value is None:
         return None
@@ -763,6 +789,7 @@ def _validate_owner(owner: str) -> str:
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "database.url": _validate_url,
     "dns.nameservers": _validate_nameservers,
+    "dns.health_check_name": _validate_health_check_name,
     "smtp.helo_name": lambda v: None if v is None else _validate_fqdn(v, "helo_name"),
     "smtp.mail_from": _validate_mail_from,
     "smtp.source_address": _validate_source_address,

@@ -13,6 +13,17 @@ from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
 from tests.actor_support import now
 
 BOUND = 600.0
+# FakeResolver offers no health check (check_health): the stage never asks one.
+NO_HEALTH_CHECKS = {
+    "checks": 0,
+    "healthy": 0,
+    "unhealthy": 0,
+    "shared": 0,
+    "cached": 0,
+    "name": "a.root-servers.net",
+    "last_healthy": None,
+    "last_checked_at": None,
+}
 
 
 class FakeResolver:
@@ -79,9 +90,12 @@ async def test_dns_unavailable_is_retried_linearly_then_surfaced(
         "retries": 2,
         "unavailable": 1,
         "resolver_switches": 0,
+        "domain_failures": 0,
+        "switches_averted": 0,
         "busy": 0,
         "cached": 0,
         "active_nameserver": None,
+        "health": NO_HEALTH_CHECKS,
     }
 
 
@@ -130,9 +144,12 @@ async def test_cached_answer_costs_no_lookup_until_the_ttl_expires(
         "retries": 0,
         "unavailable": 0,
         "resolver_switches": 0,
+        "domain_failures": 0,
+        "switches_averted": 0,
         "busy": 0,
         "cached": 1,
         "active_nameserver": None,
+        "health": NO_HEALTH_CHECKS,
     }
 
 

@@ -20,7 +20,8 @@ import structlog
 import trio
 
 from ct_actors.actors.resolver_stage import ResolverStage
-from ct_actors.dns.types import DnsUnavailable
+from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
+from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Result
 from ct_actors.probe.domain_probe import (
@@ -77,6 +78,10 @@ class DispatchSettings:
     # Which MX addresses may be connected to; None: no check (tests on documentation
     # addresses). The daemon always sets it (smtp.allow_networks).
     addresses: AddressPolicy | None = None
+    # A domain whose own DNS is broken (lookups fail while our resolver is healthy): deferred
+    # this many times, the first wait doubling each time, then CT-M-NO-MX (dns/domain_failures).
+    dns_failure_retries: int = 3  # dns.domain_failure_retries
+    dns_failure_delay: float = 1800.0  # dns.domain_failure_delay
 
 
 @dataclass(slots=True)
@@ -109,6 +114,10 @@ class Dispatcher:
         # Domains waiting out greylisting between their passes (see _greylisted). Kept in
         # memory: a restarted daemon starts a domain's greylisting over, bounded again.
         self._greylist: dict[str, tuple[GreylistState, float]] = {}
+        # Domains whose own DNS is broken, between their lookups (see _domain_dns_broken).
+        self._dns_broken = DomainDnsFailures(
+            settings.dns_failure_retries, settings.dns_failure_delay
+        )
         self._stats = {
             "jobs": 0,
             "domains_probed": 0,
@@ -122,12 +131,14 @@ class Dispatcher:
         """Reload: retry policy and verdict TTL from the next domain on (mode is restart-only)."""
         self.settings = dataclasses.replace(settings, mode=self.settings.mode)
         self._verdicts.ttl = settings.verdict_ttl
+        self._dns_broken.configure(settings.dns_failure_retries, settings.dns_failure_delay)
 
     def statistics(self) -> dict[str, int]:
         return {
             **self._stats,
             "domains_in_flight": len(self._groups),
             "greylist_waiting": self.greylist_waiting(),
+            **{f"dns_broken_{k}": v for k, v in self._dns_broken.statistics().items()},
         }
 
     def greylist_waiting(self) -> int:
@@ -200,15 +211,26 @@ class Dispatcher:
     async def _decide(self, group: _DomainGroup) -> DomainResult:
         self._stats["domains_probed"] += 1
         name = group.domain.domain
+        now = trio.current_time()
+        dns_retry_at = self._dns_broken.waiting_until(name, now)
+        if dns_retry_at is not None:
+            # Its DNS was found broken and its retry time has not come: no lookup before then.
+            await trio.lowlevel.checkpoint()
+            return DomainResult(self._dns_deferral(dns_retry_at - now), None)
         try:
             mx = await self._resolver.lookup(name)
+        except DomainDnsFailure as exc:
+            return DomainResult(self._domain_dns_broken(name, exc), None)
         except DnsUnavailable as exc:
+            # Our resolver's trouble (or not proven otherwise): a plain deferral, never counted
+            # against the domain.
             deferred = Deferred(
                 f"our resolver could not answer: {exc.reason}",
                 self.settings.retry.defer_seconds,
                 {"nameserver": exc.nameserver},
             )
             return DomainResult(deferred, None)
+        self._dns_broken.resolved(name)
         # Names were fetched by the loader for the whole claim batch; every record that joined
         # the domain contributes, in arrival order, up to the contract's three.
         people = [person for job in group.jobs for person in job.people][:3]
@@ -232,6 +254,37 @@ class Dispatcher:
             # address ever; the verdict cache then serves the domain's other records.
             result = await verify_weak_pass(self._verifier, result, name, people)
         return result
+
+    def _domain_dns_broken(self, name: str, exc: DomainDnsFailure) -> Result:
+        """A lookup failed while our resolver answered its health check: deferred a bounded
+        number of times, then CT-M-NO-MX with every attempt listed."""
+        verdict = self._dns_broken.failed(
+            name, DnsAttempt(trio.current_time(), exc.reason, exc.nameserver)
+        )
+        evidence: dict[str, object] = {
+            "dns_broken": verdict.evidence(),
+            "resolver_health": exc.health,
+            "nameserver": exc.nameserver,
+        }
+        if verdict.retry_after is None:
+            reason = (
+                f"DNS for the domain is broken: {exc.reason} (every one of "
+                f"{len(verdict.attempts)} lookups failed while our resolver answered its "
+                f"health check: {verdict.history()})"
+            )
+            return Failed(FailureCode.NO_MX, reason[:2000], evidence=evidence)
+        reason = (
+            f"DNS for the domain is broken: {exc.reason} (lookup {len(verdict.attempts)} of "
+            f"{verdict.allowed}; our resolver answered its health check)"
+        )
+        return Deferred(reason[:2000], verdict.retry_after, evidence)
+
+    def _dns_deferral(self, retry_after: float) -> Deferred:
+        return Deferred(
+            "DNS for the domain is broken: waiting for its next lookup",
+            retry_after,
+            {"dns_broken_retry_in": round(retry_after, 3)},
+        )
 
     def _greylisted(
         self, name: str, result: DomainResult, state: GreylistState | None

@@ -6,6 +6,15 @@ when lookups of many distinct domains in a row fail on the active resolver, move
 configured one; when none is left, pause (lookups answer DnsUnavailable at once, records stay
 pending) and alert until an operator clears it.
 
+A failed lookup alone does not say whose fault it is: twenty domains with CNAME loops or broken
+delegations fail in a row as surely as a dead resolver. So every failure is weighed against a
+health check of the active resolver (`dns/health.py`: the health-check name and `. NS`, cached
+and coalesced): when the resolver answers it, the failure is the domain's (DomainDnsFailure,
+which the dispatcher bounds). When the distinct-failure streak reaches the threshold, the check
+decides: answered, the streak is forgiven (`resolver_failure_not_ours`); failed, it is asked
+once more, and only when that fails too does the switch move on or trip, its alert quoting the
+check.
+
 Domain tasks ask through `lookup()`, which sends a request over the stage's unbuffered channel;
 a fixed set of worker tasks answers. When every worker is busy the senders wait: that is the
 stage's back-pressure.
@@ -20,7 +29,13 @@ import structlog
 import trio
 
 from ct_actors.actors.reply import ReplySlot
-from ct_actors.dns.types import DnsUnavailable, MxLookup, MxResolver
+from ct_actors.dns.health import (
+    DEFAULT_HEALTH_CHECK_NAME,
+    HealthProbe,
+    HealthReport,
+    ResolverHealth,
+)
+from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure, MxLookup, MxResolver
 from ct_actors.throttle.backoff import backoff_delay
 from ct_actors.throttle.killswitch import DistinctFailures, KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter
@@ -39,6 +54,8 @@ class ResolverSettings:
     max_retries: int = 2
     retry_strategy: str = "linear"
     failure_domains: int = 20  # killswitch.resolver_failure_domains
+    health_check_name: str = DEFAULT_HEALTH_CHECK_NAME  # dns.health_check_name
+    health_check_interval: float = 30.0  # dns.health_check_interval
 
 
 @dataclass(slots=True)
@@ -63,6 +80,7 @@ class ResolverStage:
             {RESOLVER_FAILURE: "switch_resolver"}
         )
         self._failures = DistinctFailures(settings.failure_domains)
+        self._health = ResolverHealth(settings.health_check_name, settings.health_check_interval)
         self._send, self._recv = trio.open_memory_channel[_Request](0)
         self._cache: TtlCache[str, MxLookup] = TtlCache(settings.cache_ttl)
         self._stats = {
@@ -71,6 +89,8 @@ class ResolverStage:
             "retries": 0,
             "unavailable": 0,
             "resolver_switches": 0,
+            "domain_failures": 0,  # failed while the resolver answered its health check
+            "switches_averted": 0,  # streaks forgiven because the health check answered
         }
         self.busy = 0
 
@@ -80,6 +100,7 @@ class ResolverStage:
             "busy": self.busy,
             "cached": len(self._cache),
             "active_nameserver": getattr(self._resolver, "active_nameserver", None),
+            "health": self._health.statistics(),
         }
 
     def update(self, settings: ResolverSettings) -> None:
@@ -87,6 +108,7 @@ class ResolverStage:
         if settings.failure_domains != self.settings.failure_domains:
             self._failures = DistinctFailures(settings.failure_domains)
         self._cache.ttl = settings.cache_ttl
+        self._health.configure(settings.health_check_name, settings.health_check_interval)
         self.settings = dataclasses.replace(settings, workers=self.settings.workers)
 
     def reconfigure_dns(self, *, timeout: float, attempts: int) -> None:
@@ -98,6 +120,7 @@ class ResolverStage:
     def clear(self) -> None:
         """The operator fixed the resolver (SIGHUP): back to the first configured one."""
         self._failures.reset()
+        self._health.forget()
         reset = getattr(self._resolver, "reset_nameserver", None)
         if reset is not None:
             reset()
@@ -148,7 +171,11 @@ class ResolverStage:
             except DnsUnavailable as exc:
                 if attempt >= self.settings.max_retries:
                     self._stats["unavailable"] += 1
-                    self._resolver_failed(domain, exc.reason, active)
+                    report = await self._resolver_failed(domain, exc.reason, active)
+                    if report is not None and report.healthy:
+                        self._stats["domain_failures"] += 1
+                        health = report.evidence()
+                        return DomainDnsFailure(domain, exc.reason, exc.nameserver, health)
                     return exc
                 self._stats["retries"] += 1
                 s = self.settings
@@ -157,7 +184,7 @@ class ResolverStage:
                 continue
             if active is not None and answer.nameserver not in (None, active):
                 # Answered, but only after the active resolver failed and another one stood in.
-                self._resolver_failed(
+                await self._resolver_failed(
                     domain, f"{active} failed, {answer.nameserver} answered", active
                 )
             else:
@@ -165,15 +192,63 @@ class ResolverStage:
             self._cache.put(domain, answer)
             return answer
 
-    def _resolver_failed(self, domain: str, reason: str, asked: str | None) -> None:
-        if asked != getattr(self._resolver, "active_nameserver", None):
-            return  # asked before a switch: evidence against a resolver no longer in use
+    def _active(self) -> str | None:
+        return getattr(self._resolver, "active_nameserver", None)
+
+    def _probe(self) -> HealthProbe | None:
+        return getattr(self._resolver, "check_health", None)
+
+    async def _resolver_failed(
+        self, domain: str, reason: str, asked: str | None
+    ) -> HealthReport | None:
+        """Weigh a failure of `domain` on nameserver `asked`: the health report that judges it,
+        or None when it is evidence about nothing (asked before a switch, or paused)."""
+        if asked != self._active() or self.switches.is_tripped(RESOLVER_FAILURE):
+            return None  # asked before a switch: evidence against a resolver no longer in use
+        interval = self.settings.health_check_interval
+        report = await self._health.check(self._probe(), asked, max_age=interval)
+        if asked != self._active() or self.switches.is_tripped(RESOLVER_FAILURE):
+            return None
         if not self._failures.failure(domain):
-            return
-        failed = getattr(self._resolver, "active_nameserver", None)
+            return report
+        # The streak is long enough to blame the resolver. A healthy answer within the interval
+        # clears it; a failed one is asked again before acting on it (switch, pause).
+        fresh = (
+            report
+            if report.healthy
+            else await self._health.check(self._probe(), asked, max_age=0.0)
+        )
+        if asked != self._active() or self.switches.is_tripped(RESOLVER_FAILURE):
+            return None
+        if not self._failures.tripped:
+            return fresh  # a lookup succeeded while we asked: the streak is over already
+        if fresh.healthy:
+            # Answered: the failures were the domains' own.
+            self._failures.reset()
+            self._stats["switches_averted"] += 1
+            log.warning(
+                "resolver_failure_not_ours",
+                switch=RESOLVER_FAILURE,
+                nameserver=asked,
+                reason=f"{self.settings.failure_domains} distinct domains failed in a row "
+                f"(last: {domain}: {reason}), but the resolver answered its health check: "
+                "the failures belong to the domains, no switch",
+                health_check=fresh.summary(),
+            )
+            return fresh
+        self._switch_or_trip(domain, reason, fresh)
+        return fresh
+
+    def _switch_or_trip(self, domain: str, reason: str, health: HealthReport) -> None:
+        failed = self._active()
         switch = getattr(self._resolver, "switch_nameserver", None)
         replacement = switch() if switch is not None else None
         self._failures.reset()
+        self._health.forget()
+        evidence = (
+            f"{self.settings.failure_domains} distinct domains failed in a row "
+            f"(last: {domain}: {reason}) and the health check failed too ({health.summary()})"
+        )
         if replacement is not None:
             self._stats["resolver_switches"] += 1
             log.critical(
@@ -182,17 +257,17 @@ class ResolverStage:
                 action="switch_resolver",
                 failed=failed,
                 now_using=replacement,
-                reason=f"{self.settings.failure_domains} distinct domains failed in a row "
-                f"(last: {domain}: {reason})",
+                reason=evidence,
+                health_check=health.summary(),
             )
             return
-        if self.switches.trip(RESOLVER_FAILURE, reason, trio.current_time()):
+        if self.switches.trip(RESOLVER_FAILURE, evidence, trio.current_time()):
             log.critical(
                 "kill_switch_tripped",
                 switch=RESOLVER_FAILURE,
                 action="pause",
                 failed=failed,
-                reason=f"{self.settings.failure_domains} distinct domains failed in a row and "
-                f"no other resolver is configured (last: {domain}: {reason})",
+                reason=f"{evidence}; no other resolver is configured",
+                health_check=health.summary(),
                 clear="fix the resolver, then SIGHUP (systemctl reload ct-actors) or restart",
             )

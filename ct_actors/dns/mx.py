@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import dns.name
+import dns.rcode
 import dns.rdatatype
 import trio
 
-from ct_actors.dns import wire
+from ct_actors.dns import fastparse, wire
 from ct_actors.dns.client import DnsReply
+from ct_actors.dns.health import ROOT_NS, HealthAnswer
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
 
 
@@ -95,6 +97,49 @@ class DnsMxResolver:
 
     def statistics(self) -> dict[str, int]:
         return {**self._stats, "cached_hosts": len(self._cache)}
+
+    async def check_health(self, name: str) -> tuple[HealthAnswer, ...]:
+        """The active nameserver's answers to `name` IN A and `. NS` (dns/health.py says why
+        these two). Asked at once, never cached here; an answer from another nameserver (the
+        client's next attempt) does not count: it says nothing good about the active one."""
+        asked = self.active_nameserver
+        answers: dict[str, HealthAnswer] = {}
+
+        async def ask(question: str, qname: str, rdtype: dns.rdatatype.RdataType) -> None:
+            answers[question] = await self._health_answer(question, qname, rdtype, asked)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, f"{name} A", name, dns.rdatatype.A)
+            nursery.start_soon(ask, ROOT_NS, ".", dns.rdatatype.NS)
+        return (answers[f"{name} A"], answers[ROOT_NS])
+
+    async def _health_answer(
+        self, question: str, qname: str, rdtype: dns.rdatatype.RdataType, asked: str | None
+    ) -> HealthAnswer:
+        try:
+            reply = await self._client.exchange(qname, rdtype)
+        except DnsUnavailable as exc:
+            return HealthAnswer(question, False, exc.reason)
+        except (ValueError, OSError) as exc:
+            return HealthAnswer(question, False, f"{exc.__class__.__name__}: {exc}")
+        if asked is not None and reply.nameserver != asked:
+            return HealthAnswer(
+                question, False, f"{asked} failed, answered by {reply.nameserver} instead"
+            )
+        rcode = dns.rcode.to_text(dns.rcode.Rcode.make(reply.reply.rcode))
+        if rdtype == dns.rdatatype.A:
+            try:
+                addresses = wire.interpret_a(qname, reply.reply)
+            except DnsUnavailable as exc:
+                return HealthAnswer(question, False, exc.reason)
+            if not addresses:
+                return HealthAnswer(question, False, f"{rcode} without an address")
+            return HealthAnswer(question, True, f"{rcode}, {', '.join(addresses[:3])}")
+        if reply.reply.rcode != dns.rcode.NOERROR or not reply.reply.answer_count:
+            return HealthAnswer(question, False, f"{rcode} with {reply.reply.answer_count} records")
+        if reply.reply.flags & fastparse.FLAG_TC:
+            return HealthAnswer(question, False, "truncated (TC)")
+        return HealthAnswer(question, True, f"{rcode}, {reply.reply.answer_count} records")
 
     async def lookup(self, domain: str) -> MxLookup:
         self._stats["lookups"] += 1

@@ -49,3 +49,16 @@ class MxResolver(Protocol):
     async def lookup(self, domain: str) -> MxLookup:
         """Resolve MX records and the hosts' addresses, or raise DnsUnavailable."""
         ...
+
+
+class DomainDnsFailure(DnsUnavailable):
+    """A lookup failed while our resolver was proven healthy (it answered its health check,
+    `dns/health.py`): the failure belongs to the domain's own DNS (CNAME loop, lame or broken
+    delegation, SERVFAIL for that zone). The dispatcher gives such a domain a bounded number of
+    deferrals, then concludes CT-M-NO-MX; a plain DnsUnavailable stays a plain deferral."""
+
+    def __init__(
+        self, domain: str, reason: str, nameserver: str | None, health: dict[str, object]
+    ) -> None:
+        super().__init__(domain, reason, nameserver)
+        self.health = health  # HealthReport.evidence() of the check that cleared the resolver
