@@ -7,6 +7,8 @@ import pytest
 import trio
 import trio.testing
 
+from ct_actors.app import open_dnsbl
+from ct_actors.config import ConfigError, load_config
 from ct_actors.dns.dnsbl import (
     Answer,
     ClientAddressLookup,
@@ -15,6 +17,7 @@ from ct_actors.dns.dnsbl import (
     query_name,
     usable_address,
 )
+from ct_actors.net.local_address import LocalAddressConnector
 from ct_actors.throttle.blocklist_evidence import DnsblStatus
 from tests.test_dns_mx import FakeClient
 
@@ -152,3 +155,59 @@ async def test_nothing_is_asked_without_zones_or_a_public_address(
     unknown = await DnsblChecker(ClientAddressLookup(client), [ZONE]).check(None)
     assert "not known yet" in unknown.note
     assert sum(client.asked.values()) == 0
+
+
+class _Sock:
+    def __init__(self, local: tuple[str, int] | None) -> None:
+        self.local = local
+
+    def getsockname(self) -> tuple[str, int]:
+        if self.local is None:
+            raise OSError("not connected")
+        return self.local
+
+
+class _Connector:
+    def __init__(self, *locals_: tuple[str, int] | None) -> None:
+        self.locals = list(locals_)
+
+    async def connect(self, address: str, port: int) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        stream, _ = trio.testing.memory_stream_pair()
+        local = self.locals.pop(0)
+        if local != ("no socket", 0):
+            stream.socket = _Sock(local)  # type: ignore[attr-defined]
+        return stream
+
+
+async def test_the_local_address_of_the_latest_connection_is_our_sending_address() -> None:
+    connector = LocalAddressConnector(
+        _Connector(("11.22.33.44", 40001), None, ("no socket", 0), ("11.22.33.45", 40002))
+    )
+    assert connector.current() is None
+    await connector.connect("192.0.2.1", 25)
+    assert connector.current() == OURS
+    await connector.connect("192.0.2.2", 25)  # a socket that cannot say: keep what we knew
+    await connector.connect("192.0.2.3", 25)  # no socket at all (the simulated internet)
+    assert connector.current() == OURS
+    await connector.connect("192.0.2.4", 25)
+    assert connector.current() == "11.22.33.45"
+
+
+async def test_the_daemon_builds_its_checker_from_the_config() -> None:
+    cfg = load_config(
+        None,
+        env={},
+        overrides={"killswitch.dnsbl_zones": "BL.Example.net., other.example.org"},
+        probing=False,
+    )
+    lookup = ClientAddressLookup(FakeClient(zone_records(listed=True)))
+    async with open_dnsbl(cfg, lookup) as checker:
+        assert checker.zones == ("bl.example.net", "other.example.org")
+        assert checker.configured and checker.cache_ttl == 900.0
+    async with open_dnsbl(load_config(None, env={}, probing=False)) as unconfigured:
+        assert not unconfigured.configured  # no zone: no client is opened, nothing is asked
+    with pytest.raises(ConfigError, match="not a DNS zone name"):
+        load_config(None, env={}, overrides={"killswitch.dnsbl_zones": "bad zone"}, probing=False)
+    with pytest.raises(ConfigError, match="not a public address"):
+        load_config(None, env={}, overrides={"killswitch.dnsbl_address": "10.0.0.1"}, probing=False)
