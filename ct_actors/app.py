@@ -26,11 +26,13 @@ from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
 from ct_actors.dns.client import UdpDnsClient
+from ct_actors.dns.dnsbl import AddressLookup, ClientAddressLookup, DnsblChecker
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure, MxResolver
 from ct_actors.log import set_level
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.net.connector import Connector, TrioConnector
+from ct_actors.net.local_address import LocalAddressConnector
 from ct_actors.outcome import Deferred
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
 from ct_actors.progress import progress_loop
@@ -105,8 +107,12 @@ def resolver_settings(cfg: Config, toolbox: Toolbox) -> ResolverSettings:
 def guard_settings(cfg: Config) -> GuardSettings:
     ks = cfg.killswitch
     return GuardSettings(
-        blocklist_hosts=ks.blocklist_hosts,
+        blocklist_networks=ks.blocklist_networks,
+        blocklist_fraction=ks.blocklist_fraction,
+        blocklist_networks_alone=ks.blocklist_networks_alone,
         blocklist_window=ks.blocklist_window,
+        refusal_give_up=ks.refusal_give_up,
+        dnsbl_address=ks.dnsbl_address,
         port_blocked_hosts=ks.port_blocked_hosts,
         reachability_window=ks.reachability_window,
     )
@@ -183,6 +189,28 @@ async def open_resolver(cfg: Config) -> AsyncIterator[MxResolver]:
         yield DnsMxResolver(client)
 
 
+@asynccontextmanager
+async def open_dnsbl(
+    cfg: Config, lookup: AddressLookup | None = None
+) -> AsyncIterator[DnsblChecker]:
+    """The DNSBL checker for the ip_blacklist_detected switch. Its queries go to the
+    configured resolver (dns.nameservers) on a client of their own; with no zone configured
+    nothing is opened and the switch decides on the network evidence alone."""
+    zones = cfg.killswitch.dnsbl_zones
+    cache, timeout = cfg.killswitch.dnsbl_cache, cfg.dns.timeout * cfg.dns.attempts
+    if lookup is not None or not zones:
+        yield DnsblChecker(lookup, zones, cache_ttl=cache, timeout=timeout)
+        return
+    async with UdpDnsClient(
+        list(cfg.dns.nameservers),
+        port=cfg.dns.port,
+        timeout=cfg.dns.timeout,
+        attempts=cfg.dns.attempts,
+        max_in_flight=16,
+    ) as client:
+        yield DnsblChecker(ClientAddressLookup(client), zones, cache_ttl=cache, timeout=timeout)
+
+
 def names_source(cfg: Config, store: Store) -> NamesSource | None:
     query = cfg.probe.names_query
     if not query:
@@ -212,6 +240,7 @@ async def run_pipeline(
     clock: UtcClock | None = None,
     service: SystemdService | None = None,
     progress: TextIO | None = None,
+    dnsbl_lookup: AddressLookup | None = None,
 ) -> Supervisor:
     """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal.
     `progress`: a terminal to draw the progress bar on (`run --drain` on a TTY).
@@ -228,12 +257,19 @@ async def run_pipeline(
         await store.check_names_query(cfg.probe.names_query)
     await report_spine_anomalies(store, TRANSIENT_DB_ERRORS)
     throttles = make_throttles(cfg, toolbox, store, clock)
-    async with _maybe_resolver(cfg, resolver) as mx_resolver:
+    # The local address of our connections is our sending IP for the DNSBL lookups.
+    local = LocalAddressConnector(connector or TrioConnector(cfg.smtp.source_address))
+    async with (
+        _maybe_resolver(cfg, resolver) as mx_resolver,
+        open_dnsbl(cfg, dnsbl_lookup) as dnsbl,
+    ):
         supervisor = Supervisor(
             pipeline_settings(cfg, toolbox),
             store=store,
             resolver=mx_resolver,
-            pools=make_pools(cfg, connector),
+            pools=make_pools(cfg, local),
+            dnsbl=dnsbl,
+            local_address=local.current,
             transient_db_errors=TRANSIENT_DB_ERRORS,
             names=names_source(cfg, store),
             drain=drain,

@@ -357,11 +357,33 @@ class KillSwitchConfig:
     resolver_failure_domains: int = _key(
         20, KeySpec("int", True, "distinct domains failing on the resolver in a row", ge=1)
     )
-    blocklist_hosts: int = _key(
-        3, KeySpec("int", True, "distinct MX hosts blocklisting us within the window", ge=1)
+    # Issue 10 item 2: counted by independent network (/24, /48), never by MX name, weighed
+    # against the sessions that worked, confirmed with the DNSBLs (docs/throttles.md).
+    blocklist_networks: int = _key(
+        3, KeySpec("int", True, "distinct /24 (/48) networks refusing our IP in the window", ge=1)
+    )
+    blocklist_fraction: float = _key(
+        0.5,
+        KeySpec("float", True, "share of the networks talked to that must refuse us", gt=0, le=1),
+    )
+    blocklist_networks_alone: int = _key(
+        10, KeySpec("int", True, "refusing networks that halt even if the DNSBLs say clean", ge=1)
     )
     blocklist_window: float = _key(
-        3600.0, KeySpec("float", True, "seconds over which blocklisting hosts count", gt=0)
+        3600.0, KeySpec("float", True, "seconds over which refusals and sessions count", gt=0)
+    )
+    refusal_give_up: float = _key(
+        7200.0,
+        KeySpec("float", True, "an uncorroborated refusal is deferred this long, then FAIL", gt=0),
+    )
+    dnsbl_zones: tuple[str, ...] = _key(
+        (), KeySpec("str_list", False, "DNS blocklists to look our sending IP up in")
+    )
+    dnsbl_address: str | None = _key(
+        None, KeySpec("opt_str", True, "our public sending IP (behind NAT); empty: learnt")
+    )
+    dnsbl_cache: float = _key(
+        900.0, KeySpec("float", False, "seconds a DNSBL answer is cached", gt=0, le=86_400)
     )
     port_blocked_hosts: int = _key(
         10, KeySpec("int", True, "distinct MX hosts unreachable in a row (port 25)", ge=1)
@@ -744,6 +766,32 @@ def _validate_source_address(value: str | None) -> str | None:
         raise _Invalid(f"{value!r} is not an IPv4/IPv6 address") from None
 
 
+def _validate_dnsbl_zones(values: tuple[str, ...]) -> tuple[str, ...]:
+    zones = []
+    for zone in values:
+        name = zone.strip().rstrip(".").lower()
+        labels = name.split(".")
+        if len(name) > 200 or len(labels) < 2 or not all(_LABEL.match(lb) for lb in labels):
+            raise _Invalid(f"{zone!r} is not a DNS zone name (e.g. 'bl.spamcop.net')")
+        zones.append(name)
+    return tuple(dict.fromkeys(zones))
+
+
+def _validate_public_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not an IPv4/IPv6 address") from None
+    if not ip.is_global:
+        raise _Invalid(
+            f"{value!r} is not a public address: no DNS blocklist lists it (set the address "
+            "the receiving hosts see, or leave it empty)"
+        )
+    return str(ip)
+
+
 def _validate_allow_networks(values: tuple[str, ...]) -> tuple[str, ...]:
     try:
         return tuple(str(n) for n in parse_networks(values))
@@ -794,6 +842,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "smtp.mail_from": _validate_mail_from,
     "smtp.source_address": _validate_source_address,
     "smtp.allow_networks": _validate_allow_networks,
+    "killswitch.dnsbl_zones": _validate_dnsbl_zones,
+    "killswitch.dnsbl_address": _validate_public_address,
     "probe.names_query": _validate_names_query,
     "daemon.owner": _validate_owner,
     "verifier.base_url": _validate_base_url,

@@ -26,16 +26,16 @@ from ct_actors.drain_report import DrainSummary, HeldBack, Switch
 from ct_actors.outcome import Outcome, Passed
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
-from ct_actors.sim.world import Behaviour, World
+from ct_actors.sim.world import Behaviour
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
 from tests.test_killswitch_pipeline import (
-    BLOCKLIST_MIX,
     BOUND,
     POOL,
     REGISTRY,
     Records,
+    blocklisted_world,
     claims_between,
     settings,
     wait_until,
@@ -73,9 +73,7 @@ class HeldStore(FakeStore):
 async def test_drain_ends_once_a_kill_switch_holds_everything_left(
     autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    world = World.generate(
-        43, 100, mix=BLOCKLIST_MIX, latency_ms=20, jitter_ms=10, blocklist_hosts=5
-    )
+    world = blocklisted_world(43, 100, blocking=5)
     base = Records.of(world)
     store = HeldStore(base.spine)
     records = dataclasses.replace(base, store=store)

@@ -30,7 +30,7 @@ from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.dns.types import DnsUnavailable, MxLookup, MxResolver
-from ct_actors.outcome import Deferred
+from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.memory import SimConnector, SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
@@ -107,7 +107,7 @@ def settings(*, failure_domains: int = 20, port_blocked_hosts: int = 5) -> Pipel
         ),
         writer=WriterSettings(batch_size=50, flush_interval=0.2),
         guard=GuardSettings(
-            blocklist_hosts=3,
+            blocklist_networks=3,
             blocklist_window=3600.0,
             port_blocked_hosts=port_blocked_hosts,
             reachability_window=900.0,
@@ -393,12 +393,24 @@ BLOCKLIST_MIX = {
 }
 
 
+def blocklisted_world(seed: int, n: int, *, blocking: int) -> World:
+    """A world where our IP is listed: `blocking` hosts refuse us, each in a network (/24) of
+    its own, as the independent receivers that consult a blocklist are. (The generator puts
+    every host in 127.10.0.0/24 upward; the evidence counts networks, not names.)"""
+    world = World.generate(
+        seed, n, mix=BLOCKLIST_MIX, latency_ms=20, jitter_ms=10, blocklist_hosts=blocking
+    )
+    hosts = dict(world.hosts)
+    listed = sorted(h.name for h in hosts.values() if h.behaviour is Behaviour.BLOCKLIST)
+    for i, name in enumerate(listed):
+        hosts[name] = dataclasses.replace(hosts[name], ip=f"127.250.{i}.25")
+    return dataclasses.replace(world, hosts=hosts)
+
+
 async def test_blocklisted_ip_trips_and_defers_then_delisting_and_clearing_completes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    world = World.generate(
-        43, 100, mix=BLOCKLIST_MIX, latency_ms=20, jitter_ms=10, blocklist_hosts=5
-    )
+    world = blocklisted_world(43, 100, blocking=5)
     blocking = [h for h in world.hosts.values() if h.behaviour is Behaviour.BLOCKLIST]
     assert len(blocking) == 5
     records = Records.of(world)
@@ -440,7 +452,12 @@ async def test_blocklisted_ip_trips_and_defers_then_delisting_and_clearing_compl
         supervisor = await run_scenario(records, script=script, stats=stats)
 
     [alert] = alerts(logs, IP_BLACKLISTED)
-    assert "3 distinct MX hosts refused our address" in alert["reason"]
+    assert "3 networks refused us" in alert["reason"]
+    assert "network evidence alone" in alert["reason"]  # no DNSBL configured here
+    assert alert["evidence"]["refusing_networks"] == 3
+    assert {r["network"] for r in alert["evidence"]["refusals"]} <= {
+        f"127.250.{i}.0/24" for i in range(5)
+    }
     assert seen["cleared"] == [IP_BLACKLISTED]
     # While tripped: no terminal row for a blocklisted domain; every terminal row is right.
     assert listed.isdisjoint(seen["terminal"])
@@ -465,6 +482,61 @@ async def test_blocklisted_ip_trips_and_defers_then_delisting_and_clearing_compl
 
 def expected_label_before(records: Records, oid: uuid.UUID, listed: set[uuid.UUID]) -> str:
     return "PENDING" if oid in listed else records.expected(oid)
+
+
+HOSTILE_MIX = {**MIX, Behaviour.BLOCKLIST: 0.03}
+
+
+async def test_hostile_domains_on_one_ip_neither_halt_the_fleet_nor_come_back_forever(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 10 item 2, the reproduction on the whole pipeline: three hostile domains whose
+    MX names all resolve to one IP that answers 554 5.7.1 "blocked using zen.spamhaus.org".
+    Before: the switch tripped, every healthy record stayed pending, and the hostile records
+    came back after defer_seconds to trip it again after every SIGHUP. Now: no trip, every
+    other record gets its ground truth, and the hostile records are deferred (the refusal
+    might be about us) until the address has refused us for refusal_give_up seconds, then
+    conclude CT-M-SMTP-FAIL: a bounded life."""
+    world = World.generate(61, 100, mix=HOSTILE_MIX, latency_ms=20, jitter_ms=10)
+    [blocker] = [h for h in world.hosts.values() if h.behaviour is Behaviour.BLOCKLIST]
+    hostile = sorted(d.name for d in world.by_behaviour(Behaviour.BLOCKLIST))
+    assert len(hostile) == 3
+    hosts = {n: h for n, h in world.hosts.items() if n != blocker.name}
+    domains = dict(world.domains)
+    for i, name in enumerate(hostile):
+        mx_name = f"mx.hostile-{i}.test"  # three MX names, one IP
+        hosts[mx_name] = dataclasses.replace(blocker, name=mx_name)
+        domains[name] = dataclasses.replace(domains[name], mx=((10, mx_name),))
+    world = dataclasses.replace(world, hosts=hosts, domains=domains)
+    records = Records.of(world)
+    ids = {o for o in records.spine if records.owner[o] in hostile}
+    give_up = GuardSettings().refusal_give_up
+    seen: dict[str, Any] = {}
+
+    async def script(supervisor: Supervisor) -> None:
+        with trio.move_on_after(3 * give_up):
+            await wait_until(lambda: ids <= set(records.store.terminal), step=1.0)
+        seen["stats"] = supervisor.guard.statistics()
+
+    with capture_logs() as logs, trio.fail_after(BOUND):
+        supervisor = await run_scenario(records, script=script)
+
+    assert alerts(logs, IP_BLACKLISTED) == []
+    assert not supervisor.switches.is_tripped(IP_BLACKLISTED)
+    # Every other record has its ground truth.
+    others = {o for o in records.spine if o not in ids}
+    assert {records.owner[o]: records.got(o) for o in others} == {
+        records.owner[o]: records.expected(o) for o in others
+    }
+    # The hostile ones were deferred, then concluded once the address had refused us for the
+    # give-up time; nothing about them after that.
+    for oid in ids:
+        final = records.store.terminal[oid].result
+        assert isinstance(final, Failed) and final.code is FailureCode.SMTP_FAIL
+        assert "refused-us" in final.blocking_reason
+    assert seen["stats"]["refusal_streaks"]["given_up"] >= 1
+    written = [t for t, _ in records.store.writes]
+    assert max(written) < give_up + 3 * DEFER + 120.0
 
 
 # -- dns_resolver_failure --------------------------------------------------------------------

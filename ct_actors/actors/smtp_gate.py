@@ -10,16 +10,26 @@ Every host visit a domain task makes goes through `SmtpGate.visit`:
 4. the visit runs on the host's pool, and `SmtpGuard` reads what happened.
 
 `SmtpGuard` holds the detectors for faults on *our* side:
-- `ip_blacklist_detected`: several distinct MX hosts refuse us with blocklist texts or 5.7.x
-  reputation codes within a window (the registry's SMTPCheck kill switch, halt_and_alert);
+- `ip_blacklist_detected`: our sending IP is on a blocklist. Proven about our side, not
+  claimed by whoever writes "554 5.7.1" in a greeting: refusals are counted by independent
+  network (/24, /48), weighed against the sessions that worked in the same window, and
+  confirmed by looking our own address up in the operator's DNS blocklists
+  (throttle/blocklist_evidence.py for the rule, dns/dnsbl.py for the lookup; the registry's
+  SMTPCheck kill switch, halt_and_alert);
 - `smtp_port_blocked`: connections to many distinct MX hosts in a row fail at connect time
   while DNS works — what a firewalled port 25 looks like (the canary environment);
 and the reachability witness: an unreachable-host verdict (CT-M-SMTP-FAIL) is only trusted if
 some SMTP connection succeeded recently, else the record is deferred.
+
+A refusal of our IP that the evidence does not corroborate is the host's own policy: its
+domains are deferred (it might still be about us) until the address has refused us for
+`refusal_give_up` seconds, then their visits come back REFUSED and the domains conclude.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -35,9 +45,19 @@ from ct_actors.actors.smtp_pool import (
     ProbeRequest,
     is_connect_failure,
 )
+from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
 from ct_actors.dns.types import MxHost
 from ct_actors.probe.conversation import HostOutcome
-from ct_actors.throttle.killswitch import DistinctFailures, DistinctWithin, KillSwitches
+from ct_actors.throttle.blocklist_evidence import (
+    Assessment,
+    BlocklistEvidence,
+    Decision,
+    RefusalStreaks,
+    Rule,
+    Verdict,
+    decide,
+)
+from ct_actors.throttle.killswitch import DistinctFailures, KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter
 
 log = structlog.get_logger("ct_actors.smtp_gate")
@@ -45,6 +65,10 @@ log = structlog.get_logger("ct_actors.smtp_gate")
 IP_BLACKLISTED = "ip_blacklist_detected"
 PORT_BLOCKED = "smtp_port_blocked"
 SMTP_SWITCHES = (IP_BLACKLISTED, PORT_BLOCKED)
+# A visit outcome of ours: the host has refused our IP for refusal_give_up seconds and nothing
+# corroborated that the refusal is about us. Not a conversation outcome the domain probe knows,
+# so the domain treats it as the host's failure (CT-M-SMTP-FAIL listing it).
+REFUSED = "refused-us"
 
 # Visit outcomes that say nothing about whether we can reach port 25.
 _NO_CONNECTION_TRIED = frozenset({HOST_DEAD, HALTED, NO_ADDRESS, NOT_PUBLIC})
@@ -52,23 +76,56 @@ _NO_CONNECTION_TRIED = frozenset({HOST_DEAD, HALTED, NO_ADDRESS, NOT_PUBLIC})
 
 @dataclass(frozen=True, slots=True)
 class GuardSettings:
-    blocklist_hosts: int = 3
+    blocklist_networks: int = 3
+    blocklist_fraction: float = 0.5
+    blocklist_networks_alone: int = 10
     blocklist_window: float = 3600.0
+    refusal_give_up: float = 7200.0
+    # Our public sending address, when the local one is not it (NAT); None: learnt from the
+    # local address of our SMTP connections.
+    dnsbl_address: str | None = None
     port_blocked_hosts: int = 10
     reachability_window: float = 900.0
 
+    @property
+    def rule(self) -> Rule:
+        return Rule(self.blocklist_networks, self.blocklist_fraction, self.blocklist_networks_alone)
+
+
+def _worked(visit: HostVisit) -> bool:
+    """The host took our session and answered about mailboxes: it does not refuse our IP."""
+    if visit.outcome in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
+        return True
+    return visit.outcome == HostOutcome.SESSION_ENDED and visit.progress > 0
+
 
 class SmtpGuard:
-    def __init__(self, settings: GuardSettings, switches: KillSwitches) -> None:
+    def __init__(
+        self,
+        settings: GuardSettings,
+        switches: KillSwitches,
+        *,
+        dnsbl: DnsblChecker | None = None,
+        local_address: Callable[[], str | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.switches = switches
-        self._blocklist = DistinctWithin(settings.blocklist_hosts, settings.blocklist_window)
+        self.dnsbl = dnsbl if dnsbl is not None else DnsblChecker(None, ())
+        self._local_address = local_address
+        self._evidence = BlocklistEvidence(settings.blocklist_window)
+        self._streaks = RefusalStreaks(settings.refusal_give_up)
         self._unreachable = DistinctFailures(settings.port_blocked_hosts)
         self.last_connected: float | None = None
+        self._weighing = False
+        self._weigh_again = False
+        self._last_warning: tuple[float, int, str] | None = None
+        self._stats = {"weighings": 0, "not_us": 0, "refusals_given_up": 0}
 
     def update(self, settings: GuardSettings) -> None:
         self.settings = settings
-        self._blocklist = DistinctWithin(settings.blocklist_hosts, settings.blocklist_window)
+        # The evidence so far stays: a reload is not the operator saying "fixed".
+        self._evidence.window = settings.blocklist_window
+        self._streaks.give_up = settings.refusal_give_up
         self._unreachable = DistinctFailures(settings.port_blocked_hosts)
 
     def halted(self) -> str | None:
@@ -90,10 +147,19 @@ class SmtpGuard:
         self._unreachable.success()
         self.last_connected = trio.current_time()
 
-    def observe(self, visit: HostVisit) -> None:
+    def sending_address(self) -> str | None:
+        """Our address as the receiving hosts see it: the configured one (NAT), else the
+        local address of our latest SMTP connection."""
+        if self.settings.dnsbl_address:
+            return self.settings.dnsbl_address
+        return self._local_address() if self._local_address is not None else None
+
+    async def observe(self, visit: HostVisit) -> HostVisit:
+        """Read what happened on a visit; returns the visit as the domain should see it (a
+        refusal given up on comes back REFUSED)."""
         now = trio.current_time()
         if visit.outcome in _NO_CONNECTION_TRIED:
-            return
+            return visit
         if is_connect_failure(visit):
             if self._unreachable.failure(visit.host):
                 self._trip(
@@ -102,24 +168,95 @@ class SmtpGuard:
                     f"row failed (last: {visit.host}: {visit.detail}); is outbound port 25 "
                     "blocked?",
                 )
-            return
+            return visit
         self._unreachable.success()
         self.last_connected = now
-        if visit.outcome == HostOutcome.POLICY_BLOCKED and self._blocklist.failure(
-            visit.host, now
-        ):
+        if _worked(visit):
+            self._evidence.worked(visit.address, now)
+            self._streaks.worked(visit.address)
+            return visit
+        if visit.outcome != HostOutcome.POLICY_BLOCKED:
+            return visit
+        new_network = self._evidence.refused(visit.address, visit.host, visit.detail, now)
+        streak = self._streaks.refused(visit.address, visit.detail, now)
+        if new_network and self.halted() is None:
+            await self._weigh(visit)
+        if self.halted() is None and self._streaks.settled(streak):
+            assert streak is not None
+            self._stats["refusals_given_up"] += 1
+            self._streaks.given_up += 1
+            detail = (
+                f"{visit.detail} (this address has refused us {streak.refusals} times over "
+                f"{streak.last - streak.first:g}s, and no other evidence says our IP is "
+                "blocklisted: the refusal is this host's policy)"
+            )
+            return dataclasses.replace(visit, outcome=REFUSED, detail=detail)
+        return visit
+
+    async def _weigh(self, visit: HostVisit) -> None:
+        """Weigh the evidence (one weighing at a time; refusals from new networks that arrive
+        meanwhile make it weigh once more)."""
+        if self._weighing:
+            self._weigh_again = True
+            return
+        self._weighing = True
+        try:
+            while True:
+                self._weigh_again = False
+                rule = self.settings.rule
+                if self._evidence.assess(trio.current_time()).refusing_networks < rule.networks:
+                    return  # nothing to weigh yet: no DNSBL query either
+                self._stats["weighings"] += 1
+                dnsbl = await self.dnsbl.check(self.sending_address())
+                if self.halted() is not None:
+                    return
+                assessment = self._evidence.assess(trio.current_time())
+                decision = decide(rule, assessment, dnsbl.status, dnsbl.listed_on)
+                self._act(decision, assessment, dnsbl, visit)
+                if not self._weigh_again:
+                    return
+        finally:
+            self._weighing = False
+
+    def _act(
+        self, decision: Decision, a: Assessment, dnsbl: DnsblResult, visit: HostVisit
+    ) -> None:
+        if decision.verdict is Verdict.TRIP:
             self._trip(
                 IP_BLACKLISTED,
-                f"{self.settings.blocklist_hosts} distinct MX hosts refused our address within "
-                f"{self.settings.blocklist_window:g}s (last: {visit.host}: {visit.detail})",
+                f"{decision.basis} (last: {visit.host} [{visit.address}]: {visit.detail})",
+                evidence=a.audit(),
+                dnsbl=dnsbl.audit(),
             )
+            return
+        if decision.verdict is not Verdict.NOT_US:
+            return
+        self._stats["not_us"] += 1
+        now = trio.current_time()
+        key = (a.refusing_networks, str(dnsbl.status))
+        last = self._last_warning
+        # Once per change in the evidence, or once per window while it stays the same.
+        if last is not None and (last[1], last[2]) == key and now - last[0] < a.window:
+            return
+        self._last_warning = (now, *key)
+        log.warning(
+            "blocklist_evidence_not_about_us",
+            basis=decision.basis,
+            evidence=a.audit(),
+            dnsbl=dnsbl.audit(),
+            action="probing goes on; refusing hosts' domains are deferred, then concluded "
+            f"after killswitch.refusal_give_up ({self.settings.refusal_give_up:g}s)",
+        )
 
     def clear(self) -> None:
         """After the operator's fix (SIGHUP): forget the evidence along with the switches."""
-        self._blocklist.reset()
+        self._evidence.reset()
+        self._streaks.reset()
         self._unreachable.reset()
+        self.dnsbl.clear()
+        self._last_warning = None
 
-    def _trip(self, name: str, reason: str) -> None:
+    def _trip(self, name: str, reason: str, **evidence: object) -> None:
         if self.switches.trip(name, reason, trio.current_time()):
             log.critical(
                 "kill_switch_tripped",
@@ -127,14 +264,22 @@ class SmtpGuard:
                 action="halt_and_alert",
                 reason=reason,
                 clear="fix the cause, then SIGHUP (systemctl reload ct-actors) or restart",
+                **evidence,
             )
 
     def statistics(self) -> dict[str, object]:
+        now = trio.current_time()
         return {
             "last_connected_ago": None
             if self.last_connected is None
-            else round(trio.current_time() - self.last_connected, 1),
-            "blocklist": self._blocklist.statistics(),
+            else round(now - self.last_connected, 1),
+            "blocklist": {
+                **self._evidence.statistics(now),
+                **self._stats,
+                "sending_address": self.sending_address(),
+            },
+            "refusal_streaks": self._streaks.statistics(),
+            "dnsbl": self.dnsbl.statistics(),
             "unreachable": self._unreachable.statistics(),
         }
 
@@ -164,5 +309,4 @@ class SmtpGate:
         if halted is not None:
             return HostVisit(host.name, None, HALTED, f"SMTP probing halted: {halted}")
         visit = await self._pools.visit(host, request)
-        self.guard.observe(visit)
-        return visit
+        return await self.guard.observe(visit)

@@ -36,6 +36,7 @@ from ct_actors.actors.smtp_gate import (
     SmtpGuard,
 )
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
+from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import MxResolver
 from ct_actors.outcome import Outcome
 from ct_actors.throttle.killswitch import KillSwitches
@@ -86,6 +87,8 @@ class Supervisor:
         drain: bool = False,
         throttles: ToolThrottles | None = None,
         verifier: Callable[[KillSwitches], EmailVerifier] | None = None,
+        dnsbl: DnsblChecker | None = None,
+        local_address: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
@@ -108,7 +111,9 @@ class Supervisor:
             switches=self.switches,
         )
         self.pools = pools
-        self.guard = SmtpGuard(settings.guard, self.switches)
+        self.guard = SmtpGuard(
+            settings.guard, self.switches, dnsbl=dnsbl, local_address=local_address
+        )
         pools.on_connected = self.guard.connected
         self.gate = SmtpGate(
             pools, throttles[SMTP_CHECK] if throttles is not None else None, self.guard
