@@ -24,8 +24,18 @@ import trio.testing
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import HostVisit, PoolSettings, ProbeRequest
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
+from ct_actors.net.connector import Connector
 from ct_actors.outcome import Passed
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, smtp_probe
+from ct_actors.smtp.testing import (
+    Expect,
+    Hang,
+    ScriptedConnector,
+    Step,
+    closing,
+    opening,
+    reply,
+)
 from tests.actor_support import HELO, MAIL_FROM, FakeNet, MailHost, now
 
 pytestmark = pytest.mark.timeout(60)
@@ -295,3 +305,97 @@ async def test_an_idle_session_in_the_slow_share_is_reclaimed_for_a_waiting_slow
     assert a.connects == [1.0, 147.0] and b.connects == [0.0, 302.0]
     assert manager.counters["idle_reclaims"] == 1
     assert stats["slow_hosts"] == 2
+
+
+async def test_a_postscreen_like_greeting_pause_is_not_slow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # postscreen waits up to postscreen_greet_wait (6 s) before the rest of its greeting, and
+    # busy servers take seconds for an RCPT (DNSBL lookups): below slow_reply_seconds, such a
+    # host keeps its window and never touches the slow share.
+    host = info_host("mx.postscreen.test", "192.0.2.3", latency=6.0)
+    with trio.fail_after(BOUND):
+        async with network([host], max_connections=8) as manager:
+            result = await probe(manager, "calm.test", host)
+            stats = manager.statistics()
+    assert_info_pass(result, "calm.test")
+    assert "slow_host" not in result.result.evidence["visits"][0]
+    assert (stats["slow_hosts"], stats["slow_moves"], stats["slow_evictions"]) == (0, 0, 0)
+
+
+def test_the_slow_share_is_a_quarter_of_the_cap_at_least_one() -> None:
+    assert [SETTINGS.slow_connections(n) for n in (1, 3, 4, 8, 64)] == [1, 1, 1, 2, 16]
+    half = dataclasses.replace(SETTINGS, slow_connections_share=0.5)
+    assert half.slow_connections(64) == 32
+    assert dataclasses.replace(SETTINGS, slow_connections_share=1.0).slow_connections(8) == 8
+
+
+async def test_a_reload_resizes_the_slow_share_with_the_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BOUND):
+        async with network([], max_connections=64) as manager:
+            assert manager.statistics()["slow_connections_max"] == 16
+            manager.update_settings(
+                dataclasses.replace(SETTINGS, slow_connections_share=0.5), max_connections=8
+            )
+            assert manager.statistics()["slow_connections_max"] == 4
+            manager.update_settings(SETTINGS)  # the cap stays 8
+            assert manager.statistics()["slow_connections_max"] == 2
+
+
+class ByAddress:
+    """A connector that sends each address to its own fake network."""
+
+    def __init__(self, routes: dict[str, Connector]) -> None:
+        self.routes = routes
+
+    async def connect(self, address: str, port: int) -> trio.abc.Stream:
+        return await self.routes[address].connect(address, port)
+
+
+async def test_a_slow_tls_handshake_cut_for_the_slow_share_is_not_a_broken_tls_stack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The share (1) is held by a tarpit from t=10 to 147. B offers STARTTLS at t=20, then
+    # never answers our ClientHello: at 30 the handshake is cut for the share. That is our
+    # limit, not B's TLS: no plaintext fallback is learnt and no plaintext reconnect is made
+    # at once; B's domain waits for the share and goes on at 147 (B, now answering in
+    # plaintext at once, concludes at 147).
+    tarpit = info_host("mx.tarpit.test", "192.0.2.10", TARPIT)
+    silent_tls: list[Step] = [
+        *opening(extensions=("PIPELINING", "STARTTLS")),
+        Expect("STARTTLS"),
+        reply(220, "2.0.0 Ready to start TLS"),
+        Hang(),
+    ]
+    answering: list[Step] = [
+        *opening(extensions=("PIPELINING",)),
+        Expect("MAIL FROM:"),
+        reply(250, "2.1.0 Ok"),
+        Expect("RCPT TO:<ct-probe-"),
+        reply(550, "5.1.1 User unknown"),
+        Expect("RCPT TO:<info@b.test>"),
+        reply(250, "2.1.5 Ok"),
+        *closing(),
+    ]
+    b = MailHost("mx.b.test", "192.0.2.20")
+    settings = dataclasses.replace(SETTINGS, starttls="opportunistic")
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            scripted = ScriptedConnector(nursery, silent_tls, answering)
+            net = FakeNet(nursery, [tarpit])
+            routes: dict[str, Connector] = {tarpit.address: net, b.address: scripted}
+            manager = SmtpPoolManager(settings, ByAddress(routes), max_connections=4)
+            await nursery.start(manager.run)
+            nursery.start_soon(probe, manager, "tarpit.test", tarpit)
+            await trio.sleep_until(20.0)
+            result = await probe(manager, "b.test", b)
+            assert now() == 147.0
+            pool = manager.pool(b.mx).statistics()
+            stats = manager.statistics()
+            manager.close()
+    assert_info_pass(result, "b.test")
+    assert scripted.attempts == [("192.0.2.20", 25), ("192.0.2.20", 25)]
+    assert pool["tls_fallbacks"] == 0
+    assert (stats["slow_evictions"], stats["slow_hosts"]) == (1, 2)

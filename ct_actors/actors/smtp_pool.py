@@ -503,6 +503,8 @@ class HostPool:
             try:
                 session = await stack.enter_async_context(self._session(starttls, watch))
             except SmtpTlsError as exc:
+                if lease.evicted:
+                    raise  # we cut a slow handshake for the slow share: not a broken TLS stack
                 # Opportunistic TLS, as MTAs do it (Postfix's smtp_tls_security_level=may
                 # falls back to plaintext delivery after a failed handshake): a broken
                 # handshake costs this connection, not the answer. Reconnect in plaintext and
