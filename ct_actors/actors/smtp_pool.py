@@ -41,7 +41,7 @@ import structlog
 import trio
 
 from ct_actors.actors.reply import ReplySlot
-from ct_actors.actors.slow_watch import SlowWatch, WatchingConnector
+from ct_actors.actors.slow_hosts import SlowLease, SlowWatch, WatchingConnector
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import (
@@ -436,7 +436,7 @@ class HostPool:
                     # Another worker found the host dead while this request was queued.
                     request.reply.set(_timed(self._dead_visit(), started, waited))
                     return None
-                lease = _Lease(require_slow=slow)
+                lease = SlowLease(require_slow=slow)
                 try:
                     conn = await self._open(lease)
                 except SmtpError as exc:
@@ -478,7 +478,7 @@ class HostPool:
         budget = self.settings.max_errors_per_session
         return max(1, budget if learnt is None else min(budget, learnt))
 
-    async def _open(self, lease: _Lease) -> _Conn:
+    async def _open(self, lease: SlowLease) -> _Conn:
         if not self.host.addresses:
             raise SmtpConnectError("connect", "MX host has no address")
         stack = contextlib.AsyncExitStack()
@@ -524,43 +524,31 @@ class HostPool:
         self._counters["sessions_opened"] += 1
         return _Conn(stack, session, trio.current_time(), tls_note=tls_note, lease=lease)
 
-    async def _wait_for_slow_share(self, lease: _Lease) -> None:
-        """Before connecting to a slow host: its slow-session slot, then a slow-share token.
-        Nothing else is held meanwhile, so a waiting slow host keeps no connection from anyone."""
-        await self._slow_slot.acquire_on_behalf_of(lease)
-        lease.slot = self._slow_slot
-        try:
-            self._slow.acquire_on_behalf_of_nowait(lease)
-        except trio.WouldBlock:
-            # The share is taken: ask idle sessions in it to QUIT (a healthy host's idle
-            # sessions stay: they do not hold the share).
+    async def _wait_for_slow_share(self, lease: SlowLease) -> None:
+        """Before connecting to a slow host. Nothing else is held meanwhile, so a waiting slow
+        host keeps no connection from anyone."""
+
+        def share_taken() -> None:
+            # Ask idle sessions in the share to QUIT (a healthy host's idle sessions stay:
+            # they do not hold the share).
             self._counters["slow_share_waits"] += 1
             if self._on_pressure is not None:
                 self._on_pressure(True)
-            await self._slow.acquire_on_behalf_of(lease)
-        lease.token = self._slow
 
-    def _take_slow_share_now(self, lease: _Lease) -> bool:
-        """The host's slow-session slot and a slow-share token without waiting, or neither."""
-        try:
-            self._slow_slot.acquire_on_behalf_of_nowait(lease)
-        except trio.WouldBlock:
+        await lease.wait(self._slow_slot, self._slow, share_taken)
+
+    def _take_slow_share_now(self, lease: SlowLease) -> bool:
+        if not lease.take_now(self._slow_slot, self._slow):
             return False
-        try:
-            self._slow.acquire_on_behalf_of_nowait(lease)
-        except trio.WouldBlock:
-            self._slow_slot.release_on_behalf_of(lease)
-            return False
-        lease.slot, lease.token = self._slow_slot, self._slow
         self._counters["slow_moves"] += 1
         return True
 
-    def _in_slow_share(self, lease: _Lease) -> bool:
+    def _in_slow_share(self, lease: SlowLease) -> bool:
         """Whether a session may serve the next domain: a session to a host marked slow since it
         opened must move into the slow share first."""
         return lease.slow or not self.is_slow() or self._take_slow_share_now(lease)
 
-    def _on_slow_reply(self, lease: _Lease) -> bool:
+    def _on_slow_reply(self, lease: SlowLease) -> bool:
         """The host has kept this session waiting past slow_reply_seconds (SlowWatch): mark the
         host slow; may the session go on? Only inside the slow share."""
         if self.window.on_slow_reply(trio.current_time()):
@@ -706,31 +694,6 @@ class HostPool:
         )
 
 
-@dataclass(eq=False, slots=True)
-class _Lease:
-    """What one connection holds beyond its global-cap token: the slow share, once its host
-    is slow (the host's slow-session slot and a token of the shared slow limiter)."""
-
-    require_slow: bool = False  # take the slow share before connecting, whatever the marking
-    slot: trio.CapacityLimiter | None = None
-    token: trio.CapacityLimiter | None = None
-    evicted: bool = False  # closed by us: slow, and no room in the slow share
-    closing: bool = False
-    waited: float = 0.0  # seconds spent waiting for our own limits before connecting
-
-    @property
-    def slow(self) -> bool:
-        return self.token is not None
-
-    def release(self) -> None:
-        if self.token is not None:
-            self.token.release_on_behalf_of(self)
-            self.token = None
-        if self.slot is not None:
-            self.slot.release_on_behalf_of(self)
-            self.slot = None
-
-
 @dataclass(slots=True)
 class _Conn:
     """One open SMTP session and the exit stack that QUITs it and frees its connection slot."""
@@ -740,7 +703,7 @@ class _Conn:
     opened_at: float
     errors: int = 0  # rejected commands on this session (servers count them per connection)
     tls_note: str = ""  # what happened to STARTTLS, when it did not simply work
-    lease: _Lease = field(default_factory=_Lease)
+    lease: SlowLease = field(default_factory=SlowLease)
 
 
 @dataclass(slots=True)

@@ -1,10 +1,10 @@
-"""Notice a slow host while we wait for it, not after its reply finally comes.
+"""Slow hosts (tarpits): notice them while we wait, and the slow share their sessions hold.
 
-A tarpit answers each command just inside our command timeout (30 s); waiting for the reply to
-know it was slow would let every newly met tarpit hold a connection of the global cap for the
-whole of its first reply. So the watch sits under the SMTP client, on the connection's byte
-stream: a *step* starts when the connection opens (the greeting) and each time we send (a
-command, a TLS record), and when a read for the current step is still waiting
+Noticing. A tarpit answers each command just inside our command timeout (30 s); waiting for
+the reply to know it was slow would let every newly met tarpit hold a connection of the global
+cap for the whole of its first reply. So the watch sits under the SMTP client, on the
+connection's byte stream: a *step* starts when the connection opens (the greeting) and each
+time we send (a command, a TLS record), and when a read for the current step is still waiting
 `threshold` seconds after the step started, `on_slow` decides at that moment whether the
 session may go on (True: keep reading) or must end now (False: the read fails as a broken
 connection, which the client reports as a disconnect and the pool knows it caused).
@@ -12,12 +12,16 @@ connection, which the client reports as a disconnect and the pool knows it cause
 The watch measures waiting for the host only: a read is what waits for it, and nothing is timed
 while the session idles between domains. Dribbling a reply byte by byte does not restart the
 step (only our next send does).
+
+The share. Once its host is slow, a session holds, besides its global-cap token, the host's
+slow-session slot and a token of the manager's slow limiter (`SlowLease`); see smtp_pool.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -89,3 +93,60 @@ class WatchingConnector:
         stream = await self._inner.connect(address, port)
         self._watch.step()
         return WatchedStream(stream, self._watch)
+
+
+@dataclass(eq=False, slots=True)
+class SlowLease:
+    """What one connection holds beyond its global-cap token: the slow share, once its host
+    is slow (the host's slow-session slot and a token of the shared slow limiter). The lease
+    itself is the limiters' borrower, so it can be released from any task."""
+
+    require_slow: bool = False  # take the slow share before connecting, whatever the marking
+    slot: trio.CapacityLimiter | None = None
+    token: trio.CapacityLimiter | None = None
+    evicted: bool = False  # closed by us: slow, and no room in the slow share
+    closing: bool = False
+    waited: float = 0.0  # seconds spent waiting for our own limits before connecting
+
+    @property
+    def slow(self) -> bool:
+        return self.token is not None
+
+    def take_now(self, slot: trio.CapacityLimiter, share: trio.CapacityLimiter) -> bool:
+        """The slot and a share token without waiting, or neither."""
+        try:
+            slot.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            return False
+        try:
+            share.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            slot.release_on_behalf_of(self)
+            return False
+        self.slot, self.token = slot, share
+        return True
+
+    async def wait(
+        self,
+        slot: trio.CapacityLimiter,
+        share: trio.CapacityLimiter,
+        share_taken: Callable[[], None],
+    ) -> None:
+        """The slot, then a share token (`share_taken()` first when there is none free). On
+        cancellation whatever was taken stays on the lease: `release` gives it back."""
+        await slot.acquire_on_behalf_of(self)
+        self.slot = slot
+        try:
+            share.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            share_taken()
+            await share.acquire_on_behalf_of(self)
+        self.token = share
+
+    def release(self) -> None:
+        if self.token is not None:
+            self.token.release_on_behalf_of(self)
+            self.token = None
+        if self.slot is not None:
+            self.slot.release_on_behalf_of(self)
+            self.slot = None
