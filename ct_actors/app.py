@@ -72,6 +72,9 @@ def pool_settings(cfg: Config) -> PoolSettings:
         pool_idle_seconds=float(smtp.pool_idle_seconds),
         dead_host_backoff=smtp.dead_host_backoff,
         dead_host_backoff_max=smtp.dead_host_backoff_max,
+        slow_reply_seconds=smtp.slow_reply_seconds,
+        slow_host_seconds=smtp.slow_host_seconds,
+        slow_connections_share=smtp.slow_connections_share,
     )
 
 

@@ -286,6 +286,16 @@ class SmtpConfig:
     rejected_rcpts_window: float = _key(
         60.0, KeySpec("float", True, "sliding window of that budget, seconds", gt=0)
     )
+    # Slow hosts (tarpits) must not starve max_connections (docs/throttles.md, "Slow hosts").
+    slow_reply_seconds: float = _key(
+        10.0, KeySpec("float", True, "a reply slower than this marks the host slow", gt=0)
+    )
+    slow_host_seconds: float = _key(
+        3600.0, KeySpec("float", True, "a host stays slow this long after a slow reply", ge=0)
+    )
+    slow_connections_share: float = _key(
+        0.25, KeySpec("float", True, "share of max_connections slow hosts may hold", gt=0, le=1)
+    )
 
     @property
     def reverse_path(self) -> str:

@@ -119,6 +119,8 @@ async def test_two_domains_reuse_one_session_with_rset_and_quit_at_idle_timeout(
                 "window": 2,
                 "rcpt_limit": 10,
                 "dead": False,
+                "slow": False,
+                "slow_sessions": 0,
                 "requests": 2,
                 "sessions_opened": 1,
                 "rcpts": 4,
@@ -216,6 +218,12 @@ async def test_idle_worker_retires_and_manager_retires_the_pool(
         "open_sessions": 0,
         "connections_in_use": 0,
         "dead_hosts": 0,
+        "slow_hosts": 0,
+        "slow_connections_in_use": 0,
+        "slow_connections_max": 16,  # a quarter of max_connections (64)
+        "slow_share_waits": 0,
+        "slow_moves": 0,
+        "slow_evictions": 0,
         "top_pools": [],
     }
     assert again["pools_created"] == 2
@@ -376,6 +384,8 @@ async def test_refused_connection_marks_the_host_dead_for_the_backoff(
         "window": 1,  # an unreachable host gets one connection at a time
         "rcpt_limit": 10,
         "dead": True,
+        "slow": False,
+        "slow_sessions": 0,
         "requests": 2,
         "sessions_opened": 0,
         "rcpts": 0,

@@ -86,6 +86,11 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.greylist_retry_delay, s.greylist_max_retries) == (300.0, 4)
     assert (s.max_errors_per_session, s.max_fresh_sessions, s.remote_attempts) == (8, 3, 3)
     assert (s.max_rejected_rcpts_per_host, s.rejected_rcpts_window) == (8, 60.0)
+    assert (s.slow_reply_seconds, s.slow_host_seconds, s.slow_connections_share) == (
+        10.0,
+        3600.0,
+        0.25,
+    )
     p = cfg.probe
     assert (p.mode, p.names_query, p.max_in_flight, p.claim_batch, p.defer_seconds) == (
         "smtp",
@@ -338,6 +343,9 @@ def test_section_must_be_table(tmp_path: Path) -> None:
         ('[smtp]\nquit_timeout = "5"', "smtp.quit_timeout: expected a number, got a string"),
         ("[smtp]\nquit_timeout = inf", "smtp.quit_timeout: must be a finite number"),
         ("[smtp]\nmax_connections = 0", "smtp.max_connections: must be >= 1, got 0"),
+        ("[smtp]\nslow_reply_seconds = 0", "smtp.slow_reply_seconds: must be > 0, got 0"),
+        ("[smtp]\nslow_connections_share = 1.5", "smtp.slow_connections_share: must be"),
+        ("[smtp]\nslow_connections_share = 0", "smtp.slow_connections_share: must be"),
         ("[smtp]\nmax_recipients_per_session = 101", "must be between 1 and 100, got 101"),
         ('[smtp]\nstarttls = "always"', "smtp.starttls: must be one of 'opportunistic', 'never'"),
         ('[dns]\nnameservers = "1.1.1.1"', "dns.nameservers: expected an array of strings"),

@@ -18,8 +18,9 @@ def grown(window: HostWindow, successes: int, now: float = 0.0) -> HostWindow:
 
 
 def test_defaults() -> None:
-    # initial, maximum, dead backoff and its cap, rejected RCPTs per 60 s (DHA safety)
-    assert dataclasses.astuple(DEFAULT) == (1, 4, 300.0, 3600.0, 8, 60.0)
+    # initial, maximum, dead backoff and its cap, rejected RCPTs per 60 s (DHA safety), how
+    # long a slow host stays slow and the sessions it gets meanwhile
+    assert dataclasses.astuple(DEFAULT) == (1, 4, 300.0, 3600.0, 8, 60.0, 3600.0, 1)
     window = HostWindow(DEFAULT)
     assert window.limit == 1
     assert not window.is_dead(0.0)
@@ -161,6 +162,8 @@ def test_update_keeps_credit_when_limit_unchanged() -> None:
         {"maximum": 0},
         {"dead_backoff": -1.0},
         {"dead_backoff_max": -1.0},
+        {"slow_for": -1.0},
+        {"slow_sessions": 0},
     ],
 )
 def test_refuses_bad_settings(changes: dict[str, object]) -> None:
@@ -179,6 +182,7 @@ def test_statistics() -> None:
         "credit": 0,
         "dead_until": 303.0,
         "dead_streak": 1,
+        "slow_until": None,
         "error_limit": None,
         "rejected_in_window": 0,
         "rejected_peak": 0,
@@ -187,6 +191,8 @@ def test_statistics() -> None:
         "throttled": 1,
         "connect_failures": 1,
         "dead_marked": 1,
+        "slow_marked": 0,
+        "slow_replies": 0,
         "last_success": 1.0,
         "last_throttled": 2.0,
         "last_failure": 3.0,
@@ -207,3 +213,18 @@ def test_rejected_rcpt_budget_reserves_settles_and_slides() -> None:
     assert window.rejection_wait(60.0) == 0.0
     stats = window.statistics()
     assert (stats["rejected_peak"], stats["rejected_total"]) == (2, 2)
+
+
+def test_a_slow_host_gets_one_session_until_the_marking_lapses() -> None:
+    window = HostWindow(HostWindowSettings(initial=2, maximum=4, slow_for=600.0))
+    grown(window, 2)
+    assert window.limit_at(10.0) == 3
+    assert window.on_slow_reply(10.0)  # a new marking
+    assert (window.is_slow(10.0), window.limit_at(10.0), window.limit) == (True, 1, 3)
+    assert not window.on_slow_reply(100.0)  # renewed, not new: slow until 700
+    assert window.slow_until == 700.0
+    assert window.is_slow(699.0) and not window.is_slow(700.0)
+    assert window.limit_at(700.0) == 3  # the learnt window applies again
+    stats = window.statistics()
+    assert (stats["slow_until"], stats["slow_marked"], stats["slow_replies"]) == (700.0, 1, 2)
+    assert window.on_slow_reply(800.0)  # lapsed, then slow again: a new marking

@@ -1,5 +1,6 @@
 """The SMTP pool manager actor: one `HostPool` per MX host, created on first use and retired
-when idle; a global cap on open SMTP connections shared by every pool."""
+when idle; a global cap on open SMTP connections shared by every pool, and within it the slow
+share: the connections slow hosts (tarpits) may hold together (see smtp_pool.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ class SmtpPoolManager:
         self._connector = _ReportingConnector(connector, self)
         self._ssl_context = ssl_context
         self.connections = trio.CapacityLimiter(max_connections)
+        # Sessions to slow hosts hold a token of this as well as one of `connections`, so
+        # healthy hosts always find the rest of the cap.
+        self.slow_connections = trio.CapacityLimiter(settings.slow_connections(max_connections))
         self._pools: dict[str, HostPool] = {}
         # Per-host windows outlive their pools while they hold something learnt (a shrunk or
         # grown limit, a dead-host streak); see _reap.
@@ -82,6 +86,7 @@ class SmtpPoolManager:
                 counters=self.counters,
                 on_pressure=self._reclaim_idle,
                 window=self._window_for(key),
+                slow_connections=self.slow_connections,
             )
             self._pools[key] = pool
             self._created += 1
@@ -105,6 +110,10 @@ class SmtpPoolManager:
             pool.update_settings(settings)
         if max_connections is not None:
             self.connections.total_tokens = max_connections
+        # A smaller share applies as slow sessions close; nobody is cut off by a reload.
+        self.slow_connections.total_tokens = settings.slow_connections(
+            int(self.connections.total_tokens)
+        )
 
     def revive_hosts(self) -> int:
         """After a kill switch is cleared: hosts marked dead while our own side was broken
@@ -136,9 +145,12 @@ class SmtpPoolManager:
             waited += wait
         return waited
 
-    def _reclaim_idle(self) -> None:
-        # Idle sessions must not starve hosts with work waiting for a connection slot.
-        self.counters["idle_reclaims"] += sum(p.reclaim_idle() for p in self._pools.values())
+    def _reclaim_idle(self, slow_only: bool) -> None:
+        # Idle sessions must not starve hosts with work waiting for a connection slot (for a
+        # slot in the slow share: only idle sessions holding one are asked).
+        self.counters["idle_reclaims"] += sum(
+            p.reclaim_idle(slow_only) for p in self._pools.values()
+        )
 
     def is_dead(self, host: MxHost) -> bool:
         pool = self._pools.get(pool_key(host))
@@ -151,10 +163,11 @@ class SmtpPoolManager:
                 del self._pools[name]
                 self._retired += 1
                 window = self._windows.get(name)
-                if window is not None and _nothing_learnt(window):
+                if window is not None and _nothing_learnt(window, trio.current_time()):
                     del self._windows[name]
 
     def statistics(self, top: int = 5) -> dict[str, object]:
+        now = trio.current_time()
         busiest = sorted(self._pools.values(), key=lambda p: p.workers, reverse=True)[:top]
         # The busiest host by rejected RCPTs in one window (directory-harvest safety).
         peak_host, peak = "", 0
@@ -172,6 +185,13 @@ class SmtpPoolManager:
             "open_sessions": sum(p.open_sessions for p in self._pools.values()),
             "connections_in_use": self.connections.borrowed_tokens,
             "dead_hosts": sum(1 for p in self._pools.values() if p.is_dead()),
+            # Hosts marked slow (pools retired or not) and what they hold of the slow share.
+            "slow_hosts": sum(1 for w in self._windows.values() if w.is_slow(now)),
+            "slow_connections_in_use": self.slow_connections.borrowed_tokens,
+            "slow_connections_max": self.slow_connections.total_tokens,
+            "slow_share_waits": self.counters["slow_share_waits"],
+            "slow_moves": self.counters["slow_moves"],
+            "slow_evictions": self.counters["slow_evictions"],
             "top_pools": [p.statistics() for p in busiest],
         }
 
@@ -182,13 +202,14 @@ def pool_key(host: MxHost) -> str:
     return host.addresses[0] if host.addresses else host.name
 
 
-def _nothing_learnt(window: HostWindow) -> bool:
+def _nothing_learnt(window: HostWindow, now: float) -> bool:
     stats = window.statistics()
     return (
         window.limit == window.settings.initial
         and stats["dead_streak"] == 0
         and window.error_limit is None
         and stats["rejected_in_window"] == 0
+        and not window.is_slow(now)
     )
 
 

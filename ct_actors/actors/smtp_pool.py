@@ -13,11 +13,24 @@ halves on 421 / 4.7.x throttling answers, and drops to one when the host cannot 
 host that refuses connections or times out before its greeting is marked dead for a backoff
 that doubles while it stays unreachable: every domain on that host skips it at once instead of
 paying the connect timeout again.
+
+Slow hosts (tarpits) must not starve the global connection cap. Every session holds a token of
+the manager's `connections` limiter while it is open. A greeting or reply that keeps us waiting
+past `slow_reply_seconds` marks the host slow (`HostWindow.on_slow_reply`), at that moment,
+not when the reply finally comes: the session must then also hold a token of the smaller
+`slow` limiter (the slow share) and the host's one slow-session slot. If both are free it takes
+them and carries on; if not, the connection is closed at once and the worker waits for the
+share, then goes on with the same domain, from the same question, on a fresh session (never a
+wrong answer, and no "lost session" for the domain to count). Sessions to a host already known
+slow take the slow share before they connect. So slow hosts together hold at most the share,
+and the rest of the cap is always there for healthy hosts (docs/throttles.md, "Slow hosts").
 """
+
 
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +41,7 @@ import structlog
 import trio
 
 from ct_actors.actors.reply import ReplySlot
+from ct_actors.actors.slow_hosts import SlowLease, SlowWatch, WatchingConnector
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import (
@@ -96,6 +110,11 @@ class PoolSettings:
     # Directory-harvest safety: rejected RCPTs per host in any window (docs/throttles.md).
     max_rejected_rcpts_per_host: int = 8
     rejected_rcpts_window: float = 60.0
+    # Slow hosts (docs/throttles.md): a greeting or reply slower than this marks the host slow
+    # for slow_host_seconds; their sessions share slow_connections_share of max_connections.
+    slow_reply_seconds: float = 10.0
+    slow_host_seconds: float = 3600.0
+    slow_connections_share: float = 0.25
 
     def window(self) -> HostWindowSettings:
         return HostWindowSettings(
@@ -105,7 +124,12 @@ class PoolSettings:
             dead_backoff_max=max(self.dead_host_backoff, self.dead_host_backoff_max),
             max_rejected=self.max_rejected_rcpts_per_host,
             rejected_window=self.rejected_rcpts_window,
+            slow_for=self.slow_host_seconds,
         )
+
+    def slow_connections(self, max_connections: int) -> int:
+        """The slow share of a global cap: at least one connection, never more than the cap."""
+        return min(max_connections, max(1, int(max_connections * self.slow_connections_share)))
 
 
 @dataclass(slots=True)
@@ -137,6 +161,7 @@ class HostVisit:
     tls_note: str = ""  # a STARTTLS failure and the plaintext fallback, when it happened
     # Seconds spent at the host (connect and conversation), not waiting for our own throttles.
     elapsed: float = 0.0
+    slow: bool = False  # the host kept us waiting past slow_reply_seconds (the slow share)
 
     def audit(self) -> dict[str, object]:
         audit: dict[str, object] = {
@@ -149,6 +174,8 @@ class HostVisit:
         }
         if self.tls_note:
             audit["tls_note"] = self.tls_note
+        if self.slow:
+            audit["slow_host"] = True
         return audit
 
 
@@ -162,8 +189,9 @@ class HostPool:
         connections: trio.CapacityLimiter,
         ssl_context: ssl.SSLContext | None = None,
         counters: Counter[str] | None = None,
-        on_pressure: Callable[[], None] | None = None,
+        on_pressure: Callable[[bool], None] | None = None,
         window: HostWindow | None = None,
+        slow_connections: trio.CapacityLimiter | None = None,
     ) -> None:
         self.host = host
         # Kept by the manager across pool retirement, so a host's learnt limit and its dead
@@ -174,6 +202,11 @@ class HostPool:
         self.settings = settings
         self._connector = connector
         self._connections = connections
+        # The slow share (shared by every pool), and this host's slow-session slot(s).
+        self._slow = slow_connections if slow_connections is not None else trio.CapacityLimiter(
+            math.inf
+        )
+        self._slow_slot = trio.CapacityLimiter(self.window.settings.slow_sessions)
         self._ssl_context = ssl_context
         self._send, self._recv = trio.open_memory_channel[ProbeRequest](0)
         self._nursery: trio.Nursery | None = None
@@ -184,7 +217,8 @@ class HostPool:
         self.idle_workers = 0
         self.open_sessions = 0
         self._waiting = 0
-        self._idle_sessions: set[trio.CancelScope] = set()
+        # Idle sessions' waits, and whether the session holds a slow-share token.
+        self._idle_sessions: dict[trio.CancelScope, bool] = {}
         self.last_used = trio.current_time()
         self._stats = {
             "requests": 0,
@@ -208,6 +242,8 @@ class HostPool:
             "window": self.window.limit,
             "rcpt_limit": self.rcpt_limit,
             "dead": self.is_dead(),
+            "slow": self.is_slow(),
+            "slow_sessions": self._slow_slot.borrowed_tokens,
             **self._stats,
         }
 
@@ -218,15 +254,22 @@ class HostPool:
         self.window.update(settings.window())
         self.rcpt_limit = min(self.rcpt_limit, settings.max_recipients_per_session)
 
-    def reclaim_idle(self) -> int:
-        """Make workers holding idle sessions QUIT them now; returns how many were asked."""
-        scopes = list(self._idle_sessions)
+    def reclaim_idle(self, slow_only: bool = False) -> int:
+        """Make workers holding idle sessions (only those in the slow share, with `slow_only`)
+        QUIT them now; returns how many were asked."""
+        scopes = [s for s, slow in self._idle_sessions.items() if slow or not slow_only]
         for scope in scopes:
             scope.cancel()
         return len(scopes)
 
     def is_dead(self) -> bool:
         return self.window.is_dead(trio.current_time())
+
+    def is_slow(self) -> bool:
+        return self.window.is_slow(trio.current_time())
+
+    def _limit(self) -> int:
+        return self.window.limit_at(trio.current_time())
 
     @property
     def dead_until(self) -> float:
@@ -260,7 +303,7 @@ class HostPool:
         await self._running.wait()
         if self._nursery is None or self._closed.is_set():
             raise PoolClosed(self.host.name)
-        if self.idle_workers == 0 and self.workers < self.window.limit:
+        if self.idle_workers == 0 and self.workers < self._limit():
             self.workers += 1
             self._nursery.start_soon(self._worker)
         self._waiting += 1
@@ -283,7 +326,7 @@ class HostPool:
         conn: _Conn | None = None
         try:
             while True:
-                if conn is not None and self._slot_wanted():
+                if conn is not None and self._slot_wanted(conn):
                     # Another host waits for a connection slot: hand ours over rather than
                     # idle on it, unless a request for this host is already queued.
                     try:
@@ -311,9 +354,9 @@ class HostPool:
                     continue
                 conn = await self._handle(request, conn)
                 self._grow_for_waiting()
-                if self.workers > self.window.limit:
-                    # The window shrank (421, 4.7.x): this worker is one too many. At least
-                    # `limit` others remain to serve whoever is waiting.
+                if self.workers > self._limit():
+                    # The window shrank (421, 4.7.x, a slow host): this worker is one too
+                    # many. At least `limit` others remain to serve whoever is waiting.
                     return
         finally:
             self.workers -= 1
@@ -327,13 +370,19 @@ class HostPool:
             return
         # This worker is about to take one queued request itself.
         unserved = self._waiting - self.idle_workers - 1
-        while unserved > 0 and self.workers < self.window.limit:
+        while unserved > 0 and self.workers < self._limit():
             self.workers += 1
             unserved -= 1
             self._nursery.start_soon(self._worker)
 
-    def _slot_wanted(self) -> bool:
-        return self._connections.statistics().tasks_waiting > 0
+    def _slot_wanted(self, conn: _Conn) -> bool:
+        if self._connections.statistics().tasks_waiting > 0:
+            return True
+        # A session in the slow share hands over to another slow host's waiting session too.
+        return conn.lease.slow and (
+            self._slow.statistics().tasks_waiting > 0
+            or self._slow_slot.statistics().tasks_waiting > 0
+        )
 
     async def _idle_receive(self, conn: _Conn | None) -> ProbeRequest | None:
         """Wait for the next request; None when the idle (or session reuse) time ran out."""
@@ -347,17 +396,24 @@ class HostPool:
             with trio.move_on_after(max(0.0, wait)) as idle_scope:
                 if conn is not None:
                     # reclaim_idle() may cancel this wait to free the connection.
-                    self._idle_sessions.add(idle_scope)
+                    self._idle_sessions[idle_scope] = conn.lease.slow
                 return await self._recv.receive()
             return None
         finally:
             self.idle_workers -= 1
-            self._idle_sessions.discard(idle_scope)
+            self._idle_sessions.pop(idle_scope, None)
 
     async def _handle(self, request: ProbeRequest, conn: _Conn | None) -> _Conn | None:
         """Serve one request; returns the connection to keep for the next one, if any."""
         started = trio.current_time()
+        waited = 0.0  # for our own connection limits: not time spent at the host
         reused = conn is not None
+        # After a session was cut for the slow share, the next one waits for the share first.
+        slow = False
+        if conn is not None and not self._in_slow_share(conn.lease):
+            # The host turned slow since this session went idle and the share is full.
+            await self._close(conn)
+            conn, reused, slow = None, False, True
         if conn is not None:
             try:
                 # RSET between domains on a reused session. Anything but 250 (a 421 queued
@@ -366,20 +422,37 @@ class HostPool:
             except SmtpError:
                 usable = False
             if not usable:
+                slow = conn.lease.evicted
                 await self._close(conn)
                 conn, reused = None, False
-        if conn is None:
-            if self.is_dead():
-                # Another worker found the host dead while this request was queued.
-                request.reply.set(_timed(self._dead_visit(), started))
-                return None
-            try:
-                conn = await self._open()
-            except SmtpError as exc:
-                request.reply.set(_timed(self._failed_open(exc), started))
-                return None
-        visit = await self._serve(conn, request, reused)
-        request.reply.set(_timed(visit, started))
+        while True:
+            if conn is None:
+                if self.is_dead():
+                    # Another worker found the host dead while this request was queued.
+                    request.reply.set(_timed(self._dead_visit(), started, waited))
+                    return None
+                lease = SlowLease(require_slow=slow)
+                try:
+                    conn = await self._open(lease)
+                except SmtpError as exc:
+                    waited += lease.waited
+                    if lease.evicted:
+                        slow = True  # the greeting was slow and the share full: wait for it
+                        continue
+                    visit = self._failed_open(exc)
+                    visit.slow = lease.slow
+                    request.reply.set(_timed(visit, started, waited))
+                    return None
+                waited += lease.waited
+            visit = await self._serve(conn, request, reused)
+            visit.slow = conn.lease.slow
+            if not conn.lease.evicted:
+                break
+            # Cut mid-conversation for the slow share: the domain goes on from the same
+            # question on a fresh session that waits for the share (no lost session for it).
+            await self._close(conn)
+            conn, reused, slow = None, False, True
+        request.reply.set(_timed(visit, started, waited))
         if visit.outcome not in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
             # After anything unusual, start the next domain on a fresh connection.
             await self._close(conn)
@@ -410,26 +483,34 @@ class HostPool:
         learnt = self.window.error_limit
         budget = self.settings.max_errors_per_session
         return max(1, budget if learnt is None else min(budget, learnt))
-    async def _open(self) -> _Conn:
+
+    async def _open(self, lease: SlowLease) -> _Conn:
         if not self.host.addresses:
             raise SmtpConnectError("connect", "MX host has no address")
         stack = contextlib.AsyncExitStack()
+        asked = trio.current_time()
         try:
+            if lease.require_slow or self.is_slow():
+                await self._wait_for_slow_share(lease)
             try:
                 self._connections.acquire_nowait()
             except trio.WouldBlock:
                 # Every connection slot is taken: ask idle sessions everywhere to QUIT.
                 if self._on_pressure is not None:
-                    self._on_pressure()
+                    self._on_pressure(False)
                 await self._connections.acquire()
             stack.callback(self._connections.release)
+            lease.waited = trio.current_time() - asked
             starttls = self.settings.starttls
             if trio.current_time() < self.window.plaintext_until:
                 starttls = "never"
             tls_note = ""
+            watch = SlowWatch(self.settings.slow_reply_seconds, lambda: self._on_slow_reply(lease))
             try:
-                session = await stack.enter_async_context(self._session(starttls))
+                session = await stack.enter_async_context(self._session(starttls, watch))
             except SmtpTlsError as exc:
+                if lease.evicted:
+                    raise  # we cut a slow handshake for the slow share: not a broken TLS stack
                 # Opportunistic TLS, as MTAs do it (Postfix's smtp_tls_security_level=may
                 # falls back to plaintext delivery after a failed handshake): a broken
                 # handshake costs this connection, not the answer. Reconnect in plaintext and
@@ -437,21 +518,68 @@ class HostPool:
                 self.window.plaintext_until = trio.current_time() + _PLAINTEXT_FOR
                 self._stats["tls_fallbacks"] += 1
                 tls_note = f"STARTTLS failed ({exc.reason}); plaintext on a new connection"
-                session = await stack.enter_async_context(self._session("never"))
+                session = await stack.enter_async_context(self._session("never", watch))
         except BaseException:
+            lease.closing = True
             with trio.CancelScope(shield=True):
                 await stack.aclose()
+            lease.release()
             raise
         self.open_sessions += 1
         self._stats["sessions_opened"] += 1
         self._counters["sessions_opened"] += 1
-        return _Conn(stack, session, trio.current_time(), tls_note=tls_note)
+        return _Conn(stack, session, trio.current_time(), tls_note=tls_note, lease=lease)
+
+    async def _wait_for_slow_share(self, lease: SlowLease) -> None:
+        """Before connecting to a slow host. Nothing else is held meanwhile, so a waiting slow
+        host keeps no connection from anyone."""
+
+        def share_taken() -> None:
+            # Ask idle sessions in the share to QUIT (a healthy host's idle sessions stay:
+            # they do not hold the share).
+            self._counters["slow_share_waits"] += 1
+            if self._on_pressure is not None:
+                self._on_pressure(True)
+
+        await lease.wait(self._slow_slot, self._slow, share_taken)
+
+    def _take_slow_share_now(self, lease: SlowLease) -> bool:
+        if not lease.take_now(self._slow_slot, self._slow):
+            return False
+        self._counters["slow_moves"] += 1
+        return True
+
+    def _in_slow_share(self, lease: SlowLease) -> bool:
+        """Whether a session may serve the next domain: a session to a host marked slow since it
+        opened must move into the slow share first."""
+        return lease.slow or not self.is_slow() or self._take_slow_share_now(lease)
+
+    def _on_slow_reply(self, lease: SlowLease) -> bool:
+        """The host has kept this session waiting past slow_reply_seconds (SlowWatch): mark the
+        host slow; may the session go on? Only inside the slow share."""
+        if self.window.on_slow_reply(trio.current_time()):
+            log.info(
+                "smtp_host_slow",
+                host=self.host.name,
+                address=self.host.addresses[0] if self.host.addresses else None,
+                waited_over=self.settings.slow_reply_seconds,
+                slow_for=self.window.settings.slow_for,
+            )
+        if lease.slow:
+            return True
+        if lease.closing:
+            return False  # a QUIT is not worth a slow-share token
+        if self._take_slow_share_now(lease):
+            return True
+        lease.evicted = True
+        self._counters["slow_evictions"] += 1
+        return False
 
     def _session(
-        self, starttls: Literal["opportunistic", "never"]
+        self, starttls: Literal["opportunistic", "never"], watch: SlowWatch
     ) -> contextlib.AbstractAsyncContextManager[SmtpSession]:
         return open_session(
-            self._connector,
+            WatchingConnector(self._connector, watch),
             self.host.addresses[0],
             self.settings.port,
             helo_name=self.settings.helo_name,
@@ -463,12 +591,15 @@ class HostPool:
 
     async def _close(self, conn: _Conn) -> None:
         self.open_sessions -= 1
+        conn.lease.closing = True
         # Bounded cleanup: the session's own QUIT is under move_on_after(shield=True).
         with (
             trio.CancelScope(shield=True),
             contextlib.suppress(SmtpError, OSError, trio.BrokenResourceError),
         ):
             await conn.stack.aclose()
+        # After the connection is closed, so the share never counts fewer than are open.
+        conn.lease.release()
 
     def _dead_visit(self) -> HostVisit:
         return HostVisit(self.host.name, None, HOST_DEAD, "marked dead by an earlier visit")
@@ -517,8 +648,9 @@ class HostPool:
             )
         except (SmtpDisconnected, SmtpTimeout) as exc:
             # The session died under us (dropped, or stopped answering) after it was greeted:
-            # that is about this session; the domain goes on from the same question.
-            self._stats["failures"] += 1
+            # that is about this session; the domain goes on from the same question. (Or we
+            # cut it for the slow share: not the host's failure.)
+            self._stats["failures"] += not conn.lease.evicted
             progress = len(request.plan.answers) + len(request.plan.greylisted) - answered
             return HostVisit(
                 self.host.name,
@@ -577,6 +709,7 @@ class _Conn:
     opened_at: float
     errors: int = 0  # rejected commands on this session (servers count them per connection)
     tls_note: str = ""  # what happened to STARTTLS, when it did not simply work
+    lease: SlowLease = field(default_factory=SlowLease)
 
 
 @dataclass(slots=True)
@@ -593,8 +726,9 @@ class _WindowRejections:
         self.window.settle_rejection(token, rejected)
 
 
-def _timed(visit: HostVisit, started: float) -> HostVisit:
-    visit.elapsed = trio.current_time() - started
+def _timed(visit: HostVisit, started: float, waited: float = 0.0) -> HostVisit:
+    """Time at the host: since the worker took the request, less our own limits' waits."""
+    visit.elapsed = trio.current_time() - started - waited
     return visit
 
 

@@ -16,6 +16,13 @@ many unknown-recipient rejections from one client in a short window as a directo
 attack. At most `max_rejected` RCPTs may be *rejected* by the host in any `rejected_window`
 seconds; a RCPT is only sent with a reservation, given back when the answer was not a rejection,
 so concurrent sessions can never overshoot.
+
+Slow hosts. A host whose greeting or reply kept us waiting past `slow_reply_seconds` (the pool
+measures it) is *slow* for `slow_for` seconds after its last slow reply: a tarpit (Exim's
+`delay` ACL modifier, qmail's tarpitdelay, Postfix past `smtpd_soft_error_limit`) or an
+overloaded server. While slow, the host gets at most `slow_sessions` concurrent sessions (one):
+each extra session is one more connection held for minutes, and an overloaded server only gets
+slower with more. The window learnt before is kept and applies again once the marking lapses.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class HostWindowSettings:
     dead_backoff_max: float = 3600.0
     max_rejected: int = 8  # rejected RCPTs per host in any `rejected_window` seconds
     rejected_window: float = 60.0
+    slow_for: float = 3600.0  # a host stays slow this long after its last slow reply
+    slow_sessions: int = 1  # concurrent sessions while slow
 
     def __post_init__(self) -> None:
         if self.initial < 1:
@@ -46,6 +55,8 @@ class HostWindowSettings:
             raise ValueError("dead-host backoffs must be >= 0")
         if self.max_rejected < 1 or self.rejected_window <= 0:
             raise ValueError("the rejected-RCPT budget needs max_rejected >= 1, window > 0")
+        if self.slow_for < 0 or self.slow_sessions < 1:
+            raise ValueError("slow hosts need slow_for >= 0 and slow_sessions >= 1")
 
 
 class HostWindow:
@@ -57,7 +68,15 @@ class HostWindow:
         self._dead_until = -math.inf
         # Dead markings since the last success: the exponent of the next dead backoff.
         self._streak = 0
-        self._counts = {"successes": 0, "throttled": 0, "connect_failures": 0, "dead_marked": 0}
+        self._counts = {
+            "successes": 0,
+            "throttled": 0,
+            "connect_failures": 0,
+            "dead_marked": 0,
+            "slow_marked": 0,
+            "slow_replies": 0,
+        }
+        self._slow_until = -math.inf
         # Learnt from the host: it tolerates fewer rejected commands per session than this.
         self.error_limit: int | None = None
         # Times of rejected RCPTs (and of RCPTs in flight holding a reservation), oldest first.
@@ -76,6 +95,28 @@ class HostWindow:
     @property
     def dead_until(self) -> float:
         return self._dead_until
+
+    def limit_at(self, now: float) -> int:
+        """Concurrent sessions allowed now: the learnt window, or fewer while the host is slow."""
+        if self.is_slow(now):
+            return min(self._limit, self.settings.slow_sessions)
+        return self._limit
+
+    def is_slow(self, now: float) -> bool:
+        return now < self._slow_until
+
+    @property
+    def slow_until(self) -> float:
+        return self._slow_until
+
+    def on_slow_reply(self, now: float) -> bool:
+        """A greeting or reply kept us waiting past the threshold: the host is slow for
+        `slow_for` from now. True if it was not slow before (a new marking)."""
+        self._counts["slow_replies"] += 1
+        new = not self.is_slow(now)
+        self._counts["slow_marked"] += new
+        self._slow_until = max(self._slow_until, now + self.settings.slow_for)
+        return new
 
     def is_dead(self, now: float) -> bool:
         return now < self._dead_until
@@ -188,6 +229,7 @@ class HostWindow:
             "credit": self._credit,
             "dead_until": self._dead_until if math.isfinite(self._dead_until) else None,
             "dead_streak": self._streak,
+            "slow_until": self._slow_until if math.isfinite(self._slow_until) else None,
             "error_limit": self.error_limit,
             "rejected_in_window": len(self._rejections),
             "rejected_peak": self._rejected_peak,
