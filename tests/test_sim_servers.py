@@ -212,7 +212,9 @@ async def test_pipelining(autojump_clock: trio.testing.MockClock) -> None:
             assert await c.reply() == ["250 2.1.0 Ok"]
             assert await c.reply() == ["250 2.1.5 Ok"]
             assert await c.reply() == ["221 2.0.0 Bye"]
-            assert now() == pytest.approx(t0 + 4 * LAT)
+            # The four replies go out in one write when the input runs dry (as Postfix's smtpd
+            # flushes, RFC 2920 §3.2): one round trip for the group, not four.
+            assert now() == pytest.approx(t0 + LAT)
 
 
 async def test_shared_host_serves_only_its_domains(autojump_clock: trio.testing.MockClock) -> None:

@@ -483,3 +483,22 @@ def test_is_about_us_text() -> None:
     assert is_about_us_text("Sender address rejected: Domain not found")
     assert is_about_us_text("Client host [x] blocked using zen.spamhaus.org")
     assert not is_about_us_text("User unknown in virtual mailbox table")
+
+
+@pytest.mark.parametrize(
+    ("raw", "verdict", "rule"),
+    [
+        # The text patterns run on the lower-cased text (they are compiled without
+        # re.IGNORECASE for speed): servers' capitals must still match.
+        ("554 5.7.1 CLIENT HOST [192.0.2.9] BLOCKED USING ZEN.SPAMHAUS.ORG", V.POLICY_BLOCKED,
+         "blocklist-text"),
+        ("550 5.7.1 RESOLVER.RST.NotAuthorized; not authorized", V.PERMANENT_OTHER,
+         "rcpt-policy"),
+        ("450 4.2.0 <a@b.example>: Recipient address rejected: Greylisted, TRY AGAIN LATER",
+         V.GREYLISTED, "greylist-text"),
+        ("550 No Such User Here", V.MAILBOX_UNKNOWN, "unknown-text"),
+    ],
+)
+def test_text_patterns_ignore_case(raw: str, verdict: RcptVerdict, rule: str) -> None:
+    assert explain_rcpt(parse_reply(raw)) == (verdict, rule)
+    assert is_blocklist_text("Listed By SpamCop") and is_about_us_text("YOUR IP is listed")

@@ -731,3 +731,98 @@ async def test_starttls_handshake_timeout(autojump_clock: trio.testing.MockClock
                 await session_for(nursery, script, starttls="opportunistic", command_timeout=9)
             assert now() == 9.0
     assert info.value.stage == "starttls"
+
+
+# -- PIPELINING (RFC 2920): MAIL FROM with the first RCPT ----------------------------------------
+
+
+async def test_mail_and_rcpt_are_one_write_when_the_server_offers_pipelining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The server reads both commands before it answers (it would block on the second Expect
+    # if the client waited for the MAIL reply first); the replies arrive 0.25 s apart.
+    script: list[Step] = [
+        *opening(extensions=("PIPELINING", "ENHANCEDSTATUSCODES")),
+        Expect("MAIL FROM:<b@probe.example.net>"),
+        Expect("RCPT TO:<ann@example.com>"),
+        Sleep(0.25),
+        reply(250, "2.1.0 Ok"),
+        Sleep(0.25),
+        reply(550, "5.1.1 User unknown"),
+        *closing(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script)
+            assert session.pipelining
+            mail, rcpt = await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            assert now() == 0.5
+            assert (mail.code, rcpt is not None and rcpt.code) == (250, 550)
+            await session.aclose()
+    entries = [(e.stage, e.command, e.code, e.elapsed) for e in session.transcript[-3:-1]]
+    assert entries == [
+        ("mail", "MAIL FROM:<b@probe.example.net>", 250, 0.25),
+        ("rcpt", "RCPT TO:<ann@example.com>", 550, 0.5),
+    ]
+
+
+async def test_mail_and_rcpt_in_lock_step_without_pipelining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script: list[Step] = [
+        *opening(extensions=("ENHANCEDSTATUSCODES",)),
+        Expect("MAIL FROM:<b@probe.example.net>"),
+        reply(250, "2.1.0 Ok"),  # sent before the RCPT arrives: lock-step
+        Expect("RCPT TO:<ann@example.com>"),
+        reply(250, "2.1.5 Ok"),
+        *closing(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script)
+            assert not session.pipelining
+            mail, rcpt = await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            assert (mail.code, rcpt is not None and rcpt.code) == (250, 250)
+            await session.aclose()
+
+
+async def test_a_421_to_the_pipelined_mail_ends_the_reading(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script: list[Step] = [
+        *opening(),
+        Expect("MAIL FROM"),
+        Expect("RCPT TO"),
+        reply(421, "4.7.0 mx.test Error: too many errors"),
+        Close(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script)
+            mail, rcpt = await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            assert (mail.code, rcpt) == (421, None)
+            assert not session.usable
+            await session.aclose()
+
+
+async def test_a_pipelined_rcpt_that_never_gets_its_reply_times_out_and_breaks_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script: list[Step] = [
+        *opening(),
+        Expect("MAIL FROM"),
+        Expect("RCPT TO"),
+        reply(250, "2.1.0 Ok"),
+        Hang(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script, command_timeout=30.0)
+            with pytest.raises(SmtpTimeout) as caught:
+                await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            assert caught.value.stage == "rcpt" and now() == 30.0
+            assert not session.usable
+            last = session.transcript[-1]
+            assert (last.stage, last.command, last.code) == ("rcpt", "RCPT TO:<ann@example.com>", None)
+            await session.aclose()
+            nursery.cancel_scope.cancel()

@@ -109,6 +109,8 @@ async def converse(
     `rejections`: the host's rejected-RCPT budget (directory-harvest safety)."""
     result = ConversationResult(HostOutcome.CONCLUDED)
     limit = max(1, rcpt_limit)
+    # MAIL FROM goes with the first question (pipelined where allowed), not before the loop.
+    need_mail = True
 
     def counted(reply: Reply) -> Reply:
         if reply.code >= 400:
@@ -125,10 +127,8 @@ async def converse(
             result.pace = about_pace(reply)
         return result
 
-    async def start_transaction() -> ConversationResult | None:
-        before = result.errors
-        reply = counted(await session.mail_from(mail_from))
-        result.replies.append(summarise(f"MAIL FROM:<{mail_from}>", reply))
+    def mail_outcome(reply: Reply, before: int) -> ConversationResult | None:
+        """None when the transaction is open; else the visit's end."""
         if reply.code == 421 or is_error_limit_reply(reply):
             return session_ended("MAIL FROM", reply, before)
         verdict = classify_mail(reply)
@@ -139,15 +139,35 @@ async def converse(
         result.detail = f"MAIL FROM refused: {reply.code} {reply.text[:80]}"
         return result
 
+    async def open_transaction(address: str) -> tuple[ConversationResult | None, Reply | None]:
+        """MAIL FROM, with the first RCPT in the same write when the server offers PIPELINING
+        (RFC 2920) and the session's budget has room for both to be refused (a refused MAIL
+        makes the server refuse the RCPT too, and count it). Returns the visit's end if MAIL
+        was refused, and the RCPT's reply if it was sent."""
+        before = result.errors
+        if session.pipelining and error_budget - result.errors >= 2:
+            mail, rcpt = await session.mail_and_rcpt(mail_from, address)
+        else:
+            mail, rcpt = await session.mail_from(mail_from), None
+        result.replies.append(summarise(f"MAIL FROM:<{mail_from}>", counted(mail)))
+        early = mail_outcome(mail, before)
+        if early is not None and rcpt is not None:
+            # Answered without a transaction (e.g. 503 5.5.1): never an answer about the address.
+            result.rcpts_sent += 1
+            line = summarise(f"RCPT {address}", counted(rcpt))
+            result.replies.append(f"{line} (no transaction: not an answer)")
+        return early, rcpt
+
     async def reset() -> ConversationResult | None:
+        """RSET between transactions; the next RCPT opens a new one (`open_transaction`)."""
+        nonlocal need_mail
         reply = await session.rset()
         if not reply.is_positive:
             result.replies.append(summarise("RSET", reply))
             return session_ended("RSET", reply, result.errors)
-        return await start_transaction()
+        need_mail = True
+        return None
 
-    if (early := await start_transaction()) is not None:
-        return early
     in_transaction = 0
     while (step := plan.current()) is not None:
         if result.errors >= error_budget:
@@ -168,13 +188,23 @@ async def converse(
             result.dha_paused = True
             result.detail = "the host's rejected-RCPT budget is spent for now; pacing"
             return result
-        before = result.errors
+        answer: Reply | None = None
         try:
-            reply = counted(await session.rcpt(step.address))
+            if need_mail:
+                need_mail = False
+                early, answer = await open_transaction(step.address)
+                if early is not None:
+                    if rejections is not None:
+                        rejections.settle(token, rejected=answer is not None and answer.code >= 500)
+                    return early
+            before = result.errors
+            if answer is None:
+                answer = await session.rcpt(step.address)
         except BaseException:
             if rejections is not None:
                 rejections.settle(token, rejected=False)
             raise
+        reply = counted(answer)
         if rejections is not None:
             rejections.settle(token, rejected=reply.code >= 500)
         result.rcpts_sent += 1

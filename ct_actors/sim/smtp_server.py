@@ -71,6 +71,8 @@ class _Session:
         self.errors = ErrorCounter(host.error_limits) if host.error_limits is not None else None
         self.zoo: ZooProfile | None = PROFILES[host.zoo] if host.zoo is not None else None
         self.sent = 0  # replies sent, for the zoo's per-reply ids
+        # Replies to pipelined commands held until the client's input runs dry (see reply).
+        self.held = bytearray()
         self.last_code = 0  # code of the last reply sent, for the error counter
 
     def delay(self) -> float:
@@ -82,7 +84,6 @@ class _Session:
         return f"q{self.seq:x}r{self.sent}"
 
     async def reply(self, *lines: str) -> None:
-        await trio.sleep(self.delay())
         if self.errors is not None and (pause := self.errors.reply_delay()):
             self.stats.error_delays[self.host.name] += 1
             await trio.sleep(pause)
@@ -93,8 +94,16 @@ class _Session:
             f"{line[:3]}-{line[4:]}\r\n" if i < len(lines) - 1 else f"{line}\r\n"
             for i, line in enumerate(lines)
         )
+        self.held += text.encode("utf-8")
+        if b"\n" in self.buffer and self.last_code != 421:
+            # Another command is already here (the client pipelined, RFC 2920): answer it in
+            # the same write, as Postfix's smtpd flushes its replies only when its input buffer
+            # is empty. The group costs one round trip, not one per command.
+            return
+        await trio.sleep(self.delay())
+        out, self.held = bytes(self.held), bytearray()
         try:
-            await self.stream.send_all(text.encode("utf-8"))
+            await self.stream.send_all(out)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise _Closed from exc
 

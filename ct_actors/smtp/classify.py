@@ -235,7 +235,7 @@ _TEXTS: dict[str, str] = {
     "too-many": r"too\s+many\s+recipients",
     "m365-dbeb": r"recipient\s+address\s+rejected:?\s+access\s+denied",
     "rcpt-policy": (
-        r"recipient\s+address\s+rejected|recipient\s+not\s+authori[sz]ed|RESOLVER\.RST\."
+        r"recipient\s+address\s+rejected|recipient\s+not\s+authori[sz]ed|resolver\.rst\."
         r"|not\s+authori[sz]ed\s+to\s+(send|mail)\s+to|only\s+accepts?\s+mail\s+from"
         r"|recipient\s+(is\s+)?restricted|\bgcdp\b|violates\s+[\w.-]+\s+email\s+policy"
     ),
@@ -262,7 +262,15 @@ _TEXTS: dict[str, str] = {
         r"|exhausted\s+(allowed\s+)?storage|too\s+many\s+messages\s+on\s+the\s+server"
     ),
 }
-_TEXT_RE = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in _TEXTS.items()}
+# Matched against the lower-cased reply text, compiled without re.IGNORECASE: case-insensitive
+# matching of these alternations costs two to nine times as much in the `re` engine (measured:
+# 113 µs per classified RCPT reply), and classification runs for every reply the daemon reads.
+# So the patterns must be written in lower case (an upper-case escape would change meaning).
+_TEXT_RE: dict[str, re.Pattern[str]] = {}
+for _name, _pattern in _TEXTS.items():
+    if _pattern != _pattern.lower():
+        raise AssertionError(f"reply text pattern {_name!r} must be written in lower case")
+    _TEXT_RE[_name] = re.compile(_pattern)
 TextName = Literal[
     "blocklist",
     "about-us",
@@ -284,17 +292,17 @@ TextName = Literal[
 
 def is_blocklist_text(text: str) -> bool:
     """Does the text name a DNS blocklist / reputation block (i.e. it is about our IP)?"""
-    return _TEXT_RE["blocklist"].search(text) is not None
+    return _TEXT_RE["blocklist"].search(text.lower()) is not None
 
 
 def is_about_us_text(text: str) -> bool:
     """Blocklist text, or text naming our client host, envelope sender, HELO or IP."""
-    return is_blocklist_text(text) or _TEXT_RE["about-us"].search(text) is not None
+    return is_blocklist_text(text) or _TEXT_RE["about-us"].search(text.lower()) is not None
 
 
 def is_throttle_text(text: str) -> bool:
     """Does the text name a rate or connection limit (our pace)?"""
-    return _TEXT_RE["throttle"].search(text) is not None
+    return _TEXT_RE["throttle"].search(text.lower()) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +326,7 @@ class Rule(Generic[V]):
     verdict: V
 
     def matches(self, reply: Reply) -> bool:
-        return _compiled(self).matches(reply.code, reply.enhanced, reply.text)
+        return _compiled(self).matches(reply.code, reply.enhanced, reply.text.lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +336,7 @@ class _Compiled:
     text: re.Pattern[str] | None
 
     def matches(self, code: int, enhanced: EnhancedStatus | None, text: str) -> bool:
+        """`text`: the reply's text, lower-cased (see _TEXT_RE)."""
         if self.codes is not None and code not in self.codes:
             return False
         if self.enhanced is not None and not any(_enh_match(p, enhanced) for p in self.enhanced):
@@ -411,7 +420,7 @@ def _first(table: Sequence[Rule[V]], reply: Reply) -> Classification[V]:
         entry = (table, tuple((_compiled(r), Classification(r.verdict, r.name)) for r in table))
         _TABLES[id(table)] = entry
     compiled = entry[1]
-    code, enhanced, text = reply.code, reply.enhanced, reply.text
+    code, enhanced, text = reply.code, reply.enhanced, reply.text.lower()
     for rule, answer in compiled:
         if rule.matches(code, enhanced, text):
             return answer

@@ -20,7 +20,10 @@ Rules of the shell:
 * There is no DATA. `format_command` refuses it, and nothing here would send it.
 * `aclose` is bounded: QUIT under `trio.move_on_after(quit_timeout, shield=True)`, then a forceful
   close. It never raises for a broken or already-closed connection.
-* One task at a time per session (no PIPELINING); concurrent use raises `trio.BusyResourceError`.
+* One task at a time per session; concurrent use raises `trio.BusyResourceError`.
+* PIPELINING (RFC 2920) only where the server offers it, and only for MAIL FROM with the first
+  RCPT of a transaction (`mail_and_rcpt`): one write, then the replies read one by one in
+  order, each recorded against its own command. A 421 ends the reading (the server closes).
 
 STARTTLS (RFC 3207) is opportunistic like MTA-to-MTA delivery: used when offered and the mode is
 "opportunistic", with a context that does not verify certificates (there is no name to verify a
@@ -172,6 +175,34 @@ class SmtpSession:
     async def rset(self) -> Reply:
         return await self._command("rset", "RSET", None)
 
+    @property
+    def pipelining(self) -> bool:
+        """The server offered PIPELINING (RFC 2920) in its EHLO reply."""
+        return self.esmtp and "PIPELINING" in self.extensions
+
+    async def mail_and_rcpt(self, sender: str, address: str) -> tuple[Reply, Reply | None]:
+        """MAIL FROM and the first RCPT TO in one write (RFC 2920 §3.1: both may be sent
+        without waiting). The RCPT reply is None when the MAIL reply was 421 (the server closes
+        and answers nothing more). Without PIPELINING, the two commands in lock-step."""
+        if not self.pipelining:
+            mail = await self.mail_from(sender)
+            if mail.code == 421:
+                return mail, None
+            return mail, await self.rcpt(address)
+        lines: list[tuple[Stage, bytes]] = []
+        commands: tuple[tuple[Stage, str, Callable[[], str]], ...] = (
+            ("mail", "MAIL", functools.partial(mail_from_arg, sender)),
+            ("rcpt", "RCPT", functools.partial(rcpt_to_arg, address)),
+        )
+        for stage, verb, arg in commands:
+            try:
+                lines.append((stage, format_command(verb, arg())))
+            except SmtpCommandRefused as exc:
+                self._record(stage, verb, None, f"refused: {exc.reason}", trio.current_time())
+                raise
+        replies = await self._pipeline(lines)
+        return replies[0], replies[1] if len(replies) > 1 else None
+
     async def noop(self) -> Reply:
         return await self._command("noop", "NOOP", None)
 
@@ -299,14 +330,7 @@ class SmtpSession:
 
     async def _exchange(self, stage: Stage, line: bytes | None, limit: float) -> Reply:
         """Send `line` (None: just read, for the greeting) and read exactly one reply."""
-        if self._closed:
-            raise SmtpDisconnected(stage, "session closed")
-        if self._broken is not None:
-            raise SmtpDisconnected(stage, f"session unusable after {self._broken}")
-        if self._server_closing:
-            raise SmtpDisconnected(stage, "server sent 421 and is closing")
-        if self._busy:
-            raise trio.BusyResourceError("another task is using this SMTP session")
+        self._check_usable(stage)
         command = line[:-2].decode("ascii") if line is not None else None
         started = trio.current_time()
         self._busy = True
@@ -326,33 +350,108 @@ class SmtpSession:
         self._record(stage, command, reply, None, started)
         return reply
 
-    async def _send_and_receive(self, stage: Stage, line: bytes | None, limit: float) -> Reply:
+    async def _pipeline(self, lines: list[tuple[Stage, bytes]]) -> list[Reply]:
+        """Send every line in one write, then read one reply per line, in order; stops after
+        a 421. Each command has `command_timeout` for its reply, counted from the write."""
+        first_stage = lines[0][0]
+        self._check_usable(first_stage)
+        started = trio.current_time()
+        self._busy = True
+        replies: list[Reply] = []
+        ok = False
+        unsolicited: Reply | None = None
+        try:
+            unsolicited = self._unsolicited(first_stage)
+            if unsolicited is not None:
+                replies.append(unsolicited)  # a queued 421: the server is closing
+            else:
+                with trio.move_on_after(self.command_timeout) as sending:
+                    await self._send(first_stage, b"".join(line for _, line in lines))
+                    self._commands += len(lines) - 1
+                if sending.cancelled_caught:
+                    raise SmtpTimeout(first_stage, self.command_timeout)
+                for stage, _ in lines:
+                    reply = await self._receive(stage, self.command_timeout)
+                    self._answered(lines[len(replies)], reply, started)
+                    replies.append(reply)
+                    if reply.code == 421:
+                        break
+            ok = True
+        except SmtpError as exc:
+            stage, line = lines[len(replies)]
+            self._fail(stage, line[:-2].decode("ascii"), exc, started)
+            raise
+        finally:
+            self._busy = False
+            if not ok and self._broken is None:
+                self._broken = "interrupted command"
+        if unsolicited is not None:
+            self._answered(lines[0], unsolicited, started)
+        return replies
+
+    def _answered(self, sent: tuple[Stage, bytes], reply: Reply, started: float) -> None:
+        if reply.code == 421:
+            self._server_closing = True
+        self._record(sent[0], sent[1][:-2].decode("ascii"), reply, None, started)
+
+    def _check_usable(self, stage: Stage) -> None:
+        if self._closed:
+            raise SmtpDisconnected(stage, "session closed")
+        if self._broken is not None:
+            raise SmtpDisconnected(stage, f"session unusable after {self._broken}")
+        if self._server_closing:
+            raise SmtpDisconnected(stage, "server sent 421 and is closing")
+        if self._busy:
+            raise trio.BusyResourceError("another task is using this SMTP session")
+
+    def _unsolicited(self, stage: Stage) -> Reply | None:
+        """A reply read before we sent a command: a 421 (the server closing) answers the
+        command; anything else breaks the framing."""
+        if not self._pending:
+            return None
+        unsolicited = self._pending.popleft()
+        if unsolicited.code == 421:
+            return unsolicited
+        raise SmtpProtocolError(f"unsolicited reply {unsolicited.code} before command", stage)
+
+    async def _send(self, stage: Stage, data: bytes) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise SmtpDisconnected(stage, _describe(exc)) from None
+        self._commands += 1
+        self._bytes_sent += len(data)
+
+    async def _receive(self, stage: Stage, limit: float) -> Reply:
         pending = self._pending
-        if pending and line is not None:
-            unsolicited = pending.popleft()
-            if unsolicited.code == 421:
-                return unsolicited  # the server announced it is closing; that is our answer
-            raise SmtpProtocolError(f"unsolicited reply {unsolicited.code} before command", stage)
+        with trio.move_on_after(limit):
+            while not pending:
+                await self._read(stage)
+            return pending.popleft()
+        raise SmtpTimeout(stage, limit)
+
+    async def _read(self, stage: Stage) -> None:
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise SmtpDisconnected(stage, _describe(exc)) from None
+        if not data:
+            raise SmtpDisconnected(stage)
+        self._bytes_received += len(data)
+        try:
+            self._pending.extend(self._parser.feed(bytes(data)))
+        except SmtpProtocolError as exc:
+            raise SmtpProtocolError(exc.reason, stage) from None
+
+    async def _send_and_receive(self, stage: Stage, line: bytes | None, limit: float) -> Reply:
+        if line is not None and (unsolicited := self._unsolicited(stage)) is not None:
+            return unsolicited  # the server announced it is closing; that is our answer
+        pending = self._pending
         with trio.move_on_after(limit):
             if line is not None:
-                try:
-                    await self._stream.send_all(line)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    raise SmtpDisconnected(stage, _describe(exc)) from None
-                self._commands += 1
-                self._bytes_sent += len(line)
+                await self._send(stage, line)
             while not pending:
-                try:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    raise SmtpDisconnected(stage, _describe(exc)) from None
-                if not data:
-                    raise SmtpDisconnected(stage)
-                self._bytes_received += len(data)
-                try:
-                    pending.extend(self._parser.feed(bytes(data)))
-                except SmtpProtocolError as exc:
-                    raise SmtpProtocolError(exc.reason, stage) from None
+                await self._read(stage)
             return pending.popleft()
         raise SmtpTimeout(stage, limit)
 
