@@ -43,6 +43,12 @@ class SlowWatch:
         self._step_started = trio.current_time()
         self._judged = False
 
+    def progress(self) -> None:
+        """Bytes arrived: the wait for the next reply of a pipelined group counts from here,
+        not from the write (a server answering each pipelined command in turn is as slow as
+        its slowest reply, not as the sum of them)."""
+        self._step_started = trio.current_time()
+
     def deadline(self) -> float:
         """When the current step becomes slow (inf: not timed)."""
         if self._judged or not math.isfinite(self.threshold):
@@ -70,13 +76,20 @@ class WatchedStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         deadline = self._watch.deadline()
         if deadline == math.inf:
-            return await self._inner.receive_some(max_bytes)
-        # A cancelled read of a trio stream consumes nothing, so it can simply be asked again.
-        with trio.move_on_at(deadline):
-            return await self._inner.receive_some(max_bytes)
-        if not self._watch.judge():
-            raise trio.BrokenResourceError("closed by us: slow host, no room in the slow share")
-        return await self._inner.receive_some(max_bytes)
+            data = await self._inner.receive_some(max_bytes)
+        else:
+            # A cancelled read of a trio stream consumes nothing, so it can be asked again.
+            with trio.move_on_at(deadline):
+                data = await self._inner.receive_some(max_bytes)
+                self._watch.progress()
+                return data
+            if not self._watch.judge():
+                raise trio.BrokenResourceError(
+                    "closed by us: slow host, no room in the slow share"
+                )
+            data = await self._inner.receive_some(max_bytes)
+        self._watch.progress()
+        return data
 
     async def aclose(self) -> None:
         await self._inner.aclose()
