@@ -60,6 +60,7 @@ def pool_settings(cfg: Config) -> PoolSettings:
         mail_from=smtp.mail_from or "",
         connect_timeout=smtp.connect_timeout,
         command_timeout=smtp.command_timeout,
+        quit_timeout=smtp.quit_timeout,
         starttls=smtp.starttls,
         initial_connections_per_host=smtp.initial_connections_per_host,
         max_connections_per_host=smtp.max_connections_per_host,

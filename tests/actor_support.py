@@ -74,6 +74,7 @@ class MailHost:
     # Offers STARTTLS, says 220, then answers the ClientHello with a fatal handshake_failure
     # alert (RFC 8446 §6.2): a server whose TLS stack cannot talk to ours.
     tls_broken: bool = False
+    quit_latency: float | None = None  # seconds before QUIT is answered (math.inf: never)
     events: list[Event] = field(default_factory=list)
     connects: list[float] = field(default_factory=list)  # connection attempt times
     sessions: int = 0
@@ -192,6 +193,8 @@ class _Conversation:
                 self.rcpts = 0
                 ok = await self.send(250, "2.0.0 Ok")
             elif verb == "QUIT":
+                if host.quit_latency is not None:
+                    await trio.sleep(host.quit_latency)
                 await self.send(221, "2.0.0 Bye")
                 return
             else:

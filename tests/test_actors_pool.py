@@ -565,3 +565,22 @@ async def test_dead_host_backoff_doubles_while_the_host_stays_unreachable(
     assert back.outcome == HostOutcome.CONCLUDED
     assert [t for t, _ in net.attempts] == [0.0, 300.0, 900.0]
     assert (stats["dead_marked"], stats["dead_streak"]) == (2, 0)  # the success reset it
+
+
+async def test_smtp_quit_timeout_bounds_the_quit_of_every_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # smtp.quit_timeout reaches the sessions (it used to stop at the config: every session
+    # waited the client's 2 s default). A host that never answers QUIT: the session is closed
+    # quit_timeout after the QUIT, and only then is its connection slot free.
+    host = info_host()
+    host.quit_latency = 100.0  # far past any quit_timeout
+    with trio.fail_after(BOUND):
+        async with pools([host], settings(quit_timeout=3.0)) as (_, manager):
+            await manager.visit(host.mx, request("a.test"))
+            assert now() == 1.25
+            await trio.sleep_until(1.25 + 2.0 + 3.0 - 0.125)  # QUIT at 3.25 (idle 2 s)
+            assert manager.connections.borrowed_tokens == 1
+            await trio.sleep_until(1.25 + 2.0 + 3.0 + 0.125)
+            assert manager.connections.borrowed_tokens == 0
+    assert host.times("QUIT") == [3.25]

@@ -50,6 +50,8 @@ SETTINGS = PoolSettings(
     mail_from=MAIL_FROM,
     connect_timeout=10.0,
     command_timeout=30.0,
+    # The timelines below count a tarpit's unanswered QUIT as 2 s (smtp.quit_timeout set so).
+    quit_timeout=2.0,
     starttls="never",
     initial_connections_per_host=1,
     max_connections_per_host=2,

@@ -1,6 +1,8 @@
 """The per-MX-host SMTP actor pool.
 
-One `HostPool` per MX host name. Its workers each own at most one SMTP session and take probe
+One `HostPool` per MX host address (the pool manager keys pools by IP: providers put many
+tenants' MX names on one address; the MX name stays in each visit). Its workers each own at
+most one SMTP session and take probe
 requests from the pool's unbuffered channel, so a request waits until a worker is free: that
 is the per-host concurrency limit, and the back-pressure towards the domain tasks. A worker
 reuses its session for several domains (RSET between them) for `session_reuse_seconds`, then
@@ -95,6 +97,7 @@ class PoolSettings:
     mail_from: str = ""
     connect_timeout: float = 10.0
     command_timeout: float = 30.0
+    quit_timeout: float = 5.0  # smtp.quit_timeout: how long a QUIT may wait for its reply
     starttls: Literal["opportunistic", "never"] = "opportunistic"
     initial_connections_per_host: int = 1
     max_connections_per_host: int = 2
@@ -585,6 +588,7 @@ class HostPool:
             helo_name=self.settings.helo_name,
             connect_timeout=self.settings.connect_timeout,
             command_timeout=self.settings.command_timeout,
+            quit_timeout=self.settings.quit_timeout,
             starttls=starttls,
             ssl_context=self._ssl_context,
         )
