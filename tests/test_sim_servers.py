@@ -25,6 +25,7 @@ import trio
 import trio.testing
 
 from ct_actors.dns.client import UdpDnsClient
+from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, MxStatus
 from ct_actors.sim.__main__ import build_parser, main
 from ct_actors.sim.dns_server import BrokenDns, DnsResponder, serve_dns
@@ -804,3 +805,26 @@ def test_cli_serve_with_broken_dns(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dns_responder_answers_what_a_resolver_health_check_asks(fast: bool) -> None:
+    # `. NS` and `a.root-servers.net A` (ct_actors/dns/health.py): what any recursive resolver
+    # answers, so the daemon's health check passes against the simulated internet.
+    responder = DnsResponder(WORLD, SimStats(), fast=fast)
+    assert _texts(_ask(responder, ".", "NS")) == ["a.root-servers.net."]
+    assert _texts(_ask(responder, "a.root-servers.net", "A")) == ["198.41.0.4"]
+    reply = _ask(responder, "a.root-servers.net", "AAAA")
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+
+
+async def test_resolver_health_check_passes_on_the_simulated_dns_fails_on_servfail() -> None:
+    broken = DnsResponder(WORLD, SimStats(), fault="servfail")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            healthy_ip, broken_ip, port = await _serve_pair(nursery, broken)
+            for ip, healthy in ((healthy_ip, True), (broken_ip, False)):
+                async with UdpDnsClient([ip], port=port, timeout=2.0, attempts=1) as client:
+                    answers = await DnsMxResolver(client).check_health("a.root-servers.net")
+                    assert [a.ok for a in answers] == [healthy, healthy]
+            nursery.cancel_scope.cancel()

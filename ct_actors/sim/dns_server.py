@@ -41,12 +41,16 @@ NEGATIVE_TTL = 300
 RCVBUF = 4 * 1024 * 1024
 FACTS_CACHE_LIMIT = 200_000
 OUR_PAYLOAD = 8192  # what dns.message.make_response advertises; the fast path copies it
+# The root's first server and its published address (IANA root hints, named.root).
+ROOT_SERVERS = ("a.root-servers.net",)
+ROOT_SERVER_A = "198.41.0.4"
 _SOA_MNAME = "ns.sim.test"
 _SOA_RNAME = "hostmaster.sim.test"
 _SOA_TIMERS = (1, 3600, 600, 86400, NEGATIVE_TTL)  # serial refresh retry expire minimum
 
 _IN = 1
 _A = 1
+_NS = 2
 _SOA = 6
 _MX = 15
 _OPT = 41
@@ -68,6 +72,7 @@ class Facts:
     a: str | None = None  # answer A record
     glue: tuple[tuple[str, str], ...] = ()  # (host, ip) for the additional section
     zone: str | None = None  # SOA owner for the authority section of a negative answer
+    ns: tuple[str, ...] = ()  # answer NS records (the root's, for resolver health checks)
 
 
 def _name_wire(name: str) -> bytes:
@@ -127,6 +132,13 @@ class DnsResponder:
         return found
 
     def _lookup(self, name: str, rdtype: int) -> Facts:
+        # What any recursive resolver answers, so the daemon's resolver health check (`. NS`
+        # and `a.root-servers.net A`, ct_actors/dns/health.py) passes against the simulated
+        # internet as it does against a real resolver. A DNS answer only: nothing connects.
+        if name in ("", ".") and rdtype == _NS:
+            return Facts(ns=ROOT_SERVERS)
+        if name == ROOT_SERVERS[0]:
+            return Facts(a=ROOT_SERVER_A) if rdtype == _A else Facts(zone="root-servers.net")
         domain = self._domains.get(name)
         host_ip = self._host_ips.get(name)
         if domain is None and host_ip is None:
@@ -210,6 +222,8 @@ class DnsResponder:
         if qclass != _IN:
             return None
         facts = self.facts(".".join(labels), qtype)
+        if facts.ns:
+            return None  # rare (health checks): dnspython renders NS answers
         answers = [
             _rr(b"\xc0\x0c", _MX, TTL, struct.pack("!H", pref) + _name_wire(host))
             for pref, host in facts.mx
@@ -298,6 +312,7 @@ class DnsResponder:
         answers = [_rdata(dns.rdatatype.MX, f"{pref} {_fqdn(host)}") for pref, host in facts.mx]
         if facts.a is not None:
             answers.append(_rdata(dns.rdatatype.A, facts.a))
+        answers.extend(_rdata(dns.rdatatype.NS, f"{host}.") for host in facts.ns)
         if answers:
             response.answer.append(dns.rrset.from_rdata_list(qname, TTL, answers))
         for host, ip in facts.glue:
