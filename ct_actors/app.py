@@ -139,7 +139,7 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
             mode=cfg.probe.mode,
             verdict_ttl=toolbox.smtp_check.cache_ttl or 0.0,
             retry=retry_policy(cfg, toolbox),
-            addresses=AddressPolicy.from_config(cfg),
+            addresses=AddressPolicy.allowing(cfg.smtp.allow_networks),
             dns_failure_retries=cfg.dns.domain_failure_retries,
             dns_failure_delay=cfg.dns.domain_failure_delay,
         ),
@@ -513,7 +513,7 @@ async def probe_domain(
                         gate,
                         retry_policy(cfg, toolbox),
                         reachable_recently=guard.reachable_recently,
-                        addresses=AddressPolicy.from_config(cfg),
+                        addresses=AddressPolicy.allowing(cfg.smtp.allow_networks),
                     )
                 if verifier is not None:
                     result = await verify_weak_pass(verifier, result, domain, people)

@@ -24,12 +24,16 @@ import trio_asyncio
 
 from ct_actors import __version__
 from ct_actors.config import EMBEDDED_URL, Config, ConfigError, load_config
+from ct_actors.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_DEFERRED,
+    EXIT_HELD,
+    EXIT_OK,
+)
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DATABASE, EXIT_HELD = 0, 1, 2, 3, 4
-EXIT_DEFERRED = EXIT_HELD  # one code for "no verdict yet": probe/once DEFERRED, drain held back
 
 # Commands that work on the operator's database: they use database.url and nothing else.
 PRODUCTION_COMMANDS = ("migrate", "run", "once", "report", "canary")

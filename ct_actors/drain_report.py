@@ -4,7 +4,7 @@ A drain ends when nothing more can be done without a human or the clock: nothing
 nothing in flight here, nothing under another daemon's live lease — or a kill switch holds
 claiming and nothing is in flight here (issue 14: before, such a drain waited for the switch
 forever). What is still pending then is *held back*, and `run --drain` exits with its own code
-(cli.EXIT_HELD) so a script can tell "everything concluded" (0) from "stopped with work held
+(exit_codes.EXIT_HELD) so a script can tell "everything concluded" (0) from "stopped with work held
 back" (4). Pure: the counts come from `Store.held_back`, the switches from the supervisor.
 """
 

@@ -110,7 +110,7 @@ def test_allow_networks_is_validated_at_load(tmp_path: Path) -> None:
     path.write_text("[smtp]\nallow_networks = ['127.0.0.0/8', '::1/128']\n")
     cfg = load_config(path, probing=False)
     assert cfg.smtp.allow_networks == ("127.0.0.0/8", "::1/128")
-    assert AddressPolicy.from_config(cfg).refusal("127.0.0.2") is None
+    assert AddressPolicy.allowing(cfg.smtp.allow_networks).refusal("127.0.0.2") is None
     assert load_config(None, probing=False).smtp.allow_networks == ()
     path.write_text("[smtp]\nallow_networks = ['127.0.0.1/8']\n")
     with pytest.raises(ConfigError) as info:

@@ -20,9 +20,10 @@ from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_gate import IP_BLACKLISTED
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.actors.writer import WriterActor, WriterSettings
-from ct_actors.cli import EXIT_DATABASE, EXIT_HELD, EXIT_OK, drain_exit_code
+from ct_actors.cli import drain_exit_code
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.drain_report import DrainSummary, HeldBack, Switch
+from ct_actors.exit_codes import EXIT_DATABASE, EXIT_HELD, EXIT_OK
 from ct_actors.outcome import Outcome, Passed
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats

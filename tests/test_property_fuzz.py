@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from ct_actors.dns import wire
 from ct_actors.smtp.errors import SmtpProtocolError
-from ct_actors.smtp.reply import Reply, ReplyParser
+from ct_actors.smtp.reply import ReplyParser
+from ct_actors.smtp.types import Reply
 from tests.test_dns_fastparse import (
     outcome,
     random_response,

@@ -7,8 +7,6 @@ import pytest
 from ct_actors.smtp.errors import SmtpCommandRefused, SmtpProtocolError
 from ct_actors.smtp.reply import (
     MAX_LINE_LENGTH,
-    EnhancedStatus,
-    Reply,
     ReplyParser,
     format_command,
     mail_from_arg,
@@ -16,6 +14,7 @@ from ct_actors.smtp.reply import (
     parse_reply,
     rcpt_to_arg,
 )
+from ct_actors.smtp.types import EnhancedStatus, Reply
 
 GMAIL_UNKNOWN = (
     b"550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n"

@@ -65,7 +65,7 @@ from ct_actors.smtp.client import (
     SmtpTlsError,
     open_session,
 )
-from ct_actors.smtp.reply import Reply
+from ct_actors.smtp.types import Reply
 from ct_actors.throttle.host_window import HostWindow, HostWindowSettings
 
 log = structlog.get_logger("ct_actors.smtp_pool")

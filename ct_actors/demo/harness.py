@@ -31,13 +31,12 @@ from ct_actors.db.choice import ChosenDatabase
 from ct_actors.db.migrate import migrate
 from ct_actors.db.store import DatabaseUnavailable, open_store
 from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
+from ct_actors.exit_codes import EXIT_DATABASE, EXIT_FAILED, EXIT_OK
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_url
 from ct_actors.service import SystemdService
 from ct_actors.sim.world import SIM_NETWORK, Behaviour, World
 from ct_actors.toolbox import Toolbox, load_toolbox
-
-EXIT_OK, EXIT_FAILED, EXIT_DATABASE = 0, 1, 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

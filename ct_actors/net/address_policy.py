@@ -25,10 +25,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ct_actors.config import Config
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,8 +107,9 @@ class AddressPolicy:
     allow: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Config) -> AddressPolicy:
-        return cls(parse_networks(cfg.smtp.allow_networks))
+    def allowing(cls, networks: Sequence[str]) -> AddressPolicy:
+        """The policy for `smtp.allow_networks` (already validated at load)."""
+        return cls(parse_networks(networks))
 
     def refusal(self, ip: str | IPAddress) -> str | None:
         try:

@@ -7,7 +7,6 @@ import sys
 
 import trio_asyncio
 
-from ct_actors.cli import EXIT_CONFIG, EXIT_DATABASE, EXIT_FAILED, EXIT_OK
 from ct_actors.config import Config
 from ct_actors.db.errors import (
     ConfigurationError,
@@ -15,6 +14,7 @@ from ct_actors.db.errors import (
     SchemaError,
     StoreError,
 )
+from ct_actors.exit_codes import EXIT_CONFIG, EXIT_DATABASE, EXIT_FAILED, EXIT_OK
 from ct_actors.ops.canary import (
     CanaryOptions,
     IsolationError,

@@ -32,7 +32,7 @@ from ct_actors.smtp.classify import (
     is_throttle_text,
 )
 from ct_actors.smtp.client import SmtpSession
-from ct_actors.smtp.reply import Reply
+from ct_actors.smtp.types import Reply
 
 # Address answers that mean "this mailbox exists": a full mailbox still exists.
 _EXISTS = frozenset({RcptVerdict.ACCEPTED, RcptVerdict.MAILBOX_FULL})

@@ -30,10 +30,9 @@ from ct_actors.smtp.errors import (
     SmtpRejected,
     SmtpTimeout,
     SmtpTlsError,
-    Stage,
 )
-from ct_actors.smtp.reply import EnhancedStatus, Reply, ReplyParser, format_command, parse_reply
-from ct_actors.smtp.transcript import TranscriptEntry
+from ct_actors.smtp.reply import ReplyParser, format_command, parse_reply
+from ct_actors.smtp.types import EnhancedStatus, Reply, Stage, TranscriptEntry
 
 __all__ = [
     "EnhancedStatus",

@@ -106,7 +106,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
-from ct_actors.smtp.reply import EnhancedStatus, Reply
+from ct_actors.smtp.types import EnhancedStatus, Reply
 
 
 class RcptVerdict(enum.StrEnum):

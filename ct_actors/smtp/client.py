@@ -58,17 +58,15 @@ from ct_actors.smtp.errors import (
     SmtpRejected,
     SmtpTimeout,
     SmtpTlsError,
-    Stage,
 )
 from ct_actors.smtp.reply import (
-    Reply,
     ReplyParser,
     format_command,
     mail_from_arg,
     parse_extensions,
     rcpt_to_arg,
 )
-from ct_actors.smtp.transcript import TEXT_LIMIT, TranscriptEntry
+from ct_actors.smtp.types import TEXT_LIMIT, Reply, Stage, TranscriptEntry
 
 __all__ = [
     "DEFAULT_QUIT_TIMEOUT",

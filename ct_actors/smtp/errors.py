@@ -8,28 +8,7 @@ rejected greeting or EHLO/HELO, after which there is no session to return.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from ct_actors.smtp.reply import Reply
-    from ct_actors.smtp.transcript import TranscriptEntry
-
-Stage = Literal[
-    "connect",
-    "greeting",
-    "ehlo",
-    "starttls",
-    "mail",
-    "rcpt",
-    "rset",
-    "noop",
-    "quit",
-    "reply",
-    "command",
-]
-"""Where in the conversation something happened. Two are not conversation steps: "reply" is used
-by the pure parser, which does not know which command it parses a reply for (the client re-raises
-with the real stage), and "command" by the formatter for a verb that has no stage (DATA...)."""
+from ct_actors.smtp.types import Reply, Stage, TranscriptEntry
 
 
 class SmtpError(Exception):

@@ -21,9 +21,9 @@ only as a prefix, so text lines read naturally.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-from ct_actors.smtp.errors import SmtpCommandRefused, SmtpProtocolError, Stage
+from ct_actors.smtp.errors import SmtpCommandRefused, SmtpProtocolError
+from ct_actors.smtp.types import ENHANCED_RE, EnhancedStatus, Reply, Stage
 
 MAX_LINE_LENGTH = 4096
 """Bytes per reply line, without the line end. RFC 5321 §4.5.3.1.5 says 512 with CRLF; real
@@ -33,79 +33,10 @@ MAX_REPLY_LINES = 100
 MAX_COMMAND_LENGTH = 512
 """Octets per command line including CRLF (RFC 5321 §4.5.3.1.4)."""
 
-_ENHANCED_RE = re.compile(r"#?([245])\.(\d{1,3})\.(\d{1,3})(?=[ \t]|$)")
-
-
-@dataclass(frozen=True, slots=True)
-class EnhancedStatus:
-    """RFC 3463 ``class.subject.detail``."""
-
-    klass: int
-    subject: int
-    detail: int
-
-    def __str__(self) -> str:
-        return f"{self.klass}.{self.subject}.{self.detail}"
-
-    @classmethod
-    def parse(cls, text: str) -> EnhancedStatus | None:
-        """`EnhancedStatus.parse("5.1.1")`; None when `text` does not start with a code."""
-        m = _ENHANCED_RE.match(text)
-        if m is None:
-            return None
-        return cls(int(m[1]), int(m[2]), int(m[3]))
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One complete (possibly multi-line) reply. `lines` hold the text after the code and after
-    the enhanced status code prefix."""
-
-    code: int
-    lines: tuple[str, ...]
-    enhanced: EnhancedStatus | None = None
-
-    @property
-    def text(self) -> str:
-        return " ".join(line for line in self.lines if line)
-
-    @property
-    def klass(self) -> int:
-        return self.code // 100
-
-    @property
-    def is_positive(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
-    def is_intermediate(self) -> bool:
-        return 300 <= self.code < 400
-
-    @property
-    def is_transient(self) -> bool:
-        return 400 <= self.code < 500
-
-    @property
-    def is_permanent(self) -> bool:
-        return 500 <= self.code < 600
-
-    @property
-    def is_negative(self) -> bool:
-        return self.code >= 400
-
-    def __str__(self) -> str:
-        parts = [str(self.code)]
-        if self.enhanced is not None:
-            parts.append(str(self.enhanced))
-        if text := self.text:
-            parts.append(text)
-        return " ".join(parts)
-
-
 def _build_reply(code: int, texts: list[str]) -> Reply:
     first = texts[0]
     if first[:1] in _ENHANCED_START:
-        m = _ENHANCED_RE.match(first)
+        m = ENHANCED_RE.match(first)
         if m is not None and ord(m[1]) - 48 == code // 100:
             enhanced = EnhancedStatus(int(m[1]), int(m[2]), int(m[3]))
             prefix = m[0].lstrip("#")
