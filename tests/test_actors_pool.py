@@ -17,16 +17,10 @@ import trio
 import trio.testing
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import (
-    CONNECT_FAILED,
-    HOST_DEAD,
-    TIMEOUT,
-    HostVisit,
-    PoolSettings,
-    ProbeRequest,
-)
+from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.probe.conversation import HostOutcome
 from ct_actors.probe.plan import Conclusion, ProbePlan
+from ct_actors.probe.visit import CONNECT_FAILED, HOST_DEAD, TIMEOUT, HostVisit, ProbeRequest
 from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, now, rcpt
 
 BOUND = 600.0

@@ -25,13 +25,14 @@ import trio.testing
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import HostVisit, PoolSettings, ProbeRequest
+from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import HostOutcome
 from ct_actors.probe.domain_probe import RetryPolicy
+from ct_actors.probe.visit import HostVisit, ProbeRequest
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World

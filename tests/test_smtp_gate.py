@@ -18,7 +18,6 @@ from ct_actors.actors.smtp_gate import (
     SmtpGate,
     SmtpGuard,
 )
-from ct_actors.actors.smtp_pool import CONNECT_FAILED, HOST_DEAD, TIMEOUT, HostVisit, ProbeRequest
 from ct_actors.actors.supervisor import KILL_SWITCHES
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
@@ -26,6 +25,7 @@ from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.probe.conversation import HostOutcome
 from ct_actors.probe.domain_probe import RetryPolicy, smtp_probe
 from ct_actors.probe.plan import ProbePlan
+from ct_actors.probe.visit import CONNECT_FAILED, HOST_DEAD, TIMEOUT, HostVisit, ProbeRequest
 from ct_actors.throttle.killswitch import KillSwitches
 
 SPAMHAUS = "greeting: 554 5.7.1 Client host [198.51.100.7] blocked using zen.spamhaus.org"

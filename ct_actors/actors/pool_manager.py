@@ -11,9 +11,10 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from ct_actors.actors.smtp_pool import HostPool, HostVisit, PoolClosed, PoolSettings, ProbeRequest
+from ct_actors.actors.smtp_pool import HostPool, PoolClosed, PoolSettings
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
+from ct_actors.probe.visit import HostVisit, ProbeRequest
 from ct_actors.throttle.host_window import HostWindow
 
 log = structlog.get_logger("ct_actors.pool_manager")

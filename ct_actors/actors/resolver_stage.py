@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from ct_actors.actors.reply import ReplySlot
 from ct_actors.dns.health import (
     DEFAULT_HEALTH_CHECK_NAME,
     HealthProbe,
@@ -36,6 +35,7 @@ from ct_actors.dns.health import (
     ResolverHealth,
 )
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure, MxLookup, MxResolver
+from ct_actors.reply_slot import ReplySlot
 from ct_actors.throttle.backoff import backoff_delay
 from ct_actors.throttle.killswitch import DistinctFailures, KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter

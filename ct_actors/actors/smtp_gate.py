@@ -36,7 +36,10 @@ import structlog
 import trio
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import (
+from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
+from ct_actors.dns.types import MxHost
+from ct_actors.probe.conversation import HostOutcome
+from ct_actors.probe.visit import (
     HALTED,
     HOST_DEAD,
     NO_ADDRESS,
@@ -45,9 +48,6 @@ from ct_actors.actors.smtp_pool import (
     ProbeRequest,
     is_connect_failure,
 )
-from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
-from ct_actors.dns.types import MxHost
-from ct_actors.probe.conversation import HostOutcome
 from ct_actors.throttle.blocklist_evidence import (
     Assessment,
     BlocklistEvidence,

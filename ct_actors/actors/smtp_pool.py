@@ -42,7 +42,6 @@ from typing import Literal
 import structlog
 import trio
 
-from ct_actors.actors.reply import ReplySlot
 from ct_actors.actors.slow_hosts import SlowLease, SlowWatch, WatchingConnector
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
@@ -53,7 +52,16 @@ from ct_actors.probe.conversation import (
     converse,
     is_error_limit_reply,
 )
-from ct_actors.probe.plan import ProbePlan
+from ct_actors.probe.visit import (
+    CONNECT_FAILED,
+    DISCONNECTED,
+    GREETING_REJECTED,
+    HOST_DEAD,
+    PROTOCOL_ERROR,
+    TIMEOUT,
+    HostVisit,
+    ProbeRequest,
+)
 from ct_actors.smtp.classify import SessionVerdict, classify_ehlo, classify_greeting
 from ct_actors.smtp.client import (
     SmtpConnectError,
@@ -72,18 +80,6 @@ log = structlog.get_logger("ct_actors.smtp_pool")
 
 # After a failed STARTTLS handshake, the host is asked in plaintext for this long.
 _PLAINTEXT_FOR = 3600.0
-
-# Visit outcomes beyond the conversation's own (`HostOutcome`).
-CONNECT_FAILED = "connect-failed"
-TIMEOUT = "timeout"
-DISCONNECTED = "disconnected"
-GREETING_REJECTED = "greeting-rejected"
-PROTOCOL_ERROR = "protocol-error"
-HOST_DEAD = "host-dead"
-HALTED = "halted"  # not attempted: an SMTP kill switch is tripped (see smtp_gate.py)
-NO_ADDRESS = "no-address"
-NOT_PUBLIC = "not-public"  # refused: the MX address is not public (net/address_policy.py)
-
 
 class PoolClosed(Exception):
     """The pool shut down (or was replaced) before a worker took the request; the caller may
@@ -133,53 +129,6 @@ class PoolSettings:
     def slow_connections(self, max_connections: int) -> int:
         """The slow share of a global cap: at least one connection, never more than the cap."""
         return min(max_connections, max(1, int(max_connections * self.slow_connections_share)))
-
-
-@dataclass(slots=True)
-class ProbeRequest:
-    domain: str
-    plan: ProbePlan
-    reply: ReplySlot[HostVisit] = field(default_factory=ReplySlot)
-    # The MX name the domain asked for: a pool serves one IP address, which several tenants'
-    # MX names may share; visits are reported under the name the domain's MX record gave.
-    mx_name: str = ""
-
-
-@dataclass(slots=True)
-class HostVisit:
-    """What happened on one visit to one MX host, kept for the outcome row's audit trail."""
-
-    host: str
-    address: str | None
-    outcome: str
-    detail: str = ""
-    replies: list[str] = field(default_factory=list)
-    tls: bool = False
-    reused_session: bool = False
-    progress: int = 0  # questions this visit moved on (answered or set aside as greylisted)
-    pace: bool = False  # the session ended on a 421 about our pace
-    dha_paused: bool = False  # the host's rejected-RCPT budget had no room: wait, then go on
-    retry_in: float = 0.0  # with dha_paused: seconds until the budget has room again
-    budget_spent: bool = False  # the session ended on our own per-session error budget
-    tls_note: str = ""  # a STARTTLS failure and the plaintext fallback, when it happened
-    # Seconds spent at the host (connect and conversation), not waiting for our own throttles.
-    elapsed: float = 0.0
-    slow: bool = False  # the host kept us waiting past slow_reply_seconds (the slow share)
-
-    def audit(self) -> dict[str, object]:
-        audit: dict[str, object] = {
-            "host": self.host,
-            "address": self.address,
-            "outcome": self.outcome,
-            "detail": self.detail,
-            "replies": self.replies,
-            "tls": self.tls,
-        }
-        if self.tls_note:
-            audit["tls_note"] = self.tls_note
-        if self.slow:
-            audit["slow_host"] = True
-        return audit
 
 
 class HostPool:
@@ -743,13 +692,6 @@ def _transcript_lines(session: SmtpSession, last: int = 4) -> list[str]:
         code = "" if entry.code is None else f"{entry.code} "
         lines.append(f"{entry.command or entry.stage} -> {code}{entry.text[:100]}".rstrip())
     return lines
-
-
-def is_connect_failure(visit: HostVisit) -> bool:
-    """The TCP connection itself failed (refused, unreachable, connect timeout)."""
-    if visit.outcome == CONNECT_FAILED:
-        return True
-    return visit.outcome == TIMEOUT and visit.detail.startswith("connect:")
 
 
 def _error_kind(exc: SmtpError) -> str:

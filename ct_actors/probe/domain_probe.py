@@ -15,17 +15,6 @@ from typing import Any, Protocol
 
 import trio
 
-from ct_actors.actors.smtp_pool import (
-    DISCONNECTED,
-    HALTED,
-    HOST_DEAD,
-    NO_ADDRESS,
-    NOT_PUBLIC,
-    TIMEOUT,
-    HostVisit,
-    ProbeRequest,
-    is_connect_failure,
-)
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed, Result
@@ -37,6 +26,17 @@ from ct_actors.probe.patterns import (
     template,
 )
 from ct_actors.probe.plan import Conclusion, ProbePlan
+from ct_actors.probe.visit import (
+    DISCONNECTED,
+    HALTED,
+    HOST_DEAD,
+    NO_ADDRESS,
+    NOT_PUBLIC,
+    TIMEOUT,
+    HostVisit,
+    ProbeRequest,
+    is_connect_failure,
+)
 from ct_actors.throttle.backoff import backoff_delay
 
 _NO_MX_REASONS = {
