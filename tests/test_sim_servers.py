@@ -214,7 +214,7 @@ async def test_pipelining(autojump_clock: trio.testing.MockClock) -> None:
             assert await c.reply() == ["250 2.1.5 Ok"]
             assert await c.reply() == ["221 2.0.0 Bye"]
             # The four replies go out in one write when the input runs dry (as Postfix's smtpd
-            # flushes, RFC 2920 §3.2): one round trip for the group, not four.
+            # flushes its replies): one round trip for the group, not four.
             assert now() == pytest.approx(t0 + LAT)
 
 

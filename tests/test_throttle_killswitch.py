@@ -8,7 +8,6 @@ import trio.testing
 
 from ct_actors.throttle.killswitch import (
     DistinctFailures,
-    DistinctWithin,
     KillSwitches,
     SwitchState,
 )
@@ -55,53 +54,10 @@ def test_distinct_failures_reset() -> None:
     assert detector.failure("a") is True
 
 
-def test_distinct_within_counts_keys_in_a_sliding_window() -> None:
-    detector = DistinctWithin(3, 60.0)
-    assert detector.failure("mx1", 0.0) is False
-    assert detector.failure("mx2", 30.0) is False
-    assert detector.failure("mx1", 50.0) is False  # same host again: still two distinct
-    # mx2 has left the window at exactly 90 (it occupied [30, 90)); mx1 was refreshed at 50.
-    assert detector.failure("mx3", 90.0) is False
-    assert detector.statistics()["distinct"] == 2
-    assert detector.failure("mx4", 109.0) is True
-    assert detector.tripped
-    assert detector.failure("mx5", 110.0) is False
-
-
-def test_distinct_within_ignores_successes_and_rearms_on_reset() -> None:
-    detector = DistinctWithin(2, 10.0)
-    assert detector.failure("a", 0.0) is False
-    assert detector.failure("b", 9.999) is True
-    detector.reset()
-    assert detector.failure("a", 10.0) is False
-    assert detector.failure("a", 11.0) is False
-    assert detector.failure("c", 25.0) is False  # "a" left the window at 21
-    assert detector.statistics() == {
-        "threshold": 2,
-        "window": 10.0,
-        "distinct": 1,
-        "tripped": False,
-        "trips": 1,
-        "failures": 5,
-    }
-
-
-def test_distinct_within_memory_stays_below_the_threshold() -> None:
-    detector = DistinctWithin(50, 1.0)
-    for i in range(10_000):
-        detector.failure(f"mx{i}", i * 0.125)  # eight a second: never 50 within one second
-        assert detector.statistics()["distinct"] in range(1, 9)
-    assert not detector.tripped
-
-
 @pytest.mark.parametrize("threshold", [0, -1])
 def test_detectors_refuse_bad_thresholds(threshold: int) -> None:
     with pytest.raises(ValueError):
         DistinctFailures(threshold)
-    with pytest.raises(ValueError):
-        DistinctWithin(threshold, 1.0)
-    with pytest.raises(ValueError):
-        DistinctWithin(1, 0.0)
 
 
 SWITCHES = {"resolver": "halt_dns", "blocklist": "halt_and_alert", "port25": "halt_smtp"}

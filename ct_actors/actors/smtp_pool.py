@@ -2,9 +2,9 @@
 
 One `HostPool` per MX host address (the pool manager keys pools by IP: providers put many
 tenants' MX names on one address; the MX name stays in each visit). Its workers each own at
-most one SMTP session and take probe
-requests from the pool's unbuffered channel, so a request waits until a worker is free: that
-is the per-host concurrency limit, and the back-pressure towards the domain tasks. A worker
+most one SMTP session and take probe requests from the pool's unbuffered channel, so a request
+waits until a worker is free: that is the per-host concurrency limit, and the back-pressure
+towards the domain tasks. A worker
 reuses its session for several domains (RSET between them) for `session_reuse_seconds`, then
 says QUIT; an idle worker retires after `pool_idle_seconds`, and the manager retires a pool
 with no workers left.
@@ -27,7 +27,6 @@ wrong answer, and no "lost session" for the domain to count). Sessions to a host
 slow take the slow share before they connect. So slow hosts together hold at most the share,
 and the rest of the cap is always there for healthy hosts (docs/throttles.md, "Slow hosts").
 """
-
 
 from __future__ import annotations
 

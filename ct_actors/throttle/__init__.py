@@ -10,7 +10,6 @@ from ct_actors.throttle.calendar import UtcClock, window_end, window_start
 from ct_actors.throttle.host_window import HostWindow, HostWindowSettings
 from ct_actors.throttle.killswitch import (
     DistinctFailures,
-    DistinctWithin,
     KillSwitches,
     SwitchState,
 )
@@ -18,7 +17,6 @@ from ct_actors.throttle.window import KeyedWindow, SlidingWindow
 
 __all__ = [
     "DistinctFailures",
-    "DistinctWithin",
     "HostWindow",
     "HostWindowSettings",
     "KeyedWindow",

@@ -69,68 +69,6 @@ class DistinctFailures:
         }
 
 
-class DistinctWithin:
-    """Trips when `threshold` distinct keys fail within any `window` seconds.
-
-    Successes do not re-arm it: on a blocklist, providers that consult it refuse us while the
-    rest still accept, so successes in between prove nothing. `now` must not go backwards.
-    """
-
-    def __init__(self, threshold: int, window: float) -> None:
-        _check_threshold(threshold)
-        if not window > 0:
-            raise ValueError(f"window must be positive, got {window}")
-        self.threshold = threshold
-        self.window = float(window)
-        # key -> latest failure time, in order of that time (re-inserted on each failure), so
-        # expired keys are always at the front.
-        self._last: dict[str, float] = {}
-        self._tripped = False
-        self.trips = 0
-        self.failures = 0
-
-    @property
-    def tripped(self) -> bool:
-        return self._tripped
-
-    def failure(self, key: str, now: float) -> bool:
-        """Count a failure at `now`; True exactly when this one trips the detector."""
-        self.failures += 1
-        if self._tripped:
-            return False
-        self._last.pop(key, None)
-        self._last[key] = now
-        self._expire(now)
-        if len(self._last) < self.threshold:
-            return False
-        self._tripped = True
-        self.trips += 1
-        self._last.clear()
-        return True
-
-    def _expire(self, now: float) -> None:
-        # A failure at t counts during [t, t + window), as in the sliding rate windows.
-        while self._last:
-            key, at = next(iter(self._last.items()))
-            if at + self.window > now:
-                return
-            del self._last[key]
-
-    def reset(self) -> None:
-        self._last.clear()
-        self._tripped = False
-
-    def statistics(self) -> dict[str, object]:
-        return {
-            "threshold": self.threshold,
-            "window": self.window,
-            "distinct": len(self._last),
-            "tripped": self._tripped,
-            "trips": self.trips,
-            "failures": self.failures,
-        }
-
-
 @dataclass
 class SwitchState:
     name: str
