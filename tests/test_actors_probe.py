@@ -608,3 +608,24 @@ async def test_politeness_is_per_ip_address_not_per_mx_name(
         assert isinstance(result.result, Passed) and result.result.method_type == "info"
         assert result.mx_host == name
         assert {v["host"] for v in result.result.evidence["visits"]} == {name}
+
+
+async def test_a_host_that_drops_every_new_session_is_retried_with_backoff_not_reconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A session opened for this domain and closed by the host before any answer is the host's
+    # doing, not our reuse of a session: no instant reconnects (Postfix after "lost
+    # connection ... while sending MAIL FROM" defers and retries after its back-off). The pass
+    # retries after SMTPCheck's back-off (2 s, 4 s): three sessions in all, then SMTP-FAIL.
+    host = MailHost("mx1.test", "192.0.2.1", drop={n: "MAIL" for n in range(1, 10)})
+    with trio.fail_after(BOUND):
+        async with network(host) as manager:
+            result = await smtp_probe(
+                lookup("acme.test", host), ANN, manager, POLICY, reachable_recently=lambda: True
+            )
+            assert now() == 0.5 + 2.0 + 0.5 + 4.0 + 0.5
+    assert host.connects == [0.0, 2.5, 7.0]  # before: [0.0, 0.5, 1.0, 3.5, 8.0]
+    assert isinstance(result.result, Failed)
+    assert result.result.code is FailureCode.SMTP_FAIL
+    assert visits(result) == [("mx1.test", "session-ended")] * 3
+    assert [v["attempt"] for v in result.result.evidence["visits"]] == [1, 2, 3]

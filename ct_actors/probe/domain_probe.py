@@ -246,6 +246,13 @@ async def _walk_hosts(
                 lost = 0 if visit.progress else lost + 1
                 if lost >= (fresh_sessions or policy.fresh_sessions):
                     break
+                if not (visit.reused_session or visit.progress or visit.pace or visit.budget_spent):
+                    # A session opened for this domain ended before any answer: the host
+                    # did it, not our reuse of a session. Like Postfix after "lost connection
+                    # with X while sending MAIL FROM" (next MX, then the queue's back-off,
+                    # never an instant reconnect), the walk moves on and the pass's retry
+                    # with SMTPCheck's back-off is the next try.
+                    break
                 if visit.pace:
                     # Only a 421 about our pace asks for a back-off; any other fresh session is
                     # spaced by the SMTPCheck throttle (per_domain) like every visit.
