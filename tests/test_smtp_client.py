@@ -827,3 +827,71 @@ async def test_a_pipelined_rcpt_that_never_gets_its_reply_times_out_and_breaks_t
             assert last.code is None
             await session.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_retire_sends_rset_and_quit_in_one_write_with_pipelining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The server reads QUIT before it answers RSET: the client did not wait in between. One
+    # round trip ends the session, and the RSET reply is still returned (a 421 "too many
+    # errors" there is how the pool learns a host's limit).
+    script: list[Step] = [
+        *opening(extensions=("PIPELINING",)),
+        Expect("RSET"),
+        Expect("QUIT"),
+        Sleep(0.25),
+        reply(421, "4.7.0 mx.example.com Error: too many errors"),
+        Close(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script)
+            started = now()
+            rset = await session.retire()
+            assert now() - started == 0.25
+    assert rset is not None and rset.code == 421
+    assert not session.usable
+    assert [(e.stage, e.code) for e in session.transcript[-1:]] == [("rset", 421)]
+
+
+async def test_retire_in_lock_step_without_pipelining_and_bounded_by_quit_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script: list[Step] = [
+        *opening(extensions=("SIZE 10240000",)),
+        Expect("RSET"),
+        reply(250, "2.0.0 Ok"),  # sent before QUIT arrives: lock-step
+        Expect("QUIT"),
+        Hang(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script, quit_timeout=2.5)
+            started = now()
+            rset = await session.retire()
+            assert now() - started == 2.5
+            assert await session.retire() is None  # closed: idempotent
+    assert rset is not None and rset.code == 250
+    last = session.transcript[-1]
+    assert (last.stage, last.command, last.code) == ("quit", "QUIT", None)
+
+
+async def test_retire_keeps_the_rset_reply_when_the_pipelined_quit_hangs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script: list[Step] = [
+        *opening(extensions=("PIPELINING",)),
+        Expect("RSET"),
+        Expect("QUIT"),
+        reply(250, "2.0.0 Ok"),
+        Hang(),
+    ]
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            session, _ = await session_for(nursery, script, quit_timeout=2.5)
+            started = now()
+            rset = await session.retire()
+            assert now() - started == 2.5
+    assert rset is not None and rset.code == 250
+    last = session.transcript[-1]
+    assert (last.stage, last.command, last.code) == ("quit", "QUIT", None)

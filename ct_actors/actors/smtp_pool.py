@@ -413,9 +413,9 @@ class HostPool:
             # Retire the session before the server's own error limit is near, and before a
             # next domain would have to split its questions over two sessions (each one more
             # SMTPCheck call, 2 s apart): a session is reused only with half its budget left.
-            with trio.move_on_after(self.settings.command_timeout, shield=True):
-                with contextlib.suppress(SmtpError):
-                    self._rset_usable(conn, await conn.session.rset())
+            # RSET and QUIT in one write: the RSET reply still shows a limit the host reached.
+            if (reply := await conn.session.retire()) is not None:
+                self._rset_usable(conn, reply)
             await self._close(conn)
             return None
         return conn

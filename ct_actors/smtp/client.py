@@ -19,7 +19,10 @@ Rules of the shell:
   `SmtpDisconnected` and `aclose` skips QUIT.
 * There is no DATA. `format_command` refuses it, and nothing here would send it.
 * `aclose` is bounded: QUIT under `trio.move_on_after(quit_timeout, shield=True)`, then a forceful
-  close. It never raises for a broken or already-closed connection.
+  close. It never raises for a broken or already-closed connection. `retire` is `aclose` with
+  an RSET first, both in one write where PIPELINING is offered (RFC 2920 §3.1 lets QUIT end a
+  group): the RSET reply tells whether the server had stopped taking commands (a 421 "too many
+  errors" there teaches the host's limit), for one round trip instead of two.
 * One task at a time per session; concurrent use raises `trio.BusyResourceError`.
 * PIPELINING (RFC 2920) only where the server offers it, and only for MAIL FROM with the first
   RCPT of a transaction (`mail_and_rcpt`): one write, then the replies read one by one in
@@ -230,18 +233,50 @@ class SmtpSession:
             return
         try:
             if self.usable and not self._busy:
-                timeout = min(self.quit_timeout, self.command_timeout)
-                started = trio.current_time()
-                with (
-                    trio.move_on_after(self.quit_timeout, shield=True) as scope,
-                    contextlib.suppress(SmtpError),  # already recorded in the transcript
-                ):
-                    await self._exchange("quit", format_command("QUIT"), timeout)
-                if scope.cancelled_caught:
-                    self._record("quit", "QUIT", None, f"timeout after {timeout:g}s", started)
+                await self._last_words([("quit", format_command("QUIT"))])
         finally:
             self._closed = True
             await self._close_stream()
+
+    async def retire(self) -> Reply | None:
+        """RSET, QUIT and close, bounded like `aclose`; the RSET reply, or None when the session
+        was unusable or the reply did not come in time. Never raises for a dead connection."""
+        if self._closed:
+            return None
+        try:
+            if not self.usable or self._busy:
+                return None
+            rset: tuple[Stage, bytes] = ("rset", format_command("RSET"))
+            quit_: tuple[Stage, bytes] = ("quit", format_command("QUIT"))
+            if self.pipelining:
+                replies = await self._last_words([rset, quit_])
+            else:
+                replies = await self._last_words([rset])
+                if replies and replies[0].code != 421:
+                    await self._last_words([quit_])
+            return replies[0] if replies else None
+        finally:
+            self._closed = True
+            await self._close_stream()
+
+    async def _last_words(self, lines: list[tuple[Stage, bytes]]) -> list[Reply]:
+        """A closing exchange: shielded from outer cancellation, within `quit_timeout`."""
+        limit = min(self.quit_timeout, self.command_timeout)
+        started = trio.current_time()
+        replies: list[Reply] = []
+        with (
+            trio.move_on_after(self.quit_timeout, shield=True) as scope,
+            contextlib.suppress(SmtpError),  # already recorded in the transcript
+        ):
+            if len(lines) == 1:
+                replies.append(await self._exchange(lines[0][0], lines[0][1], limit))
+            else:
+                await self._pipeline(lines, limit, replies)
+        if scope.cancelled_caught:
+            stage, line = lines[min(len(replies), len(lines) - 1)]
+            note = f"timeout after {limit:g}s"
+            self._record(stage, line[:-2].decode("ascii"), None, note, started)
+        return replies
 
     # -- handshake (used by open_session) ------------------------------------------------------
 
@@ -348,14 +383,21 @@ class SmtpSession:
         self._record(stage, command, reply, None, started)
         return reply
 
-    async def _pipeline(self, lines: list[tuple[Stage, bytes]]) -> list[Reply]:
+    async def _pipeline(
+        self,
+        lines: list[tuple[Stage, bytes]],
+        limit: float | None = None,
+        replies: list[Reply] | None = None,
+    ) -> list[Reply]:
         """Send every line in one write, then read one reply per line, in order; stops after
-        a 421. Each command has `command_timeout` for its reply, counted from the write."""
+        a 421. Each command has `limit` (default `command_timeout`) for its reply. Replies are
+        appended to `replies` as they come (kept when a later one times out)."""
+        limit = self.command_timeout if limit is None else limit
         first_stage = lines[0][0]
         self._check_usable(first_stage)
         started = trio.current_time()
         self._busy = True
-        replies: list[Reply] = []
+        replies = [] if replies is None else replies
         ok = False
         unsolicited: Reply | None = None
         try:
@@ -363,13 +405,13 @@ class SmtpSession:
             if unsolicited is not None:
                 replies.append(unsolicited)  # a queued 421: the server is closing
             else:
-                with trio.move_on_after(self.command_timeout) as sending:
+                with trio.move_on_after(limit) as sending:
                     await self._send(first_stage, b"".join(line for _, line in lines))
                     self._commands += len(lines) - 1
                 if sending.cancelled_caught:
-                    raise SmtpTimeout(first_stage, self.command_timeout)
+                    raise SmtpTimeout(first_stage, limit)
                 for stage, _ in lines:
-                    reply = await self._receive(stage, self.command_timeout)
+                    reply = await self._receive(stage, limit)
                     self._answered(lines[len(replies)], reply, started)
                     replies.append(reply)
                     if reply.code == 421:
