@@ -127,7 +127,7 @@ class Dispatcher:
             "greylist_given_up": 0,
         }
 
-    def update(self, settings: DispatchSettings) -> None:
+    def reconfigure(self, settings: DispatchSettings) -> None:
         """Reload: retry policy and verdict TTL from the next domain on (mode is restart-only)."""
         self.settings = dataclasses.replace(settings, mode=self.settings.mode)
         self._verdicts.ttl = settings.verdict_ttl

@@ -114,6 +114,10 @@ class LoaderActor:
             "names_pauses": 0,
         }
 
+    def reconfigure(self, settings: LoaderSettings) -> None:
+        """Reload: batch size, lease length and the names-query limits from the next claim."""
+        self.settings = settings
+
     def statistics(self) -> dict[str, int]:
         return dict(self._stats)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from ct_actors.config import DnsConfig
 from ct_actors.dns.health import (
     DEFAULT_HEALTH_CHECK_NAME,
     HealthProbe,
@@ -46,9 +47,13 @@ RESOLVER_FAILURE = "dns_resolver_failure"
 log = structlog.get_logger("ct_actors.resolver_stage")
 
 
+# Defaults are the config's (tests/test_reloadable_keys.py pins the rest to them).
+_DNS = DnsConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class ResolverSettings:
-    workers: int = 64
+    workers: int = _DNS.max_in_flight
     cache_ttl: float = 24 * 3600.0
     retry_delay: float = 0.1  # MXLookup backoff: linear from 100 ms
     max_retries: int = 2
@@ -103,19 +108,14 @@ class ResolverStage:
             "health": self._health.statistics(),
         }
 
-    def update(self, settings: ResolverSettings) -> None:
-        """Reload: new retry policy and threshold from the next lookup; the cache is kept."""
+    def reconfigure(self, settings: ResolverSettings) -> None:
+        """Reload: new retry policy and threshold from the next lookup; the cache is kept (the
+        workers are started once: dns.max_in_flight is restart-only)."""
         if settings.failure_domains != self.settings.failure_domains:
             self._failures = DistinctFailures(settings.failure_domains)
         self._cache.ttl = settings.cache_ttl
         self._health.configure(settings.health_check_name, settings.health_check_interval)
         self.settings = dataclasses.replace(settings, workers=self.settings.workers)
-
-    def reconfigure_dns(self, *, timeout: float, attempts: int) -> None:
-        """Reload: the DNS client's timeout and attempts (when the resolver has one)."""
-        reconfigure = getattr(self._resolver, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(timeout=timeout, attempts=attempts)
 
     def clear(self) -> None:
         """The operator fixed the resolver (SIGHUP): back to the first configured one."""

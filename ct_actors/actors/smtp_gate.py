@@ -121,7 +121,7 @@ class SmtpGuard:
         self._last_warning: tuple[float, int, str] | None = None
         self._stats = {"weighings": 0, "not_us": 0, "refusals_given_up": 0}
 
-    def update(self, settings: GuardSettings) -> None:
+    def reconfigure(self, settings: GuardSettings) -> None:
         self.settings = settings
         # The evidence so far stays: a reload is not the operator saying "fixed".
         self._evidence.window = settings.blocklist_window

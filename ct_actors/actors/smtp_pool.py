@@ -42,6 +42,7 @@ import structlog
 import trio
 
 from ct_actors.actors.slow_hosts import SlowLease, SlowWatch, WatchingConnector
+from ct_actors.config import SmtpConfig
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import (
@@ -77,6 +78,9 @@ from ct_actors.throttle.host_window import HostWindow, HostWindowSettings
 
 log = structlog.get_logger("ct_actors.smtp_pool")
 
+# Defaults are the config's (tests/test_reloadable_keys.py pins the rest to them).
+_SMTP = SmtpConfig()
+
 # After a failed STARTTLS handshake, the host is asked in plaintext for this long.
 _PLAINTEXT_FOR = 3600.0
 
@@ -94,8 +98,10 @@ class PoolSettings:
     command_timeout: float = 30.0
     quit_timeout: float = 5.0  # smtp.quit_timeout: how long a QUIT may wait for its reply
     starttls: Literal["opportunistic", "never"] = "opportunistic"
+    # smtp.max_connections: the global cap every pool shares (the manager's).
+    max_connections: int = _SMTP.max_connections
     initial_connections_per_host: int = 1
-    max_connections_per_host: int = 2
+    max_connections_per_host: int = _SMTP.max_connections_per_host
     max_recipients_per_session: int = 10
     # Rejected commands one session may take before we retire it (stock Postfix starts
     # tarpitting after 10 and disconnects at 20; see docs/throttles.md).
@@ -198,11 +204,11 @@ class HostPool:
             **self._stats,
         }
 
-    def update_settings(self, settings: PoolSettings) -> None:
+    def reconfigure(self, settings: PoolSettings) -> None:
         """Reload: timeouts and session limits from the next session on; the learnt window
         and dead marking carry over. A smaller max_recipients_per_session applies at once."""
         self.settings = settings
-        self.window.update(settings.window())
+        self.window.reconfigure(settings.window())
         self.rcpt_limit = min(self.rcpt_limit, settings.max_recipients_per_session)
 
     def reclaim_idle(self, slow_only: bool = False) -> int:

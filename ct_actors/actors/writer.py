@@ -103,6 +103,10 @@ class WriterActor:
         self.last_commit = 0.0
         self.failing_since: float | None = None
 
+    def reconfigure(self, settings: WriterSettings) -> None:
+        """Reload: batch size and flush interval from the next batch; rows held carry over."""
+        self.settings = settings
+
     def statistics(self) -> dict[str, object]:
         return {
             **self._stats,

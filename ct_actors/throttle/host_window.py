@@ -214,7 +214,7 @@ class HostWindow:
         self._dead_until = -math.inf
         self._streak = 0
 
-    def update(self, settings: HostWindowSettings) -> None:
+    def reconfigure(self, settings: HostWindowSettings) -> None:
         """Adopt reloaded settings; the learnt window and any dead marking carry over."""
         self.settings = settings
         clamped = min(max(self._limit, 1), settings.maximum)
