@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from ct_actors.config import DnsConfig
+from ct_actors.config import DnsConfig, KillSwitchConfig
 from ct_actors.dns.health import (
-    DEFAULT_HEALTH_CHECK_NAME,
     HealthProbe,
     HealthReport,
     ResolverHealth,
@@ -47,8 +46,9 @@ RESOLVER_FAILURE = "dns_resolver_failure"
 log = structlog.get_logger("ct_actors.resolver_stage")
 
 
-# Defaults are the config's (tests/test_reloadable_keys.py pins the rest to them).
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
 _DNS = DnsConfig()
+_KILLSWITCH = KillSwitchConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +58,9 @@ class ResolverSettings:
     retry_delay: float = 0.1  # MXLookup backoff: linear from 100 ms
     max_retries: int = 2
     retry_strategy: str = "linear"
-    failure_domains: int = 20  # killswitch.resolver_failure_domains
-    health_check_name: str = DEFAULT_HEALTH_CHECK_NAME  # dns.health_check_name
-    health_check_interval: float = 30.0  # dns.health_check_interval
+    failure_domains: int = _KILLSWITCH.resolver_failure_domains
+    health_check_name: str = _DNS.health_check_name
+    health_check_interval: float = _DNS.health_check_interval
 
 
 @dataclass(slots=True)
