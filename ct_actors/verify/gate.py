@@ -200,7 +200,7 @@ class _Attempt:
 
 class EmailVerifier:
     """The gate of TOOL-019. One per daemon; `spec` is the registry's entry (reloadable with
-    `update`), `switches` the pipeline's (must know `budget_cap_reached`), `limiter` the tool's
+    `reconfigure`), `switches` the pipeline's (must know `budget_cap_reached`), `limiter` the tool's
     `ToolLimiter` (None: no rate limits, tests only), `clock` the UtcClock the limiter uses,
     `owner` the daemon's unique owner name (as for leases)."""
 
@@ -248,7 +248,7 @@ class EmailVerifier:
         }
 
     # ── configuration ──────────────────────────────────────────────────────────────────────
-    def update(self, spec: ToolSpec) -> None:
+    def reconfigure(self, spec: ToolSpec) -> None:
         """A reloaded registry entry: cost, cap, back-off, TTL, attempts apply from the next
         check (the kill switch name is fixed at start-up)."""
         self.spec = spec
