@@ -196,6 +196,8 @@ async def test_verdict_is_recorded_and_reused(autojump_clock: trio.testing.MockC
     assert line["verdict_invalid"] == 2 and line["requests"] == 1
     assert line["skipped_budget"] == 0 and line["spent_here"] == str(PER_CALL)
     assert line["paused_until"] is None and line["budget_switch"] is False
+    await g.aclose()  # shutdown closes the client (its pooled connections)
+    assert client.closed
 
 
 async def test_one_attempt_per_address_across_two_daemons(
@@ -543,6 +545,7 @@ async def test_per_month_limit_through_the_limiter(
         started = trio.current_time()
         fourth = await g.check("p3@acme.com")
         immediate = trio.current_time() - started
+        paused = g.statistics()
         await trio.sleep(3 * 86_400)  # December: a fresh month of calls
         december = await g.check("p2@acme.com")
     assert [d.kind for d in first] == [DecisionKind.VERIFIED] * 2
@@ -553,6 +556,9 @@ async def test_per_month_limit_through_the_limiter(
     assert client.count() == 3
     assert "p3@acme.com" not in ledger.entries
     assert events(logs, "verifier_throttled")[0]["paused_until"] == DECEMBER.isoformat()
+    assert paused.paused_until == DECEMBER  # a datetime; text only in the stats line
+    assert paused.as_log()["paused_until"] == DECEMBER.isoformat()
+    assert g.statistics().paused_until is None  # December: the pause is over
     assert usage.used[(SPEC.tool_id, "per_month", NOVEMBER)] == 2
 
 
