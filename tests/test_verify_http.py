@@ -243,5 +243,20 @@ async def test_aclose_closes_the_pool() -> None:
 
 def test_without_query() -> None:
     text = "GET https://h/api/v3/?api=k&email=a%40b 'http://x/?q=1' end?"
-    assert without_query(text) == "GET https://h/api/v3/?<query> 'http://x/?<query>' end?<query>"
-    assert without_query("no query here") == "no query here"
+    assert without_query(text) == "GET https://h/api/v3/?<query> 'http://x/?<query>' end?"
+    assert without_query("no query here, is there?") == "no query here, is there?"
+
+
+async def test_a_vendor_echoing_our_query_is_cut() -> None:
+    """An error answer (HTTP 200) that quotes our request: neither the key nor the rest of the
+    query (the address, the vendor timeout) goes into the message."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        echo = f"busy, retry GET {request.url.path}?{request.url.query.decode()} later?"
+        return answer(request, "error", error=echo)
+
+    with pytest.raises(VerifierUnavailable) as caught:
+        await client(handler).verify(ADDR)
+    assert caught.value.kind is UnavailableKind.VENDOR_ERROR
+    assert_clean(leaks(caught.value))
+    assert "retry GET /api/v3/?<query> later?" in str(caught.value)

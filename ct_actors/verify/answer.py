@@ -11,8 +11,8 @@ answers (HTTP 200, JSON):
 
 `result` is one of ok / catch_all / unknown / invalid / disposable (resultcode 1, 2, 3, 6, 5);
 an error answer has `result` "error" (resultcode 4) and a non-empty `error`, and it too comes
-with HTTP 200 ("Apikey not found", "Insufficient credits", ...). Everything the vendor sends
-back goes through a `Redactor` that knows the key before it goes into a message.
+with HTTP 200 ("Apikey not found", "Insufficient credits", ...). Vendor text goes into a message
+only through `redactor` (the client's: the key masked, URL queries cut).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import enum
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -135,7 +135,7 @@ def _optional(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -
     return value
 
 
-def _error_answer(message: str, redact: Redactor) -> VerifierError:
+def _error_answer(message: str, redact: Callable[[str], str]) -> VerifierError:
     text = redact(message.strip())[:SNIPPET_CHARS]
     low = text.lower()
     if "credit" in low:
@@ -156,7 +156,7 @@ def parse_answer(
     address: str,
     *,
     require_livemode: bool = True,
-    redactor: Redactor | None = None,
+    redactor: Callable[[str], str] | None = None,
 ) -> VerifierAnswer:
     """The vendor's JSON -> `VerifierAnswer`, or the typed error it stands for.
 

@@ -75,12 +75,13 @@ CLOSE_TIMEOUT: Final = 2.0
 # before httpx); idle ones kept for the next request.
 _LIMITS: Final = httpx.Limits(max_connections=None, max_keepalive_connections=20)
 
-# A URL's query, as it sits in an exception text or a log line.
-_QUERY = re.compile(r"\?[^\s'\"<>]*")
+# A URL's query (a `?` run with a `=` in it), as it sits in an exception text, a log line, or
+# a vendor's or proxy's echo of our request.
+_QUERY = re.compile(r"\?(?=[^\s'\"<>]*=)[^\s'\"<>]*")
 
 
 def without_query(text: str) -> str:
-    """`text` with every URL query replaced by `?<query>`."""
+    """`text` with every URL query replaced by `?<query>` (a plain question mark stays)."""
     return _QUERY.sub("?<query>", text) if "?" in text else text
 
 
@@ -211,7 +212,7 @@ class MillionVerifierClient:
         self.vendor_timeout = int(vendor_timeout)
         self.require_livemode = require_livemode
         self._limit = max_response_bytes
-        self.redact = Redactor([api_key])
+        self._redactor = Redactor([api_key])
         self.requests = 0
         self._http = httpx.AsyncClient(
             transport=transport or default_transport(ssl_context),
@@ -250,8 +251,9 @@ class MillionVerifierClient:
     ) -> None:
         await self.aclose()
 
-    def _scrub(self, text: str) -> str:
-        return self.redact(without_query(text))
+    def redact(self, text: str) -> str:
+        """Text from the network made safe for a message: URL queries cut, the key masked."""
+        return self._redactor(without_query(text))
 
     async def _exchange(
         self, address: str, progress: _Progress
@@ -295,14 +297,14 @@ class MillionVerifierClient:
         except (httpx.ProtocolError, httpx.DecodingError) as exc:
             # Not HTTP as we need it (a closed connection before the answer, bad framing).
             raise self._unavailable(
-                self._scrub(str(exc))[:SNIPPET_CHARS],
+                self.redact(str(exc))[:SNIPPET_CHARS],
                 UnavailableKind.MALFORMED,
                 progress.may_have_billed,
             ) from None
         except (httpx.TransportError, OSError) as exc:
             # ConnectError (refused, TLS handshake failed) happens before any request byte.
             billed = progress.may_have_billed and not isinstance(exc, httpx.ConnectError)
-            detail = self._scrub(f"{type(exc).__name__}: {exc}")[:SNIPPET_CHARS]
+            detail = self.redact(f"{type(exc).__name__}: {exc}")[:SNIPPET_CHARS]
             raise self._unavailable(
                 f"connection failed: {detail}", UnavailableKind.CONNECTION, billed
             ) from None
@@ -321,7 +323,7 @@ class MillionVerifierClient:
 
     def _snippet(self, body: bytes) -> str:
         text = body[: SNIPPET_CHARS * 2].decode("utf-8", "replace")
-        return self._scrub(" ".join(text.split()))[:SNIPPET_CHARS]
+        return self.redact(" ".join(text.split()))[:SNIPPET_CHARS]
 
     def _interpret(
         self, status: int, headers: Mapping[str, str], body: bytes, address: str
