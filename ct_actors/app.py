@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
+import httpx
 import structlog
 import trio
 
@@ -214,7 +215,7 @@ def verifier_factory(
     ledger: VerifierLedger,
     throttles: ToolThrottles,
     clock: UtcClock,
-    connector: Connector | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Callable[[KillSwitches], EmailVerifier] | None:
     """The Tier-2 EmailVerifier, when `verifier.enabled` (off by default). The key comes from
     the registry's api_key_source variable; config loading refused a missing one already."""
@@ -237,7 +238,7 @@ def verifier_factory(
             base_url=cfg.verifier.base_url,
             timeout=cfg.verifier.timeout,
             vendor_timeout=cfg.verifier.vendor_timeout,
-            connector=connector,
+            transport=transport,
         )
 
     return build
@@ -422,3 +423,5 @@ async def probe_domain(
                 stage.close()
                 pools.close()
                 await throttles.release()
+                if verifier is not None:
+                    await verifier.aclose()

@@ -179,6 +179,8 @@ class Supervisor:
                 await self._release_unfinished()
                 if self.throttles is not None:
                     await self.throttles.release()
+                if self.verifier is not None:
+                    await self.verifier.aclose()
                 self.log_stats(final=True)
                 outer.cancel_scope.cancel()
                 self.finished.set()
@@ -303,7 +305,11 @@ class Supervisor:
             "writer": writer,
             "throttles": self.throttles.statistics() if self.throttles is not None else {},
             "kill_switches": self.switches.statistics(),
-            **({"verifier": self.verifier.statistics()} if self.verifier is not None else {}),
+            **(
+                {"verifier": self.verifier.statistics().as_log()}
+                if self.verifier is not None
+                else {}
+            ),
         }
 
     def log_stats(self, *, final: bool = False) -> None:

@@ -14,6 +14,7 @@ carry over, so a reload never hands out a fresh second, day or month.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -182,19 +183,24 @@ class ToolLimiter:
         for budget in self._budgets.values():
             await budget.release()
 
+    @property
+    def paused_until(self) -> dt.datetime | None:
+        """The latest moment until which a calendar budget (day/month) is spent, UTC."""
+        return max(
+            (b.exhausted_until for b in self._budgets.values() if b.exhausted_until is not None),
+            default=None,
+        )
+
     def statistics(self) -> dict[str, Any]:
         budgets = {scope: b.statistics() for scope, b in self._budgets.items()}
+        paused = self.paused_until
         return {
             "calls": self.calls,
             "throttle_waits": self.waits,
             "throttle_wait_seconds": round(self.wait_seconds, 3),
             "limits": [r.describe() for r in self.spec.rate_limits],
             "budgets": budgets,
-            "paused_until": max(
-                (b.exhausted_until.isoformat() for b in self._budgets.values()
-                 if b.exhausted_until is not None),
-                default=None,
-            ),
+            "paused_until": paused.isoformat() if paused is not None else None,
         }
 
 
