@@ -20,7 +20,7 @@ from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 
 if TYPE_CHECKING:
-    from ct_actors.db.store import SpineAnomalies
+    from ct_actors.db.queue_types import SpineAnomalies
 
 log = structlog.get_logger("ct_actors.loader")
 
@@ -37,7 +37,7 @@ class Claimed(Protocol):
     # unknown; that record's write is then not fenced.
     @property
     def attempts(self) -> int | None: ...
-    # Spine rows carrying this id (more than 1: upstream duplicated it; see Store.claim).
+    # Spine rows carrying this id (more than 1: upstream duplicated it; see WorkQueue.claim).
     @property
     def spine_rows(self) -> int: ...
 

@@ -5,9 +5,10 @@
 * `fake_api`: a scriptable local fake of the vendor's API, for tests and the demo;
 * `ledger`: the persisted one-attempt-per-address ledger and monthly spend (protocol + rows);
 * `memory`: the ledger in memory (MockClock tests, demo);
+* `pg_ledger`: the ledger in PostgreSQL (`PgVerifierLedger`, on the database driver);
 * `gate`: `EmailVerifier.check(address)`, the registry's gate around the client;
 * `policy`: which address to verify for a weak PASS, and what the verdict does to it.
 
-Import the submodules directly; this package module stays empty so that `ct_actors.db.store`
-can import `ct_actors.verify.ledger` without pulling in the rest.
+Import the submodules directly; this package module stays empty, so that importing one (say
+`ledger`, standard library only) pulls in nothing else.
 """
