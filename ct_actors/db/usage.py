@@ -38,7 +38,7 @@ class UsageBook:
 
         `window_start` is the start of the UTC calendar window (see `usage_window`). One round
         trip, or up to three for the first reservation of a window. Raises ValueError for a bad
-        argument, DatabaseUnavailable etc. as every store call.
+        argument, DatabaseUnavailable etc. as every call on the driver.
         """
         check_usage_window(scope, window_start)
         if want < 1:

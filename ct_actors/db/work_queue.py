@@ -81,7 +81,7 @@ class WorkQueue:
         """Lease up to `limit` pending records for `owner`, ordered by outreach_id.
 
         Pending = in the spine, not PASS/FAIL, no open error row, no live lease of another
-        owner, not deferred into the future. Usually one round trip; two when the store's
+        owner, not deferred into the future. Usually one round trip; two when the queue's
         cursor reaches the end of the spine and wraps around.
         """
         if limit <= 0:
@@ -224,7 +224,7 @@ class WorkQueue:
         self, owner: str, stale_after: float, limit: int = 1000
     ) -> list[UnloggedOutcome]:
         """Committed outcomes whose line may be missing: those of a previous incarnation of
-        `owner` (committed before this store was opened) and those of any owner committed
+        `owner` (committed before the database was opened) and those of any owner committed
         more than `stale_after` seconds ago. Oldest first, at most `limit`."""
         rows = await self._db.fetch(
             "unlogged outcomes",

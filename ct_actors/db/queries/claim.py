@@ -7,10 +7,10 @@ from typing import Final
 from ct_actors.db.queries.common import not_terminal
 
 # A lease row does not block a claim when it has expired (owner crashed, released, or deferred)
-# or when it belongs to a previous incarnation of the same owner (claimed before this store was
+# or when it belongs to a previous incarnation of the same owner (claimed before the driver was
 # opened: the daemon restarted with the same name), and its not_before has passed.
 # Parameters shared by both claim variants: $1 owner, $2 limit, $3 lease seconds, $4 the
-# store's incarnation start (DB clock).
+# driver's incarnation start (DB clock).
 _CLAIMABLE: Final = """
     ((l.expires_at <= now() OR (l.owner = $1 AND l.claimed_at < $4))
      AND (l.not_before IS NULL OR l.not_before <= now()))
@@ -66,9 +66,9 @@ ORDER BY r.outreach_id
 """
 
 
-# Keyset pagination: each claim continues after the last id this store claimed, so a claim costs
-# O(batch) instead of re-walking every already-finished record at the head of the spine; when
-# the range is exhausted the store wraps around with CLAIM_FROM_START (which also picks up
+# Keyset pagination: each claim continues after the last id the work queue claimed, so a claim
+# costs O(batch) instead of re-walking every already-finished record at the head of the spine;
+# when the range is exhausted the queue wraps around with CLAIM_FROM_START (which also picks up
 # deferred and released records left behind the cursor). The range condition is repeated inside
 # the anti-join subqueries (redundant logically) so that the merge anti-joins the planner picks
 # start their index scans of company_target/errors/lease at the cursor, not at the beginning.

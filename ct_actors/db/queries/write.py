@@ -214,7 +214,7 @@ DELETE FROM ct_actors.outcome_log u
 WHERE u.owner = $1 AND u.outreach_id = ANY ($2::uuid[])
 """
 
-# Rows to log on start: those of a previous incarnation with our name ($1 owner, $2 this store's
+# Rows to log on start: those of a previous incarnation with our name ($1 owner, $2 the driver's
 # incarnation start), and those of any name older than $3 seconds (a live writer deletes its rows
 # milliseconds after committing them, so such a row's writer died). The line is rebuilt from the
 # outcome row: company_target (PASS, and FAIL's status) and the open error row (FAIL's code and
