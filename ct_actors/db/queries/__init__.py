@@ -1,5 +1,6 @@
 """Every SQL statement the daemon runs, one module per room of the store, re-exported here so
-they can be read, scanned (`ct_actors.ops.isolation.scan_statements`) and EXPLAINed together.
+they can be read, scanned (`ct_actors.ops.isolation.scan_statements`) and EXPLAINed together
+(tests/test_db_migrate.py checks that every public constant of a module is here).
 
 * `claim`: the work queue's claim and leases; `write`: its batch write and the outcome log;
   `pending`: its read-only counts and lookups (`ct_actors.db.work_queue`);
@@ -26,6 +27,7 @@ from ct_actors.db.queries.claim import (
 from ct_actors.db.queries.common import (
     INCARNATION_START,
     SET_LOCAL_STATEMENT_TIMEOUT,
+    TERMINAL_SQL,
     TERMINAL_STATUSES,
 )
 from ct_actors.db.queries.ledger import (
@@ -79,6 +81,7 @@ __all__ = [
     "SET_LOCAL_STATEMENT_TIMEOUT",
     "SPINE_DUPLICATED_IDS",
     "SPINE_NULL_IDS",
+    "TERMINAL_SQL",
     "TERMINAL_STATUS",
     "TERMINAL_STATUSES",
     "UNLOGGED",
