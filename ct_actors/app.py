@@ -23,7 +23,11 @@ from ct_actors.actors.resolver_stage import ResolverStage
 from ct_actors.actors.smtp_gate import SmtpGate, SmtpGuard
 from ct_actors.actors.supervisor import KILL_SWITCHES, Supervisor
 from ct_actors.config import Config, ConfigError
-from ct_actors.db.store import DatabaseUnavailable, Store
+from ct_actors.db.driver import Database
+from ct_actors.db.errors import DatabaseUnavailable
+from ct_actors.db.names_query import NamesQuery
+from ct_actors.db.usage import UsageBook
+from ct_actors.db.work_queue import WorkQueue
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.dnsbl import AddressLookup, ClientAddressLookup, DnsblChecker
 from ct_actors.dns.mx import DnsMxResolver
@@ -51,6 +55,7 @@ from ct_actors.toolbox import EMAIL_VERIFIER, MX_LOOKUP, SMTP_CHECK, Toolbox, To
 from ct_actors.verify.factory import api_key_from_environment, make_email_verifier
 from ct_actors.verify.gate import EmailVerifier
 from ct_actors.verify.ledger import VerifierLedger
+from ct_actors.verify.pg_ledger import PgVerifierLedger
 from ct_actors.verify.policy import verify_weak_pass
 
 log = structlog.get_logger("ct_actors.app")
@@ -123,7 +128,7 @@ async def open_dnsbl(
         yield DnsblChecker(ClientAddressLookup(client), zones, cache_ttl=cache, timeout=timeout)
 
 
-def names_source(cfg: Config, store: Store) -> NamesSource | None:
+def names_source(cfg: Config, names: NamesQuery) -> NamesSource | None:
     query = cfg.probe.names_query
     if not query:
         return None
@@ -132,8 +137,8 @@ def names_source(cfg: Config, store: Store) -> NamesSource | None:
     failed = NamesFailed(f"the names query timed out or failed for this record ({timeout:g} s)")
 
     async def fetch(ids: Sequence[Any]) -> dict[Any, list[tuple[str, str]] | NamesFailed]:
-        found = await store.fetch_names_batch(query, list(ids), statement_timeout=timeout)
-        # The store leaves out a record whose own query failed (see fetch_names_batch).
+        found = await names.fetch_names_batch(query, list(ids), statement_timeout=timeout)
+        # The names query leaves out a record whose own query failed (see fetch_names_batch).
         return {oid: found.get(oid, failed) for oid in ids}
 
     return fetch
@@ -142,9 +147,10 @@ def names_source(cfg: Config, store: Store) -> NamesSource | None:
 async def run_pipeline(
     cfg: Config,
     toolbox: Toolbox,
-    store: Store,
+    database: Database,
     *,
     drain: bool,
+    queue: WorkQueue | None = None,
     resolver: MxResolver | None = None,
     connector: Connector | None = None,
     handle_signals: bool = True,
@@ -155,6 +161,7 @@ async def run_pipeline(
     dnsbl_lookup: AddressLookup | None = None,
 ) -> Supervisor:
     """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal.
+    `queue`: the work queue (default: the whole spine's, on `database`).
     `progress`: a terminal to draw the progress bar on (`run --drain` on a TTY).
     `load` re-reads the config and the registry on SIGHUP (see `Reloader`). `service` speaks
     sd_notify to systemd (default: from $NOTIFY_SOCKET / $WATCHDOG_USEC; a no-op without)."""
@@ -163,12 +170,14 @@ async def run_pipeline(
         service = SystemdService.from_environment(policy=WatchdogPolicy.for_config(cfg))
     service.starting()
     clock = clock or UtcClock.from_wall()
-    store.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
+    database.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
+    queue = queue or WorkQueue(database)
+    names = NamesQuery(database)
     if cfg.probe.names_query:
         # Raises ConfigurationError (exit 2) before anything is claimed.
-        await store.check_names_query(cfg.probe.names_query)
-    await report_spine_anomalies(store, TRANSIENT_DB_ERRORS)
-    throttles = make_throttles(cfg, toolbox, store, clock)
+        await names.check_names_query(cfg.probe.names_query)
+    await report_spine_anomalies(queue, TRANSIENT_DB_ERRORS)
+    throttles = make_throttles(cfg, toolbox, UsageBook(database), clock)
     # The local address of our connections is our sending IP for the DNSBL lookups.
     local = LocalAddressConnector(connector or TrioConnector(cfg.smtp.source_address))
     settings = Settings.from_config(cfg, toolbox)
@@ -178,17 +187,19 @@ async def run_pipeline(
     ):
         supervisor = Supervisor(
             settings.pipeline,
-            store=store,
+            store=queue,
             resolver=mx_resolver,
             dns=dns_client,
             pools=make_pools(cfg, local),
             dnsbl=dnsbl,
             local_address=local.current,
             transient_db_errors=TRANSIENT_DB_ERRORS,
-            names=names_source(cfg, store),
+            names=names_source(cfg, names),
             drain=drain,
             throttles=throttles,
-            verifier=verifier_factory(cfg, toolbox, store, throttles, clock),
+            verifier=verifier_factory(
+                cfg, toolbox, PgVerifierLedger(database), throttles, clock
+            ),
         )
         reloader = (
             Reloader(supervisor, cfg, toolbox, load, service=service) if load is not None else None
@@ -202,7 +213,7 @@ async def run_pipeline(
             # pipeline are all running; then STATUS/WATCHDOG, and STOPPING=1 when a stop begins.
             await nursery.start(service.run, supervisor)
             if progress is not None:
-                total = await store.pending_count() if drain else None
+                total = await queue.pending_count() if drain else None
                 nursery.start_soon(progress_loop, _progress_reader(supervisor), total, progress)
             await supervisor.finished.wait()
             nursery.cancel_scope.cancel()  # the signal loop (and the systemd service task)
@@ -372,11 +383,11 @@ async def probe_domain(
     ledger: VerifierLedger | None = None,
 ) -> DomainResult:
     """The decision for one (already normalised) domain through the daemon's own stages,
-    throttles and guard. With `usage` (the store, for `once`) the calls count against the
+    throttles and guard. With `usage` (a UsageBook, for `once`) the calls count against the
     registry's day/month budgets; without (`probe`) nothing touches the database. A single
     probe has no evidence that our port 25 works, so "no MX host reachable" is deferred.
-    With `ledger` (the store, for `once`) an enabled Tier-2 verifier applies as in `run`;
-    `probe` has no ledger, so never verifies (one attempt per address must be recorded)."""
+    With `ledger` (a PgVerifierLedger, for `once`) an enabled Tier-2 verifier applies as in
+    `run`; `probe` has no ledger, so never verifies (one attempt per address must be recorded)."""
     clock = UtcClock.from_wall()
     throttles = make_throttles(cfg, toolbox, usage, clock)
     switches = KillSwitches(dict(KILL_SWITCHES))

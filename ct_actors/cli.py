@@ -334,14 +334,16 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(path, overrides=overrides, probing=args.command not in ("migrate", "report"))
 
 
-async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int:
-    """`unbounded`: no per-statement timeout (migrate: an index build on a big production table
+async def _with_open_database(cfg: Config, body: Any, *, unbounded: bool = False) -> int:
+    """`await body(database)` on the configured database (a `ct_actors.db.driver.Database`).
+    `unbounded`: no per-statement timeout (migrate: an index build on a big production table
     may take long; lock waits are bounded by the migration's lock_timeout instead)."""
-    from ct_actors.db.store import ConfigurationError, DatabaseUnavailable, open_store
+    from ct_actors.db.driver import open_database
+    from ct_actors.db.errors import ConfigurationError, DatabaseUnavailable
 
     async with trio_asyncio.open_loop():
         try:
-            store = await open_store(
+            database = await open_database(
                 cfg.database.url,
                 min_size=cfg.database.min_connections,
                 max_size=cfg.database.max_connections,
@@ -354,7 +356,7 @@ async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int
             )
             return EXIT_DATABASE
         try:
-            result: int = await body(store)
+            result: int = await body(database)
             return result
         except ConfigurationError as exc:
             # Found against the database (e.g. probe.names_query's columns): still the
@@ -365,18 +367,18 @@ async def _with_store(cfg: Config, body: Any, *, unbounded: bool = False) -> int
             )
             return EXIT_CONFIG
         finally:
-            await store.aclose()
+            await database.aclose()
 
 
 async def _migrate(cfg: Config) -> int:
     from ct_actors.db.migrate import migrate
 
-    async def body(store: Any) -> int:
-        applied = await store.migrate(migrate)
+    async def body(database: Any) -> int:
+        applied = await database.migrate(migrate)
         log.info("migrated", applied=applied)
         return EXIT_OK
 
-    return await _with_store(cfg, body, unbounded=True)
+    return await _with_open_database(cfg, body, unbounded=True)
 
 
 async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
@@ -391,8 +393,9 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
             )
         return new_cfg, load_toolbox(new_cfg.toolbox.path)
 
-    async def body(store: Any) -> int:
+    async def body(database: Any) -> int:
         from ct_actors.db.owner_lock import acquire_owner_lock
+        from ct_actors.db.work_queue import WorkQueue
 
         log.info("daemon_starting", config=cfg.redacted(), toolbox=str(toolbox.source))
         # One live daemon per owner name (OwnerInUse: a configuration error, exit 2).
@@ -403,23 +406,23 @@ async def _run(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
             # A progress bar only for a human watching a drain; the journal gets stats lines.
             progress = sys.stderr if args.drain and sys.stderr.isatty() else None
             supervisor = await run_pipeline(
-                cfg, toolbox, store, drain=args.drain, load=load, progress=progress
+                cfg, toolbox, database, drain=args.drain, load=load, progress=progress
             )
             code = EXIT_OK
             if args.drain and supervisor.loader.drained.is_set():
-                code = await drain_exit_code(supervisor, store, cfg.daemon.owner)
+                code = await drain_exit_code(supervisor, WorkQueue(database), cfg.daemon.owner)
         finally:
             await lock.aclose()
         log.info("daemon_stopped")
         return code
 
-    return await _with_store(cfg, body)
+    return await _with_open_database(cfg, body)
 
 
-async def drain_exit_code(supervisor: Any, store: Any, owner: str) -> int:
+async def drain_exit_code(supervisor: Any, queue: Any, owner: str) -> int:
     """After `run --drain` drained: 0 if nothing is pending any more, else EXIT_HELD with the
-    summary printed on stderr and logged (`drain_held`)."""
-    from ct_actors.db.store import DatabaseUnavailable
+    summary printed on stderr and logged (`drain_held`). `queue`: the work queue."""
+    from ct_actors.db.errors import DatabaseUnavailable
     from ct_actors.drain_report import DrainSummary, Switch
 
     # Only switches that held claiming matter (the verifier's budget switch stops no claim).
@@ -429,7 +432,7 @@ async def drain_exit_code(supervisor: Any, store: Any, owner: str) -> int:
         if supervisor.loader.drained_while_paused and s.name in supervisor.halting
     )
     try:
-        held = await store.held_back(owner)
+        held = await queue.held_back(owner)
     except DatabaseUnavailable as exc:
         print(f"ct-actors: drained, but the pending records could not be counted: {exc}",
               file=sys.stderr)
@@ -446,12 +449,12 @@ async def drain_exit_code(supervisor: Any, store: Any, owner: str) -> int:
 async def _once(cfg: Config, toolbox: Toolbox, outreach_id: uuid.UUID) -> int:
     from ct_actors.once import process_one
 
-    async def body(store: Any) -> int:
-        result = await process_one(cfg, toolbox, store, outreach_id)
+    async def body(database: Any) -> int:
+        result = await process_one(cfg, toolbox, database, outreach_id)
         print(json.dumps(result, default=str))
         return EXIT_DEFERRED if result.get("outcome") == "DEFERRED" else EXIT_OK
 
-    return await _with_store(cfg, body)
+    return await _with_open_database(cfg, body)
 
 
 async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:

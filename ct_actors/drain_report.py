@@ -5,7 +5,7 @@ nothing in flight here, nothing under another daemon's live lease — or a kill 
 claiming and nothing is in flight here (issue 14: before, such a drain waited for the switch
 forever). What is still pending then is *held back*, and `run --drain` exits with its own code
 (exit_codes.EXIT_HELD) so a script can tell "everything concluded" (0) from "stopped with work held
-back" (4). Pure: the counts come from `Store.held_back`, the switches from the supervisor.
+back" (4). Pure: the counts come from `WorkQueue.held_back`, the switches from the supervisor.
 """
 
 from __future__ import annotations

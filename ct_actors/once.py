@@ -11,17 +11,22 @@ import trio
 
 from ct_actors.app import probe_domain
 from ct_actors.config import Config
-from ct_actors.db.store import Store
+from ct_actors.db.driver import Database
+from ct_actors.db.names_query import NamesQuery
+from ct_actors.db.usage import UsageBook
+from ct_actors.db.work_queue import WorkQueue
 from ct_actors.outcome import Failed, FailureCode, Outcome, result_fields
 from ct_actors.probe.normalise import UnusableDomain, normalise_domain
 from ct_actors.toolbox import Toolbox
+from ct_actors.verify.pg_ledger import PgVerifierLedger
 
 
 async def process_one(
-    cfg: Config, toolbox: Toolbox, store: Store, outreach_id: uuid.UUID
+    cfg: Config, toolbox: Toolbox, database: Database, outreach_id: uuid.UUID
 ) -> dict[str, Any]:
     started = trio.current_time()
-    store.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
+    database.set_secrets(cfg.secrets())  # never stored, even when a vendor echoes one back
+    store = WorkQueue(database)
     spine = await store.fetch_spine(outreach_id)
     if spine is None:
         failed = Failed(FailureCode.NOT_FOUND, "outreach_id is not in outreach.outreach")
@@ -47,12 +52,18 @@ async def process_one(
         return await _write(store, cfg, Outcome(outreach_id, None, failed))
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
-        await store.check_names_query(cfg.probe.names_query)
-        people = await store.fetch_names(
+        names = NamesQuery(database)
+        await names.check_names_query(cfg.probe.names_query)
+        people = await names.fetch_names(
             cfg.probe.names_query, outreach_id, statement_timeout=cfg.probe.names_timeout
         )
     decided = await probe_domain(
-        cfg, toolbox, domain.domain, people, usage=store, ledger=store
+        cfg,
+        toolbox,
+        domain.domain,
+        people,
+        usage=UsageBook(database),
+        ledger=PgVerifierLedger(database),
     )
     evidence = {
         **decided.result.evidence,
@@ -67,7 +78,7 @@ async def process_one(
     return await _write(store, cfg, outcome)
 
 
-async def _write(store: Store, cfg: Config, outcome: Outcome) -> dict[str, Any]:
+async def _write(store: WorkQueue, cfg: Config, outcome: Outcome) -> dict[str, Any]:
     report = await store.write_outcomes(cfg.daemon.owner, [outcome])
     already = outcome.outreach_id in set(report.already_terminal)
     return {

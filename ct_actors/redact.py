@@ -107,17 +107,20 @@ class Redactor:
 
     __slots__ = ("_pattern",)
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), *, min_length: int = MIN_SECRET_LENGTH) -> None:
+        # `min_length`: the database's URL redactor (ct_actors.db.redact) masks its password's
+        # value from 3 characters on, since that one secret is known to be a secret.
+        min_length = max(1, min_length)
         variants: set[str] = set()
         for secret in secrets:
-            if not secret or len(secret) < MIN_SECRET_LENGTH:
+            if not secret or len(secret) < min_length:
                 continue
             # A password shows up raw, %-encoded (inside a DSN) or %-decoded (when we were
             # handed the encoded DSN form); mask every spelling.
             variants.add(secret)
             variants.add(quote(secret, safe=""))
             variants.add(unquote(secret))
-        variants = {v for v in variants if len(v) >= MIN_SECRET_LENGTH}
+        variants = {v for v in variants if len(v) >= min_length}
         # Longest first so that a secret containing another secret is masked whole.
         ordered = sorted(variants, key=len, reverse=True)
         self._pattern: re.Pattern[str] | None = (

@@ -9,7 +9,9 @@ suites use the same server:
 * `fresh_db`: URL of an empty database (from template0), for migration tests;
 * `migrated_db`: URL of a copy of a per-session template database migrated once
   (CREATE DATABASE ... TEMPLATE is much cheaper than migrating each time);
-* `db`: a `Db` connection to `migrated_db`; `store`: a `Store` on it;
+* `db`: a `Db` connection to `migrated_db`; `database`: the daemon's driver (`Database`) on it,
+  and its rooms: `queue` (`WorkQueue`), `usage_book` (`UsageBook`), `names_query`
+  (`NamesQuery`), `pg_ledger` (`PgVerifierLedger`);
 * `aio_loop`: the trio_asyncio loop production code assumes is open.
 * `pg_server`: the session's administrator URL. One server for the whole session, chosen by
   `ct_actors.db.choice.choose_database("tests")`: CT_TEST_DATABASE_URL if set, else an embedded
@@ -38,9 +40,13 @@ from conftest_db import (
 )
 
 from ct_actors.db.choice import choose_database
+from ct_actors.db.driver import Database, open_database
 from ct_actors.db.embedded import EmbeddedPostgresError
 from ct_actors.db.migrate import migrate
-from ct_actors.db.store import Store, open_store
+from ct_actors.db.names_query import NamesQuery
+from ct_actors.db.usage import UsageBook
+from ct_actors.db.work_queue import WorkQueue
+from ct_actors.verify.pg_ledger import PgVerifierLedger
 
 
 def _say(message: str) -> None:
@@ -122,7 +128,27 @@ async def db(aio_loop: Any, migrated_db: str) -> AsyncIterator[Db]:
 
 
 @pytest.fixture
-async def store(aio_loop: Any, migrated_db: str) -> AsyncIterator[Store]:
-    s = await open_store(migrated_db)
-    yield s
-    await s.aclose()
+async def database(aio_loop: Any, migrated_db: str) -> AsyncIterator[Database]:
+    opened = await open_database(migrated_db)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+def queue(database: Database) -> WorkQueue:
+    return WorkQueue(database)
+
+
+@pytest.fixture
+def usage_book(database: Database) -> UsageBook:
+    return UsageBook(database)
+
+
+@pytest.fixture
+def names_query(database: Database) -> NamesQuery:
+    return NamesQuery(database)
+
+
+@pytest.fixture
+def pg_ledger(database: Database) -> PgVerifierLedger:
+    return PgVerifierLedger(database)

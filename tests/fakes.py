@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from ct_actors.db.errors import DatabaseUnavailable
-from ct_actors.db.store import check_usage_window
+from ct_actors.db.usage import check_usage_window
 from ct_actors.outcome import Deferred, Outcome
 
 
@@ -50,7 +50,7 @@ class FakeStore:
         # Claim numbers per record (the lease's `attempts`), and what each write presented.
         self.attempts: dict[uuid.UUID, int] = {}
         self.presented: list[dict[uuid.UUID, int]] = []
-        # Apply the write fence (Store.write_outcomes' `claims`) as the real statement does.
+        # Apply the write fence (WorkQueue.write_outcomes' `claims`) as the real statement does.
         self.fence = False
         # ct_actors.outcome_log: id -> owner, for PASS/FAIL written and not yet marked logged.
         self.unlogged_rows: dict[uuid.UUID, str] = {}
@@ -158,7 +158,7 @@ class FakeStore:
 
 
 class MemoryUsageStore:
-    """`Store.reserve_usage` / `refund_usage` / `usage` in memory, for MockClock tests of the
+    """`UsageBook.reserve_usage` / `refund_usage` / `usage` in memory, for MockClock tests of the
     day/month budgets: same grants, same refusals of bad arguments (ValueError), and a
     checkpoint per call where the real store has a database round trip.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e_support import TOOLBOX, ct_actors_cli, toml_text
 
-from ct_actors.db.embedded import is_postmaster_of, parse_postmaster_pid
+from ct_actors.db.postmaster import is_postmaster_of, parse_postmaster_pid
 
 # The environment must not name a database for these tests (a developer may export one): an
 # empty CT_DATABASE_URL overrides the file with "unset"; tests that name one in the file drop

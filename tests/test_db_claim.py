@@ -10,7 +10,7 @@ import pytest
 import trio
 from conftest_db import Db, deferred, failed, insert_spine, passed
 
-from ct_actors.db import Store, open_store
+from ct_actors.db import WorkQueue, open_database
 from ct_actors.outcome import FailureCode
 
 pytestmark = pytest.mark.db
@@ -21,9 +21,9 @@ def ids_of(records: Any) -> list[uuid.UUID]:
     return [r.outreach_id for r in records]
 
 
-async def test_claim_orders_by_id_and_leases(store: Store, db: Db) -> None:
+async def test_claim_orders_by_id_and_leases(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 10, domain=lambda i: None if i == 3 else f"d{i}.example")
-    claimed = await store.claim("a", 4, 60)
+    claimed = await queue.claim("a", 4, 60)
     assert ids_of(claimed) == ids[:4]
     # NULL domains are claimed too: the daemon writes CT-I-NO-DOMAIN for them.
     assert claimed[3].domain is None and claimed[0].domain == "d0.example"
@@ -38,15 +38,15 @@ async def test_claim_orders_by_id_and_leases(store: Store, db: Db) -> None:
     }
     # The same owner does not get its own live leases back: the cursor moves on, and after the
     # wrap-around the first four are still leased.
-    assert ids_of(await store.claim("a", 100, 60)) == ids[4:]
-    assert await store.claim("a", 100, 60) == []
-    assert await store.claim("b", 100, 60) == []
-    assert await store.claim("a", 0, 60) == []
+    assert ids_of(await queue.claim("a", 100, 60)) == ids[4:]
+    assert await queue.claim("a", 100, 60) == []
+    assert await queue.claim("b", 100, 60) == []
+    assert await queue.claim("a", 0, 60) == []
 
 
-async def test_terminal_records_are_never_claimed(store: Store, db: Db) -> None:
+async def test_terminal_records_are_never_claimed(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 8)
-    report = await store.write_outcomes(
+    report = await queue.write_outcomes(
         "w", [passed(ids[0]), failed(ids[1]), failed(ids[2], FailureCode.NO_DOMAIN)]
     )
     assert len(report.written) == 3
@@ -69,13 +69,13 @@ async def test_terminal_records_are_never_claimed(store: Store, db: Db) -> None:
         ids[6],
         ids[7],
     )
-    assert ids_of(await store.claim("a", 100, 60)) == [ids[4], ids[5], ids[6]]
-    assert await store.pending_count() == 3
+    assert ids_of(await queue.claim("a", 100, 60)) == [ids[4], ids[5], ids[6]]
+    assert await queue.pending_count() == 3
 
 
 async def test_concurrent_claimers_never_overlap(migrated_db: str, db: Db) -> None:
     ids = await insert_spine(db, 3000)
-    stores = [await open_store(migrated_db, max_size=2) for _ in range(4)]
+    stores = [WorkQueue(await open_database(migrated_db, max_size=2)) for _ in range(4)]
     got: dict[str, list[uuid.UUID]] = {}
     try:
 
@@ -93,7 +93,7 @@ async def test_concurrent_claimers_never_overlap(migrated_db: str, db: Db) -> No
                 nursery.start_soon(claimer, i)
     finally:
         for s in stores:
-            await s.aclose()
+            await s.database.aclose()
     everything = [oid for owned in got.values() for oid in owned]
     assert len(everything) == len(set(everything)), "a record was claimed twice"
     assert sorted(everything) == ids
@@ -104,7 +104,7 @@ async def test_concurrent_claimers_never_overlap(migrated_db: str, db: Db) -> No
     }
 
 
-async def test_rows_locked_by_another_transaction_are_skipped(store: Store, db: Db) -> None:
+async def test_rows_locked_by_another_transaction_are_skipped(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 6)
     # Another claimer's transaction is mid-flight holding spine rows: SKIP LOCKED passes them
     # by instead of waiting.
@@ -114,58 +114,58 @@ async def test_rows_locked_by_another_transaction_are_skipped(store: Store, db: 
         ids[:3],
     )
     with trio.fail_after(5):
-        assert ids_of(await store.claim("a", 10, 60)) == ids[3:]
+        assert ids_of(await queue.claim("a", 10, 60)) == ids[3:]
     await db.execute("ROLLBACK")
-    assert ids_of(await store.claim("a", 10, 60)) == ids[:3]
+    assert ids_of(await queue.claim("a", 10, 60)) == ids[:3]
 
 
-async def test_live_lease_blocks_other_owners_until_it_expires(store: Store, db: Db) -> None:
+async def test_live_lease_blocks_other_owners_until_it_expires(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 3)
-    assert ids_of(await store.claim("a", 10, 60)) == ids
-    assert await store.claim("b", 10, 60) == []
+    assert ids_of(await queue.claim("a", 10, 60)) == ids
+    assert await queue.claim("b", 10, 60) == []
     await db.execute(
         "UPDATE ct_actors.lease SET expires_at = now() - interval '1 second' "
         "WHERE outreach_id = ANY($1)",
         ids[:2],
     )
-    reclaimed = await store.claim("b", 10, 60)
+    reclaimed = await queue.claim("b", 10, 60)
     assert ids_of(reclaimed) == ids[:2]
     assert [r.attempts for r in reclaimed] == [2, 2]
     # "a" lost them: renewing reports only what it still holds.
-    assert await store.renew_leases("a", ids, 60) == [ids[2]]
+    assert await queue.renew_leases("a", ids, 60) == [ids[2]]
 
 
-async def test_short_lease_expires_by_itself(store: Store, db: Db) -> None:
+async def test_short_lease_expires_by_itself(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 2)
-    assert ids_of(await store.claim("a", 10, 0.2)) == ids
-    assert await store.claim("b", 10, 60) == []
+    assert ids_of(await queue.claim("a", 10, 0.2)) == ids
+    assert await queue.claim("b", 10, 60) == []
     await trio.sleep(0.3)
-    assert ids_of(await store.claim("b", 10, 60)) == ids
+    assert ids_of(await queue.claim("b", 10, 60)) == ids
 
 
 async def test_previous_incarnation_of_same_owner_reclaims_at_once(
     migrated_db: str, db: Db
 ) -> None:
     ids = await insert_spine(db, 3)
-    first = await open_store(migrated_db)
+    first = WorkQueue(await open_database(migrated_db))
     try:
         assert ids_of(await first.claim("host-1", 10, 600)) == ids
     finally:
-        await first.aclose()  # "crash": leases left behind, live for 10 more minutes
-    second = await open_store(migrated_db)
+        await first.database.aclose()  # "crash": leases left behind, live for 10 more minutes
+    second = WorkQueue(await open_database(migrated_db))
     try:
         assert await second.claim("host-2", 10, 600) == []
         again = await second.claim("host-1", 10, 600)
         assert ids_of(again) == ids and all(r.attempts == 2 for r in again)
         assert await second.claim("host-1", 10, 600) == []
     finally:
-        await second.aclose()
+        await second.database.aclose()
 
 
-async def test_not_before_defers_claims(store: Store, db: Db) -> None:
+async def test_not_before_defers_claims(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 3)
-    assert len(await store.claim("a", 10, 60)) == 3
-    report = await store.write_outcomes(
+    assert len(await queue.claim("a", 10, 60)) == 3
+    report = await queue.write_outcomes(
         "a", [deferred(ids[0], 3600, "resolver down"), deferred(ids[1], 0.3, "blocklisted")]
     )
     assert report.deferred == [ids[0], ids[1]] and report.written == []
@@ -177,49 +177,49 @@ async def test_not_before_defers_claims(store: Store, db: Db) -> None:
     assert row["owner"] == "a" and row["released"] and row["last_reason"] == "resolver down"
     assert 3590 < row["wait"].total_seconds() <= 3600
     # Deferred records are pending, but nobody may claim them before not_before.
-    assert await store.claim("a", 10, 60) == []
-    assert await store.claim("b", 10, 60) == []
+    assert await queue.claim("a", 10, 60) == []
+    assert await queue.claim("b", 10, 60) == []
     await trio.sleep(0.4)
-    assert ids_of(await store.claim("b", 10, 60)) == [ids[1]]
+    assert ids_of(await queue.claim("b", 10, 60)) == [ids[1]]
     await db.execute(
         "UPDATE ct_actors.lease SET not_before = now() - interval '1 second' "
         "WHERE outreach_id = $1",
         ids[0],
     )
-    again = await store.claim("a", 10, 60)
+    again = await queue.claim("a", 10, 60)
     assert ids_of(again) == [ids[0]] and again[0].attempts == 2
     row = await db.fetchrow(
         "SELECT not_before, last_reason FROM ct_actors.lease WHERE outreach_id = $1", ids[0]
     )
     assert row["not_before"] is None and row["last_reason"] == "resolver down"
-    assert await store.pending_count() == 3
+    assert await queue.pending_count() == 3
 
 
-async def test_release_makes_work_claimable_at_once(store: Store, db: Db) -> None:
+async def test_release_makes_work_claimable_at_once(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 6)
-    assert len(await store.claim("a", 6, 600)) == 6
-    assert await store.release("b", ids) == []  # not b's to release
-    assert sorted(await store.release("a", ids[:2])) == ids[:2]
-    assert ids_of(await store.claim("b", 10, 600)) == ids[:2]
-    assert await store.release("a", []) == []
-    assert sorted(await store.release("a")) == ids[2:]  # shutdown: everything of a's
-    assert ids_of(await store.claim("b", 10, 600)) == ids[2:]
+    assert len(await queue.claim("a", 6, 600)) == 6
+    assert await queue.release("b", ids) == []  # not b's to release
+    assert sorted(await queue.release("a", ids[:2])) == ids[:2]
+    assert ids_of(await queue.claim("b", 10, 600)) == ids[:2]
+    assert await queue.release("a", []) == []
+    assert sorted(await queue.release("a")) == ids[2:]  # shutdown: everything of a's
+    assert ids_of(await queue.claim("b", 10, 600)) == ids[2:]
 
 
-async def test_cursor_wraps_around_to_pick_up_work_behind_it(store: Store, db: Db) -> None:
+async def test_cursor_wraps_around_to_pick_up_work_behind_it(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 10)
-    assert ids_of(await store.claim("a", 4, 600)) == ids[0:4]
-    await store.release("a", [ids[1]])
-    assert ids_of(await store.claim("a", 4, 600)) == ids[4:8]
+    assert ids_of(await queue.claim("a", 4, 600)) == ids[0:4]
+    await queue.release("a", [ids[1]])
+    assert ids_of(await queue.claim("a", 4, 600)) == ids[4:8]
     # Two left ahead of the cursor, then the wrap finds the released one behind it.
-    assert ids_of(await store.claim("a", 4, 600)) == [ids[1], ids[8], ids[9]]
-    await store.release("a", [ids[0], ids[5]])
-    assert ids_of(await store.claim("a", 4, 600)) == [ids[0], ids[5]]
-    stats = store.statistics()
+    assert ids_of(await queue.claim("a", 4, 600)) == [ids[1], ids[8], ids[9]]
+    await queue.release("a", [ids[0], ids[5]])
+    assert ids_of(await queue.claim("a", 4, 600)) == [ids[0], ids[5]]
+    stats = queue.statistics()
     assert stats.claims == 4 and stats.rows_claimed == 13
 
 
-async def test_claim_stays_fast_on_a_large_spine(store: Store, db: Db) -> None:
+async def test_claim_stays_fast_on_a_large_spine(queue: WorkQueue, db: Db) -> None:
     """~200k spine rows, the first 150k already finished (the worst case for a naive claim,
     which would re-walk them every time). Prints the plan and the latencies."""
     n, done = 200_000, 150_000
@@ -270,7 +270,7 @@ async def test_claim_stays_fast_on_a_large_spine(store: Store, db: Db) -> None:
     total = 0
     while True:
         started = time.perf_counter()
-        batch = await store.claim("bench", 1000, 600)
+        batch = await queue.claim("bench", 1000, 600)
         timings.append(time.perf_counter() - started)
         if not batch:
             break

@@ -24,16 +24,9 @@ import asyncpg
 import pytest
 
 from ct_actors.db.choice import TEST_ENV, TEST_ENV_DEPRECATED, choose_database, named_url
-from ct_actors.db.embedded import (
-    Account,
-    EmbeddedPostgres,
-    EmbeddedPostgresError,
-    choose_account,
-    default_data_dir,
-    is_postmaster_of,
-    parse_postmaster_pid,
-    unreachable_parent,
-)
+from ct_actors.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, default_data_dir
+from ct_actors.db.embedded_account import Account, choose_account, unreachable_parent
+from ct_actors.db.postmaster import is_postmaster_of, parse_postmaster_pid
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from conftest_db import Db
 
-from ct_actors.db import ConfigurationError, Store
+from ct_actors.db import ConfigurationError, NamesQuery
 from ct_actors.db.names_query import names_query_problem
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
@@ -71,33 +71,33 @@ def test_names_query_problem(
     assert names_query_problem(columns, params) == problem
 
 
-async def test_shape_is_checked_against_the_database(store: Store, db: Db) -> None:
+async def test_shape_is_checked_against_the_database(names_query: NamesQuery, db: Db) -> None:
     await _people(db, [])
-    await store.check_names_query(GOOD)
+    await names_query.check_names_query(GOOD)
     one_column = "SELECT first_name FROM public.people WHERE outreach_id = $1"
     with pytest.raises(ConfigurationError) as info:
-        await store.check_names_query(one_column)
+        await names_query.check_names_query(one_column)
     assert "probe.names_query returns 1 column (first_name)" in str(info.value)
     with pytest.raises(ConfigurationError, match="column 2 \\(rank\\) is int4, not text"):
-        await store.check_names_query(
+        await names_query.check_names_query(
             "SELECT first_name, rank FROM public.people WHERE outreach_id = $1"
         )
     with pytest.raises(ConfigurationError, match="\\$1 is typed text, not uuid"):
-        await store.check_names_query("SELECT code, code FROM public.people WHERE code = $1")
+        await names_query.check_names_query("SELECT code, code FROM public.people WHERE code = $1")
     with pytest.raises(ConfigurationError, match="does not exist"):
-        await store.check_names_query("SELECT a, b FROM public.nowhere WHERE id = $1")
+        await names_query.check_names_query("SELECT a, b FROM public.nowhere WHERE id = $1")
 
 
 async def test_a_one_column_query_never_yields_a_row_number_as_a_name(
-    store: Store, db: Db
+    names_query: NamesQuery, db: Db
 ) -> None:
     ids = [uuid.uuid4()]
     await _people(db, ids)
     one_column = "SELECT first_name FROM public.people WHERE outreach_id = $1"
-    assert await store.fetch_names_batch(one_column, ids) == {ids[0]: []}
+    assert await names_query.fetch_names_batch(one_column, ids) == {ids[0]: []}
 
 
-async def test_the_timeout_applies_per_record(store: Store, db: Db) -> None:
+async def test_the_timeout_applies_per_record(names_query: NamesQuery, db: Db) -> None:
     ids = sorted(uuid.uuid4() for _ in range(4))
     await _people(db, ids)
     slow = ids[2]
@@ -108,11 +108,11 @@ async def test_the_timeout_applies_per_record(store: Store, db: Db) -> None:
         "WHERE outreach_id = $1"
     )
     # 0.4 s per record: the batch of four has 1.6 s and passes as a whole.
-    got = await store.fetch_names_batch(query, ids, statement_timeout=0.4)
+    got = await names_query.fetch_names_batch(query, ids, statement_timeout=0.4)
     assert got == {i: [(f"First{n}", f"Last{n}")] for n, i in enumerate(ids)}
     # 0.2 s per record: the batch (0.8 s) is cancelled; every record is then asked alone
     # with its own 0.2 s, and only the slow one is left out (the caller defers it).
     started = time.monotonic()
-    got = await store.fetch_names_batch(query, ids, statement_timeout=0.2)
+    got = await names_query.fetch_names_batch(query, ids, statement_timeout=0.2)
     assert got == {i: [(f"First{n}", f"Last{n}")] for n, i in enumerate(ids) if i != slow}
     assert time.monotonic() - started < 5.0

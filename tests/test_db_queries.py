@@ -11,7 +11,14 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from conftest_db import Db, admin, deferred, failed, insert_spine, passed
 
-from ct_actors.db import DatabaseUnavailable, QueryError, Store, open_store
+from ct_actors.db import (
+    Database,
+    DatabaseUnavailable,
+    NamesQuery,
+    QueryError,
+    WorkQueue,
+    open_database,
+)
 from ct_actors.outcome import FailureCode
 from tests.shared_docs import RUNBOOK, skip_unless_ci
 
@@ -48,10 +55,10 @@ def test_runbook_copy_is_verbatim() -> None:
     assert blocks == [RECENT_FAILURES, FAILURE_DISTRIBUTION, PASS_RATE]
 
 
-async def test_runbook_queries_after_writes(store: Store, db: Db) -> None:
+async def test_runbook_queries_after_writes(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 10)
     ghost = uuid.uuid4()
-    await store.write_outcomes(
+    await queue.write_outcomes(
         "w",
         [passed(oid) for oid in ids[:6]]
         + [failed(ids[6], FailureCode.NO_MX), failed(ids[7], FailureCode.NO_MX)]
@@ -112,46 +119,48 @@ async def _people(db: Db) -> list[uuid.UUID]:
     return ids
 
 
-async def test_fetch_names(store: Store, db: Db) -> None:
+async def test_fetch_names(names_query: NamesQuery, db: Db) -> None:
     ids = await _people(db)
-    assert await store.fetch_names(NAMES, ids[0]) == [
+    assert await names_query.fetch_names(NAMES, ids[0]) == [
         ("Ada", "Lovelace"),
         ("Alan", "Turing"),
         ("Edsger", "Dijkstra"),
     ]
-    assert await store.fetch_names_batch(NAMES, ids) == {
+    assert await names_query.fetch_names_batch(NAMES, ids) == {
         ids[0]: [("Ada", "Lovelace"), ("Alan", "Turing"), ("Edsger", "Dijkstra")],
         ids[1]: [("Only", "One")],
         ids[2]: [],
     }
-    assert await store.fetch_names_batch(NAMES, []) == {}
+    assert await names_query.fetch_names_batch(NAMES, []) == {}
 
 
-async def test_names_query_is_read_only_and_bounded(store: Store, db: Db) -> None:
+async def test_names_query_is_read_only_and_bounded(
+    database: Database, queue: WorkQueue, names_query: NamesQuery, db: Db
+) -> None:
     ids = await _people(db)
     sneaky = (
         "WITH gone AS (DELETE FROM public.people RETURNING first_name, last_name) "
         "SELECT first_name, last_name FROM gone WHERE $1::uuid IS NOT NULL"
     )
     with pytest.raises(QueryError) as info:
-        await store.fetch_names(sneaky, ids[0])
+        await names_query.fetch_names(sneaky, ids[0])
     assert info.value.sqlstate == "25006"  # read_only_sql_transaction
     assert await db.fetchval("SELECT count(*) FROM public.people") == 7
 
     slow = "SELECT 'a', 'b' FROM pg_sleep(5) WHERE $1::uuid IS NOT NULL"
     with pytest.raises(DatabaseUnavailable) as timeout_info:
-        await store.fetch_names(slow, ids[0], statement_timeout=0.2)
+        await names_query.fetch_names(slow, ids[0], statement_timeout=0.2)
     assert timeout_info.value.sqlstate == "57014"  # statement timeout: ours, transient
     with pytest.raises(QueryError):
-        await store.fetch_names("SELEC oops", ids[0])
+        await names_query.fetch_names("SELEC oops", ids[0])
     with pytest.raises(QueryError):
-        await store.fetch_names("SELECT 'no', 'parameter'", ids[0])
+        await names_query.fetch_names("SELECT 'no', 'parameter'", ids[0])
     with pytest.raises(QueryError):
-        await store.fetch_names_batch(sneaky, ids)
+        await names_query.fetch_names_batch(sneaky, ids)
     # The pool is healthy afterwards and the timeout did not stick to the session.
-    assert await store.fetch_names(NAMES, ids[1]) == [("Only", "One")]
-    assert await store.pending_count() == 0
-    assert store.statistics().errors == 5
+    assert await names_query.fetch_names(NAMES, ids[1]) == [("Only", "One")]
+    assert await queue.pending_count() == 0
+    assert database.statistics().errors == 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +219,7 @@ async def test_daemon_runs_without_access_to_sovereign_id(
     finally:
         await restricted.aclose()
 
-    store = await open_store(restricted_url)
+    store = WorkQueue(await open_database(restricted_url))
     try:
         claimed = await store.claim("ro", 10, 60)
         assert [c.outreach_id for c in claimed] == ids
@@ -232,4 +241,4 @@ async def test_daemon_runs_without_access_to_sovereign_id(
         assert await store.pending_count() == 4
         assert (await store.counts_by_outcome())["PASS"] == 1
     finally:
-        await store.aclose()
+        await store.database.aclose()

@@ -10,10 +10,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 from conftest_db import database_url
 
-from ct_actors.db import ConfigurationError, DatabaseUnavailable, open_store, redact_url
+from ct_actors.db import ConfigurationError, DatabaseUnavailable, open_database, redact_url
+from ct_actors.db.driver import translate_exception
 from ct_actors.db.errors import QueryError, SchemaError
-from ct_actors.db.redact import Redactor
-from ct_actors.db.store import translate_exception
+from ct_actors.db.redact import UrlRedactor
 
 pytest_plugins = ["dbfixtures"]
 
@@ -57,7 +57,7 @@ def test_redact_url_is_total() -> None:
 
 def test_redactor_scrubs_any_spelling_of_the_secret() -> None:
     url = "postgresql://ct:p%40ssw0rd!@db/x"
-    r = Redactor(url)
+    r = UrlRedactor(url)
     assert "p%40ssw0rd" not in repr(r) and "p@ssw0rd" not in repr(r)
     text = r.text(f"failed: {url} / p@ssw0rd! / p%40ssw0rd! / p%2540ssw0rd%21 / other://a:b@c")
     assert "ssw0rd" not in text
@@ -67,7 +67,7 @@ def test_redactor_scrubs_any_spelling_of_the_secret() -> None:
 def test_translate_exception_classifies_and_redacts() -> None:
     import asyncpg
 
-    r = Redactor(f"postgresql://ct:{SECRET}@db/x")
+    r = UrlRedactor(f"postgresql://ct:{SECRET}@db/x")
     leak = OSError(f"connect to postgresql://ct:{SECRET}@db/x failed")
     exc = translate_exception(leak, r, "connect")
     assert isinstance(exc, DatabaseUnavailable) and SECRET not in str(exc)
@@ -114,7 +114,7 @@ async def test_wrong_port_raises_redacted_database_unavailable(aio_loop: Any) ->
     encoded = quote(SECRET, safe="")
     url = f"postgresql://ct:{encoded}@127.0.0.1:{_free_port()}/outreach"
     with pytest.raises(DatabaseUnavailable) as info:
-        await open_store(url, connect_timeout=3)
+        await open_database(url, connect_timeout=3)
     _assert_no_leak(info.value, SECRET)
     _assert_no_leak(info.value, encoded)
     assert "postgresql://ct:***@127.0.0.1" in str(info.value)
@@ -131,7 +131,7 @@ async def test_missing_database_raises_redacted_database_unavailable(
     url = urlunsplit(parts._replace(netloc=f"{user}:{encoded}@{host}"))
     assert encoded in url
     with pytest.raises(DatabaseUnavailable) as info:
-        await open_store(url, connect_timeout=3)
+        await open_database(url, connect_timeout=3)
     _assert_no_leak(info.value, SECRET)
     _assert_no_leak(info.value, encoded)
     assert info.value.sqlstate == "3D000"
@@ -139,5 +139,5 @@ async def test_missing_database_raises_redacted_database_unavailable(
 
 async def test_unusable_url_is_a_configuration_error(aio_loop: Any) -> None:
     with pytest.raises(ConfigurationError) as info:
-        await open_store(f"postgresql://ct:{SECRET}@db:notaport/x")
+        await open_database(f"postgresql://ct:{SECRET}@db:notaport/x")
     _assert_no_leak(info.value, SECRET)

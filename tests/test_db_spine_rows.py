@@ -19,7 +19,13 @@ from conftest_db import Db, passed
 from structlog.testing import capture_logs
 
 from ct_actors.actors.loader import report_spine_anomalies
-from ct_actors.db import DatabaseUnavailable, SchemaError, Store, open_store, verify_schema
+from ct_actors.db import (
+    DatabaseUnavailable,
+    SchemaError,
+    WorkQueue,
+    open_database,
+    verify_schema,
+)
 from ct_actors.db.migrate import migrate
 from ct_actors.ops.db import OpsDb
 from ct_actors.ops.report import (
@@ -47,13 +53,13 @@ CREATE TABLE outreach.outreach (
 
 
 @pytest.fixture
-async def loose(aio_loop: Any, fresh_db: str) -> AsyncIterator[tuple[Db, Store]]:
+async def loose(aio_loop: Any, fresh_db: str) -> AsyncIterator[tuple[Db, WorkQueue]]:
     db = await Db.connect(fresh_db)
     await db.execute(_LOOSE_SPINE)
     await db.run(migrate)
-    store = await open_store(fresh_db)
+    store = WorkQueue(await open_database(fresh_db))
     yield db, store
-    await store.aclose()
+    await store.database.aclose()
     await db.aclose()
 
 
@@ -63,7 +69,7 @@ async def _spine(db: Db, rows: list[tuple[uuid.UUID | None, str | None]]) -> Non
     )
 
 
-async def test_duplicated_and_null_ids_do_not_break_the_claim(loose: tuple[Db, Store]) -> None:
+async def test_duplicated_and_null_ids_do_not_break_the_claim(loose: tuple[Db, WorkQueue]) -> None:
     db, store = loose
     healthy = sorted(uuid.uuid4() for _ in range(4))
     dup = healthy[1]
@@ -88,7 +94,7 @@ async def test_duplicated_and_null_ids_do_not_break_the_claim(loose: tuple[Db, S
     assert await store.claim("b", 100, 60) == []
 
 
-async def test_keyset_claims_over_duplicates(loose: tuple[Db, Store]) -> None:
+async def test_keyset_claims_over_duplicates(loose: tuple[Db, WorkQueue]) -> None:
     db, store = loose
     ids = sorted(uuid.uuid4() for _ in range(6))
     await _spine(db, [(i, "d.example") for i in ids] + [(i, "d.example") for i in ids[:3]])
@@ -104,7 +110,7 @@ async def test_keyset_claims_over_duplicates(loose: tuple[Db, Store]) -> None:
     assert sorted(got) == ids and len(got) == len(set(got))
 
 
-async def test_spine_anomalies_are_counted(loose: tuple[Db, Store]) -> None:
+async def test_spine_anomalies_are_counted(loose: tuple[Db, WorkQueue]) -> None:
     db, store = loose
     ids = sorted(uuid.uuid4() for _ in range(3))
     await _spine(db, [(i, "d.example") for i in ids])
@@ -118,7 +124,7 @@ async def test_spine_anomalies_are_counted(loose: tuple[Db, Store]) -> None:
     assert found.skipped_rows == 2 + 1 + 2
 
 
-async def test_drain_and_report_see_past_the_skipped_rows(loose: tuple[Db, Store]) -> None:
+async def test_drain_and_report_see_past_the_skipped_rows(loose: tuple[Db, WorkQueue]) -> None:
     db, store = loose
     ids = sorted(uuid.uuid4() for _ in range(2))
     await _spine(db, [(ids[0], "d.example"), (ids[0], "d.example"), (ids[1], "e.example")])
@@ -130,7 +136,7 @@ async def test_drain_and_report_see_past_the_skipped_rows(loose: tuple[Db, Store
     assert await store.pending_count() == 0
     assert await store.pending_elsewhere("a") == 0
 
-    ops = await OpsDb.connect(store.url)
+    ops = await OpsDb.connect(store.database.url)
     try:
         report = await gather_report(ops, ReportOptions())
     finally:
@@ -141,7 +147,7 @@ async def test_drain_and_report_see_past_the_skipped_rows(loose: tuple[Db, Store
     assert "Spine rows skipped: 2 (1 with a NULL outreach_id" in format_report(report)
 
 
-async def test_start_up_alert_names_the_skipped_rows(loose: tuple[Db, Store]) -> None:
+async def test_start_up_alert_names_the_skipped_rows(loose: tuple[Db, WorkQueue]) -> None:
     db, store = loose
     dup = uuid.uuid4()
     await _spine(db, [(dup, "d.example"), (dup, "d.example"), (None, None)])

@@ -1,5 +1,5 @@
 """Tool budgets in PostgreSQL (ct_actors.tool_usage): exact grants at the limit, independent
-windows, refunds, persistence across a store restart, and no lost update or overshoot when
+windows, refunds, persistence across a restart, and no lost update or overshoot when
 several connections and stores reserve at once. The in-memory fake must agree with all of it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import trio
 from conftest_db import Db
 
-from ct_actors.db import QueryError, Store, open_store, usage_window
+from ct_actors.db import Database, QueryError, UsageBook, open_database, usage_window
 from tests.fakes import MemoryUsageStore
 
 pytestmark = pytest.mark.db
@@ -38,12 +38,12 @@ async def _wait_until_blocked(db: Db) -> None:
     pytest.fail("the reservation never waited for the other transaction's lock")
 
 
-async def _burst(stores: list[Store], window: dt.datetime, n: int) -> list[int]:
+async def _burst(stores: list[UsageBook], window: dt.datetime, n: int) -> list[int]:
     """`n` reservations of 7 against a limit of 100, released together, spread over `stores`."""
     grants: list[int] = []
     start = trio.Event()
 
-    async def reserve(s: Store) -> None:
+    async def reserve(s: UsageBook) -> None:
         await start.wait()
         grants.append(await s.reserve_usage(TOOL, "per_day", window, 7, 100))
 
@@ -69,47 +69,47 @@ def test_usage_window() -> None:
         usage_window("per_minute", late)
 
 
-async def test_grants_up_to_the_limit_then_nothing(store: Store) -> None:
+async def test_grants_up_to_the_limit_then_nothing(usage_book: UsageBook) -> None:
     with trio.fail_after(30):
-        grants = [await store.reserve_usage(TOOL, "per_day", DAY, 3, 10) for _ in range(5)]
+        grants = [await usage_book.reserve_usage(TOOL, "per_day", DAY, 3, 10) for _ in range(5)]
         assert grants == [3, 3, 3, 1, 0]  # the fourth is the partial grant at the edge
-        assert await store.usage(TOOL, "per_day", DAY) == 10
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 10
         # A first reservation larger than the limit is clamped too (the INSERT path).
-        assert await store.reserve_usage(TOOL, "per_month", MONTH, 15, 10) == 10
-        assert await store.reserve_usage(TOOL, "per_month", MONTH, 1, 10) == 0
-        assert await store.usage(TOOL, "per_month", MONTH) == 10
+        assert await usage_book.reserve_usage(TOOL, "per_month", MONTH, 15, 10) == 10
+        assert await usage_book.reserve_usage(TOOL, "per_month", MONTH, 1, 10) == 0
+        assert await usage_book.usage(TOOL, "per_month", MONTH) == 10
         # A raised limit hands out the difference; a lowered one grants nothing and leaves the
         # counter where it is.
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 5, 12) == 2
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 5, 4) == 0
-        assert await store.usage(TOOL, "per_day", DAY) == 12
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 5, 12) == 2
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 5, 4) == 0
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 12
 
 
-async def test_windows_scopes_and_tools_are_independent(store: Store) -> None:
+async def test_windows_scopes_and_tools_are_independent(usage_book: UsageBook) -> None:
     with trio.fail_after(30):
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 5, 5) == 5
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 1, 5) == 0
-        assert await store.reserve_usage(TOOL, "per_day", NEXT_DAY, 5, 5) == 5
-        assert await store.reserve_usage(TOOL, "per_month", MONTH, 4, 5) == 4
-        assert await store.reserve_usage("other-tool", "per_day", DAY, 5, 5) == 5
-        assert await store.usage(TOOL, "per_day", DAY) == 5
-        assert await store.usage(TOOL, "per_day", NEXT_DAY) == 5
-        assert await store.usage(TOOL, "per_month", MONTH) == 4
-        assert await store.usage(TOOL, "per_day", dt.datetime(2024, 5, 19, tzinfo=UTC)) == 0
-        assert await store.usage("never-used", "per_month", MONTH) == 0
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 5, 5) == 5
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 1, 5) == 0
+        assert await usage_book.reserve_usage(TOOL, "per_day", NEXT_DAY, 5, 5) == 5
+        assert await usage_book.reserve_usage(TOOL, "per_month", MONTH, 4, 5) == 4
+        assert await usage_book.reserve_usage("other-tool", "per_day", DAY, 5, 5) == 5
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 5
+        assert await usage_book.usage(TOOL, "per_day", NEXT_DAY) == 5
+        assert await usage_book.usage(TOOL, "per_month", MONTH) == 4
+        assert await usage_book.usage(TOOL, "per_day", dt.datetime(2024, 5, 19, tzinfo=UTC)) == 0
+        assert await usage_book.usage("never-used", "per_month", MONTH) == 0
 
 
-async def test_refund(store: Store, db: Db) -> None:
+async def test_refund(usage_book: UsageBook, db: Db) -> None:
     with trio.fail_after(30):
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 10, 10) == 10
-        await store.refund_usage(TOOL, "per_day", DAY, 4)
-        assert await store.usage(TOOL, "per_day", DAY) == 6
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 10, 10) == 4
-        await store.refund_usage(TOOL, "per_day", DAY, 0)
-        await store.refund_usage(TOOL, "per_day", DAY, 1000)  # never below zero
-        assert await store.usage(TOOL, "per_day", DAY) == 0
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 10, 10) == 10
+        await usage_book.refund_usage(TOOL, "per_day", DAY, 4)
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 6
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 10, 10) == 4
+        await usage_book.refund_usage(TOOL, "per_day", DAY, 0)
+        await usage_book.refund_usage(TOOL, "per_day", DAY, 1000)  # never below zero
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 0
         # Refunding into a window nobody reserved in creates nothing.
-        await store.refund_usage(TOOL, "per_day", NEXT_DAY, 3)
+        await usage_book.refund_usage(TOOL, "per_day", NEXT_DAY, 3)
         assert await db.fetchval("SELECT count(*) FROM ct_actors.tool_usage") == 1
         row = await db.fetchrow(
             "SELECT tool_id, scope, window_start, used FROM ct_actors.tool_usage"
@@ -117,14 +117,14 @@ async def test_refund(store: Store, db: Db) -> None:
         assert tuple(row) == (TOOL, "per_day", DAY, 0)
 
 
-async def test_usage_survives_a_store_restart(aio_loop: Any, migrated_db: str) -> None:
+async def test_usage_survives_a_restart(aio_loop: Any, migrated_db: str) -> None:
     with trio.fail_after(30):
-        first = await open_store(migrated_db)
-        async with first:
+        async with await open_database(migrated_db) as database:
+            first = UsageBook(database)
             assert await first.reserve_usage(TOOL, "per_day", DAY, 80, 100) == 80
         # A daemon restarted late in the day does not get a fresh budget.
-        second = await open_store(migrated_db)
-        async with second:
+        async with await open_database(migrated_db) as database:
+            second = UsageBook(database)
             assert await second.usage(TOOL, "per_day", DAY) == 80
             assert await second.reserve_usage(TOOL, "per_day", DAY, 80, 100) == 20
             assert await second.reserve_usage(TOOL, "per_day", NEXT_DAY, 80, 100) == 80
@@ -135,7 +135,8 @@ async def test_concurrent_reservations_never_overshoot(aio_loop: Any, migrated_d
     to 4 connections each: exactly 100 granted, and the counter agrees. Repeated so that both
     the first-reservation race (no row yet) and the update race get their chances."""
     with trio.fail_after(60):
-        stores = [await open_store(migrated_db, min_size=4, max_size=4) for _ in range(3)]
+        pools = [await open_database(migrated_db, min_size=4, max_size=4) for _ in range(3)]
+        stores = [UsageBook(pool) for pool in pools]
         try:
             for day in range(1, 6):
                 window = dt.datetime(2024, 6, day, tzinfo=UTC)
@@ -147,15 +148,15 @@ async def test_concurrent_reservations_never_overshoot(aio_loop: Any, migrated_d
                 assert sorted(grants) == [0] * 5 + [2] + [7] * 14
                 assert await stores[1].usage(TOOL, "per_day", window) == 100
         finally:
-            for s in stores:
-                await s.aclose()
+            for pool in pools:
+                await pool.aclose()
 
 
-async def test_reservation_waits_for_a_concurrent_update(store: Store, db: Db) -> None:
+async def test_reservation_waits_for_a_concurrent_update(usage_book: UsageBook, db: Db) -> None:
     """Another daemon's uncommitted reservation: ours waits for it and then counts on top of
     its committed value, not on the value our statement's snapshot saw."""
     with trio.fail_after(30):
-        assert await store.reserve_usage(TOOL, "per_day", DAY, 10, 100) == 10
+        assert await usage_book.reserve_usage(TOOL, "per_day", DAY, 10, 100) == 10
         await db.execute("BEGIN")
         await db.execute(
             "UPDATE ct_actors.tool_usage SET used = used + 40 "
@@ -167,16 +168,18 @@ async def test_reservation_waits_for_a_concurrent_update(store: Store, db: Db) -
         async with trio.open_nursery() as nursery:
 
             async def reserve() -> None:
-                granted.append(await store.reserve_usage(TOOL, "per_day", DAY, 70, 100))
+                granted.append(await usage_book.reserve_usage(TOOL, "per_day", DAY, 70, 100))
 
             nursery.start_soon(reserve)
             await _wait_until_blocked(db)
             await db.execute("COMMIT")
         assert granted == [50]  # 100 - (10 + 40), not 70 (as if the 40 were not there)
-        assert await store.usage(TOOL, "per_day", DAY) == 100
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 100
 
 
-async def test_first_reservation_waits_for_a_concurrent_insert(store: Store, db: Db) -> None:
+async def test_first_reservation_waits_for_a_concurrent_insert(
+    usage_book: UsageBook, db: Db
+) -> None:
     with trio.fail_after(30):
         await db.execute("BEGIN")
         await db.execute(
@@ -189,28 +192,28 @@ async def test_first_reservation_waits_for_a_concurrent_insert(store: Store, db:
         async with trio.open_nursery() as nursery:
 
             async def reserve() -> None:
-                granted.append(await store.reserve_usage(TOOL, "per_day", DAY, 50, 60))
+                granted.append(await usage_book.reserve_usage(TOOL, "per_day", DAY, 50, 60))
 
             nursery.start_soon(reserve)
             await _wait_until_blocked(db)
             await db.execute("COMMIT")
         assert granted == [30]
-        assert await store.usage(TOOL, "per_day", DAY) == 60
+        assert await usage_book.usage(TOOL, "per_day", DAY) == 60
 
 
-async def test_round_trips(store: Store) -> None:
+async def test_round_trips(database: Database, usage_book: UsageBook) -> None:
     with trio.fail_after(30):
-        before = store.statistics().round_trips
-        await store.reserve_usage(TOOL, "per_day", DAY, 1, 10)  # no row yet: UPDATE, INSERT
-        middle = store.statistics().round_trips
-        await store.reserve_usage(TOOL, "per_day", DAY, 1, 10)
-        after = store.statistics().round_trips
+        before = database.statistics().round_trips
+        await usage_book.reserve_usage(TOOL, "per_day", DAY, 1, 10)  # no row yet: UPDATE, INSERT
+        middle = database.statistics().round_trips
+        await usage_book.reserve_usage(TOOL, "per_day", DAY, 1, 10)
+        after = database.statistics().round_trips
         assert (middle - before, after - middle) == (2, 1)
 
 
 @pytest.mark.parametrize("fake", [False, True], ids=["postgres", "memory"])
-async def test_bad_arguments_are_refused(store: Store, fake: bool) -> None:
-    target: Store | MemoryUsageStore = MemoryUsageStore() if fake else store
+async def test_bad_arguments_are_refused(usage_book: UsageBook, fake: bool) -> None:
+    target: UsageBook | MemoryUsageStore = MemoryUsageStore() if fake else usage_book
     cest = dt.timezone(dt.timedelta(hours=2))
     with trio.fail_after(30):
         for window, scope, match in [
@@ -253,9 +256,9 @@ async def test_table_constraints(db: Db) -> None:
                 )
 
 
-async def test_vanishing_row_is_reported(store: Store, db: Db) -> None:
+async def test_vanishing_row_is_reported(usage_book: UsageBook, db: Db) -> None:
     """A trigger that swallows every INSERT stands in for something deleting the current
-    window's row as fast as it is created: the store gives up with a QueryError instead of
+    window's row as fast as it is created: the usage book gives up with a QueryError instead of
     spinning."""
     with trio.fail_after(30):
         await db.execute(
@@ -265,10 +268,10 @@ async def test_vanishing_row_is_reported(store: Store, db: Db) -> None:
             "FOR EACH ROW EXECUTE FUNCTION public.swallow_insert()"
         )
         with pytest.raises(QueryError, match="vanished"):
-            await store.reserve_usage(TOOL, "per_day", DAY, 1, 10)
+            await usage_book.reserve_usage(TOOL, "per_day", DAY, 1, 10)
 
 
-async def test_memory_store_agrees_with_postgres(store: Store) -> None:
+async def test_memory_store_agrees_with_postgres(usage_book: UsageBook) -> None:
     """The same script of reservations and refunds against both: every answer equal."""
     fake = MemoryUsageStore()
     windows = [("per_day", DAY), ("per_day", NEXT_DAY), ("per_month", MONTH)]
@@ -277,13 +280,13 @@ async def test_memory_store_agrees_with_postgres(store: Store) -> None:
         for i, (_round, (scope, window), tool) in enumerate(steps):
             want, limit = 1 + (i * 7) % 13, 5 + (i * 5) % 40
             granted = [
-                await t.reserve_usage(tool, scope, window, want, limit) for t in (store, fake)
+                await t.reserve_usage(tool, scope, window, want, limit) for t in (usage_book, fake)
             ]
             assert granted[0] == granted[1], (i, tool, scope, window, want, limit)
             if i % 4 == 3:
-                for t in (store, fake):
+                for t in (usage_book, fake):
                     await t.refund_usage(tool, scope, window, 1 + i % 6)
-            used = [await t.usage(tool, scope, window) for t in (store, fake)]
+            used = [await t.usage(tool, scope, window) for t in (usage_book, fake)]
             assert used[0] == used[1], (i, tool, scope, window)
     assert sum(1 for c in fake.calls if c[0] == "reserve") == len(steps)
 

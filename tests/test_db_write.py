@@ -12,7 +12,7 @@ import pytest
 import trio
 from conftest_db import Db, deferred, failed, insert_spine, passed
 
-from ct_actors.db import QueryError, Store, open_store
+from ct_actors.db import Database, QueryError, WorkQueue, open_database
 from ct_actors.outcome import Failed, FailureCode, Outcome, Passed
 
 pytestmark = pytest.mark.db
@@ -46,10 +46,12 @@ MIDDLE_CODES = [
 ]
 
 
-async def test_mixed_batch_of_thousands_in_one_round_trip(store: Store, db: Db) -> None:
+async def test_mixed_batch_of_thousands_in_one_round_trip(
+    database: Database, queue: WorkQueue, db: Db
+) -> None:
     n = 4000
     ids = await insert_spine(db, n)
-    claimed = await store.claim("w", n, 600)
+    claimed = await queue.claim("w", n, 600)
     assert len(claimed) == n
     outcomes: list[Outcome] = []
     expect: dict[str, set[uuid.UUID]] = {"pass": set(), "fail": set(), "defer": set()}
@@ -66,11 +68,11 @@ async def test_mixed_batch_of_thousands_in_one_round_trip(store: Store, db: Db) 
     not_found = [uuid.uuid4() for _ in range(200)]
     outcomes += [failed(oid, FailureCode.NOT_FOUND) for oid in not_found]
 
-    before = store.statistics()
+    before = database.statistics()
     started = time.perf_counter()
-    report = await store.write_outcomes("w", outcomes)
+    report = await queue.write_outcomes("w", outcomes)
     elapsed = time.perf_counter() - started
-    after = store.statistics()
+    after = database.statistics()
     print(
         f"\nwrite_outcomes: {len(outcomes)} outcomes in {elapsed * 1000:.0f} ms "
         f"= {len(outcomes) / elapsed:.0f} rows/s (one statement)"
@@ -95,22 +97,22 @@ async def test_mixed_batch_of_thousands_in_one_round_trip(store: Store, db: Db) 
     assert errors == len(expect["fail"]) + len(not_found)
     leases = {r[0] for r in await db.fetch("SELECT outreach_id FROM ct_actors.lease")}
     assert leases == expect["defer"]  # leases of written records are gone
-    assert await store.pending_count() == len(expect["defer"])
+    assert await queue.pending_count() == len(expect["defer"])
 
     # Idempotent: the same batch again changes nothing and says so.
     state = await snapshot(db)
-    again = await store.write_outcomes("w", outcomes)
+    again = await queue.write_outcomes("w", outcomes)
     assert again.written == []
     assert set(again.already_terminal) == expect["pass"] | expect["fail"] | set(not_found)
     assert set(again.deferred) == expect["defer"]
     assert (await snapshot(db))[:2] == state[:2]
 
 
-async def test_write_throughput_batches(store: Store, db: Db) -> None:
+async def test_write_throughput_batches(queue: WorkQueue, db: Db) -> None:
     """Steady-state shape of the daemon: batches of 500 PASS/FAIL into a table that already
     holds rows. Prints rows/s."""
     ids = await insert_spine(db, 20_000)
-    await store.claim("w", 20_000, 600)
+    await queue.claim("w", 20_000, 600)
     elapsed = 0.0
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
@@ -119,15 +121,15 @@ async def test_write_throughput_batches(store: Store, db: Db) -> None:
             for i, oid in enumerate(chunk)
         ]
         started = time.perf_counter()
-        report = await store.write_outcomes("w", batch)
+        report = await queue.write_outcomes("w", batch)
         elapsed += time.perf_counter() - started
         assert len(report.written) == len(chunk)
     print(f"\nwrite_outcomes x500: {len(ids) / elapsed:.0f} rows/s over {len(ids)} rows")
-    stats = store.statistics()
+    stats = queue.statistics()
     assert stats.rows_written == len(ids) and stats.writes == len(ids) // 500
 
 
-async def test_pass_row_fields(store: Store, db: Db) -> None:
+async def test_pass_row_fields(queue: WorkQueue, db: Db) -> None:
     [oid] = await insert_spine(db, 1)
     outcome = Outcome(
         oid,
@@ -141,7 +143,7 @@ async def test_pass_row_fields(store: Store, db: Db) -> None:
         ),
         mx_host="mx1.acme.example",
     )
-    assert (await store.write_outcomes("w", [outcome])).written == [oid]
+    assert (await queue.write_outcomes("w", [outcome])).written == [oid]
     row = await db.fetchrow(
         "SELECT execution_status, email_method, method_type, confidence_score, is_catchall, "
         "imo_completed_at > now() - interval '1 minute' AS completed, domain_normalised, "
@@ -155,11 +157,11 @@ async def test_pass_row_fields(store: Store, db: Db) -> None:
     assert row["is_catchall"] is True and row["completed"] is True
     assert (row["domain_normalised"], row["mx_host"]) == ("acme.example", "mx1.acme.example")
     assert json.loads(row["evidence"]) == {"mx": ["mx1.acme.example"], "normalised": ["lowercase"]}
-    assert await store.terminal_status(oid) == "ready"
+    assert await queue.terminal_status(oid) == "ready"
     assert await db.fetchval("SELECT count(*) FROM outreach.company_target_errors") == 0
 
 
-async def test_fail_writes_error_row_and_company_target_together(store: Store, db: Db) -> None:
+async def test_fail_writes_error_row_and_company_target_together(queue: WorkQueue, db: Db) -> None:
     [oid] = await insert_spine(db, 1)
     outcome = Outcome(
         oid,
@@ -167,7 +169,7 @@ async def test_fail_writes_error_row_and_company_target_together(store: Store, d
         Failed(FailureCode.NO_PATTERN, "all patterns rejected", "warning", {"tried": ["a", "b"]}),
         mx_host="mx1.acme.example",
     )
-    assert (await store.write_outcomes("w", [outcome])).written == [oid]
+    assert (await queue.write_outcomes("w", [outcome])).written == [oid]
     err = await db.fetchrow(
         "SELECT error_id, pipeline_stage, failure_code, blocking_reason, severity, imo_stage, "
         "retry_allowed, resolved_at, evidence FROM outreach.company_target_errors "
@@ -189,10 +191,10 @@ async def test_fail_writes_error_row_and_company_target_together(store: Store, d
         oid,
     )
     assert tuple(ct) == ("failed", True, None, "acme.example", "mx1.acme.example")
-    assert await store.terminal_status(oid) == "failed"
+    assert await queue.terminal_status(oid) == "failed"
     # An input-stage code gets imo_stage I.
     [oid2] = await insert_spine(db, 1)
-    await store.write_outcomes("w", [failed(oid2, FailureCode.NO_DOMAIN)])
+    await queue.write_outcomes("w", [failed(oid2, FailureCode.NO_DOMAIN)])
     assert tuple(
         await db.fetchrow(
             "SELECT imo_stage, pipeline_stage FROM outreach.company_target_errors "
@@ -202,9 +204,9 @@ async def test_fail_writes_error_row_and_company_target_together(store: Store, d
     ) == ("I", "input")
 
 
-async def test_batch_is_one_transaction(store: Store, db: Db) -> None:
+async def test_batch_is_one_transaction(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 10)
-    await store.claim("w", 10, 600)
+    await queue.claim("w", 10, 600)
     # Make the error insert of one record blow up, after its company_target row (and the
     # other records' rows) were already written by the same statement.
     await db.execute(
@@ -221,16 +223,16 @@ async def test_batch_is_one_transaction(store: Store, db: Db) -> None:
     state = await snapshot(db)
     batch = [passed(oid) for oid in ids[:5]] + [failed(oid) for oid in ids[5:]]
     with pytest.raises(QueryError, match="boom"):
-        await store.write_outcomes("w", batch)
+        await queue.write_outcomes("w", batch)
     assert await snapshot(db) == state  # nothing written, leases intact
     await db.execute("DROP TRIGGER boom ON outreach.company_target_errors")
-    assert len((await store.write_outcomes("w", batch)).written) == 10
+    assert len((await queue.write_outcomes("w", batch)).written) == 10
 
 
-async def test_not_found_writes_only_an_error_row(store: Store, db: Db) -> None:
+async def test_not_found_writes_only_an_error_row(queue: WorkQueue, db: Db) -> None:
     await insert_spine(db, 2)
     ghost = uuid.uuid4()
-    report = await store.write_outcomes("w", [failed(ghost, FailureCode.NOT_FOUND)])
+    report = await queue.write_outcomes("w", [failed(ghost, FailureCode.NOT_FOUND)])
     assert report.written == [ghost]
     assert await db.fetchval("SELECT count(*) FROM outreach.company_target") == 0
     row = await db.fetchrow(
@@ -238,16 +240,16 @@ async def test_not_found_writes_only_an_error_row(store: Store, db: Db) -> None:
         ghost,
     )
     assert tuple(row) == ("CT-I-NOT-FOUND", "I")
-    assert await store.terminal_status(ghost) == "failed"
-    again = await store.write_outcomes("w", [failed(ghost, FailureCode.NOT_FOUND)])
+    assert await queue.terminal_status(ghost) == "failed"
+    again = await queue.write_outcomes("w", [failed(ghost, FailureCode.NOT_FOUND)])
     assert again.already_terminal == [ghost]
     assert await db.fetchval("SELECT count(*) FROM outreach.company_target_errors") == 1
 
 
-async def test_already_processed_writes_nothing(store: Store, db: Db) -> None:
+async def test_already_processed_writes_nothing(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 2)
-    await store.claim("w", 2, 600)
-    report = await store.write_outcomes(
+    await queue.claim("w", 2, 600)
+    report = await queue.write_outcomes(
         "w", [failed(oid, FailureCode.ALREADY_PROCESSED) for oid in ids]
     )
     assert report.already_terminal == ids and report.written == []
@@ -256,7 +258,7 @@ async def test_already_processed_writes_nothing(store: Store, db: Db) -> None:
     assert await db.fetchval("SELECT count(*) FROM ct_actors.lease") == 0
 
 
-async def test_terminal_rows_are_never_overwritten(store: Store, db: Db) -> None:
+async def test_terminal_rows_are_never_overwritten(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 6)
     await db.execute(
         "INSERT INTO outreach.company_target (outreach_id, execution_status, email_method) "
@@ -269,7 +271,7 @@ async def test_terminal_rows_are_never_overwritten(store: Store, db: Db) -> None
         f"INSERT INTO outreach.company_target (outreach_id, execution_status) "
         f"VALUES ('{ids[4]}', NULL)"
     )
-    report = await store.write_outcomes(
+    report = await queue.write_outcomes(
         "w", [failed(ids[0]), passed(ids[1]), passed(ids[2]), failed(ids[3]), passed(ids[4])]
     )
     assert report.already_terminal == ids[:2]
@@ -292,17 +294,17 @@ async def test_terminal_rows_are_never_overwritten(store: Store, db: Db) -> None
     assert errors == [ids[3]]
 
 
-async def test_vanished_spine_rows_do_not_fail_the_batch(store: Store, db: Db) -> None:
+async def test_vanished_spine_rows_do_not_fail_the_batch(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 3)
-    await store.claim("w", 3, 600)
+    await queue.claim("w", 3, 600)
     await db.execute("DELETE FROM outreach.outreach WHERE outreach_id = $1", ids[1])
-    report = await store.write_outcomes("w", [passed(ids[0]), failed(ids[1]), passed(ids[2])])
+    report = await queue.write_outcomes("w", [passed(ids[0]), failed(ids[1]), passed(ids[2])])
     assert report.written == [ids[0], ids[2]] and report.not_in_spine == [ids[1]]
     assert await db.fetchval("SELECT count(*) FROM outreach.company_target_errors") == 0
     assert await db.fetchval("SELECT count(*) FROM ct_actors.lease") == 0
 
 
-async def test_hostile_text_is_stored_not_fatal(store: Store, db: Db) -> None:
+async def test_hostile_text_is_stored_not_fatal(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 2)
     nasty = "550 \x00no\udcff such user \u2603"
     outcomes = [
@@ -324,7 +326,7 @@ async def test_hostile_text_is_stored_not_fatal(store: Store, db: Db) -> None:
         ),
         passed(ids[1], reply=nasty),
     ]
-    assert len((await store.write_outcomes("w", outcomes)).written) == 2
+    assert len((await queue.write_outcomes("w", outcomes)).written) == 2
     row = await db.fetchrow(
         "SELECT blocking_reason, evidence FROM outreach.company_target_errors "
         "WHERE outreach_id = $1",
@@ -335,30 +337,30 @@ async def test_hostile_text_is_stored_not_fatal(store: Store, db: Db) -> None:
     assert evidence["n"] == "1.5" and evidence["nested"] == {"set": [1]}
 
 
-async def test_invalid_batches_are_refused_before_writing(store: Store, db: Db) -> None:
+async def test_invalid_batches_are_refused_before_writing(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 2)
     with pytest.raises(ValueError, match="more than once"):
-        await store.write_outcomes("w", [passed(ids[0]), failed(ids[0])])
+        await queue.write_outcomes("w", [passed(ids[0]), failed(ids[0])])
     too_sure = Outcome(ids[1], "x", Passed("m", "first", Decimal("1.5"), False))
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
-        await store.write_outcomes("w", [passed(ids[0]), too_sure])
+        await queue.write_outcomes("w", [passed(ids[0]), too_sure])
     assert await db.fetchval("SELECT count(*) FROM outreach.company_target") == 0
-    assert (await store.write_outcomes("w", [])).written == []
+    assert (await queue.write_outcomes("w", [])).written == []
 
 
-async def test_deferral_does_not_steal_a_live_lease(store: Store, db: Db) -> None:
+async def test_deferral_does_not_steal_a_live_lease(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 2)
-    await store.claim("b", 2, 600)
-    report = await store.write_outcomes("a", [deferred(ids[0], 60)])
+    await queue.claim("b", 2, 600)
+    report = await queue.write_outcomes("a", [deferred(ids[0], 60)])
     assert report.deferred == [ids[0]]
     row = await db.fetchrow(
         "SELECT owner, not_before FROM ct_actors.lease WHERE outreach_id = $1", ids[0]
     )
     assert row["owner"] == "b" and row["not_before"] is None
     # A deferral for a record nobody holds creates the lease that carries not_before.
-    await store.release("b")
+    await queue.release("b")
     await db.execute("DELETE FROM ct_actors.lease")
-    await store.write_outcomes("a", [deferred(ids[1], 60, "blocklisted")])
+    await queue.write_outcomes("a", [deferred(ids[1], 60, "blocklisted")])
     row = await db.fetchrow(
         "SELECT owner, attempts, last_reason, not_before > now() AS later FROM ct_actors.lease"
     )
@@ -370,7 +372,7 @@ async def test_racing_writers_agree_on_one_outcome(migrated_db: str, db: Db) -> 
     different outcomes at the same time: each record ends with exactly one consistent outcome
     and exactly one writer is told it wrote it."""
     ids = await insert_spine(db, 400)
-    stores = [await open_store(migrated_db) for _ in range(2)]
+    stores = [WorkQueue(await open_database(migrated_db)) for _ in range(2)]
     reports = []
     try:
 
@@ -387,7 +389,7 @@ async def test_racing_writers_agree_on_one_outcome(migrated_db: str, db: Db) -> 
             nursery.start_soon(write, 1)
     finally:
         for s in stores:
-            await s.aclose()
+            await s.database.aclose()
     written = [oid for r in reports for oid in r.written]
     assert sorted(written) == ids  # each record written by exactly one writer
     rows = {
@@ -403,9 +405,9 @@ async def test_racing_writers_agree_on_one_outcome(migrated_db: str, db: Db) -> 
     assert set(rows.values()) <= {("ready", 0), ("failed", 1)}
 
 
-async def test_monitoring_counts(store: Store, db: Db) -> None:
+async def test_monitoring_counts(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 6)
-    await store.write_outcomes(
+    await queue.write_outcomes(
         "w",
         [
             passed(ids[0]),
@@ -414,9 +416,9 @@ async def test_monitoring_counts(store: Store, db: Db) -> None:
             failed(uuid.uuid4(), FailureCode.NOT_FOUND),
         ],
     )
-    assert await store.counts_by_outcome() == {"PASS": 2, "CT-M-NO-MX": 1, "CT-I-NOT-FOUND": 1}
-    assert await store.pending_count() == 3
-    spine = await store.fetch_spine(ids[3])
+    assert await queue.counts_by_outcome() == {"PASS": 2, "CT-M-NO-MX": 1, "CT-I-NOT-FOUND": 1}
+    assert await queue.pending_count() == 3
+    spine = await queue.fetch_spine(ids[3])
     assert spine is not None and (spine.outreach_id, spine.domain) == (ids[3], "d3.example")
-    assert await store.fetch_spine(uuid.uuid4()) is None
-    assert await store.terminal_status(ids[3]) is None
+    assert await queue.fetch_spine(uuid.uuid4()) is None
+    assert await queue.terminal_status(ids[3]) is None

@@ -67,7 +67,7 @@ WRITER = {"batch_size": 20, "flush_interval": 0.1}
 # After the drain deadline a stop still runs the writer's final flush and the supervisor's lease
 # release, 10 s at most each (WriterSettings.final_flush_timeout,
 # PipelineSettings.release_timeout), refunds each day/month budget, 5 s at most each
-# (Budget.release), and closes the pool, 5 s at most (Store.aclose); none is configurable.
+# (Budget.release), and closes the pool, 5 s at most (Database.aclose); none is configurable.
 FINAL_FLUSH_TIMEOUT = 10.0
 RELEASE_TIMEOUT = 10.0
 BUDGET_RELEASE_TIMEOUT = 5.0

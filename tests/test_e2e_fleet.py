@@ -72,8 +72,8 @@ from test_pipeline_sim import spine_for as sim_spine_for
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import Supervisor
+from ct_actors.db import WorkQueue
 from ct_actors.db import queries as q
-from ct_actors.db.store import Store
 from ct_actors.demo.spine import spine_rows
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
@@ -534,7 +534,7 @@ def test_refusals_while_connections_succeed_do_not_trip_port_blocked() -> None:
 @pytest.mark.db
 @pytest.mark.timeout(60)
 async def test_drain_waits_for_records_another_daemon_is_claiming(
-    store: Store, db: Db, migrated_db: str
+    queue: WorkQueue, db: Db, migrated_db: str
 ) -> None:
     world = World.generate(2, 6, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
@@ -548,7 +548,7 @@ async def test_drain_waits_for_records_another_daemon_is_claiming(
         claimed = await other.fetch(q.CLAIM_FROM_START, "other:1", 100, 1.0, incarnation)
         assert len(claimed) == len(ids)
         async with open_sim_connector(world, SimStats()) as connector:
-            supervisor = in_process_supervisor(store, world, connector, drain=True)
+            supervisor = in_process_supervisor(queue, world, connector, drain=True)
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
                 with trio.move_on_after(3):
@@ -561,6 +561,6 @@ async def test_drain_waits_for_records_another_daemon_is_claiming(
                     await supervisor.finished.wait()
     finally:
         await other.aclose()
-    pending = await store.pending_count()
+    pending = await queue.pending_count()
     assert not finished_while_claimed, f"the drain exited with {pending} records pending"
     assert pending == 0

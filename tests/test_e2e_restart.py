@@ -34,7 +34,7 @@ from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
-from ct_actors.db.store import DatabaseUnavailable, Store
+from ct_actors.db import DatabaseUnavailable, WorkQueue
 from ct_actors.demo.spine import spine_rows
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
@@ -171,10 +171,10 @@ def test_stop_kill_and_restart_write_each_outcome_once(
 
 
 class SlowClaimAnswers:
-    """The real store, except that each claim's answer reaches the daemon `delay` seconds after
+    """The real work queue, except that each claim's answer reaches the daemon `delay` seconds after
     the database committed it (a slow link, or a busy event loop)."""
 
-    def __init__(self, store: Store, delay: float) -> None:
+    def __init__(self, store: WorkQueue, delay: float) -> None:
         self._store = store
         self._delay = delay
         self.committed = trio.Event()
@@ -207,11 +207,13 @@ def in_process_supervisor(store: Any, world: World, connector: Any, *, drain: bo
     )
 
 
-async def test_a_stop_while_a_claim_is_answered_strands_no_lease(store: Store, db: Db) -> None:
+async def test_a_stop_while_a_claim_is_answered_strands_no_lease(
+    queue: WorkQueue, db: Db
+) -> None:
     world = World.generate(1, 10, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
     await insert_spine(db, len(names), domain=names.__getitem__)
-    slow = SlowClaimAnswers(store, delay=5.0)
+    slow = SlowClaimAnswers(queue, delay=5.0)
     async with open_sim_connector(world, SimStats()) as connector:
         supervisor = in_process_supervisor(slow, world, connector, drain=False)
         async with trio.open_nursery() as nursery:
@@ -227,7 +229,9 @@ async def test_a_stop_while_a_claim_is_answered_strands_no_lease(store: Store, d
     assert stranded == []
 
 
-async def test_drain_finishes_records_a_crashed_daemon_still_leases(store: Store, db: Db) -> None:
+async def test_drain_finishes_records_a_crashed_daemon_still_leases(
+    queue: WorkQueue, db: Db
+) -> None:
     world = World.generate(2, 6, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
     ids = await insert_spine(db, len(names), domain=names.__getitem__)
@@ -238,10 +242,10 @@ async def test_drain_finishes_records_a_crashed_daemon_still_leases(store: Store
         ids[:2],
     )
     async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = in_process_supervisor(store, world, connector, drain=True)
+        supervisor = in_process_supervisor(queue, world, connector, drain=True)
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
                 await supervisor.finished.wait()
     # `run --drain` exits "once nothing is pending": the crashed daemon's records are pending.
-    assert await store.pending_count() == 0
+    assert await queue.pending_count() == 0

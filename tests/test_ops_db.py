@@ -1,4 +1,4 @@
-"""`ct_actors.ops` against a real PostgreSQL, in process: the store's id-restricted claim, the
+"""`ct_actors.ops` against a real PostgreSQL, in process: the work queue's id-restricted claim, the
 canary's selection query, the report's figures (compared with the runbook's own queries and
 with independent SQL), and the restricted role of check 8."""
 
@@ -18,9 +18,9 @@ import trio
 import trio_asyncio
 from conftest_db import Db, deferred, failed, insert_spine, passed
 
-from ct_actors.db import QueryError, Store, open_store
+from ct_actors.db import Database, NamesQuery, QueryError, WorkQueue, open_database
 from ct_actors.ops import queries as oq
-from ct_actors.ops.canary import ScopedStore, select
+from ct_actors.ops.canary import ScopedQueue, select
 from ct_actors.ops.db import OpsDb
 from ct_actors.ops.isolation import (
     ROLE_PREFIX,
@@ -63,39 +63,41 @@ def ids_of(records: Any) -> list[uuid.UUID]:
     return [r.outreach_id for r in records]
 
 
-# ─── the store change: claim_among / pending_elsewhere_among ────────────────────────────────
+# ─── the work queue's claim_among / pending_elsewhere_among ────────────────────────────────
 
 
 @pytest.mark.timeout(60)
-async def test_claim_among_claims_only_the_listed_pending_records(store: Store, db: Db) -> None:
+async def test_claim_among_claims_only_the_listed_pending_records(queue: WorkQueue, db: Db) -> None:
     ids = await insert_spine(db, 10)
-    await store.write_outcomes("x", [passed(ids[1]), failed(ids[2])])
+    await queue.write_outcomes("x", [passed(ids[1]), failed(ids[2])])
     wanted = [ids[0], ids[1], ids[2], ids[3], ids[5], uuid.uuid4()]  # one terminal, one unknown
     # Another owner holds a live lease on ids[3].
-    assert ids_of(await store.claim_among("other", [ids[3]], 10, 600)) == [ids[3]]
+    assert ids_of(await queue.claim_among("other", [ids[3]], 10, 600)) == [ids[3]]
     # Pending and not held by "a": ids[0] and ids[5] (claimable), ids[3] (another's lease).
-    assert await store.pending_elsewhere_among("a", wanted) == 3
-    assert await store.pending_elsewhere_among("other", wanted) == 2
-    assert await store.pending_elsewhere_among("a", []) == 0
+    assert await queue.pending_elsewhere_among("a", wanted) == 3
+    assert await queue.pending_elsewhere_among("other", wanted) == 2
+    assert await queue.pending_elsewhere_among("a", []) == 0
     # limit applies, in outreach_id order.
-    assert ids_of(await store.claim_among("a", wanted, 1, 60)) == [ids[0]]
-    claimed = await store.claim_among("a", wanted, 10, 60)
+    assert ids_of(await queue.claim_among("a", wanted, 1, 60)) == [ids[0]]
+    claimed = await queue.claim_among("a", wanted, 10, 60)
     assert ids_of(claimed) == [ids[5]] and claimed[0].domain == "d5.example"
-    assert await store.claim_among("a", wanted, 10, 60) == []
-    assert await store.claim_among("a", [], 10, 60) == []
-    assert await store.claim_among("a", wanted, 0, 60) == []
+    assert await queue.claim_among("a", wanted, 10, 60) == []
+    assert await queue.claim_among("a", [], 10, 60) == []
+    assert await queue.claim_among("a", wanted, 0, 60) == []
     with pytest.raises(ValueError):
-        await store.claim_among("a", wanted, 10, 0)
+        await queue.claim_among("a", wanted, 10, 0)
     # Nothing outside the list was touched; the plain claim still sees the rest.
     leased = {r["outreach_id"] for r in await db.fetch("SELECT outreach_id FROM ct_actors.lease")}
     assert leased == {ids[0], ids[3], ids[5]}
-    assert ids_of(await store.claim("b", 100, 60)) == [ids[4], *ids[6:]]
+    assert ids_of(await queue.claim("b", 100, 60)) == [ids[4], *ids[6:]]
 
 
 @pytest.mark.timeout(60)
-async def test_scoped_store_is_the_store_with_a_restricted_claim(store: Store, db: Db) -> None:
+async def test_scoped_queue_is_the_work_queue_with_a_restricted_claim(
+    database: Database, db: Db
+) -> None:
     ids = await insert_spine(db, 5)
-    scoped = ScopedStore(store, [ids[3], ids[1]])
+    scoped = ScopedQueue(database, [ids[3], ids[1]])
     assert ids_of(await scoped.claim("a", 10, 60)) == [ids[1], ids[3]]
     assert await scoped.pending_elsewhere("b") == 2
     assert await scoped.pending_count() == 5  # delegated
@@ -109,19 +111,19 @@ async def test_scoped_store_is_the_store_with_a_restricted_claim(store: Store, d
 
 @pytest.mark.timeout(60)
 async def test_selection_reads_only_claimable_pending_records(
-    store: Store, db: Db, migrated_db: str
+    queue: WorkQueue, db: Db, migrated_db: str
 ) -> None:
     domains = [
         "a.com", "https://www.b.com/", "c.io", "d.org", "e.net", None,
         "f.com", "g.io", "h.org", "i.de",
     ]  # fmt: skip
     ids = await insert_spine(db, len(domains), domain=lambda i: domains[i])
-    await store.write_outcomes("x", [passed(ids[0]), failed(ids[2])])  # terminal
-    await store.claim_among("live", [ids[3]], 10, 600)  # live lease
-    await store.claim_among("x", [ids[4]], 10, 600)
-    await store.write_outcomes("x", [deferred(ids[4], 3600)])  # deferred
-    await store.claim_among("gone", [ids[5]], 10, 600)
-    await store.release("gone")  # released: claimable again
+    await queue.write_outcomes("x", [passed(ids[0]), failed(ids[2])])  # terminal
+    await queue.claim_among("live", [ids[3]], 10, 600)  # live lease
+    await queue.claim_among("x", [ids[4]], 10, 600)
+    await queue.write_outcomes("x", [deferred(ids[4], 3600)])  # deferred
+    await queue.claim_among("gone", [ids[5]], 10, 600)
+    await queue.release("gone")  # released: claimable again
     claimable = [i for n, i in enumerate(ids) if n not in (0, 2, 3, 4)]
     ops = await OpsDb.connect(migrated_db)
     try:
@@ -139,12 +141,12 @@ async def test_selection_reads_only_claimable_pending_records(
 # ─── report ─────────────────────────────────────────────────────────────────────────────────
 
 
-async def _seed_outcomes(store: Store, db: Db) -> list[uuid.UUID]:
+async def _seed_outcomes(queue: WorkQueue, db: Db) -> list[uuid.UUID]:
     """10 spine records: 6 PASS, 3 FAIL, 1 deferred (pending), plus a CT-I-NOT-FOUND, written
     through the store; then some history moved back in time."""
     ids = await insert_spine(db, 14)
     ghost = uuid.uuid4()
-    await store.write_outcomes(
+    await queue.write_outcomes(
         "w",
         [passed(oid) for oid in ids[:6]]
         + [failed(ids[6], FailureCode.NO_MX), failed(ids[7], FailureCode.NO_MX)]
@@ -153,7 +155,7 @@ async def _seed_outcomes(store: Store, db: Db) -> list[uuid.UUID]:
     )
     # History: a PASS 2 hours ago, a FAIL 30 hours ago (outside the 24 h window, inside the
     # 7 days), a FAIL 10 days ago (outside both).
-    await store.write_outcomes(
+    await queue.write_outcomes(
         "w",
         [
             passed(ids[10]),
@@ -177,9 +179,9 @@ async def _seed_outcomes(store: Store, db: Db) -> list[uuid.UUID]:
 
 @pytest.mark.timeout(60)
 async def test_report_figures_match_the_runbook_and_the_tables(
-    store: Store, db: Db, migrated_db: str
+    queue: WorkQueue, db: Db, migrated_db: str
 ) -> None:
-    ids = await _seed_outcomes(store, db)
+    ids = await _seed_outcomes(queue, db)
     ops = await OpsDb.connect(migrated_db)
     try:
         report = await gather_report(ops, ReportOptions(recent=3, rate_minutes=60))
@@ -220,7 +222,7 @@ async def test_report_figures_match_the_runbook_and_the_tables(
     assert len(minutes.throughput) == 5
     # Pending: as the store counts it (the deferred record and the 4 untouched ones... minus
     # the history rows, which are terminal).
-    assert report.pending == await store.pending_count() == 2
+    assert report.pending == await queue.pending_count() == 2
     assert ids[9] and ids[13]
     # Rate: 10 outcomes in the last hour (the 2 h old one is outside).
     assert report.estimate.outcomes_in_window == 10
@@ -318,8 +320,9 @@ async def test_restricted_role_cannot_read_sovereign_id_but_runs_the_store(
         assert proof.reads_spine and not proof.is_superuser and proof.memberships == 0
         assert proof.sessions == 1 and proof.ok
 
-        # The daemon's store works as the role: claim, write, release.
-        store = await open_store(role.url)
+        # The daemon's work queue and names query work as the role: claim, write, release.
+        database = await open_database(role.url)
+        store = WorkQueue(database)
         try:
             assert ids_of(await store.claim_among("r", ids[:3], 10, 60)) == ids[:3]
             report = await store.write_outcomes(
@@ -328,14 +331,14 @@ async def test_restricted_role_cannot_read_sovereign_id_but_runs_the_store(
             assert len(report.written) == 2
             assert ids_of(await store.claim("r", 10, 60)) == [ids[3]]
             with pytest.raises(QueryError) as info:
-                await store.fetch_names(
+                await NamesQuery(database).fetch_names(
                     "SELECT sovereign_id::text, domain FROM outreach.outreach "
                     "WHERE outreach_id = $1",
                     ids[0],
                 )
             assert info.value.sqlstate == "42501"
         finally:
-            await store.aclose()
+            await database.aclose()
     finally:
         await drop_role(ops, role.name)
         await ops.aclose()

@@ -12,7 +12,7 @@ from e2e_support import daemon_sections, seed_spine, write_config
 
 from ct_actors.app import run_pipeline
 from ct_actors.config import load_config
-from ct_actors.db.store import Store
+from ct_actors.db import Database, WorkQueue
 from ct_actors.demo.spine import spine_rows
 from ct_actors.service import SystemdService
 from ct_actors.sim.memory import SimResolver, open_sim_connector
@@ -24,12 +24,12 @@ pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 
 async def test_drain_draws_progress_up_to_the_pending_total(
-    store: Store, migrated_db: str, tmp_path: Path
+    database: Database, queue: WorkQueue, migrated_db: str, tmp_path: Path
 ) -> None:
     world = World.generate(31, 40, latency_ms=5, jitter_ms=2)
     rows = spine_rows(world, 31)
     await trio.to_thread.run_sync(seed_spine, migrated_db, world, rows)
-    pending = await store.pending_count()
+    pending = await queue.pending_count()
     cfg = load_config(
         write_config(
             tmp_path / "ct-actors.toml",
@@ -42,7 +42,7 @@ async def test_drain_draws_progress_up_to_the_pending_total(
             supervisor = await run_pipeline(
                 cfg,
                 load_toolbox(cfg.toolbox.path),
-                store,
+                database,
                 drain=True,
                 resolver=SimResolver(world),
                 connector=connector,

@@ -31,7 +31,7 @@ from structlog.testing import capture_logs
 
 from ct_actors.app import run_pipeline
 from ct_actors.config import ConfigError, load_config
-from ct_actors.db.store import Store
+from ct_actors.db import Database
 from ct_actors.demo.spine import spine_rows
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.world import World
@@ -172,7 +172,7 @@ def check_reload(lst: NotifyListener, before_usec: int, start: int, *, refused: 
 
 
 async def test_in_process_run_notifies_systemd(
-    store: Store,
+    database: Database,
     migrated_db: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -218,7 +218,7 @@ async def test_in_process_run_notifies_systemd(
                         await run_pipeline(
                             cfg,
                             toolbox,
-                            store,
+                            database,
                             drain=False,
                             resolver=SimResolver(world),
                             connector=connector,

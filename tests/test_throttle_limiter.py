@@ -199,7 +199,7 @@ async def test_raising_an_exhausted_budget_on_reload_resumes_within_a_minute(
 async def test_budget_waits_out_a_database_outage_and_never_spends_uncounted_calls(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from ct_actors.db.store import DatabaseUnavailable
+    from ct_actors.db.errors import DatabaseUnavailable
 
     usage = MemoryUsageStore()
     usage.fail_calls = 2

@@ -1,6 +1,6 @@
-"""The verifier ledger in PostgreSQL (sql/004_verifier.sql, Store.verifier_*): claims, verdicts,
-releases, the guarded monthly spend under concurrency from several stores, and the whole gate —
-two daemons (two stores, two EmailVerifiers) against the local fake API over loopback."""
+"""The verifier ledger in PostgreSQL (sql/004_verifier.sql, PgVerifierLedger): claims, verdicts,
+releases, the guarded monthly spend under concurrency from several pools, and the whole gate —
+two daemons (two pools, two EmailVerifiers) against the local fake API over loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import trio
 from conftest_db import Db, insert_spine, passed
 
-from ct_actors.db import Store, open_store
+from ct_actors.db import Database, WorkQueue, open_database
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.toolbox import ToolSpec, load_toolbox
@@ -25,6 +25,7 @@ from ct_actors.verify.decision import DecisionKind, SkipReason
 from ct_actors.verify.fake_api import Answer, FakeMillionVerifier, Hang, open_fake_api, rate_limited
 from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
 from ct_actors.verify.ledger import LedgerStatus, SpendRow
+from ct_actors.verify.pg_ledger import PgVerifierLedger
 from tests.verify_support import with_spec
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(120)]
@@ -39,12 +40,12 @@ PER_CALL = Decimal("0.004")
 
 
 @pytest.fixture
-async def stores(aio_loop: Any, migrated_db: str) -> AsyncIterator[list[Store]]:
-    """Three stores (three pools) on one database: three daemons."""
-    opened = [await open_store(migrated_db) for _ in range(3)]
-    yield opened
-    for s in opened:
-        await s.aclose()
+async def ledgers(aio_loop: Any, migrated_db: str) -> AsyncIterator[list[PgVerifierLedger]]:
+    """Three ledgers, each on a pool of its own, on one database: three daemons."""
+    opened = [await open_database(migrated_db) for _ in range(3)]
+    yield [PgVerifierLedger(database) for database in opened]
+    for database in opened:
+        await database.aclose()
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ async def fake() -> AsyncIterator[FakeMillionVerifier]:
 
 
 def daemon(
-    store: Store,
+    ledger: PgVerifierLedger,
     fake: FakeMillionVerifier,
     owner: str,
     *,
@@ -66,7 +67,7 @@ def daemon(
     return EmailVerifier(
         spec,
         client=MillionVerifierClient(fake.base_url, KEY, timeout=timeout, vendor_timeout=2),
-        ledger=store,
+        ledger=ledger,
         switches=KillSwitches({BUDGET_CAP_REACHED: "halt_and_alert"}),
         clock=UtcClock(origin, trio.current_time()),
         owner=owner,
@@ -94,29 +95,29 @@ async def test_schema(db: Db) -> None:
                 await db.execute(bad)
 
 
-async def test_claim_finish_release(store: Store) -> None:
+async def test_claim_finish_release(pg_ledger: PgVerifierLedger) -> None:
     with trio.fail_after(30):
-        assert await store.verifier_entry("a@acme.com") is None
-        assert await store.verifier_claim("a@acme.com", "d1", AT, 1) == 1
-        assert await store.verifier_claim("a@acme.com", "d2", AT, 1) is None
-        entry = await store.verifier_entry("a@acme.com")
+        assert await pg_ledger.verifier_entry("a@acme.com") is None
+        assert await pg_ledger.verifier_claim("a@acme.com", "d1", AT, 1) == 1
+        assert await pg_ledger.verifier_claim("a@acme.com", "d2", AT, 1) is None
+        entry = await pg_ledger.verifier_entry("a@acme.com")
         assert entry is not None
         assert (entry.owner, entry.status, entry.attempts, entry.attempted_at) == (
             "d1", LedgerStatus.PENDING, 1, AT
         )
         # Only the owner closes it, once.
-        assert not await store.verifier_finish(
+        assert not await pg_ledger.verifier_finish(
             "a@acme.com", "d2", status=LedgerStatus.DONE, at=AT, verdict="valid"
         )
         later = AT + dt.timedelta(seconds=2)
-        assert await store.verifier_finish(
+        assert await pg_ledger.verifier_finish(
             "a@acme.com", "d1", status=LedgerStatus.DONE, at=later, verdict="invalid",
             result="invalid", credits_after=4321, cost=PER_CALL, detail="mailbox_not_found",
         )
-        assert not await store.verifier_finish(
+        assert not await pg_ledger.verifier_finish(
             "a@acme.com", "d1", status=LedgerStatus.UNAVAILABLE, at=later
         )
-        entry = await store.verifier_entry("a@acme.com")
+        entry = await pg_ledger.verifier_entry("a@acme.com")
         assert entry is not None
         assert (entry.status, entry.verdict, entry.result, entry.credits_after) == (
             LedgerStatus.DONE, "invalid", "invalid", 4321
@@ -124,60 +125,66 @@ async def test_claim_finish_release(store: Store) -> None:
         assert entry.cost == PER_CALL and entry.finished_at == later
         assert entry.detail == "mailbox_not_found"
         # A done row is never released nor re-claimed.
-        assert not await store.verifier_release("a@acme.com", "d1")
-        assert await store.verifier_claim("a@acme.com", "d1", AT, 5) is None
+        assert not await pg_ledger.verifier_release("a@acme.com", "d1")
+        assert await pg_ledger.verifier_claim("a@acme.com", "d1", AT, 5) is None
         # A pending row is released by its owner only.
-        assert await store.verifier_claim("b@acme.com", "d1", AT, 1) == 1
-        assert not await store.verifier_release("b@acme.com", "d2")
-        assert await store.verifier_release("b@acme.com", "d1")
-        assert await store.verifier_entry("b@acme.com") is None
+        assert await pg_ledger.verifier_claim("b@acme.com", "d1", AT, 1) == 1
+        assert not await pg_ledger.verifier_release("b@acme.com", "d2")
+        assert await pg_ledger.verifier_release("b@acme.com", "d1")
+        assert await pg_ledger.verifier_entry("b@acme.com") is None
         with pytest.raises(ValueError):
-            await store.verifier_claim("c@acme.com", "d1", dt.datetime(2026, 11, 29), 1)
+            await pg_ledger.verifier_claim("c@acme.com", "d1", dt.datetime(2026, 11, 29), 1)
 
 
-async def test_unavailable_rows_reopen_only_with_attempts_left(store: Store) -> None:
+async def test_unavailable_rows_reopen_only_with_attempts_left(pg_ledger: PgVerifierLedger) -> None:
     with trio.fail_after(30):
-        assert await store.verifier_claim("a@acme.com", "d1", AT, 1) == 1
-        assert await store.verifier_finish(
+        assert await pg_ledger.verifier_claim("a@acme.com", "d1", AT, 1) == 1
+        assert await pg_ledger.verifier_finish(
             "a@acme.com", "d1", status=LedgerStatus.UNAVAILABLE, at=AT, cost=PER_CALL,
             detail="timeout",
         )
-        assert await store.verifier_claim("a@acme.com", "d2", AT, 1) is None
-        assert await store.verifier_claim("a@acme.com", "d2", AT, 2) == 2
-        assert await store.verifier_claim("a@acme.com", "d3", AT, 2) is None  # pending now
-        assert await store.verifier_finish(
+        assert await pg_ledger.verifier_claim("a@acme.com", "d2", AT, 1) is None
+        assert await pg_ledger.verifier_claim("a@acme.com", "d2", AT, 2) == 2
+        assert await pg_ledger.verifier_claim("a@acme.com", "d3", AT, 2) is None  # pending now
+        assert await pg_ledger.verifier_finish(
             "a@acme.com", "d2", status=LedgerStatus.DONE, at=AT, verdict="valid", result="ok",
             cost=PER_CALL,
         )
-        entry = await store.verifier_entry("a@acme.com")
+        entry = await pg_ledger.verifier_entry("a@acme.com")
         assert entry is not None
         assert (entry.owner, entry.attempts, entry.cost, entry.detail) == (
             "d2", 2, 2 * PER_CALL, None
         )
 
 
-async def test_spend_is_guarded_by_the_cap(store: Store) -> None:
+async def test_spend_is_guarded_by_the_cap(pg_ledger: PgVerifierLedger) -> None:
     cap = Decimal("0.012")
     with trio.fail_after(30):
-        grants = [await store.verifier_reserve_spend(TOOL, NOV, PER_CALL, cap) for _ in range(4)]
+        grants = [
+            await pg_ledger.verifier_reserve_spend(TOOL, NOV, PER_CALL, cap) for _ in range(4)
+        ]
         assert grants == [Decimal("0.004"), Decimal("0.008"), Decimal("0.012"), None]
-        assert await store.verifier_spend(TOOL, NOV) == SpendRow(3, cap)
-        await store.verifier_refund_spend(TOOL, NOV, PER_CALL)
-        assert await store.verifier_spend(TOOL, NOV) == SpendRow(2, Decimal("0.008"))
+        assert await pg_ledger.verifier_spend(TOOL, NOV) == SpendRow(3, cap)
+        await pg_ledger.verifier_refund_spend(TOOL, NOV, PER_CALL)
+        assert await pg_ledger.verifier_spend(TOOL, NOV) == SpendRow(2, Decimal("0.008"))
         # No cap: always granted. A first call dearer than the cap: refused, no row.
-        assert await store.verifier_reserve_spend("other", NOV, PER_CALL, None) == PER_CALL
-        assert await store.verifier_reserve_spend("third", NOV, PER_CALL, Decimal("0.001")) is None
-        assert await store.verifier_spend("third", NOV) == SpendRow(0, Decimal(0))
+        assert await pg_ledger.verifier_reserve_spend("other", NOV, PER_CALL, None) == PER_CALL
+        dear = await pg_ledger.verifier_reserve_spend("third", NOV, PER_CALL, Decimal("0.001"))
+        assert dear is None
+        assert await pg_ledger.verifier_spend("third", NOV) == SpendRow(0, Decimal(0))
         # Over-refund never goes negative; refunding a month without a row is a no-op.
         for _ in range(5):
-            await store.verifier_refund_spend(TOOL, NOV, PER_CALL)
-        assert await store.verifier_spend(TOOL, NOV) == SpendRow(0, Decimal(0))
-        await store.verifier_refund_spend(TOOL, dt.datetime(2026, 10, 1, tzinfo=dt.UTC), PER_CALL)
+            await pg_ledger.verifier_refund_spend(TOOL, NOV, PER_CALL)
+        assert await pg_ledger.verifier_spend(TOOL, NOV) == SpendRow(0, Decimal(0))
+        october = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+        await pg_ledger.verifier_refund_spend(TOOL, october, PER_CALL)
         with pytest.raises(ValueError, match="start of a UTC month"):
-            await store.verifier_spend(TOOL, AT)
+            await pg_ledger.verifier_spend(TOOL, AT)
 
 
-async def test_concurrent_spend_and_claims_across_stores(stores: list[Store]) -> None:
+async def test_concurrent_spend_and_claims_across_daemons(
+    ledgers: list[PgVerifierLedger],
+) -> None:
     """Thirty reservations against a cap of ten calls, and ten claims of one address, from three
     pools at once: exactly ten granted, exactly one claim."""
     cap = Decimal("0.040")
@@ -185,33 +192,33 @@ async def test_concurrent_spend_and_claims_across_stores(stores: list[Store]) ->
     claims: list[int | None] = []
     start = trio.Event()
 
-    async def reserve(s: Store) -> None:
+    async def reserve(s: PgVerifierLedger) -> None:
         await start.wait()
         grants.append(await s.verifier_reserve_spend(TOOL, NOV, PER_CALL, cap))
 
-    async def claim(s: Store, owner: str) -> None:
+    async def claim(s: PgVerifierLedger, owner: str) -> None:
         await start.wait()
         claims.append(await s.verifier_claim("same@acme.com", owner, AT, 1))
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             for i in range(30):
-                nursery.start_soon(reserve, stores[i % 3])
+                nursery.start_soon(reserve, ledgers[i % 3])
             for i in range(10):
-                nursery.start_soon(claim, stores[i % 3], f"d{i}")
+                nursery.start_soon(claim, ledgers[i % 3], f"d{i}")
             await trio.sleep(0.05)
             start.set()
         assert sum(g is not None for g in grants) == 10
         assert max(g for g in grants if g is not None) == cap
-        assert await stores[0].verifier_spend(TOOL, NOV) == SpendRow(10, cap)
+        assert await ledgers[0].verifier_spend(TOOL, NOV) == SpendRow(10, cap)
     assert sorted(claims, key=lambda c: c or 0) == [None] * 9 + [1]
 
 
 async def test_two_daemons_one_vendor_call(
-    stores: list[Store], fake: FakeMillionVerifier
+    ledgers: list[PgVerifierLedger], fake: FakeMillionVerifier
 ) -> None:
     fake.script("ann.lee@acme.com", Answer("invalid", delay=0.5, subresult="mailbox_not_found"))
-    gates = [daemon(stores[0], fake, "d1"), daemon(stores[1], fake, "d2")]
+    gates = [daemon(ledgers[0], fake, "d1"), daemon(ledgers[1], fake, "d2")]
     decisions: list[Any] = []
 
     async def one(g: EmailVerifier) -> None:
@@ -221,10 +228,10 @@ async def test_two_daemons_one_vendor_call(
         async with trio.open_nursery() as nursery:
             for g in gates:
                 nursery.start_soon(one, g)
-        entry = await stores[2].verifier_entry("ann.lee@acme.com")
-        spend = await stores[2].verifier_spend(TOOL, NOV)
+        entry = await ledgers[2].verifier_entry("ann.lee@acme.com")
+        spend = await ledgers[2].verifier_spend(TOOL, NOV)
         # A third daemon, later: the ledger answers.
-        third = await daemon(stores[2], fake, "d3").check("ann.lee@acme.com")
+        third = await daemon(ledgers[2], fake, "d3").check("ann.lee@acme.com")
     assert fake.count("ann.lee@acme.com") == 1
     assert sorted(d.kind.value for d in decisions) == ["cached", "verified"]
     assert {d.verdict for d in decisions} == {VendorVerdict.INVALID}
@@ -234,14 +241,16 @@ async def test_two_daemons_one_vendor_call(
     assert spend == SpendRow(1, PER_CALL)
 
 
-async def test_cache_ttl_across_daemons(stores: list[Store], fake: FakeMillionVerifier) -> None:
+async def test_cache_ttl_across_daemons(
+    ledgers: list[PgVerifierLedger], fake: FakeMillionVerifier
+) -> None:
     with trio.fail_after(60):
-        first = await daemon(stores[0], fake, "d1").check("bob@acme.com")
+        first = await daemon(ledgers[0], fake, "d1").check("bob@acme.com")
         within = await daemon(
-            stores[1], fake, "d2", origin=AT + dt.timedelta(days=89, hours=23)
+            ledgers[1], fake, "d2", origin=AT + dt.timedelta(days=89, hours=23)
         ).check("bob@acme.com")
         stale = await daemon(
-            stores[1], fake, "d2", origin=AT + dt.timedelta(days=90, seconds=1)
+            ledgers[1], fake, "d2", origin=AT + dt.timedelta(days=90, seconds=1)
         ).check("bob@acme.com")
     assert first.kind is DecisionKind.VERIFIED
     assert within.kind is DecisionKind.CACHED and within.verdict is VendorVerdict.VALID
@@ -249,9 +258,11 @@ async def test_cache_ttl_across_daemons(stores: list[Store], fake: FakeMillionVe
     assert fake.count() == 1
 
 
-async def test_money_cap_across_daemons(stores: list[Store], fake: FakeMillionVerifier) -> None:
+async def test_money_cap_across_daemons(
+    ledgers: list[PgVerifierLedger], fake: FakeMillionVerifier
+) -> None:
     spec = with_spec(SPEC, monthly_budget_cap=Decimal("0.012"))
-    gates = [daemon(s, fake, f"d{i}", spec=spec) for i, s in enumerate(stores)]
+    gates = [daemon(s, fake, f"d{i}", spec=spec) for i, s in enumerate(ledgers)]
     decisions: list[Any] = []
 
     async def run(g: EmailVerifier, index: int) -> None:
@@ -262,8 +273,8 @@ async def test_money_cap_across_daemons(stores: list[Store], fake: FakeMillionVe
         async with trio.open_nursery() as nursery:
             for i, g in enumerate(gates):
                 nursery.start_soon(run, g, i)
-        spend = await stores[0].verifier_spend(TOOL, NOV)
-        rows = await stores[0].verifier_entry("p0-0@acme.com")
+        spend = await ledgers[0].verifier_spend(TOOL, NOV)
+        rows = await ledgers[0].verifier_entry("p0-0@acme.com")
     assert fake.count() == 3
     assert spend == SpendRow(3, Decimal("0.012"))
     assert sum(d.kind is DecisionKind.VERIFIED for d in decisions) == 3
@@ -275,18 +286,18 @@ async def test_money_cap_across_daemons(stores: list[Store], fake: FakeMillionVe
 
 
 async def test_transport_failures_and_the_ledger_row(
-    store: Store, fake: FakeMillionVerifier
+    pg_ledger: PgVerifierLedger, fake: FakeMillionVerifier
 ) -> None:
     spec = with_spec(SPEC, initial_delay=0.05)
     fake.script("slow@acme.com", Hang(), Hang(), Hang())
     fake.script("busy@acme.com", rate_limited("0"), rate_limited("0"), rate_limited("0"))
-    g = daemon(store, fake, "d1", spec=spec, timeout=0.3)
+    g = daemon(pg_ledger, fake, "d1", spec=spec, timeout=0.3)
     with trio.fail_after(60):
         slow = await g.check("slow@acme.com")
         busy = await g.check("busy@acme.com")
-        slow_row = await store.verifier_entry("slow@acme.com")
-        busy_row = await store.verifier_entry("busy@acme.com")
-        spend = await store.verifier_spend(TOOL, NOV)
+        slow_row = await pg_ledger.verifier_entry("slow@acme.com")
+        busy_row = await pg_ledger.verifier_entry("busy@acme.com")
+        spend = await pg_ledger.verifier_spend(TOOL, NOV)
         again = [await g.check("slow@acme.com"), await g.check("busy@acme.com")]
     assert slow.kind is DecisionKind.UNAVAILABLE and busy.kind is DecisionKind.UNAVAILABLE
     # Timeouts after sending may have been billed: the attempt is spent, its cost kept.
@@ -300,22 +311,24 @@ async def test_transport_failures_and_the_ledger_row(
     assert fake.count("slow@acme.com") == 3 and fake.count("busy@acme.com") == 4
 
 
-async def test_an_echoed_api_key_is_never_stored(store: Store, db: Db) -> None:
+async def test_an_echoed_api_key_is_never_stored(
+    database: Database, queue: WorkQueue, pg_ledger: PgVerifierLedger, db: Db
+) -> None:
     # Issue 10: a vendor that echoes the API key got it stored in verifier_ledger.detail and
-    # in company_target.evidence. The store masks the configured secrets in both.
+    # in company_target.evidence. The database driver masks the configured secrets in both.
     key = "mv-live-7d1f0c9e55aa"
-    store.set_secrets([key])
+    database.set_secrets([key])
     with trio.fail_after(30):
-        assert await store.verifier_claim("k@acme.com", "d1", AT, 1) == 1
-        assert await store.verifier_finish(
+        assert await pg_ledger.verifier_claim("k@acme.com", "d1", AT, 1) == 1
+        assert await pg_ledger.verifier_finish(
             "k@acme.com", "d1", status=LedgerStatus.UNAVAILABLE, at=AT,
             detail=f"HTTP 500: bad request api={key}\x1b[0m",
         )
-        entry = await store.verifier_entry("k@acme.com")
+        entry = await pg_ledger.verifier_entry("k@acme.com")
         assert entry is not None and entry.detail == "HTTP 500: bad request api=***\\x1b[0m"
         (oid,) = await insert_spine(db, 1)
         outcome = passed(oid, vendor={"request": f"/v3/?api={key}&email=k@acme.com"})
-        assert (await store.write_outcomes("d1", [outcome])).written == [oid]
+        assert (await queue.write_outcomes("d1", [outcome])).written == [oid]
         stored = await db.fetchval(
             "SELECT evidence::text FROM outreach.company_target WHERE outreach_id = $1", oid
         )

@@ -21,7 +21,7 @@ from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 from ct_actors.config import DatabaseConfig, ProbeConfig
 
 if TYPE_CHECKING:
-    from ct_actors.db.store import SpineAnomalies
+    from ct_actors.db.queue_types import SpineAnomalies
 
 log = structlog.get_logger("ct_actors.loader")
 
@@ -38,7 +38,7 @@ class Claimed(Protocol):
     # unknown; that record's write is then not fenced.
     @property
     def attempts(self) -> int | None: ...
-    # Spine rows carrying this id (more than 1: upstream duplicated it; see Store.claim).
+    # Spine rows carrying this id (more than 1: upstream duplicated it; see WorkQueue.claim).
     @property
     def spine_rows(self) -> int: ...
 

@@ -110,7 +110,7 @@ def _validate_names_query(q: str) -> str:
     if other := _OTHER_PARAM.search(q):
         raise InvalidValue(f"must use no parameter but $1, found {other.group(0)}")
     # Its columns cannot be read from the text (SELECT *, views): the daemon checks them
-    # against the database at start (Store.check_names_query).
+    # against the database at start (NamesQuery.check_names_query).
     return q
 
 

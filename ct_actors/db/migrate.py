@@ -1,6 +1,6 @@
 """Schema migrations: apply each `sql/NNN_*.sql` once, in order.
 
-Runs on the asyncio side (it takes an asyncpg connection); from trio use `Store.migrate()` or
+Runs on the asyncio side (it takes an asyncpg connection); from trio use `Database.migrate()` or
 wrap it with `trio_asyncio.aio_as_trio`.
 
 * Every file runs in its own transaction, after `pg_advisory_xact_lock(MIGRATION_LOCK)`, and is

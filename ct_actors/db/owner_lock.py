@@ -22,9 +22,9 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from ct_actors.db.driver import translate_exception
 from ct_actors.db.errors import ConfigurationError, StoreError
-from ct_actors.db.redact import Redactor
-from ct_actors.db.store import translate_exception
+from ct_actors.db.redact import UrlRedactor
 
 # "ctow" in ASCII.
 OWNER_LOCK_CLASS = 0x63746F77
@@ -66,7 +66,7 @@ async def acquire_owner_lock(
     """Take the owner's lock, retrying for `wait` seconds (a predecessor that just died may
     still have its session open for a moment); raise OwnerInUse (a configuration error, exit
     2) if another daemon still holds it, DatabaseUnavailable if the database cannot be reached."""
-    redactor = Redactor(url)
+    redactor = UrlRedactor(url)
 
     async def call(fn: Any, *args: Any) -> Any:
         try:

@@ -1,15 +1,15 @@
 """Keep database passwords out of every message, log line and exception.
 
 The patterns live in `ct_actors.redact` (one implementation for the whole daemon); this module
-adds what the store needs on its error paths: the secrets of one particular URL, in every
-spelling they may appear in, and a `Redactor` bound to that URL. Everything here is total: it
+adds what the database driver needs on its error paths: the secrets of one particular URL, in
+every spelling they may appear in, and a `UrlRedactor` bound to that URL (the general
+`ct_actors.redact.Redactor` for those secrets, plus the masked URL). Everything here is total: it
 never raises, because it runs on error paths where a second exception would hide the first.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote
 
 from ct_actors import redact as _common
@@ -70,24 +70,30 @@ def url_secrets(url: str) -> list[str]:
     return sorted(spellings, key=len, reverse=True)
 
 
-@dataclass(frozen=True)
-class Redactor:
-    """Scrubs the secrets of one URL out of any text. Holds the secrets, so keep it private and
-    never print it (repr is masked)."""
+class UrlRedactor:
+    """The secrets of one URL, kept out of any text: the daemon's general
+    `ct_actors.redact.Redactor` built for those secrets (every spelling of them, masked by
+    value, plus the credential shapes it masks anyway), and the URL itself with them masked.
+    Holds the secrets, so keep it private and never print it (repr shows the masked URL)."""
 
-    url: str = field(repr=False)
-    secrets: tuple[str, ...] = field(init=False, repr=False)
-    redacted_url: str = field(init=False)
+    __slots__ = ("_redact", "redacted_url", "secrets")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "secrets", tuple(url_secrets(self.url)))
-        object.__setattr__(self, "redacted_url", redact_url(self.url))
+    def __init__(self, url: str) -> None:
+        self.secrets: tuple[str, ...] = tuple(url_secrets(url))
+        self.redacted_url: str = redact_url(url)
+        self._redact = _common.Redactor(self.secrets, min_length=MIN_SECRET_LENGTH)
+
+    def __repr__(self) -> str:
+        return f"UrlRedactor({self.redacted_url!r})"
 
     def text(self, text: object) -> str:
+        """`text` (anything printable) with the URL's secrets and every credential shape masked.
+        Never raises."""
         try:
             out = str(text)
         except Exception:
             out = f"<unprintable {type(text).__name__}>"
-        for secret in self.secrets:
-            out = out.replace(secret, MASK)
-        return scrub_text(out)
+        try:
+            return self._redact(out)
+        except Exception:
+            return "<unprintable>"

@@ -28,8 +28,9 @@ from trio_asyncio import aio_as_trio
 from ct_actors.app import run_pipeline
 from ct_actors.config import Config, SmtpConfig, env_var_name
 from ct_actors.db.choice import ChosenDatabase
+from ct_actors.db.driver import open_database
+from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.db.migrate import migrate
-from ct_actors.db.store import DatabaseUnavailable, open_store
 from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow, spine_rows
 from ct_actors.exit_codes import EXIT_DATABASE, EXIT_FAILED, EXIT_OK
 from ct_actors.log import configure_logging
@@ -161,14 +162,14 @@ async def _run(
             )
             with log_path.open("w") as log_file:
                 configure_logging("json", "info", stream=log_file, secrets=cfg.secrets())
-                store = await open_store(db_url, min_size=1, max_size=4)
+                database = await open_database(db_url, min_size=1, max_size=4)
                 usage_before = resource.getrusage(resource.RUSAGE_SELF)
                 started = time.perf_counter()
                 try:
                     supervisor = await run_pipeline(
                         demo_cfg,
                         toolbox,
-                        store,
+                        database,
                         drain=True,
                         handle_signals=False,
                         service=SystemdService(),  # a demo is not the service: no sd_notify
@@ -176,7 +177,7 @@ async def _run(
                 finally:
                     elapsed = time.perf_counter() - started
                     usage_after = resource.getrusage(resource.RUSAGE_SELF)
-                    await store.aclose()
+                    await database.aclose()
                 configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
         finally:
             sim_stats = await sim.stop()

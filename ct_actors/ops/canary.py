@@ -2,10 +2,10 @@
 the real pipeline (`run_pipeline`, the actors of `ct-actors run`), validate the results with the
 canary report's eight checks and write the report.
 
-The pipeline gets the store through `ScopedStore`, which restricts the claim (and the drain's
-wait for other daemons' leases) to the selected ids with `Store.claim_among` /
-`Store.pending_elsewhere_among`; everything else (writes, lease renewal and release, names query,
-tool budgets) is the store's own code. It runs as a restricted database role (see
+The pipeline gets its work queue as `ScopedQueue`, which restricts the claim (and the drain's
+wait for other daemons' leases) to the selected ids with `WorkQueue.claim_among` /
+`WorkQueue.pending_elsewhere_among`; everything else (writes, lease renewal and release, names
+query, tool budgets) is the daemon's own code. It runs as a restricted database role (see
 `ct_actors.ops.isolation`) for check 8, with drain (stop when nothing selected is claimable
 and nothing is in flight) and a timeout.
 """
@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -27,7 +27,10 @@ from ct_actors import __version__
 from ct_actors.app import run_pipeline
 from ct_actors.config import Config
 from ct_actors.db import queries as daemon_queries
-from ct_actors.db.store import Store, StoreError, open_store
+from ct_actors.db.driver import Database, open_database
+from ct_actors.db.errors import StoreError
+from ct_actors.db.queue_types import ClaimedRecord
+from ct_actors.db.work_queue import WorkQueue
 from ct_actors.dns.types import MxResolver
 from ct_actors.net.connector import Connector
 from ct_actors.ops import queries as oq
@@ -75,23 +78,20 @@ def default_output(now: dt.datetime, directory: Path | None = None) -> Path:
     return (directory or Path.cwd()) / f"canary-report-{stamp}.md"
 
 
-class ScopedStore:
-    """The store as the canary's pipeline sees it: claims, and the drain's wait for other
-    daemons' leases, are restricted to the selected records; every other method is the
-    store's own."""
+class ScopedQueue(WorkQueue):
+    """The work queue as the canary's pipeline sees it: claims, and the drain's wait for other
+    daemons' leases, are restricted to the selected records; everything else is the work
+    queue's own."""
 
-    def __init__(self, store: Store, ids: Sequence[uuid.UUID]) -> None:
-        self._store = store
+    def __init__(self, database: Database, ids: Sequence[uuid.UUID]) -> None:
+        super().__init__(database)
         self._ids = sorted(set(ids))
 
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Any]:
-        return await self._store.claim_among(owner, self._ids, limit, lease_seconds)
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedRecord]:
+        return await self.claim_among(owner, self._ids, limit, lease_seconds)
 
     async def pending_elsewhere(self, owner: str) -> int:
-        return await self._store.pending_elsewhere_among(owner, self._ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        return await self.pending_elsewhere_among(owner, self._ids)
 
 
 async def select(db: OpsDb, size: int, seed: int) -> Selection:
@@ -167,17 +167,17 @@ async def run_canary(
         try:
             run_started = await db.fetchval("clock", oq.CLOCK)
             try:
-                store: Store | None = await open_store(
+                database: Database | None = await open_database(
                     role.url,
                     min_size=cfg.database.min_connections,
                     max_size=cfg.database.max_connections,
                     application_name="ct-actors-canary",
                 )
             except StoreError as exc:
-                store = None
+                database = None
                 role_error = f"could not connect as the restricted role: {exc}"
                 pipeline_error = role_error
-            if store is not None:
+            if database is not None:
                 try:
                     t0 = time.perf_counter()
                     with trio.move_on_after(options.timeout) as scope:
@@ -185,7 +185,8 @@ async def run_canary(
                             supervisor = await run_pipeline(
                                 canary_cfg,
                                 toolbox,
-                                cast(Store, ScopedStore(store, ids)),
+                                database,
+                                queue=ScopedQueue(database, ids),
                                 drain=True,
                                 resolver=resolver,
                                 connector=connector,
@@ -200,7 +201,7 @@ async def run_canary(
                     # While the pool is still open: the role's sessions are visible.
                     proof_role = await role_proof(db, role)
                 finally:
-                    await store.aclose()
+                    await database.aclose()
             run_finished = await db.fetchval("clock", oq.CLOCK)
         finally:
             with trio.CancelScope(shield=True):
@@ -265,7 +266,7 @@ __all__ = [
     "CanaryOptions",
     "IsolationError",
     "NothingToSelect",
-    "ScopedStore",
+    "ScopedQueue",
     "default_output",
     "run_canary",
     "select",

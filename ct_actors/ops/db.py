@@ -1,6 +1,6 @@
 """One database connection for the operator commands, driven from trio.
 
-Like `ct_actors.db.store.Store`: every call is one trio->asyncio crossing (so it must run inside
+Like `ct_actors.db.driver.Database`: every call is one trio->asyncio crossing (so it must run inside
 `trio_asyncio.open_loop()`), and whatever asyncpg raises comes back translated by
 `translate_exception` (DatabaseUnavailable / SchemaError / QueryError / ConfigurationError) with
 the password masked. The bodies are asyncio-side coroutine functions taking the asyncpg
@@ -17,8 +17,9 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from ct_actors.db.redact import Redactor
-from ct_actors.db.store import StoreError, install_loop_exception_handler, translate_exception
+from ct_actors.db.driver import install_loop_exception_handler, translate_exception
+from ct_actors.db.errors import StoreError
+from ct_actors.db.redact import UrlRedactor
 
 T = TypeVar("T")
 Body = Callable[[Any], Awaitable[T]]
@@ -27,7 +28,7 @@ Body = Callable[[Any], Awaitable[T]]
 class OpsDb:
     """Open with `OpsDb.connect`; close with `aclose` (or `async with`)."""
 
-    def __init__(self, conn: Any, redactor: Redactor) -> None:
+    def __init__(self, conn: Any, redactor: UrlRedactor) -> None:
         self._conn = conn
         self._redactor = redactor
         self._closed = False
@@ -41,7 +42,7 @@ class OpsDb:
     async def connect(
         cls, url: str, *, connect_timeout: float = 10.0, application_name: str = "ct-actors-ops"
     ) -> OpsDb:
-        redactor = Redactor(url)
+        redactor = UrlRedactor(url)
 
         async def run() -> Any:
             install_loop_exception_handler(asyncio.get_running_loop())

@@ -39,7 +39,7 @@ NOW: Final = "SELECT now() AS now"
 CLOCK: Final = "SELECT clock_timestamp() AS now"
 
 # Spine records without a terminal outcome, leased and deferred ones included (the same
-# definition as `Store.pending_count`).
+# definition as `WorkQueue.pending_count`).
 PENDING_COUNT: Final = f"""
 SELECT count(DISTINCT o.outreach_id) AS pending FROM outreach.outreach o
 WHERE {_not_terminal("o.outreach_id")}

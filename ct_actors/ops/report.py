@@ -11,7 +11,7 @@ agree with each other and share one now()); `report_dict` and `format_report` ar
 * throughput: terminal outcomes per UTC hour or minute (company_target by imo_completed_at,
   which the daemon sets to the writing transaction's time; error rows without a company_target
   row, i.e. CT-I-NOT-FOUND, by created_at);
-* pending: spine records without a terminal outcome (as `Store.pending_count`);
+* pending: spine records without a terminal outcome (as `WorkQueue.pending_count`);
 * spine rows skipped: NULL and duplicated outreach_ids (a spine without a primary key);
 * estimate: pending / current rate, the rate being the outcomes of the last `rate_minutes`.
 """

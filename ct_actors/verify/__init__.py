@@ -10,10 +10,11 @@
 * `decision`: what the gate decides (`VerifyDecision`) and the pure reading of a ledger row;
 * `stops`: the budget kill switch, the halt after a refusal, the calendar pause;
 * `statistics`: the gate's counters, as a frozen `VerifierStatistics`;
+* `pg_ledger`: the ledger in PostgreSQL (`PgVerifierLedger`, on the database driver);
 * `gate`: `EmailVerifier.check(address)`, the registry's gate around the client;
 * `factory`: the daemon's EmailVerifier from the registry entry and the environment's key;
 * `policy`: which address to verify for a weak PASS, and what the verdict does to it.
 
-Import the submodules directly; this package module stays empty so that `ct_actors.db.store`
-can import `ct_actors.verify.ledger` without pulling in the rest.
+Import the submodules directly; this package module stays empty, so that importing one (say
+`ledger`, standard library only) pulls in nothing else.
 """

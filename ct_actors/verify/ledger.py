@@ -9,10 +9,10 @@ Two tables (sql/004_verifier.sql), shared by every daemon on the database:
   `unavailable` (the attempt was made, the vendor gave no verdict).
 * `ct_actors.verifier_spend`: one row per (tool, UTC month) with the calls and the money spent.
   A call is only made after one guarded statement has added `estimated_cost_per_call` to the
-  month without passing `monthly_budget_cap` (see `Store.verifier_reserve_spend`), so the cap
-  holds across daemons and restarts.
+  month without passing `monthly_budget_cap` (see `PgVerifierLedger.verifier_reserve_spend`),
+  so the cap holds across daemons and restarts.
 
-This module is standard library only: `ct_actors.db.store` imports it.
+This module is standard library only.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ class SpendRow:
 
 
 class VerifierLedger(Protocol):
-    """What `EmailVerifier` needs from storage (`Store` implements it in PostgreSQL,
-    `ct_actors.verify.memory.MemoryVerifierLedger` in memory)."""
+    """What `EmailVerifier` needs from storage (`ct_actors.verify.pg_ledger.PgVerifierLedger`
+    implements it in PostgreSQL, `ct_actors.verify.memory.MemoryVerifierLedger` in memory)."""
 
     async def verifier_entry(self, address: str) -> VerifierEntry | None:
         """The address's row, or None."""

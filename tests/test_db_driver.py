@@ -1,4 +1,4 @@
-"""Store lifecycle: closing, cancellation, losing the server, statistics."""
+"""The database driver's lifecycle: closing, cancellation, losing the server, statistics."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import trio
 import trio_asyncio
 from conftest_db import Db, insert_spine, passed
 
-from ct_actors.db import DatabaseUnavailable, Store, open_store
-from ct_actors.db.store import _loop_exception_handler
+from ct_actors.db import Database, DatabaseUnavailable, NamesQuery, WorkQueue, open_database
+from ct_actors.db.driver import _loop_exception_handler
 
 pytestmark = pytest.mark.db
 pytest_plugins = ["dbfixtures"]
@@ -21,24 +21,27 @@ SLEEPY = "SELECT 'a', 'b' FROM pg_sleep(30) WHERE $1::uuid IS NOT NULL"
 
 
 async def test_close_is_idempotent_and_final(aio_loop: Any, migrated_db: str) -> None:
-    store = await open_store(migrated_db)
-    assert "ct_test_" in store.url and "closed" not in repr(store)
-    async with store:
-        assert await store.pending_count() == 0
-    await store.aclose()
-    assert "closed" in repr(store)
+    database = await open_database(migrated_db)
+    queue = WorkQueue(database)
+    assert "ct_test_" in database.url and "closed" not in repr(database)
+    async with database:
+        assert await queue.pending_count() == 0
+    await database.aclose()
+    assert "closed" in repr(database)
     with pytest.raises(RuntimeError, match="closed"):
-        await store.pending_count()
+        await queue.pending_count()
 
 
-async def test_cancelled_query_leaves_the_store_usable(store: Store, db: Db) -> None:
+async def test_cancelled_query_leaves_the_pool_usable(
+    queue: WorkQueue, names_query: NamesQuery, db: Db
+) -> None:
     ids = await insert_spine(db, 3)
     with trio.move_on_after(0.3) as scope:
-        await store.fetch_names(SLEEPY, ids[0], statement_timeout=30)
+        await names_query.fetch_names(SLEEPY, ids[0], statement_timeout=30)
     assert scope.cancelled_caught
     # The server-side query was cancelled too, and the pool still works.
     with trio.fail_after(10):
-        assert len(await store.claim("a", 10, 60)) == 3
+        assert len(await queue.claim("a", 10, 60)) == 3
         for _poll in range(200):
             if not await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
@@ -51,31 +54,33 @@ async def test_cancelled_query_leaves_the_store_usable(store: Store, db: Db) -> 
 
 
 async def test_aclose_completes_while_cancelled(aio_loop: Any, migrated_db: str) -> None:
-    store = await open_store(migrated_db)
+    database = await open_database(migrated_db)
     with trio.CancelScope() as scope:
         scope.cancel()
-        await store.aclose(grace=1.0)  # shielded: still closes
-    assert "closed" in repr(store)
+        await database.aclose(grace=1.0)  # shielded: still closes
+    assert "closed" in repr(database)
 
 
 async def test_aclose_terminates_busy_connections_after_grace(
     aio_loop: Any, migrated_db: str
 ) -> None:
-    store = await open_store(migrated_db)
+    database = await open_database(migrated_db)
     async with trio.open_nursery() as nursery:
 
         async def busy() -> None:
             with contextlib.suppress(DatabaseUnavailable, RuntimeError):
-                await store.fetch_names(SLEEPY, uuid.uuid4(), statement_timeout=30)
+                await NamesQuery(database).fetch_names(
+                    SLEEPY, uuid.uuid4(), statement_timeout=30
+                )
 
         nursery.start_soon(busy)
         await trio.sleep(0.2)
         with trio.fail_after(5):
-            await store.aclose(grace=0.3)
+            await database.aclose(grace=0.3)
         nursery.cancel_scope.cancel()
 
 
-async def _terminate_store_backends(db: Db, active_only: bool = False) -> int:
+async def _terminate_pool_backends(db: Db, active_only: bool = False) -> int:
     return int(
         await db.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -86,13 +91,15 @@ async def _terminate_store_backends(db: Db, active_only: bool = False) -> int:
     )
 
 
-async def test_connection_killed_mid_query_is_database_unavailable(store: Store, db: Db) -> None:
+async def test_connection_killed_mid_query_is_database_unavailable(
+    queue: WorkQueue, names_query: NamesQuery, db: Db
+) -> None:
     ids = await insert_spine(db, 2)
     errors: list[BaseException] = []
 
     async def victim() -> None:
         try:
-            await store.fetch_names(SLEEPY, ids[0], statement_timeout=30)
+            await names_query.fetch_names(SLEEPY, ids[0], statement_timeout=30)
         except DatabaseUnavailable as exc:
             errors.append(exc)
 
@@ -100,26 +107,28 @@ async def test_connection_killed_mid_query_is_database_unavailable(store: Store,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(victim)
             for _poll in range(200):
-                if await _terminate_store_backends(db, active_only=True):
+                if await _terminate_pool_backends(db, active_only=True):
                     break
                 await trio.sleep(0.05)
     assert len(errors) == 1 and errors[0].__cause__ is None
     # The caller's retry gets a fresh connection.
-    assert len(await store.claim("a", 10, 60)) == 2
+    assert len(await queue.claim("a", 10, 60)) == 2
 
 
-async def test_server_dropping_idle_connections_is_survivable(store: Store, db: Db) -> None:
+async def test_server_dropping_idle_connections_is_survivable(
+    database: Database, queue: WorkQueue, db: Db
+) -> None:
     """A restart/failover drops the pool's idle connections. asyncpg may notice before or only
     during the next query; either way that query fails with DatabaseUnavailable at worst (never
     anything else), a retry succeeds, and the background noise asyncpg reports to the loop does
     not crash the trio_asyncio loop (the test would error at teardown)."""
     ids = await insert_spine(db, 4)
-    assert len(await store.claim("a", 2, 60)) == 2
-    assert await _terminate_store_backends(db) >= 1
+    assert len(await queue.claim("a", 2, 60)) == 2
+    assert await _terminate_pool_backends(db) >= 1
     failures = 0
     for _attempt in range(3):
         try:
-            report = await store.write_outcomes("a", [passed(ids[0])])
+            report = await queue.write_outcomes("a", [passed(ids[0])])
             break
         except DatabaseUnavailable:
             failures += 1
@@ -129,30 +138,34 @@ async def test_server_dropping_idle_connections_is_survivable(store: Store, db: 
         pytest.fail("write never succeeded after the connections were dropped")
     assert report.written == [ids[0]] and failures <= 1
     await trio.sleep(0.2)  # give any background error a chance to reach the loop
-    assert len(await store.claim("b", 10, 60)) == 2
-    assert store.statistics().errors == failures
+    assert len(await queue.claim("b", 10, 60)) == 2
+    assert database.statistics().errors == failures
 
 
-async def test_statistics_count_round_trips(store: Store, db: Db) -> None:
+async def test_statistics_count_round_trips(
+    database: Database, queue: WorkQueue, db: Db
+) -> None:
     ids = await insert_spine(db, 5)
-    before = store.statistics()
-    await store.claim("a", 5, 60)  # from the start: one statement
-    await store.renew_leases("a", ids, 60)
-    await store.write_outcomes("a", [passed(i) for i in ids])
-    after = store.statistics()
+    before = database.statistics()
+    await queue.claim("a", 5, 60)  # from the start: one statement
+    await queue.renew_leases("a", ids, 60)
+    await queue.write_outcomes("a", [passed(i) for i in ids])
+    after = database.statistics()
     assert after.round_trips - before.round_trips == 3
     assert after.crossings - before.crossings == 3
-    assert (after.claims, after.rows_claimed, after.writes, after.rows_written) == (1, 5, 1, 5)
-    assert after.claim_seconds > 0 and after.write_seconds > 0
-    # The snapshot is a copy.
+    work = queue.statistics()
+    assert (work.claims, work.rows_claimed, work.writes, work.rows_written) == (1, 5, 1, 5)
+    assert work.claim_seconds > 0 and work.write_seconds > 0
+    # The snapshots are copies.
     after.round_trips = -1
-    assert store.statistics().round_trips != -1
+    work.claims = -1
+    assert database.statistics().round_trips != -1 and queue.statistics().claims == 1
 
 
-async def test_background_connection_noise_does_not_crash_the_loop(store: Store) -> None:
+async def test_background_connection_noise_does_not_crash_the_loop(queue: WorkQueue) -> None:
     """What asyncpg does when a connection dies under an operation: report an unretrieved
     future through the loop's exception handler. trio_asyncio's default handler would re-raise
-    it into the loop's nursery (taking the daemon down); open_store installed one that logs."""
+    it into the loop's nursery (taking the daemon down); open_database installed one that logs."""
     import asyncio
 
     async def report() -> None:
@@ -167,7 +180,7 @@ async def test_background_connection_noise_does_not_crash_the_loop(store: Store)
 
     await trio_asyncio.aio_as_trio(report)()
     await trio.sleep(0.1)  # a re-raise would surface here or at loop teardown
-    assert await store.pending_count() == 0
+    assert await queue.pending_count() == 0
 
 
 def test_loop_exception_handler_only_swallows_connection_noise() -> None:
