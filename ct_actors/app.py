@@ -16,11 +16,12 @@ import structlog
 import trio
 
 from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed, NamesSource
+from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.loader import LoaderSettings, report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
 from ct_actors.actors.smtp_gate import GuardSettings, SmtpGate, SmtpGuard
-from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import KILL_SWITCHES, PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, ConfigError
@@ -34,7 +35,7 @@ from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.net.local_address import LocalAddressConnector
 from ct_actors.outcome import Deferred
-from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result, smtp_probe
+from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, mx_only_result
 from ct_actors.progress import progress_loop
 from ct_actors.service import SystemdService, WatchdogPolicy
 from ct_actors.throttle.budget import UsageStore

@@ -19,6 +19,7 @@ from typing import Literal
 import structlog
 import trio
 
+from ct_actors.actors.domain_task import HostVisitor, smtp_probe
 from ct_actors.actors.resolver_stage import ResolverStage
 from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
@@ -28,11 +29,9 @@ from ct_actors.probe.domain_probe import (
     GREYLISTED_KEY,
     DomainResult,
     GreylistState,
-    HostVisitor,
     RetryPolicy,
     greylist_deferral,
     mx_only_result,
-    smtp_probe,
 )
 from ct_actors.probe.normalise import NormalisedDomain, UnusableDomain, normalise_domain
 from ct_actors.ttl_cache import TtlCache
