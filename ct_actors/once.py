@@ -13,7 +13,7 @@ from ct_actors.app import probe_domain
 from ct_actors.config import Config
 from ct_actors.db.store import Store
 from ct_actors.outcome import Failed, FailureCode, Outcome, result_fields
-from ct_actors.probe.normalise import UnusableDomain, normalise_domain
+from ct_actors.probe.input_stage import Unusable, accept, input_evidence
 from ct_actors.toolbox import Toolbox
 
 
@@ -36,15 +36,9 @@ async def process_one(
             "execution_status": status,
             "written": False,
         }
-    try:
-        domain = normalise_domain(spine.domain)
-    except UnusableDomain as exc:
-        failed = Failed(
-            FailureCode.NO_DOMAIN,
-            f"domain {exc.raw!r} unusable: {exc.reason}",
-            evidence={"raw_domain": exc.raw},
-        )
-        return await _write(store, cfg, Outcome(outreach_id, None, failed))
+    domain = accept(spine.domain)
+    if isinstance(domain, Unusable):
+        return await _write(store, cfg, Outcome(outreach_id, None, domain.failed()))
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
         await store.check_names_query(cfg.probe.names_query)
@@ -54,12 +48,7 @@ async def process_one(
     decided = await probe_domain(
         cfg, toolbox, domain.domain, people, usage=store, ledger=store
     )
-    evidence = {
-        **decided.result.evidence,
-        "raw_domain": spine.domain,
-        "normalised": list(domain.changes),
-        **({"mixed_script_labels": list(domain.mixed_script)} if domain.mixed_script else {}),
-    }
+    evidence = {**decided.result.evidence, **input_evidence(spine.domain, domain)}
     result = dataclasses.replace(decided.result, evidence=evidence)
     outcome = Outcome(
         outreach_id, domain.domain, result, decided.mx_host, trio.current_time() - started

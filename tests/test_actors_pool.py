@@ -18,8 +18,9 @@ import trio.testing
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.probe.plan import Conclusion, ProbePlan
-from ct_actors.probe.visit import HostVisit, ProbeRequest, VisitOutcome
+from ct_actors.probe.visit import HostVisit, VisitOutcome
 from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, now, rcpt
 
 BOUND = 600.0

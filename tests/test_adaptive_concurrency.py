@@ -27,11 +27,12 @@ from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.probe.visit import HostVisit, ProbeRequest, VisitOutcome
+from ct_actors.probe.visit import HostVisit, VisitOutcome
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World

@@ -18,13 +18,14 @@ from ct_actors.actors.smtp_gate import (
     SmtpGate,
     SmtpGuard,
 )
-from ct_actors.actors.supervisor import KILL_SWITCHES
+from ct_actors.actors.stages import KILL_SWITCHES
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
 from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.plan import ProbePlan
-from ct_actors.probe.visit import HostVisit, ProbeRequest, VisitOutcome
+from ct_actors.probe.visit import HostVisit, VisitOutcome
 from ct_actors.smtp.types import Stage
 from ct_actors.throttle.killswitch import KillSwitches
 

@@ -9,19 +9,14 @@ domains.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import trio
 
-from ct_actors.dns.types import MxHost, MxLookup
+from ct_actors.actors.visit_request import HostVisitor, ProbeRequest
+from ct_actors.dns.types import MxLookup
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, no_mx_result
 from ct_actors.probe.domain_walk import Decided, DomainWalk, Visit, Wait
-from ct_actors.probe.visit import HostVisit, ProbeRequest
-
-
-class HostVisitor(Protocol):
-    async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit: ...
 
 
 async def smtp_probe(
@@ -48,7 +43,8 @@ async def smtp_probe(
     )
     while True:
         match walk.next_action():
-            case Visit(host, request):
+            case Visit(host, plan):
+                request = ProbeRequest(mx.domain, plan, mx_name=host.name)
                 walk.visited(await pools.visit(host, request))
             case Wait(seconds):
                 await trio.sleep(seconds)

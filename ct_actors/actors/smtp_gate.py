@@ -36,12 +36,12 @@ import structlog
 import trio
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
 from ct_actors.dns.types import MxHost
 from ct_actors.probe.visit import (
     NO_CONNECTION_TRIED,
     HostVisit,
-    ProbeRequest,
     VisitOutcome,
     dead_host_visit,
 )

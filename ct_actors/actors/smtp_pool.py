@@ -34,18 +34,18 @@ from ct_actors.actors.slow_hosts import HostSlowShare, SlowLease, SlowWatch, Wat
 from ct_actors.actors.smtp_session import (
     PooledSession,
     WindowRejections,
+    broken_visit,
     conversation_visit,
     converse,
-    error_visit,
     open_failure_visit,
     open_pool_session,
     timed,
-    transcript_lines,
 )
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import is_error_limit_reply
-from ct_actors.probe.visit import HostVisit, ProbeRequest, VisitOutcome, dead_host_visit
+from ct_actors.probe.visit import HostVisit, VisitOutcome, dead_host_visit
 from ct_actors.smtp.client import (
     SmtpConnectError,
     SmtpDisconnected,
@@ -465,22 +465,13 @@ class HostPool:
                 error_budget=self.error_budget() - conn.errors,
                 rejections=WindowRejections(self.window),
             )
-        except (SmtpDisconnected, SmtpTimeout) as exc:
-            # The session died under us (dropped, or stopped answering) after it was greeted:
-            # that is about this session; the domain goes on from the same question. (Or we
-            # cut it for the slow share: not the host's failure.)
-            self._stats["failures"] += not conn.lease.evicted
-            progress = len(request.plan.answers) + len(request.plan.greylisted) - answered
-            visit = error_visit(self.host.name, address, exc, VisitOutcome.SESSION_ENDED)
-            visit.replies = transcript_lines(session)
-            visit.tls, visit.reused_session = session.tls, reused
-            visit.progress = max(0, progress)
-            return visit
         except SmtpError as exc:
-            self._stats["failures"] += 1
-            visit = error_visit(self.host.name, address, exc)
-            visit.reused_session = reused
-            return visit
+            # Dropped or silent after the greeting: the session's end, not the domain's. (Or we
+            # cut it for the slow share: not the host's failure.)
+            cut = conn.lease.evicted and isinstance(exc, SmtpDisconnected | SmtpTimeout)
+            self._stats["failures"] += not cut
+            progress = len(request.plan.answers) + len(request.plan.greylisted) - answered
+            return broken_visit(self.host.name, address, exc, session, reused, progress)
         conn.errors += result.errors
         if result.error_limit_after is not None:
             # The server's limit is below our budget: remember it for every session to it.

@@ -146,6 +146,23 @@ def open_failure_visit(host: str, address: str | None, exc: SmtpError) -> HostVi
     return error_visit(host, address, exc)
 
 
+def broken_visit(
+    host: str, address: str, exc: SmtpError, session: SmtpSession, reused: bool, progress: int
+) -> HostVisit:
+    """A session that broke off mid-conversation. Dropped or silent after its greeting, it
+    ended the session, not the domain: the domain goes on from the same question (`progress`:
+    questions this visit moved on before). Any other SMTP error is its own outcome."""
+    if not isinstance(exc, SmtpDisconnected | SmtpTimeout):
+        visit = error_visit(host, address, exc)
+        visit.reused_session = reused
+        return visit
+    visit = error_visit(host, address, exc, VisitOutcome.SESSION_ENDED)
+    visit.replies = transcript_lines(session)
+    visit.tls, visit.reused_session = session.tls, reused
+    visit.progress = max(0, progress)
+    return visit
+
+
 def conversation_visit(
     host: str,
     address: str,

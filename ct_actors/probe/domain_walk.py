@@ -21,14 +21,16 @@ from ct_actors.dns.types import MxHost, MxLookup
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, pass_verdict, worth_another_walk
 from ct_actors.probe.plan import ProbePlan
-from ct_actors.probe.visit import HostVisit, ProbeRequest, VisitOutcome
+from ct_actors.probe.visit import HostVisit, VisitOutcome
 from ct_actors.throttle.backoff import backoff_delay
 
 
 @dataclass(frozen=True, slots=True)
 class Visit:
+    """Ask `host` (only its allowed addresses) the plan's open questions."""
+
     host: MxHost
-    request: ProbeRequest
+    plan: ProbePlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class DomainWalk:
         if self._result is not None:
             return Decided(self._result)
         assert self._host is not None
-        return Visit(self._host, ProbeRequest(self.mx.domain, self.plan, mx_name=self._host.name))
+        return Visit(self._host, self.plan)
 
     def visited(self, visit: HostVisit) -> None:
         """What the last `Visit` brought."""

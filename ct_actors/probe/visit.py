@@ -1,13 +1,11 @@
-"""One visit of a domain's probe to one MX host: the request a domain task sends to a host's
-pool, and what happened there (pure data, read by the domain probe, the gate and the audit)."""
+"""One visit of a domain's probe to one MX host: what happened there (pure data, read by the
+domain walk, the gate and the audit)."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 
-from ct_actors.probe.plan import ProbePlan
-from ct_actors.reply_slot import ReplySlot
 from ct_actors.smtp.types import Stage
 
 
@@ -44,16 +42,6 @@ class VisitOutcome(enum.StrEnum):
 NO_CONNECTION_TRIED = frozenset(
     {VisitOutcome.HOST_DEAD, VisitOutcome.HALTED, VisitOutcome.NO_ADDRESS, VisitOutcome.NOT_PUBLIC}
 )
-
-
-@dataclass(slots=True)
-class ProbeRequest:
-    domain: str
-    plan: ProbePlan
-    reply: ReplySlot[HostVisit] = field(default_factory=ReplySlot)
-    # The MX name the domain asked for: a pool serves one IP address, which several tenants'
-    # MX names may share; visits are reported under the name the domain's MX record gave.
-    mx_name: str = ""
 
 
 @dataclass(slots=True)
