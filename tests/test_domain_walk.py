@@ -51,12 +51,21 @@ def test_a_421_about_our_pace_backs_off_then_visits_the_same_host() -> None:
 def test_lost_sessions_are_bounded_then_the_next_host_is_tried() -> None:
     walk = DomainWalk(MX, [], POLICY)
     for _ in range(POLICY.fresh_sessions - 1):
-        assert isinstance(visited(walk, VisitOutcome.SESSION_ENDED), Visit)
+        # A reused session that ended: the domain goes on at once on a fresh session.
+        assert isinstance(visited(walk, VisitOutcome.SESSION_ENDED, reused_session=True), Visit)
     # The third lost session leaves mx1; mx2 does not resolve; every host failed for reasons of
     # theirs, so the walk is walked again after the SMTPCheck backoff.
-    assert visited(walk, VisitOutcome.SESSION_ENDED) == Wait(2.0)
+    assert visited(walk, VisitOutcome.SESSION_ENDED, reused_session=True) == Wait(2.0)
     assert [v.outcome for v in walk.visits][-1] is VisitOutcome.NO_ADDRESS
     assert isinstance(walk.next_action(), Visit) and walk.attempt == 2
+
+
+def test_a_new_session_dropped_before_any_answer_ends_the_hosts_walk() -> None:
+    # The host did it, not our reuse of a session: no instant reconnect, the pass's back-off
+    # is the retry.
+    walk = DomainWalk(MX, [], POLICY)
+    assert visited(walk, VisitOutcome.SESSION_ENDED) == Wait(2.0)
+    assert len(walk.visits) == 2 and walk.attempt == 1
 
 
 def test_a_connect_failure_is_read_from_the_stage_never_from_the_detail() -> None:
