@@ -12,18 +12,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
+import httpx
 import structlog
 import trio
 
-from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed, NamesSource
-from ct_actors.actors.loader import LoaderSettings, report_spine_anomalies
+from ct_actors.actors.dispatcher import NamesFailed, NamesSource
+from ct_actors.actors.loader import report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
-from ct_actors.actors.resolver_stage import ResolverSettings
-from ct_actors.actors.smtp_gate import GuardSettings
 from ct_actors.actors.stages import ProbeStages
-from ct_actors.actors.supervisor import PipelineSettings, Supervisor
-from ct_actors.actors.writer import WriterSettings
+from ct_actors.actors.supervisor import Supervisor
 from ct_actors.config import Config, ConfigError
 from ct_actors.db.store import DatabaseUnavailable, Store
 from ct_actors.dns.client import UdpDnsClient
@@ -35,9 +32,16 @@ from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.net.local_address import LocalAddressConnector
 from ct_actors.outcome import Deferred
-from ct_actors.probe.domain_probe import DomainResult, RetryPolicy
+from ct_actors.probe.domain_probe import DomainResult
 from ct_actors.progress import progress_loop
 from ct_actors.service import SystemdService, WatchdogPolicy
+from ct_actors.settings import (
+    Settings,
+    guard_settings,
+    pool_settings,
+    resolver_settings,
+    retry_policy,
+)
 from ct_actors.throttle.budget import UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
@@ -51,104 +55,6 @@ from ct_actors.verify.policy import verify_weak_pass
 log = structlog.get_logger("ct_actors.app")
 
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable,)
-
-
-def pool_settings(cfg: Config) -> PoolSettings:
-    smtp = cfg.smtp
-    return PoolSettings(
-        port=smtp.port,
-        helo_name=smtp.helo_name or "localhost",
-        mail_from=smtp.mail_from or "",
-        connect_timeout=smtp.connect_timeout,
-        command_timeout=smtp.command_timeout,
-        quit_timeout=smtp.quit_timeout,
-        starttls=smtp.starttls,
-        initial_connections_per_host=smtp.initial_connections_per_host,
-        max_connections_per_host=smtp.max_connections_per_host,
-        max_recipients_per_session=smtp.max_recipients_per_session,
-        max_errors_per_session=smtp.max_errors_per_session,
-        max_rejected_rcpts_per_host=smtp.max_rejected_rcpts_per_host,
-        rejected_rcpts_window=smtp.rejected_rcpts_window,
-        session_reuse_seconds=float(smtp.session_reuse_seconds),
-        session_idle_seconds=smtp.session_idle_seconds,
-        pool_idle_seconds=float(smtp.pool_idle_seconds),
-        dead_host_backoff=smtp.dead_host_backoff,
-        dead_host_backoff_max=smtp.dead_host_backoff_max,
-        slow_reply_seconds=smtp.slow_reply_seconds,
-        slow_host_seconds=smtp.slow_host_seconds,
-        slow_connections_share=smtp.slow_connections_share,
-    )
-
-
-def retry_policy(cfg: Config, toolbox: Toolbox) -> RetryPolicy:
-    backoff = toolbox.smtp_check.backoff
-    return RetryPolicy(
-        greylist_delay=cfg.smtp.greylist_retry_delay,
-        greylist_retries=cfg.smtp.greylist_max_retries,
-        fresh_sessions=cfg.smtp.max_fresh_sessions,
-        remote_attempts=cfg.smtp.remote_attempts,
-        time_budget=cfg.smtp.domain_time_budget,
-        throttle_delay=backoff.initial_delay,
-        throttle_retries=backoff.max_retries,
-        throttle_strategy=backoff.strategy,
-        defer_seconds=float(cfg.probe.defer_seconds),
-    )
-
-
-def resolver_settings(cfg: Config, toolbox: Toolbox) -> ResolverSettings:
-    mx = toolbox.mx_lookup
-    return ResolverSettings(
-        workers=cfg.dns.max_in_flight,
-        cache_ttl=mx.cache_ttl or 0.0,
-        retry_delay=mx.backoff.initial_delay,
-        max_retries=mx.backoff.max_retries,
-        retry_strategy=mx.backoff.strategy,
-        failure_domains=cfg.killswitch.resolver_failure_domains,
-        health_check_name=cfg.dns.health_check_name,
-        health_check_interval=cfg.dns.health_check_interval,
-    )
-
-
-def guard_settings(cfg: Config) -> GuardSettings:
-    ks = cfg.killswitch
-    return GuardSettings(
-        blocklist_networks=ks.blocklist_networks,
-        blocklist_fraction=ks.blocklist_fraction,
-        blocklist_networks_alone=ks.blocklist_networks_alone,
-        blocklist_window=ks.blocklist_window,
-        refusal_give_up=ks.refusal_give_up,
-        dnsbl_address=ks.dnsbl_address,
-        port_blocked_hosts=ks.port_blocked_hosts,
-        reachability_window=ks.reachability_window,
-    )
-
-
-def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
-    return PipelineSettings(
-        owner=cfg.daemon.owner,
-        max_in_flight=cfg.probe.max_in_flight,
-        drain_deadline=cfg.daemon.drain_deadline,
-        stats_interval=cfg.log.stats_interval,
-        loader=LoaderSettings(
-            claim_batch=cfg.probe.claim_batch,
-            lease_seconds=float(cfg.database.lease_seconds),
-            names_failures=cfg.probe.names_failures,
-            names_pause=cfg.probe.names_pause,
-        ),
-        resolver=resolver_settings(cfg, toolbox),
-        dispatch=DispatchSettings(
-            mode=cfg.probe.mode,
-            verdict_ttl=toolbox.smtp_check.cache_ttl or 0.0,
-            retry=retry_policy(cfg, toolbox),
-            addresses=AddressPolicy.allowing(cfg.smtp.allow_networks),
-            dns_failure_retries=cfg.dns.domain_failure_retries,
-            dns_failure_delay=cfg.dns.domain_failure_delay,
-        ),
-        writer=WriterSettings(
-            batch_size=cfg.writer.batch_size, flush_interval=cfg.writer.flush_interval
-        ),
-        guard=guard_settings(cfg),
-    )
 
 
 def make_throttles(
@@ -178,20 +84,20 @@ def make_pools(cfg: Config, connector: Connector | None = None) -> SmtpPoolManag
     return SmtpPoolManager(
         pool_settings(cfg),
         connector or TrioConnector(cfg.smtp.source_address),
-        max_connections=cfg.smtp.max_connections,
         ssl_context=tls_context() if cfg.smtp.starttls == "opportunistic" else None,
     )
 
 
 @asynccontextmanager
-async def open_resolver(cfg: Config) -> AsyncIterator[MxResolver]:
+async def open_resolver(cfg: Config) -> AsyncIterator[tuple[MxResolver, UdpDnsClient]]:
+    """The MX resolver, and the DNS client under it (the part SIGHUP reconfigures)."""
     async with UdpDnsClient(
         list(cfg.dns.nameservers),
         port=cfg.dns.port,
         timeout=cfg.dns.timeout,
         attempts=cfg.dns.attempts,
     ) as client:
-        yield DnsMxResolver(client)
+        yield DnsMxResolver(client), client
 
 
 @asynccontextmanager
@@ -264,14 +170,16 @@ async def run_pipeline(
     throttles = make_throttles(cfg, toolbox, store, clock)
     # The local address of our connections is our sending IP for the DNSBL lookups.
     local = LocalAddressConnector(connector or TrioConnector(cfg.smtp.source_address))
+    settings = Settings.from_config(cfg, toolbox)
     async with (
-        _maybe_resolver(cfg, resolver) as mx_resolver,
+        _maybe_resolver(cfg, resolver) as (mx_resolver, dns_client),
         open_dnsbl(cfg, dnsbl_lookup) as dnsbl,
     ):
         supervisor = Supervisor(
-            pipeline_settings(cfg, toolbox),
+            settings.pipeline,
             store=store,
             resolver=mx_resolver,
+            dns=dns_client,
             pools=make_pools(cfg, local),
             dnsbl=dnsbl,
             local_address=local.current,
@@ -306,7 +214,7 @@ def verifier_factory(
     ledger: VerifierLedger,
     throttles: ToolThrottles,
     clock: UtcClock,
-    connector: Connector | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Callable[[KillSwitches], EmailVerifier] | None:
     """The Tier-2 EmailVerifier, when `verifier.enabled` (off by default). The key comes from
     the registry's api_key_source variable; config loading refused a missing one already."""
@@ -329,7 +237,7 @@ def verifier_factory(
             base_url=cfg.verifier.base_url,
             timeout=cfg.verifier.timeout,
             vendor_timeout=cfg.verifier.vendor_timeout,
-            connector=connector,
+            transport=transport,
         )
 
     return build
@@ -347,20 +255,24 @@ def _progress_reader(supervisor: Supervisor) -> Callable[[], tuple[int, str]]:
 
 
 @asynccontextmanager
-async def _maybe_resolver(cfg: Config, resolver: MxResolver | None) -> AsyncIterator[MxResolver]:
+async def _maybe_resolver(
+    cfg: Config, resolver: MxResolver | None
+) -> AsyncIterator[tuple[MxResolver, UdpDnsClient | None]]:
+    """The given resolver (tests: nothing for SIGHUP to reconfigure), or the configured one."""
     if resolver is not None:
-        yield resolver
+        yield resolver, None
         return
     async with open_resolver(cfg) as real:
         yield real
 
 
 class Reloader:
-    """SIGHUP: re-read the config file and the registry, validate both, and only then swap the
-    reloadable parts in, in one synchronous step (no other task runs in between): limits apply
-    from the next call, work in flight carries on, counters and per-host state carry over.
-    A refused file changes nothing. SIGHUP also clears tripped kill switches: it is how the
-    operator says "fixed"."""
+    """SIGHUP: re-read the config file and the registry, validate both, build the new
+    `Settings` from them and hand it to `Supervisor.reconfigure`, in one synchronous step (no
+    other task runs in between): limits apply from the next call, work in flight carries on,
+    counters and per-host state carry over. Restart-only keys keep their running values
+    (`Config.reloaded`). A refused file changes nothing. SIGHUP also clears tripped kill
+    switches: it is how the operator says "fixed"."""
 
     def __init__(
         self,
@@ -396,33 +308,20 @@ class Reloader:
         except (ConfigError, ToolboxError) as exc:
             log.error("reload_failed", error=str(exc), note="running configuration unchanged")
             return False
-        config_changes = self.config.reloadable_diff(new_cfg)
-        toolbox_changes = self.toolbox.diff(new_toolbox)
         running = self.config.reloaded(new_cfg)
+        settings = Settings.from_config(running, new_toolbox)
         # From here on nothing awaits: the swap is atomic for every other task.
-        sup = self.supervisor
-        sup.reconfigure(pipeline_settings(running, new_toolbox))
-        sup.resolver.reconfigure_dns(timeout=running.dns.timeout, attempts=running.dns.attempts)
-        sup.pools.update_settings(
-            pool_settings(running), max_connections=running.smtp.max_connections
-        )
-        if sup.throttles is not None:
-            sup.throttles.update(
-                dict(new_toolbox.tools), budget_block=running.throttle.budget_block
-            )
-        if sup.verifier is not None:
-            sup.verifier.update(new_toolbox.email_verifier)
-            sup.verifier.resume()
-        if running.log.level != self.config.log.level:
-            set_level(running.log.level)
-        cleared = sup.clear_kill_switches()
-        self.config, self.toolbox = running, new_toolbox
+        self.supervisor.reconfigure(settings)
+        if settings.log_level != self.config.log.level:
+            set_level(settings.log_level)
+        cleared = self.supervisor.clear_kill_switches()
         log.info(
             "reloaded",
-            config_changes=config_changes,
-            toolbox_changes=toolbox_changes,
+            config_changes=self.config.reloadable_diff(new_cfg),
+            toolbox_changes=self.toolbox.diff(new_toolbox),
             kill_switches_cleared=cleared,
         )
+        self.config, self.toolbox = running, new_toolbox
         return True
 
 
@@ -482,7 +381,7 @@ async def probe_domain(
     factory = (
         verifier_factory(cfg, toolbox, ledger, throttles, clock) if ledger is not None else None
     )
-    async with _maybe_resolver(cfg, resolver) as mx_resolver:
+    async with _maybe_resolver(cfg, resolver) as (mx_resolver, _):
         stages = ProbeStages(
             resolver=mx_resolver,
             resolver_settings=resolver_settings(cfg, toolbox),
@@ -513,3 +412,5 @@ async def probe_domain(
             finally:
                 stages.close()
                 await throttles.release()
+                if stages.verifier is not None:
+                    await stages.verifier.aclose()

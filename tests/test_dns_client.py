@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from ct_actors.dns import wire
-from ct_actors.dns.client import DnsConfigError, UdpDnsClient
+from ct_actors.dns.client import DnsConfigError, QuerySettings, UdpDnsClient
 from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.types import DnsUnavailable
 
@@ -425,8 +425,8 @@ def test_nameservers_must_be_addresses() -> None:
 
 def test_reconfigure_applies_new_timeout_and_attempts_and_refuses_nonsense() -> None:
     client = UdpDnsClient(["127.0.0.1"], timeout=2.0, attempts=2)
-    client.reconfigure(timeout=0.5, attempts=3)
+    client.reconfigure(QuerySettings(timeout=0.5, attempts=3))
     assert (client._timeout, client._attempts) == (0.5, 3)
     with pytest.raises(ValueError):
-        client.reconfigure(timeout=0.0, attempts=1)
+        client.reconfigure(QuerySettings(timeout=0.0, attempts=1))
     assert (client._timeout, client._attempts) == (0.5, 3)

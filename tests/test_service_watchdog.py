@@ -36,7 +36,7 @@ from ct_actors.service import (
     Verdict,
     WatchdogPolicy,
 )
-from ct_actors.service.status import sample_statistics, status_line
+from ct_actors.service.status import budget_pauses, sample_statistics, status_line
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.world import World
 from ct_actors.throttle.calendar import UtcClock
@@ -296,6 +296,7 @@ def stats(**overrides: Any) -> dict[str, Any]:
 
 def read(raw: dict[str, Any], utc: str = "2026-01-01T12:00:00+00:00", **kw: Any) -> HealthSample:
     args: dict[str, Any] = {
+        "paused_until": {"TOOL-005 SMTPCheck": dt.datetime(2026, 1, 2, tzinfo=dt.UTC)},
         "now": 100.0,
         "credits_free": 0,
         "oldest_in_flight": 12.0,
@@ -320,8 +321,20 @@ def test_sample_from_statistics() -> None:
     assert read({}).activity == 0
 
 
+def test_budget_pauses_are_read_typed_from_the_limiters() -> None:
+    until = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    throttles = SimpleNamespace(
+        by_tool={
+            "TOOL-004": SimpleNamespace(spec=SimpleNamespace(name="MXLookup"), paused_until=None),
+            "TOOL-005": SimpleNamespace(spec=SimpleNamespace(name="SMTPCheck"), paused_until=until),
+        }
+    )
+    assert budget_pauses(throttles) == {"TOOL-005 SMTPCheck": until}  # type: ignore[arg-type]
+    assert budget_pauses(None) == {}
+
+
 def test_status_lines() -> None:
-    s = read(stats(throttles={}))
+    s = read(stats(throttles={}), paused_until={})
     assert status_line(s, None, 56.74) == (
         "processing: 1234 done, 56.7/s, 512 in flight, kill switches: none"
     )
@@ -333,7 +346,8 @@ def test_status_lines() -> None:
     assert status_line(read(stats(), stopping=True)) == "draining: 1234 done, 512 in flight"
     assert status_line(read(stats(), drained=True)) == "drained: 1234 done, stopping"
     failing = stats(throttles={}, writer={"failing_since": 40.0, "buffered": 9})
-    assert status_line(read(failing)).startswith("database unavailable for 60 s, writer retrying")
+    line = status_line(read(failing, paused_until={}))
+    assert line.startswith("database unavailable for 60 s, writer retrying")
     verdict = HealthMonitor().assess(read(stats()))
     stalled = dataclasses.replace(verdict, healthy=False, reason="writer wedged: …")
     assert status_line(read(stats()), stalled) == "stalled: writer wedged: …"

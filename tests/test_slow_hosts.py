@@ -341,11 +341,10 @@ async def test_a_reload_resizes_the_slow_share_with_the_cap(
     with trio.fail_after(BOUND):
         async with network([], max_connections=64) as manager:
             assert manager.statistics()["slow_connections_max"] == 16
-            manager.update_settings(
-                dataclasses.replace(SETTINGS, slow_connections_share=0.5), max_connections=8
-            )
+            capped = dataclasses.replace(SETTINGS, max_connections=8)
+            manager.reconfigure(dataclasses.replace(capped, slow_connections_share=0.5))
             assert manager.statistics()["slow_connections_max"] == 4
-            manager.update_settings(SETTINGS)  # the cap stays 8
+            manager.reconfigure(capped)
             assert manager.statistics()["slow_connections_max"] == 2
 
 

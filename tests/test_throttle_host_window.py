@@ -136,11 +136,11 @@ def test_update_clamps_and_keeps_state() -> None:
     window.on_connect_failure(0.0)
     grown(window, 1 + 2 + 3 + 4)
     window.on_success(0.0)
-    window.update(HostWindowSettings(maximum=3))
+    window.reconfigure(HostWindowSettings(maximum=3))
     assert window.limit == 3
     assert window.statistics()["credit"] == 0
     assert window.dead_until == 300.0
-    window.update(HostWindowSettings(maximum=6, dead_backoff=10.0))
+    window.reconfigure(HostWindowSettings(maximum=6, dead_backoff=10.0))
     assert window.limit == 3
     assert grown(window, 3).limit == 4
     window.on_connect_failure(1000.0)
@@ -150,7 +150,7 @@ def test_update_clamps_and_keeps_state() -> None:
 def test_update_keeps_credit_when_limit_unchanged() -> None:
     window = HostWindow(HostWindowSettings(maximum=8))
     grown(window, 1 + 1)  # limit 2, one credit
-    window.update(HostWindowSettings(maximum=4))
+    window.reconfigure(HostWindowSettings(maximum=4))
     assert grown(window, 1).limit == 3
 
 

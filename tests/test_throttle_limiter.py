@@ -166,7 +166,7 @@ async def test_reload_applies_from_the_next_call_and_keeps_the_history(
     lim = limiter(MX, MemoryUsageStore())
     with trio.fail_after(BOUND):
         assert await acquire_all(lim, [None] * 10) == [0.0] * 10
-        lim.update(with_limit(MX, "per_second", 5))
+        lim.reconfigure(with_limit(MX, "per_second", 5))
         # The ten calls of this second still count: the new limit of 5 is already used up.
         times = await acquire_all(lim, [None] * 6)
     assert sorted(times) == [1.0] * 5 + [2.0]
@@ -190,7 +190,7 @@ async def test_raising_an_exhausted_budget_on_reload_resumes_within_a_minute(
             nursery.start_soon(late)
             await trio.sleep(100.0)
             assert not granted.is_set()  # still the same day: it waits
-            lim.update(with_limit(SMTP, "per_day", 10))
+            lim.reconfigure(with_limit(SMTP, "per_day", 10))
             await granted.wait()
             resumed = trio.current_time()
     assert resumed == 121.0  # the budget is re-checked once a minute: at 61.0 and 121.0
@@ -239,7 +239,7 @@ async def test_a_scope_removed_on_reload_stops_applying(
     )
     with trio.fail_after(BOUND):
         await acquire_all(lim, [None] * 50)
-        lim.update(only_day)
+        lim.reconfigure(only_day)
         times = await acquire_all(lim, [None] * 60)
     assert times == [0.0] * 60
 

@@ -21,16 +21,14 @@ from structlog.testing import capture_logs
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.toolbox import load_toolbox
-from ct_actors.verify.client import (
-    MillionVerifierClient,
+from ct_actors.verify.answer import VendorVerdict, parse_answer, parse_retry_after
+from ct_actors.verify.client import MillionVerifierClient
+from ct_actors.verify.errors import (
     RejectedKind,
     UnavailableKind,
-    Verdict,
     VerifierError,
     VerifierRejected,
     VerifierUnavailable,
-    parse_answer,
-    parse_retry_after,
 )
 from ct_actors.verify.fake_api import (
     Answer,
@@ -45,8 +43,9 @@ from ct_actors.verify.fake_api import (
     rate_limited,
     server_error,
 )
-from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings, with_spec
+from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
 from ct_actors.verify.memory import MemoryVerifierLedger
+from tests.verify_support import with_spec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,14 +90,14 @@ def leaks(exc: BaseException) -> str:
 @pytest.mark.parametrize(
     ("result", "verdict"),
     [
-        ("ok", Verdict.VALID),
-        ("catch_all", Verdict.CATCH_ALL),
-        ("unknown", Verdict.UNKNOWN),
-        ("invalid", Verdict.INVALID),
-        ("disposable", Verdict.DISPOSABLE),
+        ("ok", VendorVerdict.VALID),
+        ("catch_all", VendorVerdict.CATCH_ALL),
+        ("unknown", VendorVerdict.UNKNOWN),
+        ("invalid", VendorVerdict.INVALID),
+        ("disposable", VendorVerdict.DISPOSABLE),
     ],
 )
-def test_parse_every_result_kind(result: str, verdict: Verdict) -> None:
+def test_parse_every_result_kind(result: str, verdict: VendorVerdict) -> None:
     answer = parse_answer(body(answer_doc(result, subresult="mailbox_exists")), ADDR)
     assert answer.verdict is verdict
     assert answer.result == result
@@ -117,7 +116,7 @@ def test_parse_tolerates_unknown_fields_and_missing_optional_ones() -> None:
                  "executiontime", "livemode", "error"):
         del doc[name]
     answer = parse_answer(body(doc), "Ann.Lee@ACME.com")  # the echo is compared case-blind
-    assert answer.verdict is Verdict.VALID
+    assert answer.verdict is VendorVerdict.VALID
     assert answer.quality is None and answer.livemode is None
 
 
@@ -192,7 +191,7 @@ def test_test_mode_answers_are_refused_unless_allowed() -> None:
     with pytest.raises(VerifierRejected) as caught:
         parse_answer(raw, ADDR)
     assert caught.value.kind is RejectedKind.NOT_LIVE
-    assert parse_answer(raw, ADDR, require_livemode=False).verdict is Verdict.INVALID
+    assert parse_answer(raw, ADDR, require_livemode=False).verdict is VendorVerdict.INVALID
 
 
 def test_error_text_is_redacted() -> None:
@@ -271,11 +270,11 @@ async def test_verdicts_over_the_wire(fake: FakeMillionVerifier) -> None:
     client = client_for(fake)
     with trio.fail_after(10):
         for result, verdict in [
-            ("ok", Verdict.VALID),
-            ("catch_all", Verdict.CATCH_ALL),
-            ("unknown", Verdict.UNKNOWN),
-            ("invalid", Verdict.INVALID),
-            ("disposable", Verdict.DISPOSABLE),
+            ("ok", VendorVerdict.VALID),
+            ("catch_all", VendorVerdict.CATCH_ALL),
+            ("unknown", VendorVerdict.UNKNOWN),
+            ("invalid", VendorVerdict.INVALID),
+            ("disposable", VendorVerdict.DISPOSABLE),
         ]:
             address = f"{result}@acme.com"
             fake.set_result(address, result, subresult=f"sub-{result}")
@@ -284,7 +283,7 @@ async def test_verdicts_over_the_wire(fake: FakeMillionVerifier) -> None:
             assert answer.subresult == f"sub-{result}"
         # Chunked transfer encoding (with a chunk extension) decodes the same.
         fake.script(ADDR, Answer("invalid", chunked=True))
-        assert (await client.verify(ADDR)).verdict is Verdict.INVALID
+        assert (await client.verify(ADDR)).verdict is VendorVerdict.INVALID
     assert fake.credits == 94
     assert [r.key_ok for r in fake.requests] == [True] * 6
     assert {r.vendor_timeout for r in fake.requests} == {"3"}
@@ -525,5 +524,5 @@ async def test_make_email_verifier_end_to_end(fake: FakeMillionVerifier) -> None
     )
     with trio.fail_after(10):
         decision = await verifier.check(ADDR)
-    assert decision.verdict is Verdict.INVALID
+    assert decision.verdict is VendorVerdict.INVALID
     assert fake.requests[-1].vendor_timeout == "2"

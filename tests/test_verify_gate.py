@@ -23,26 +23,19 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter
 from ct_actors.toolbox import ToolSpec, load_toolbox
-from ct_actors.verify.client import (
+from ct_actors.verify.answer import VendorVerdict, VerifierAnswer
+from ct_actors.verify.decision import DecisionKind, SkipReason, normalise_address
+from ct_actors.verify.errors import (
     RejectedKind,
     UnavailableKind,
-    Verdict,
-    VerifierAnswer,
     VerifierRejected,
     VerifierUnavailable,
 )
-from ct_actors.verify.gate import (
-    BUDGET_CAP_REACHED,
-    DecisionKind,
-    EmailVerifier,
-    GateSettings,
-    SkipReason,
-    normalise_address,
-    with_spec,
-)
+from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
 from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry
 from ct_actors.verify.memory import MemoryVerifierLedger
 from tests.fakes import MemoryUsageStore
+from tests.verify_support import with_spec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,11 +49,11 @@ PER_CALL = Decimal("0.004")
 
 def ok(address: str, result: str = "ok", credits: int = 5000) -> VerifierAnswer:
     verdicts = {
-        "ok": Verdict.VALID,
-        "invalid": Verdict.INVALID,
-        "unknown": Verdict.UNKNOWN,
-        "catch_all": Verdict.CATCH_ALL,
-        "disposable": Verdict.DISPOSABLE,
+        "ok": VendorVerdict.VALID,
+        "invalid": VendorVerdict.INVALID,
+        "unknown": VendorVerdict.UNKNOWN,
+        "catch_all": VendorVerdict.CATCH_ALL,
+        "disposable": VendorVerdict.DISPOSABLE,
     }
     return VerifierAnswer(address, verdicts[result], result, credits, subresult=result)
 
@@ -94,6 +87,7 @@ class ScriptedClient:
         self.default = default
         self.scripts: dict[str, deque[Any]] = {}
         self.calls: list[tuple[str, float]] = []
+        self.closed = False
 
     def script(self, address: str, *items: Any) -> None:
         self.scripts.setdefault(address, deque()).extend(items)
@@ -117,6 +111,9 @@ class ScriptedClient:
         if isinstance(item, VerifierAnswer):
             return item
         return ok(address, item)
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
 def switches() -> KillSwitches:
@@ -180,9 +177,9 @@ async def test_verdict_is_recorded_and_reused(autojump_clock: trio.testing.MockC
     with trio.fail_after(BOUND):
         first = await g.check("Ann.Lee@acme.com")
         second = await g.check("ann.lee@acme.com")
-    assert first.kind is DecisionKind.VERIFIED and first.verdict is Verdict.INVALID
+    assert first.kind is DecisionKind.VERIFIED and first.verdict is VendorVerdict.INVALID
     assert first.requests == 1
-    assert second.kind is DecisionKind.CACHED and second.verdict is Verdict.INVALID
+    assert second.kind is DecisionKind.CACHED and second.verdict is VendorVerdict.INVALID
     assert client.count() == 1
     row = ledger.entries["ann.lee@acme.com"]
     assert (row.status, row.verdict, row.result, row.cost, row.owner) == (
@@ -190,8 +187,17 @@ async def test_verdict_is_recorded_and_reused(autojump_clock: trio.testing.MockC
     )
     assert ledger.spend[(SPEC.tool_id, NOVEMBER)] == SpendRow(1, PER_CALL)
     stats = g.statistics()
-    assert stats["decision_verified"] == 1 and stats["decision_cached"] == 1
-    assert stats["verdict_invalid"] == 2 and stats["requests"] == 1
+    assert stats.decisions[DecisionKind.VERIFIED] == 1
+    assert stats.decisions[DecisionKind.CACHED] == 1
+    assert stats.verdicts[VendorVerdict.INVALID] == 2 and stats.requests == 1
+    # The stats line's `verifier` object keeps its flat keys (docs/monitoring.md).
+    line = stats.as_log()
+    assert line["decision_verified"] == 1 and line["decision_cached"] == 1
+    assert line["verdict_invalid"] == 2 and line["requests"] == 1
+    assert line["skipped_budget"] == 0 and line["spent_here"] == str(PER_CALL)
+    assert line["paused_until"] is None and line["budget_switch"] is False
+    await g.aclose()  # shutdown closes the client (its pooled connections)
+    assert client.closed
 
 
 async def test_one_attempt_per_address_across_two_daemons(
@@ -213,7 +219,7 @@ async def test_one_attempt_per_address_across_two_daemons(
                 nursery.start_soon(one, g)
     assert client.count() == 1
     assert sorted(d.kind.value for d in decisions) == ["cached", "verified"]
-    assert {d.verdict for d in decisions} == {Verdict.VALID}
+    assert {d.verdict for d in decisions} == {VendorVerdict.VALID}
     assert ledger.spend[(SPEC.tool_id, NOVEMBER)].calls == 1
 
 
@@ -245,7 +251,7 @@ async def test_cache_ttl(autojump_clock: trio.testing.MockClock) -> None:
         cached = await g.check("ann.lee@acme.com")
         await trio.sleep(1)
         stale = await g.check("ann.lee@acme.com")
-    assert cached.kind is DecisionKind.CACHED and cached.verdict is Verdict.VALID
+    assert cached.kind is DecisionKind.CACHED and cached.verdict is VendorVerdict.VALID
     # Past the TTL the verdict is not trusted any more, and the one attempt is spent.
     assert stale.kind is DecisionKind.SKIPPED and stale.reason is SkipReason.STALE
     assert stale.verdict is None
@@ -388,7 +394,7 @@ async def test_zero_credits_left_after_a_verdict_trips_the_switch(
     with trio.fail_after(BOUND):
         decision = await g.check("a@acme.com")
         after = await g.check("b@acme.com")
-    assert decision.kind is DecisionKind.VERIFIED and decision.verdict is Verdict.VALID
+    assert decision.kind is DecisionKind.VERIFIED and decision.verdict is VendorVerdict.VALID
     assert kill.is_tripped(BUDGET_CAP_REACHED)
     assert after.reason is SkipReason.BUDGET
     assert client.count() == 1
@@ -470,7 +476,7 @@ async def test_transient_failure_never_billed_releases_the_address(
         assert ledger.spend[(SPEC.tool_id, NOVEMBER)] == SpendRow(0, Decimal(0))
         later = await g.check("a@acme.com")
     assert first.kind is DecisionKind.UNAVAILABLE and first.requests == 3
-    assert later.kind is DecisionKind.VERIFIED and later.verdict is Verdict.INVALID
+    assert later.kind is DecisionKind.VERIFIED and later.verdict is VendorVerdict.INVALID
     assert ledger.spend[(SPEC.tool_id, NOVEMBER)] == SpendRow(1, PER_CALL)
 
 
@@ -539,6 +545,7 @@ async def test_per_month_limit_through_the_limiter(
         started = trio.current_time()
         fourth = await g.check("p3@acme.com")
         immediate = trio.current_time() - started
+        paused = g.statistics()
         await trio.sleep(3 * 86_400)  # December: a fresh month of calls
         december = await g.check("p2@acme.com")
     assert [d.kind for d in first] == [DecisionKind.VERIFIED] * 2
@@ -549,6 +556,9 @@ async def test_per_month_limit_through_the_limiter(
     assert client.count() == 3
     assert "p3@acme.com" not in ledger.entries
     assert events(logs, "verifier_throttled")[0]["paused_until"] == DECEMBER.isoformat()
+    assert paused.paused_until == DECEMBER  # a datetime; text only in the stats line
+    assert paused.as_log()["paused_until"] == DECEMBER.isoformat()
+    assert g.statistics().paused_until is None  # December: the pause is over
     assert usage.used[(SPEC.tool_id, "per_month", NOVEMBER)] == 2
 
 

@@ -19,17 +19,13 @@ from ct_actors.db import Store, open_store
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.toolbox import ToolSpec, load_toolbox
-from ct_actors.verify.client import MillionVerifierClient, Verdict
+from ct_actors.verify.answer import VendorVerdict
+from ct_actors.verify.client import MillionVerifierClient
+from ct_actors.verify.decision import DecisionKind, SkipReason
 from ct_actors.verify.fake_api import Answer, FakeMillionVerifier, Hang, open_fake_api, rate_limited
-from ct_actors.verify.gate import (
-    BUDGET_CAP_REACHED,
-    DecisionKind,
-    EmailVerifier,
-    GateSettings,
-    SkipReason,
-    with_spec,
-)
+from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
 from ct_actors.verify.ledger import LedgerStatus, SpendRow
+from tests.verify_support import with_spec
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(120)]
 pytest_plugins = ["dbfixtures"]
@@ -231,8 +227,8 @@ async def test_two_daemons_one_vendor_call(
         third = await daemon(stores[2], fake, "d3").check("ann.lee@acme.com")
     assert fake.count("ann.lee@acme.com") == 1
     assert sorted(d.kind.value for d in decisions) == ["cached", "verified"]
-    assert {d.verdict for d in decisions} == {Verdict.INVALID}
-    assert third.kind is DecisionKind.CACHED and third.verdict is Verdict.INVALID
+    assert {d.verdict for d in decisions} == {VendorVerdict.INVALID}
+    assert third.kind is DecisionKind.CACHED and third.verdict is VendorVerdict.INVALID
     assert entry is not None and entry.status is LedgerStatus.DONE
     assert entry.credits_after == 999 and entry.detail == "mailbox_not_found"
     assert spend == SpendRow(1, PER_CALL)
@@ -248,7 +244,7 @@ async def test_cache_ttl_across_daemons(stores: list[Store], fake: FakeMillionVe
             stores[1], fake, "d2", origin=AT + dt.timedelta(days=90, seconds=1)
         ).check("bob@acme.com")
     assert first.kind is DecisionKind.VERIFIED
-    assert within.kind is DecisionKind.CACHED and within.verdict is Verdict.VALID
+    assert within.kind is DecisionKind.CACHED and within.verdict is VendorVerdict.VALID
     assert stale.kind is DecisionKind.SKIPPED and stale.reason is SkipReason.STALE
     assert fake.count() == 1
 
@@ -274,7 +270,7 @@ async def test_money_cap_across_daemons(stores: list[Store], fake: FakeMillionVe
     assert {d.reason for d in decisions if d.kind is not DecisionKind.VERIFIED} == {
         SkipReason.BUDGET
     }
-    assert all(g.statistics()["budget_switch"] for g in gates)  # each daemon stopped calling
+    assert all(g.statistics().budget_switch for g in gates)  # each daemon stopped calling
     assert rows is None or rows.status is LedgerStatus.DONE
 
 

@@ -13,8 +13,8 @@ from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
 from ct_actors.probe.domain_probe import DomainResult, mx_only_result
 from ct_actors.probe.patterns import CATCHALL_CONFIDENCE, MX_ONLY_CONFIDENCE, template
-from ct_actors.verify.client import Verdict, VerifierAnswer
-from ct_actors.verify.gate import DecisionKind, SkipReason, VerifyDecision
+from ct_actors.verify.answer import VendorVerdict, VerifierAnswer
+from ct_actors.verify.decision import DecisionKind, SkipReason, VerifyDecision
 from ct_actors.verify.policy import (
     RAISED_CONFIDENCE,
     AddressKind,
@@ -51,7 +51,9 @@ def pattern_pass() -> Passed:
     )
 
 
-def decided(verdict: Verdict | None, kind: DecisionKind = DecisionKind.VERIFIED) -> VerifyDecision:
+def decided(
+    verdict: VendorVerdict | None, kind: DecisionKind = DecisionKind.VERIFIED
+) -> VerifyDecision:
     return VerifyDecision(
         "ann.lee@acme.com", kind, verdict=verdict,
         checked_at=dt.datetime(2026, 11, 29, tzinfo=dt.UTC), detail="mailbox_not_found",
@@ -82,9 +84,9 @@ def test_target_is_the_concrete_address_of_the_pass() -> None:
     assert choose_target(pattern_pass(), "acme.com", PEOPLE) is None
 
 
-@pytest.mark.parametrize("verdict", [Verdict.INVALID, Verdict.DISPOSABLE])
+@pytest.mark.parametrize("verdict", [VendorVerdict.INVALID, VendorVerdict.DISPOSABLE])
 @pytest.mark.parametrize("kind", [DecisionKind.VERIFIED, DecisionKind.CACHED])
-def test_invalid_and_disposable_fail_the_pass(verdict: Verdict, kind: DecisionKind) -> None:
+def test_invalid_and_disposable_fail_the_pass(verdict: VendorVerdict, kind: DecisionKind) -> None:
     passed = catchall_pass()
     target = choose_target(passed, "acme.com", PEOPLE)
     assert target is not None
@@ -112,7 +114,7 @@ def test_valid_raises_confidence(
 ) -> None:
     target = choose_target(passed, "acme.com", people)
     assert target is not None
-    result = apply_decision(passed, target, decided(Verdict.VALID))
+    result = apply_decision(passed, target, decided(VendorVerdict.VALID))
     assert isinstance(result, Passed)
     assert result.confidence == expected
     assert result.email_method == passed.email_method and result.method_type == "first.last"
@@ -135,16 +137,16 @@ def test_the_raised_levels_stay_below_direct_smtp_evidence() -> None:
 def test_valid_never_lowers_confidence() -> None:
     passed = Passed("first.last@acme.com", "first.last", Decimal("0.90"), True, {})
     target = Target("ann.lee@acme.com", AddressKind.PERSON, Basis.CATCH_ALL)
-    result = apply_decision(passed, target, decided(Verdict.VALID))
+    result = apply_decision(passed, target, decided(VendorVerdict.VALID))
     assert isinstance(result, Passed) and result.confidence == Decimal("0.90")
 
 
 @pytest.mark.parametrize(
     "decision",
     [
-        decided(Verdict.UNKNOWN),
-        decided(Verdict.CATCH_ALL),
-        decided(Verdict.UNKNOWN, DecisionKind.CACHED),
+        decided(VendorVerdict.UNKNOWN),
+        decided(VendorVerdict.CATCH_ALL),
+        decided(VendorVerdict.UNKNOWN, DecisionKind.CACHED),
         VerifyDecision("ann.lee@acme.com", DecisionKind.UNAVAILABLE, detail="timeout", requests=3),
         *(skipped(reason) for reason in SkipReason),
     ],
@@ -172,7 +174,7 @@ class RecordingVerifier:
 
 
 async def test_verify_weak_pass_only_asks_about_weak_passes() -> None:
-    verifier = RecordingVerifier(decided(Verdict.INVALID))
+    verifier = RecordingVerifier(decided(VendorVerdict.INVALID))
     strong = DomainResult(pattern_pass(), "mx.acme.com")
     failed = DomainResult(Failed(FailureCode.NO_MX, "no MX"), None)
     deferred = DomainResult(Deferred("resolver down", 600.0), None)
@@ -189,10 +191,10 @@ async def test_verify_weak_pass_only_asks_about_weak_passes() -> None:
 
 async def test_verify_weak_pass_evidence_carries_the_vendor_answer() -> None:
     answer = VerifierAnswer(
-        "info@acme.com", Verdict.VALID, "ok", 4999, quality="good", subresult="ok", role=True
+        "info@acme.com", VendorVerdict.VALID, "ok", 4999, quality="good", subresult="ok", role=True
     )
     decision = VerifyDecision(
-        "info@acme.com", DecisionKind.VERIFIED, verdict=Verdict.VALID, vendor_result="ok",
+        "info@acme.com", DecisionKind.VERIFIED, verdict=VendorVerdict.VALID, vendor_result="ok",
         requests=1, answer=answer,
     )
     with trio.fail_after(10):

@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from ct_actors.actors.stages import ProbeStages
+from ct_actors.config import DnsConfig, ProbeConfig
 from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
 from ct_actors.net.address_policy import AddressPolicy
@@ -69,9 +70,14 @@ class Job:
     names_error: str | None = None
 
 
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_PROBE = ProbeConfig()
+_DNS = DnsConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    mode: Literal["smtp", "mx-only"] = "smtp"
+    mode: Literal["smtp", "mx-only"] = _PROBE.mode
     verdict_ttl: float = 168 * 3600.0  # SMTPCheck cache_ttl_hours
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Which MX addresses may be connected to; None: no check (tests on documentation
@@ -79,8 +85,8 @@ class DispatchSettings:
     addresses: AddressPolicy | None = None
     # A domain whose own DNS is broken (lookups fail while our resolver is healthy): deferred
     # this many times, the first wait doubling each time, then CT-M-NO-MX (dns/domain_failures).
-    dns_failure_retries: int = 3  # dns.domain_failure_retries
-    dns_failure_delay: float = 1800.0  # dns.domain_failure_delay
+    dns_failure_retries: int = _DNS.domain_failure_retries
+    dns_failure_delay: float = _DNS.domain_failure_delay
 
 
 @dataclass(slots=True)
@@ -121,7 +127,7 @@ class Dispatcher:
             "greylist_given_up": 0,
         }
 
-    def update(self, settings: DispatchSettings) -> None:
+    def reconfigure(self, settings: DispatchSettings) -> None:
         """Reload: retry policy and verdict TTL from the next domain on (mode is restart-only)."""
         self.settings = dataclasses.replace(settings, mode=self.settings.mode)
         self._verdicts.ttl = settings.verdict_ttl

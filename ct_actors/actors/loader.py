@@ -18,6 +18,7 @@ import trio
 
 from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
+from ct_actors.config import DatabaseConfig, ProbeConfig
 
 if TYPE_CHECKING:
     from ct_actors.db.store import SpineAnomalies
@@ -50,10 +51,15 @@ class ClaimStore(Protocol):
     async def pending_elsewhere(self, owner: str) -> int: ...
 
 
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_PROBE = ProbeConfig()
+_DATABASE = DatabaseConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class LoaderSettings:
-    claim_batch: int = 200
-    lease_seconds: float = 300.0
+    claim_batch: int = _PROBE.claim_batch
+    lease_seconds: float = float(_DATABASE.lease_seconds)
     idle_poll: float = 5.0  # how often to look for new work when none is pending
     retry_initial: float = 1.0
     retry_max: float = 60.0
@@ -63,8 +69,8 @@ class LoaderSettings:
     # The names query (probe.names_failures / names_pause): after this many failed attempts
     # in a row, alert, defer the batch's records and pause claiming, instead of retrying the
     # same batch forever.
-    names_failures: int = 5
-    names_pause: float = 120.0
+    names_failures: int = _PROBE.names_failures
+    names_pause: float = _PROBE.names_pause
 
 
 class LoaderActor:
@@ -113,6 +119,10 @@ class LoaderActor:
             "names_deferred": 0,
             "names_pauses": 0,
         }
+
+    def reconfigure(self, settings: LoaderSettings) -> None:
+        """Reload: batch size, lease length and the names-query limits from the next claim."""
+        self.settings = settings
 
     def statistics(self) -> dict[str, int]:
         return dict(self._stats)

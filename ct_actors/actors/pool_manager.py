@@ -4,6 +4,7 @@ share: the connections slow hosts (tarpits) may hold together (see smtp_pool.py)
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -28,17 +29,22 @@ class SmtpPoolManager:
         settings: PoolSettings,
         connector: Connector,
         *,
-        max_connections: int,
+        max_connections: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        # `max_connections` (tests): instead of the settings' global cap.
+        if max_connections is not None:
+            settings = dataclasses.replace(settings, max_connections=max_connections)
         self.settings = settings
         # Every TCP connection that opens is reported at once (see on_connected).
         self._connector = _ReportingConnector(connector, self)
         self._ssl_context = ssl_context
-        self.connections = trio.CapacityLimiter(max_connections)
+        self.connections = trio.CapacityLimiter(settings.max_connections)
         # Sessions to slow hosts hold a token of this as well as one of `connections`, so
         # healthy hosts always find the rest of the cap.
-        self.slow_connections = trio.CapacityLimiter(settings.slow_connections(max_connections))
+        self.slow_connections = trio.CapacityLimiter(
+            settings.slow_connections(settings.max_connections)
+        )
         self._pools: dict[str, HostPool] = {}
         # Per-host windows outlive their pools while they hold something learnt (a shrunk or
         # grown limit, a dead-host streak); see _reap.
@@ -102,21 +108,16 @@ class SmtpPoolManager:
             window = self._windows[name] = HostWindow(self.settings.window())
         return window
 
-    def update_settings(
-        self, settings: PoolSettings, *, max_connections: int | None = None
-    ) -> None:
-        """Reload: every pool (and every remembered host window) takes the new settings."""
+    def reconfigure(self, settings: PoolSettings) -> None:
+        """Reload: every pool (and every remembered host window) takes the new settings; a
+        smaller cap applies as sessions close, nobody is cut off by a reload."""
         self.settings = settings
         for window in self._windows.values():
-            window.update(settings.window())
+            window.reconfigure(settings.window())
         for pool in self._pools.values():
-            pool.update_settings(settings)
-        if max_connections is not None:
-            self.connections.total_tokens = max_connections
-        # A smaller share applies as slow sessions close; nobody is cut off by a reload.
-        self.slow_connections.total_tokens = settings.slow_connections(
-            int(self.connections.total_tokens)
-        )
+            pool.reconfigure(settings)
+        self.connections.total_tokens = settings.max_connections
+        self.slow_connections.total_tokens = settings.slow_connections(settings.max_connections)
 
     def revive_hosts(self) -> int:
         """After a kill switch is cleared: hosts marked dead while our own side was broken

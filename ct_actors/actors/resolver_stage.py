@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from ct_actors.config import DnsConfig, KillSwitchConfig
 from ct_actors.dns.health import (
-    DEFAULT_HEALTH_CHECK_NAME,
     HealthProbe,
     HealthReport,
     ResolverHealth,
@@ -46,16 +46,21 @@ RESOLVER_FAILURE = "dns_resolver_failure"
 log = structlog.get_logger("ct_actors.resolver_stage")
 
 
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_DNS = DnsConfig()
+_KILLSWITCH = KillSwitchConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class ResolverSettings:
-    workers: int = 64
+    workers: int = _DNS.max_in_flight
     cache_ttl: float = 24 * 3600.0
     retry_delay: float = 0.1  # MXLookup backoff: linear from 100 ms
     max_retries: int = 2
     retry_strategy: str = "linear"
-    failure_domains: int = 20  # killswitch.resolver_failure_domains
-    health_check_name: str = DEFAULT_HEALTH_CHECK_NAME  # dns.health_check_name
-    health_check_interval: float = 30.0  # dns.health_check_interval
+    failure_domains: int = _KILLSWITCH.resolver_failure_domains
+    health_check_name: str = _DNS.health_check_name
+    health_check_interval: float = _DNS.health_check_interval
 
 
 @dataclass(slots=True)
@@ -103,19 +108,14 @@ class ResolverStage:
             "health": self._health.statistics(),
         }
 
-    def update(self, settings: ResolverSettings) -> None:
-        """Reload: new retry policy and threshold from the next lookup; the cache is kept."""
+    def reconfigure(self, settings: ResolverSettings) -> None:
+        """Reload: new retry policy and threshold from the next lookup; the cache is kept (the
+        workers are started once: dns.max_in_flight is restart-only)."""
         if settings.failure_domains != self.settings.failure_domains:
             self._failures = DistinctFailures(settings.failure_domains)
         self._cache.ttl = settings.cache_ttl
         self._health.configure(settings.health_check_name, settings.health_check_interval)
         self.settings = dataclasses.replace(settings, workers=self.settings.workers)
-
-    def reconfigure_dns(self, *, timeout: float, attempts: int) -> None:
-        """Reload: the DNS client's timeout and attempts (when the resolver has one)."""
-        reconfigure = getattr(self._resolver, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(timeout=timeout, attempts=attempts)
 
     def clear(self) -> None:
         """The operator fixed the resolver (SIGHUP): back to the first configured one."""

@@ -37,6 +37,7 @@ import trio
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.visit_request import ProbeRequest
+from ct_actors.config import KillSwitchConfig
 from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
 from ct_actors.dns.types import MxHost
 from ct_actors.probe.visit import (
@@ -64,18 +65,22 @@ PORT_BLOCKED = "smtp_port_blocked"
 SMTP_SWITCHES = (IP_BLACKLISTED, PORT_BLOCKED)
 
 
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_KILLSWITCH = KillSwitchConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class GuardSettings:
-    blocklist_networks: int = 3
-    blocklist_fraction: float = 0.5
-    blocklist_networks_alone: int = 10
-    blocklist_window: float = 3600.0
-    refusal_give_up: float = 7200.0
+    blocklist_networks: int = _KILLSWITCH.blocklist_networks
+    blocklist_fraction: float = _KILLSWITCH.blocklist_fraction
+    blocklist_networks_alone: int = _KILLSWITCH.blocklist_networks_alone
+    blocklist_window: float = _KILLSWITCH.blocklist_window
+    refusal_give_up: float = _KILLSWITCH.refusal_give_up
     # Our public sending address, when the local one is not it (NAT); None: learnt from the
     # local address of our SMTP connections.
-    dnsbl_address: str | None = None
-    port_blocked_hosts: int = 10
-    reachability_window: float = 900.0
+    dnsbl_address: str | None = _KILLSWITCH.dnsbl_address
+    port_blocked_hosts: int = _KILLSWITCH.port_blocked_hosts
+    reachability_window: float = _KILLSWITCH.reachability_window
 
     @property
     def rule(self) -> Rule:
@@ -111,7 +116,7 @@ class SmtpGuard:
         self._last_warning: tuple[float, int, str] | None = None
         self._stats = {"weighings": 0, "not_us": 0, "refusals_given_up": 0}
 
-    def update(self, settings: GuardSettings) -> None:
+    def reconfigure(self, settings: GuardSettings) -> None:
         self.settings = settings
         # The evidence so far stays: a reload is not the operator saying "fixed".
         self._evidence.window = settings.blocklist_window

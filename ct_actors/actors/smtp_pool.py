@@ -137,11 +137,11 @@ class HostPool:
             **self._stats,
         }
 
-    def update_settings(self, settings: PoolSettings) -> None:
+    def reconfigure(self, settings: PoolSettings) -> None:
         """Reload: timeouts and session limits from the next session on; the learnt window
         and dead marking carry over. A smaller max_recipients_per_session applies at once."""
         self.settings = settings
-        self.window.update(settings.window())
+        self.window.reconfigure(settings.window())
         self.rcpt_limit = min(self.rcpt_limit, settings.max_recipients_per_session)
 
     def reclaim_idle(self, slow_only: bool = False) -> int:

@@ -16,46 +16,35 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.actors.dispatcher import Dispatcher, DispatchSettings, Job, NamesSource
-from ct_actors.actors.loader import ClaimStore, LoaderActor, LoaderSettings
+from ct_actors.actors.dispatcher import Dispatcher, Job, NamesSource
+from ct_actors.actors.loader import ClaimStore, LoaderActor
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings
-from ct_actors.actors.smtp_gate import SMTP_SWITCHES, GuardSettings
+from ct_actors.actors.resolver_stage import RESOLVER_FAILURE
+from ct_actors.actors.smtp_gate import SMTP_SWITCHES
 from ct_actors.actors.stages import ProbeStages
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
+from ct_actors.dns.client import QuerySettings
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import MxResolver
 from ct_actors.outcome import Outcome
+from ct_actors.settings import PipelineSettings, Reconfigurable, Settings
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.verify.gate import EmailVerifier
 
 log = structlog.get_logger("ct_actors.supervisor")
 
+__all__ = ["PipelineSettings", "PipelineStore", "Supervisor"]
+
 
 class PipelineStore(ClaimStore, OutcomeStore, Protocol):
     async def release(self, owner: str, ids: Sequence[uuid.UUID]) -> object: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineSettings:
-    owner: str
-    max_in_flight: int = 512
-    drain_deadline: float = 60.0
-    stats_interval: float = 30.0
-    release_timeout: float = 10.0
-    loader: LoaderSettings = field(default_factory=LoaderSettings)
-    resolver: ResolverSettings = field(default_factory=ResolverSettings)
-    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
-    writer: WriterSettings = field(default_factory=WriterSettings)
-    guard: GuardSettings = field(default_factory=GuardSettings)
 
 
 class Supervisor:
@@ -73,8 +62,11 @@ class Supervisor:
         verifier: Callable[[KillSwitches], EmailVerifier] | None = None,
         dnsbl: DnsblChecker | None = None,
         local_address: Callable[[], str | None] | None = None,
+        dns: Reconfigurable[QuerySettings] | None = None,
     ) -> None:
         self.settings = settings
+        # The DNS query client behind `resolver`, when there is one to reconfigure.
+        self._dns = dns
         self._store = store
         self._transient = transient_db_errors
         self.throttles = throttles
@@ -165,6 +157,8 @@ class Supervisor:
                 await self._release_unfinished()
                 if self.throttles is not None:
                     await self.throttles.release()
+                if self.verifier is not None:
+                    await self.verifier.aclose()
                 self.log_stats(final=True)
                 outer.cancel_scope.cancel()
                 self.finished.set()
@@ -224,21 +218,32 @@ class Supervisor:
 
     # -- reload ----------------------------------------------------------------------------
 
-    def reconfigure(self, settings: PipelineSettings) -> None:
-        """SIGHUP: the reloadable settings apply from the next claim, lookup, visit or flush;
-        work in flight carries on, and counters and per-host state carry over."""
-        self.settings = settings
-        self.loader.settings = settings.loader
-        self.resolver.update(settings.resolver)
-        self.dispatcher.update(settings.dispatch)
-        self.writer.settings = _writer_settings(settings)
-        self.guard.update(settings.guard)
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP, the one entry point: every component takes its part of `settings` from its
+        next claim, lookup, visit, call or flush; work in flight carries on, and counters and
+        per-host state carry over. Synchronous: no other task runs in between."""
+        pipeline = settings.pipeline
+        self.settings = pipeline
+        self.loader.reconfigure(pipeline.loader)
+        self.resolver.reconfigure(pipeline.resolver)
+        self.dispatcher.reconfigure(pipeline.dispatch)
+        self.writer.reconfigure(_writer_settings(pipeline))
+        self.guard.reconfigure(pipeline.guard)
+        self.pools.reconfigure(settings.pools)
+        if self._dns is not None:
+            self._dns.reconfigure(settings.dns)
+        if self.throttles is not None:
+            self.throttles.reconfigure(settings.throttles)
+        if self.verifier is not None:
+            self.verifier.reconfigure(settings.verifier)
 
     def clear_kill_switches(self) -> list[str]:
         """The operator says the cause is fixed (SIGHUP): resume, and forget old evidence."""
         cleared = self.switches.clear_all()
         self.resolver.clear()
         self.guard.clear()
+        if self.verifier is not None:
+            self.verifier.resume()  # a halted verifier (its key, its vendor) resumes too
         if cleared:
             self.pools.revive_hosts()
         for name in cleared:
@@ -277,7 +282,11 @@ class Supervisor:
             "writer": writer,
             "throttles": self.throttles.statistics() if self.throttles is not None else {},
             "kill_switches": self.switches.statistics(),
-            **({"verifier": self.verifier.statistics()} if self.verifier is not None else {}),
+            **(
+                {"verifier": self.verifier.statistics().as_log()}
+                if self.verifier is not None
+                else {}
+            ),
         }
 
     def log_stats(self, *, final: bool = False) -> None:

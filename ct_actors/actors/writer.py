@@ -31,6 +31,7 @@ import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
+from ct_actors.config import DatabaseConfig, WriterConfig
 from ct_actors.outcome import Deferred, Failed, Outcome, Passed
 
 log = structlog.get_logger("ct_actors.writer")
@@ -56,16 +57,21 @@ class OutcomeStore(Protocol):
     async def forget_unlogged(self, ids: Sequence[uuid.UUID]) -> None: ...
 
 
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_WRITER = WriterConfig()
+_DATABASE = DatabaseConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class WriterSettings:
-    batch_size: int = 500
-    flush_interval: float = 0.5
+    batch_size: int = _WRITER.batch_size
+    flush_interval: float = _WRITER.flush_interval
     retry_initial: float = 0.5
     retry_max: float = 30.0
     final_flush_timeout: float = 10.0
     # Outcomes of another daemon name still unlogged after this long are logged by us on start
     # (their writer is gone: a live one forgets its notes milliseconds after committing).
-    recover_after: float = 300.0
+    recover_after: float = float(_DATABASE.lease_seconds)
     recover_batch: int = 1000
 
 
@@ -102,6 +108,10 @@ class WriterActor:
         self.durations: deque[float] = deque(maxlen=100_000)
         self.last_commit = 0.0
         self.failing_since: float | None = None
+
+    def reconfigure(self, settings: WriterSettings) -> None:
+        """Reload: batch size and flush interval from the next batch; rows held carry over."""
+        self.settings = settings
 
     def statistics(self) -> dict[str, object]:
         return {

@@ -39,6 +39,7 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
+from ct_actors.config import DnsConfig
 from ct_actors.dns import wire
 from ct_actors.dns.types import DnsUnavailable
 
@@ -104,6 +105,17 @@ class _Waiter:
             self.task = None
 
 
+_DNS = DnsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySettings:
+    """The reloadable part of the client: dns.timeout (per attempt) and dns.attempts."""
+
+    timeout: float = _DNS.timeout
+    attempts: int = _DNS.attempts
+
+
 def system_nameservers() -> list[str]:
     """Nameserver addresses from the system configuration (/etc/resolv.conf)."""
     try:
@@ -137,9 +149,9 @@ class UdpDnsClient:
     def __init__(
         self,
         nameservers: Sequence[str],
-        port: int = 53,
-        timeout: float = 2.0,
-        attempts: int = 2,
+        port: int = _DNS.port,
+        timeout: float = _DNS.timeout,
+        attempts: int = _DNS.attempts,
         *,
         max_in_flight: int = 2048,
         receive_buffer: int = RECEIVE_BUFFER_BYTES,
@@ -179,13 +191,13 @@ class UdpDnsClient:
     def nameservers(self) -> list[str]:
         return [s.host for s in self._servers]
 
-    def reconfigure(self, *, timeout: float, attempts: int) -> None:
+    def reconfigure(self, settings: QuerySettings) -> None:
         """SIGHUP: new per-query timeout and attempts from the next query. (While attempts with
         the old timeout are still parked, a shorter new one may expire a little late: the
         deadline queue is ordered by arrival.)"""
-        if attempts < 1 or timeout <= 0:
+        if settings.attempts < 1 or settings.timeout <= 0:
             raise ValueError("attempts must be >= 1 and timeout > 0")
-        self._timeout, self._attempts = timeout, attempts
+        self._timeout, self._attempts = settings.timeout, settings.attempts
 
     @property
     def active_nameserver(self) -> str:

@@ -85,11 +85,6 @@ class DnsMxResolver:
         switch = getattr(self._client, "switch_nameserver", None)
         return switch() if switch is not None else None
 
-    def reconfigure(self, *, timeout: float, attempts: int) -> None:
-        reconfigure = getattr(self._client, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(timeout=timeout, attempts=attempts)
-
     def reset_nameserver(self) -> None:
         reset = getattr(self._client, "reset_nameserver", None)
         if reset is not None:

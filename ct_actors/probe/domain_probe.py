@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ct_actors.config import ProbeConfig, SmtpConfig
 from ct_actors.dns.types import MxLookup, MxStatus
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed, Result
 from ct_actors.probe.patterns import (
@@ -29,23 +30,28 @@ _NO_MX_REASONS = {
 }
 
 
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_SMTP = SmtpConfig()
+_PROBE = ProbeConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    greylist_delay: float = 300.0
+    greylist_delay: float = _SMTP.greylist_retry_delay
     # Greylisted passes a domain may come back for (waits doubling from greylist_delay)
     # before it concludes CT-M-SMTP-FAIL.
-    greylist_retries: int = 4
+    greylist_retries: int = _SMTP.greylist_max_retries
     throttle_delay: float = 2.0  # the registry's SMTPCheck backoff
     throttle_retries: int = 2
     throttle_strategy: str = "exponential"
-    defer_seconds: float = 600.0
+    defer_seconds: float = float(_PROBE.defer_seconds)
     # Fresh sessions in a row that may end without moving the plan on (421, drop, timeout).
-    fresh_sessions: int = 3
+    fresh_sessions: int = _SMTP.max_fresh_sessions
     # Walks over the MX hosts in one pass when they fail for transient reasons of theirs.
-    remote_attempts: int = 3
+    remote_attempts: int = _SMTP.remote_attempts
     # Seconds one domain's pass may spend at its MX hosts (tarpits, slow hosts); waits for
     # our own throttles do not count.
-    time_budget: float = 900.0
+    time_budget: float = _SMTP.domain_time_budget
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from ct_actors.service.watchdog import HealthSample, Verdict
 
 if TYPE_CHECKING:
     from ct_actors.actors.supervisor import Supervisor
+    from ct_actors.throttle.limiter import ToolThrottles
 
 # Counters that move while records in flight are being worked on.
 _DISPATCHER_COUNTERS = ("jobs", "domains_probed", "joined", "cache_hits")
@@ -28,16 +29,16 @@ def _count(stats: Mapping[str, Any], keys: tuple[str, ...]) -> int:
     return sum(int(stats.get(key) or 0) for key in keys)
 
 
-def _still_paused(until: object, now: dt.datetime) -> bool:
-    if not isinstance(until, str):
-        return False
-    try:
-        moment = dt.datetime.fromisoformat(until)
-    except ValueError:
-        return True  # unreadable: believe the limiter, it says paused
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment > now
+def budget_pauses(throttles: ToolThrottles | None) -> dict[str, dt.datetime]:
+    """Each tool whose calendar budget is spent (labelled as in the stats line's `throttles`)
+    -> until when, UTC: read from the limiters, typed, not parsed back from the stats line."""
+    if throttles is None:
+        return {}
+    return {
+        f"{tool_id} {limiter.spec.name}": until
+        for tool_id, limiter in throttles.by_tool.items()
+        if (until := limiter.paused_until) is not None
+    }
 
 
 def sample_statistics(
@@ -49,9 +50,11 @@ def sample_statistics(
     stopping: bool,
     drained: bool,
     utc: dt.datetime,
+    paused_until: Mapping[str, dt.datetime] | None = None,
 ) -> HealthSample:
-    """A `HealthSample` from `Supervisor.statistics()` and the few gauges it does not carry.
-    Missing keys read as zero, so the stats line can grow without breaking this."""
+    """A `HealthSample` from `Supervisor.statistics()` and the few gauges it does not carry
+    (`paused_until`: `budget_pauses`). Missing keys read as zero, so the stats line can grow
+    without breaking this."""
     writer = stats.get("writer") or {}
     throttles: Mapping[str, Mapping[str, Any]] = stats.get("throttles") or {}
     switches: Mapping[str, Mapping[str, Any]] = stats.get("kill_switches") or {}
@@ -75,9 +78,9 @@ def sample_statistics(
         oldest_in_flight=oldest_in_flight,
         kill_switches=tuple(name for name, s in switches.items() if s.get("tripped")),
         budget_paused=tuple(
-            f"{tool} until {t['paused_until']}"
-            for tool, t in throttles.items()
-            if _still_paused(t.get("paused_until"), utc)
+            f"{tool} until {until.isoformat()}"
+            for tool, until in (paused_until or {}).items()
+            if until > utc
         ),
         stopping=stopping or drained,
         done=int(stats.get("records_done") or 0),
@@ -96,6 +99,7 @@ def sample_supervisor(
         stopping=supervisor.stop_requested,
         drained=supervisor.loader.drained.is_set(),
         utc=utc(),
+        paused_until=budget_pauses(supervisor.throttles),
     )
 
 

@@ -32,16 +32,23 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from ct_actors.config import SmtpConfig
+
+# Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
+_SMTP = SmtpConfig()
+
 
 @dataclass(frozen=True)
 class HostWindowSettings:
-    initial: int = 1
-    maximum: int = 4
-    dead_backoff: float = 300.0
-    dead_backoff_max: float = 3600.0
-    max_rejected: int = 8  # rejected RCPTs per host in any `rejected_window` seconds
-    rejected_window: float = 60.0
-    slow_for: float = 3600.0  # a host stays slow this long after its last slow reply
+    initial: int = _SMTP.initial_connections_per_host
+    maximum: int = _SMTP.max_connections_per_host
+    dead_backoff: float = _SMTP.dead_host_backoff
+    dead_backoff_max: float = _SMTP.dead_host_backoff_max
+    # Rejected RCPTs per host in any `rejected_window` seconds.
+    max_rejected: int = _SMTP.max_rejected_rcpts_per_host
+    rejected_window: float = _SMTP.rejected_rcpts_window
+    # A host stays slow this long after its last slow reply.
+    slow_for: float = _SMTP.slow_host_seconds
     slow_sessions: int = 1  # concurrent sessions while slow
 
     def __post_init__(self) -> None:
@@ -214,7 +221,7 @@ class HostWindow:
         self._dead_until = -math.inf
         self._streak = 0
 
-    def update(self, settings: HostWindowSettings) -> None:
+    def reconfigure(self, settings: HostWindowSettings) -> None:
         """Adopt reloaded settings; the learnt window and any dead marking carry over."""
         self.settings = settings
         clamped = min(max(self._limit, 1), settings.maximum)

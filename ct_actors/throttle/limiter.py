@@ -8,16 +8,20 @@
 matters: the per-key wait comes first and holds nothing (a domain waiting for its own 2 s must
 not delay other domains); then, in arrival order, the budget and the shared windows.
 
-`update(spec)` swaps in a new registry entry (SIGHUP): the call history and the budget counts
+`reconfigure(spec)` swaps in a new registry entry (SIGHUP): the call history and the budget counts
 carry over, so a reload never hands out a fresh second, day or month.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from ct_actors.config import ThrottleConfig
 from ct_actors.throttle.budget import CalendarBudget, UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.window import KeyedWindow, SlidingWindow
@@ -26,6 +30,15 @@ from ct_actors.toolbox import ToolSpec
 _LOCAL_SCOPES = ("per_second", "per_minute")
 RELEASE_SECONDS = 5.0
 _CALENDAR_SCOPES = ("per_day", "per_month")
+_BUDGET_BLOCK = ThrottleConfig().budget_block
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleSettings:
+    """The registry's entries for our tools (by tool_id) and throttle.budget_block."""
+
+    tools: Mapping[str, ToolSpec]
+    budget_block: int = _BUDGET_BLOCK
 
 
 class ToolLimiter:
@@ -35,7 +48,7 @@ class ToolLimiter:
         *,
         clock: UtcClock,
         usage: UsageStore | None,
-        budget_block: int = 20,
+        budget_block: int = _BUDGET_BLOCK,
         transient_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.spec = spec
@@ -56,7 +69,7 @@ class ToolLimiter:
     def tool_id(self) -> str:
         return self.spec.tool_id
 
-    def update(self, spec: ToolSpec, *, budget_block: int | None = None) -> None:
+    def reconfigure(self, spec: ToolSpec, /, *, budget_block: int | None = None) -> None:
         """Apply a reloaded registry entry from the next call on, keeping all counts."""
         if budget_block is not None:
             self._block = budget_block
@@ -170,19 +183,24 @@ class ToolLimiter:
         for budget in self._budgets.values():
             await budget.release()
 
+    @property
+    def paused_until(self) -> dt.datetime | None:
+        """The latest moment until which a calendar budget (day/month) is spent, UTC."""
+        return max(
+            (b.exhausted_until for b in self._budgets.values() if b.exhausted_until is not None),
+            default=None,
+        )
+
     def statistics(self) -> dict[str, Any]:
         budgets = {scope: b.statistics() for scope, b in self._budgets.items()}
+        paused = self.paused_until
         return {
             "calls": self.calls,
             "throttle_waits": self.waits,
             "throttle_wait_seconds": round(self.wait_seconds, 3),
             "limits": [r.describe() for r in self.spec.rate_limits],
             "budgets": budgets,
-            "paused_until": max(
-                (b.exhausted_until.isoformat() for b in self._budgets.values()
-                 if b.exhausted_until is not None),
-                default=None,
-            ),
+            "paused_until": paused.isoformat() if paused is not None else None,
         }
 
 
@@ -207,7 +225,7 @@ class ToolThrottles:
         *,
         clock: UtcClock,
         usage: UsageStore | None,
-        budget_block: int = 20,
+        budget_block: int = _BUDGET_BLOCK,
         transient_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.by_tool = {
@@ -224,9 +242,9 @@ class ToolThrottles:
     def __getitem__(self, tool_id: str) -> ToolLimiter:
         return self.by_tool[tool_id]
 
-    def update(self, specs: dict[str, ToolSpec], *, budget_block: int | None = None) -> None:
+    def reconfigure(self, settings: ThrottleSettings) -> None:
         for tool_id, limiter in self.by_tool.items():
-            limiter.update(specs[tool_id], budget_block=budget_block)
+            limiter.reconfigure(settings.tools[tool_id], budget_block=settings.budget_block)
 
     async def release(self) -> None:
         """Shutdown: every tool's unspent reservations back at once, within RELEASE_SECONDS in

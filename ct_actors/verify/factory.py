@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ct_actors.net.connector import Connector
+import httpx
+
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter
@@ -49,13 +50,14 @@ def make_email_verifier(
     base_url: str = DEFAULT_BASE_URL,
     timeout: float = 20.0,
     vendor_timeout: int = 10,
-    connector: Connector | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
     settings: GateSettings | None = None,
 ) -> EmailVerifier:
     """Client + gate. Must be called inside trio only if `clock` is created here (it is not:
-    pass the limiters' UtcClock so budgets and the money month agree)."""
+    pass the limiters' UtcClock so budgets and the money month agree). `transport` is the
+    client's network (default: the real one, TLS verified); close with `EmailVerifier.aclose`."""
     client = MillionVerifierClient(
-        base_url, api_key, timeout=timeout, vendor_timeout=vendor_timeout, connector=connector
+        base_url, api_key, timeout=timeout, vendor_timeout=vendor_timeout, transport=transport
     )
     return EmailVerifier(
         spec,

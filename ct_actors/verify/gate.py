@@ -54,12 +54,10 @@ one-attempt rule cannot be kept without it.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import enum
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import Protocol
 
 import structlog
 import trio
@@ -70,84 +68,36 @@ from ct_actors.throttle.calendar import UtcClock, window_start
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter
 from ct_actors.toolbox import ToolSpec
-from ct_actors.verify.client import (
-    UnavailableKind,
-    Verdict,
-    VerifierAnswer,
-    VerifierRejected,
-    VerifierUnavailable,
+from ct_actors.verify.answer import VerifierAnswer
+from ct_actors.verify.decision import (
+    DETAIL_MAX,
+    DecisionKind,
+    NextStep,
+    SkipReason,
+    VerifyDecision,
+    judge_ledger_row,
+    normalise_address,
+    skipped,
 )
-from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry, VerifierLedger
+from ct_actors.verify.errors import UnavailableKind, VerifierRejected, VerifierUnavailable
+from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierLedger
+from ct_actors.verify.statistics import DecisionCounters, VerifierStatistics
+from ct_actors.verify.stops import BUDGET_CAP_REACHED, VerifierStops
 
 __all__ = [
     "BUDGET_CAP_REACHED",
-    "DecisionKind",
     "EmailVerifier",
     "GateSettings",
-    "SkipReason",
     "VerifierClient",
-    "VerifyDecision",
-    "normalise_address",
 ]
 
 log = structlog.get_logger("ct_actors.verify")
-
-BUDGET_CAP_REACHED: Final = "budget_cap_reached"
-HALT_AND_ALERT: Final = "halt_and_alert"
-_DETAIL_MAX = 500
 
 
 class VerifierClient(Protocol):
     async def verify(self, address: str) -> VerifierAnswer: ...
 
-
-class DecisionKind(enum.StrEnum):
-    VERIFIED = "verified"  # the vendor answered in this check
-    CACHED = "cached"  # a fresh verdict from the ledger (this or another daemon)
-    SKIPPED = "skipped"  # no call was made (see SkipReason)
-    UNAVAILABLE = "unavailable"  # called, no verdict (transient trouble after the retries)
-
-
-class SkipReason(enum.StrEnum):
-    BUDGET = "budget"  # budget_cap_reached: the money cap or the vendor's credits
-    THROTTLED = "throttled"  # the tool's limiter gave no call in time (per_month spent)
-    ATTEMPTED = "attempted"  # the address's one attempt was spent earlier, without a verdict
-    STALE = "stale"  # the verdict is older than cache_ttl; no second attempt
-    IN_FLIGHT = "in_flight"  # another daemon is still verifying it
-    HALTED = "halted"  # the vendor refused our key/request: verifier stopped until resume()
-    LEDGER = "ledger_unavailable"  # the ledger could not be read or written
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyDecision:
-    address: str
-    kind: DecisionKind
-    verdict: Verdict | None = None  # VERIFIED / CACHED only
-    reason: SkipReason | None = None  # SKIPPED only
-    detail: str = ""
-    vendor_result: str | None = None
-    checked_at: dt.datetime | None = None  # when the verdict was obtained
-    requests: int = 0  # HTTP requests made by this check
-    answer: VerifierAnswer | None = None  # VERIFIED only
-
-    def evidence(self) -> dict[str, Any]:
-        """JSON-friendly, for the outcome's evidence."""
-        out: dict[str, Any] = {"address": self.address, "outcome": self.kind.value}
-        if self.verdict is not None:
-            out["verdict"] = self.verdict.value
-        if self.reason is not None:
-            out["reason"] = self.reason.value
-        if self.detail:
-            out["detail"] = self.detail
-        if self.vendor_result is not None:
-            out["vendor_result"] = self.vendor_result
-        if self.checked_at is not None:
-            out["checked_at"] = self.checked_at.isoformat()
-        if self.requests:
-            out["requests"] = self.requests
-        if self.answer is not None:
-            out.update(self.answer.evidence())
-        return out
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,26 +115,6 @@ class GateSettings:
     cleanup_timeout: float = 5.0
 
 
-def normalise_address(address: str) -> str:
-    """The ledger key: stripped, lower-cased (our candidates are lower-case ASCII anyway).
-    ValueError if it is not an address."""
-    text = address.strip()
-    local, at, domain = text.rpartition("@")
-    if (
-        not at
-        or not local
-        or not domain
-        or len(text) > 254
-        or any(c.isspace() or ord(c) < 32 for c in text)
-    ):
-        raise ValueError(f"not an email address: {address!r}")
-    return f"{local}@{domain}".lower()
-
-
-_WAIT: Final = "wait"  # _judge: another daemon's call is in flight
-_RETRY: Final = "retry"  # _judge: the row allows another attempt (max_attempts > 1)
-
-
 @dataclass(slots=True)
 class _Attempt:
     """Bookkeeping of one attempt (up to 1 + max_retries requests)."""
@@ -200,7 +130,7 @@ class _Attempt:
 
 class EmailVerifier:
     """The gate of TOOL-019. One per daemon; `spec` is the registry's entry (reloadable with
-    `update`), `switches` the pipeline's (must know `budget_cap_reached`), `limiter` the tool's
+    `reconfigure`), `switches` the pipeline's (must know `budget_cap_reached`), `limiter` the tool's
     `ToolLimiter` (None: no rate limits, tests only), `clock` the UtcClock the limiter uses,
     `owner` the daemon's unique owner name (as for leases)."""
 
@@ -220,35 +150,18 @@ class EmailVerifier:
         self.spec = spec
         self._client = client
         self._ledger = ledger
-        self._switches = switches
+        self._stops = VerifierStops(spec, switches)
         self._clock = clock
         self.owner = owner
         self._limiter = limiter
         self.settings = settings or GateSettings()
         self._ledger_errors = ledger_errors
-        ks = spec.kill_switch
-        self._trigger = ks.trigger if ks is not None else BUDGET_CAP_REACHED
-        self._action = ks.action if ks is not None else HALT_AND_ALERT
-        if self._trigger not in switches.names:
-            raise ValueError(
-                f"kill switch {self._trigger!r} of {spec.tool_id} is not registered with the "
-                f"pipeline's KillSwitches (known: {', '.join(switches.names) or 'none'})"
-            )
         self._local: dict[str, trio.Event] = {}  # addresses being checked in this process
-        self._cap_month: dt.datetime | None = None  # the month our cap trip belongs to
-        self._paused_until: dt.datetime | None = None
-        self._halted: str | None = None
         self.spent_here = Decimal(0)
-        self._stats: dict[str, int] = {
-            "checks": 0,
-            "requests": 0,
-            **{f"decision_{k.value}": 0 for k in DecisionKind},
-            **{f"skipped_{r.value}": 0 for r in SkipReason},
-            **{f"verdict_{v.value}": 0 for v in Verdict},
-        }
+        self._counters = DecisionCounters()
 
     # ── configuration ──────────────────────────────────────────────────────────────────────
-    def update(self, spec: ToolSpec) -> None:
+    def reconfigure(self, spec: ToolSpec) -> None:
         """A reloaded registry entry: cost, cap, back-off, TTL, attempts apply from the next
         check (the kill switch name is fixed at start-up)."""
         self.spec = spec
@@ -256,14 +169,11 @@ class EmailVerifier:
     def resume(self) -> bool:
         """Lift a halt (after the operator fixed the key; call it on SIGHUP) and forget the
         limiter's remembered pause. True if the verifier was halted."""
-        was = self._halted is not None
-        self._halted = None
-        self._paused_until = None
-        return was
+        return self._stops.resume()
 
     @property
     def halted(self) -> str | None:
-        return self._halted
+        return self._stops.halted
 
     @property
     def _max_attempts(self) -> int:
@@ -274,7 +184,7 @@ class EmailVerifier:
         """Verify one concrete address under the gate. Never raises for vendor or ledger
         trouble (those are decisions); ValueError if `address` is not an address."""
         addr = normalise_address(address)
-        self._stats["checks"] += 1
+        self._counters.checks += 1
         # One check per address at a time in this process; the ledger does it across daemons.
         while (busy := self._local.get(addr)) is not None:
             await busy.wait()
@@ -284,34 +194,18 @@ class EmailVerifier:
         finally:
             del self._local[addr]
             done.set()
-        self._count(decision)
+        self._counters.count(decision)
         return decision
-
-    def _count(self, decision: VerifyDecision) -> None:
-        self._stats[f"decision_{decision.kind.value}"] += 1
-        self._stats["requests"] += decision.requests
-        if decision.reason is not None:
-            self._stats[f"skipped_{decision.reason.value}"] += 1
-        if decision.verdict is not None:
-            self._stats[f"verdict_{decision.verdict.value}"] += 1
 
     def _now(self) -> dt.datetime:
         return self._clock.utc_at(trio.current_time())
-
-    def _skip(
-        self, addr: str, reason: SkipReason, detail: str = "", requests: int = 0
-    ) -> VerifyDecision:
-        return VerifyDecision(
-            addr, DecisionKind.SKIPPED, reason=reason, detail=detail[:_DETAIL_MAX],
-            requests=requests,
-        )
 
     def _ledger_down(self, addr: str, what: str, exc: BaseException) -> VerifyDecision:
         log.warning(
             "verifier_ledger_unavailable", address=addr, operation=what,
             error=f"{type(exc).__name__}: {exc}",
         )
-        return self._skip(addr, SkipReason.LEDGER, f"ledger {what} failed: {type(exc).__name__}")
+        return skipped(addr, SkipReason.LEDGER, f"ledger {what} failed: {type(exc).__name__}")
 
     async def _check(self, addr: str) -> VerifyDecision:
         waiting_since: float | None = None
@@ -322,23 +216,27 @@ class EmailVerifier:
             except self._ledger_errors as exc:
                 return self._ledger_down(addr, "read", exc)
             if entry is not None:
-                judged = self._judge(addr, entry)
+                judged = judge_ledger_row(
+                    addr, entry, now=self._now(), owner=self.owner,
+                    cache_ttl=self.spec.cache_ttl, max_attempts=self._max_attempts,
+                    abandoned_after=self.settings.abandoned_after,
+                )
                 if isinstance(judged, VerifyDecision):
                     return judged
-                if judged == _WAIT:
+                if judged is NextStep.WAIT_FOR_PEER:
                     now = trio.current_time()
                     if waiting_since is None:
                         waiting_since = now
                     if now - waiting_since >= self.settings.peer_wait:
-                        return self._skip(
+                        return skipped(
                             addr, SkipReason.IN_FLIGHT,
                             f"{entry.owner} has been verifying it since "
                             f"{entry.attempted_at.isoformat()}",
                         )
                     await trio.sleep(self.settings.peer_poll)
                     continue
-                # _RETRY: an unavailable row with attempts left; claim it below.
-            if (blocked := self._blocked(addr)) is not None:
+                # NextStep.CLAIM: an unavailable row with attempts left; claim it below.
+            if (blocked := self._stops.blocked(addr, self._now())) is not None:
                 return blocked
             try:
                 attempt = await self._ledger.verifier_claim(
@@ -351,64 +249,7 @@ class EmailVerifier:
             # Another daemon inserted the row between our read and our claim: read it.
             lost_races += 1
             if lost_races > 5:
-                return self._skip(addr, SkipReason.IN_FLIGHT, "the ledger row keeps changing")
-
-    def _judge(self, addr: str, entry: VerifierEntry) -> VerifyDecision | str:
-        now = self._now()
-        if entry.status is LedgerStatus.DONE:
-            try:
-                verdict = Verdict(entry.verdict or "")
-            except ValueError:
-                return self._skip(
-                    addr, SkipReason.ATTEMPTED, f"unreadable verdict {entry.verdict!r}"
-                )
-            at = entry.finished_at or entry.attempted_at
-            ttl = self.spec.cache_ttl
-            if ttl is not None and (now - at).total_seconds() >= ttl:
-                return self._skip(
-                    addr, SkipReason.STALE,
-                    f"verified {verdict.value} at {at.isoformat()}, older than the cache TTL; "
-                    "one attempt per address",
-                )
-            return VerifyDecision(
-                addr, DecisionKind.CACHED, verdict=verdict, vendor_result=entry.result,
-                checked_at=at, detail=entry.detail or "",
-            )
-        if entry.status is LedgerStatus.UNAVAILABLE:
-            if entry.attempts < self._max_attempts:
-                return _RETRY
-            return self._skip(
-                addr, SkipReason.ATTEMPTED,
-                f"attempted at {entry.attempted_at.isoformat()} without a verdict"
-                + (f": {entry.detail}" if entry.detail else ""),
-            )
-        # Pending. Our own live checks are serialised by _local, so a pending row of our own
-        # name is from before a restart: its call may have gone out.
-        age = (now - entry.attempted_at).total_seconds()
-        if entry.owner == self.owner or age >= self.settings.abandoned_after:
-            return self._skip(
-                addr, SkipReason.ATTEMPTED,
-                f"an attempt by {entry.owner} at {entry.attempted_at.isoformat()} never finished",
-            )
-        return _WAIT
-
-    def _blocked(self, addr: str) -> VerifyDecision | None:
-        if self._halted is not None:
-            return self._skip(addr, SkipReason.HALTED, self._halted)
-        self._new_month()
-        if self._switches.is_tripped(self._trigger):
-            reason = next(
-                (s.reason for s in self._switches.tripped() if s.name == self._trigger), None
-            )
-            return self._skip(addr, SkipReason.BUDGET, reason or self._trigger)
-        if self._paused_until is not None:
-            if self._now() < self._paused_until:
-                return self._skip(
-                    addr, SkipReason.THROTTLED,
-                    f"the tool's calendar budget is spent until {self._paused_until.isoformat()}",
-                )
-            self._paused_until = None
-        return None
+                return skipped(addr, SkipReason.IN_FLIGHT, "the ledger row keeps changing")
 
     # ── one attempt ────────────────────────────────────────────────────────────────────────
     async def _attempt(self, addr: str) -> VerifyDecision:
@@ -434,7 +275,7 @@ class EmailVerifier:
                         break
                     delay = max(delay, hint)
                 await trio.sleep(delay)
-                if self._halted is not None or self._switches.is_tripped(self._trigger):
+                if self._stops.stopped:
                     break
             if not await self._acquire():
                 st.blocked = SkipReason.THROTTLED
@@ -457,7 +298,7 @@ class EmailVerifier:
                 break
             if total is None:
                 self._cancel_call()
-                self._trip(
+                self._stops.trip(
                     f"monthly budget cap {cap} of {self.spec.tool_id} reached for "
                     f"{month:%Y-%m} (UTC)",
                     month=month,
@@ -497,7 +338,7 @@ class EmailVerifier:
         in flight elsewhere are refused by the guarded spend statement anyway."""
         per_call, cap = self.spec.cost.per_call, self.spec.cost.monthly_budget_cap
         if cap is not None and total + per_call > cap:
-            self._trip(
+            self._stops.trip(
                 f"monthly budget cap {cap} of {self.spec.tool_id} reached for "
                 f"{month:%Y-%m} (UTC): spent {total}",
                 month=month,
@@ -551,7 +392,7 @@ class EmailVerifier:
             vendor_result=answer.result, credits_left=answer.credits, requests=st.requests,
         )
         if answer.credits == 0:
-            self._trip(f"vendor credits of {self.spec.tool_id} exhausted (0 left)")
+            self._stops.trip(f"vendor credits of {self.spec.tool_id} exhausted (0 left)")
         return VerifyDecision(
             addr, DecisionKind.VERIFIED, verdict=answer.verdict, vendor_result=answer.result,
             checked_at=at, requests=st.requests, answer=answer,
@@ -562,13 +403,13 @@ class EmailVerifier:
         self, addr: str, st: _Attempt, exc: VerifierRejected
     ) -> VerifyDecision:
         if exc.exhausted:
-            self._trip(f"vendor credits of {self.spec.tool_id} exhausted: {exc}")
+            self._stops.trip(f"vendor credits of {self.spec.tool_id} exhausted: {exc}")
             reason = SkipReason.BUDGET
         else:
-            self._halt(str(exc))
+            self._stops.halt(str(exc))
             reason = SkipReason.HALTED
         await self._close_unfinished(addr, st, str(exc))
-        return self._skip(addr, reason, str(exc), requests=st.requests)
+        return skipped(addr, reason, str(exc), requests=st.requests)
 
     async def _no_verdict(self, addr: str, st: _Attempt) -> VerifyDecision:
         if st.last_error is not None:
@@ -577,9 +418,9 @@ class EmailVerifier:
             detail = st.blocked_detail or "no request was made"
         await self._close_unfinished(addr, st, detail)
         if st.requests == 0 and st.blocked is not None:
-            return self._skip(addr, st.blocked, detail)
+            return skipped(addr, st.blocked, detail)
         return VerifyDecision(
-            addr, DecisionKind.UNAVAILABLE, detail=detail[:_DETAIL_MAX], requests=st.requests
+            addr, DecisionKind.UNAVAILABLE, detail=detail[:DETAIL_MAX], requests=st.requests
         )
 
     async def _close_unfinished(self, addr: str, st: _Attempt, detail: str) -> None:
@@ -589,7 +430,7 @@ class EmailVerifier:
             if st.billed:
                 await self._ledger.verifier_finish(
                     addr, self.owner, status=LedgerStatus.UNAVAILABLE, at=self._now(),
-                    cost=st.cost, detail=detail[:_DETAIL_MAX],
+                    cost=st.cost, detail=detail[:DETAIL_MAX],
                 )
             else:
                 await self._ledger.verifier_release(addr, self.owner)
@@ -601,7 +442,7 @@ class EmailVerifier:
                 error=f"{type(exc).__name__}: {exc}",
             )
 
-    # ── throttle, kill switch, halt ────────────────────────────────────────────────────────
+    # ── throttle ────────────────────────────────────────────────────────
     async def _acquire(self) -> bool:
         if self._limiter is None:
             await trio.lowlevel.checkpoint()
@@ -610,15 +451,10 @@ class EmailVerifier:
             await self._limiter.acquire()
         if not scope.cancelled_caught:
             return True
-        paused = self._limiter.statistics().get("paused_until")
-        if isinstance(paused, str):
-            try:
-                self._paused_until = dt.datetime.fromisoformat(paused)
-            except ValueError:
-                self._paused_until = None
+        paused = self._stops.paused_until = self._limiter.paused_until
         log.warning(
             "verifier_throttled", tool=self.spec.tool_id, waited=self.settings.acquire_timeout,
-            paused_until=paused,
+            paused_until=paused.isoformat() if paused is not None else None,
         )
         return False
 
@@ -626,72 +462,26 @@ class EmailVerifier:
         if self._limiter is not None:
             self._limiter.cancel_call()
 
-    def _trip(self, reason: str, *, month: dt.datetime | None = None) -> None:
-        if not self._switches.trip(self._trigger, reason, trio.current_time()):
-            return
-        self._cap_month = month
-        clear = (
-            "calls resume on the 1st of next month (UTC), or at once after the cap is raised "
-            "and SIGHUP (systemctl reload ct-actors)"
-            if month is not None
-            else "top up the vendor's credits, then SIGHUP (systemctl reload ct-actors)"
-        )
-        log.critical(
-            "kill_switch_tripped", switch=self._trigger, action=self._action,
-            tool=self.spec.tool_id, reason=reason, clear=clear,
-            effect="verification skipped; records keep their SMTP-only confidence",
-        )
-
-    def _new_month(self) -> None:
-        """A cap trip holds for its month only."""
-        if self._cap_month is None:
-            return
-        if window_start("per_month", self._now()) == self._cap_month:
-            return
-        self._cap_month = None
-        if self._switches.clear(self._trigger):
-            log.warning(
-                "kill_switch_cleared", switch=self._trigger, tool=self.spec.tool_id,
-                by="new budget month",
-            )
-
-    def _halt(self, reason: str) -> None:
-        if self._halted is None:
-            log.critical(
-                "verifier_halted", tool=self.spec.tool_id, action=HALT_AND_ALERT, reason=reason,
-                clear="fix the API key / base URL, then SIGHUP (systemctl reload ct-actors) "
-                "or restart",
-                effect="verification skipped; records keep their SMTP-only confidence",
-            )
-        self._halted = reason
-
     # ── monitoring ─────────────────────────────────────────────────────────────────────────
     async def month_spend(self) -> SpendRow:
         """This UTC month's calls and money, all daemons together."""
         month = window_start("per_month", self._now())
         return await self._ledger.verifier_spend(self.spec.tool_id, month)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            **self._stats,
-            "spent_here": str(self.spent_here),
-            "halted": self._halted,
-            "paused_until": self._paused_until.isoformat() if self._paused_until else None,
-            "budget_switch": self._switches.is_tripped(self._trigger),
-        }
+    def statistics(self) -> VerifierStatistics:
+        return VerifierStatistics(
+            checks=self._counters.checks,
+            requests=self._counters.requests,
+            decisions=dict(self._counters.decisions),
+            skipped=dict(self._counters.skipped),
+            verdicts=dict(self._counters.verdicts),
+            spent_here=self.spent_here,
+            halted=self._stops.halted,
+            paused_until=self._stops.paused_until,
+            budget_switch=self._stops.budget_tripped,
+        )
 
+    async def aclose(self) -> None:
+        """Shutdown: close the client's pooled connections."""
+        await self._client.aclose()
 
-def with_spec(spec: ToolSpec, **changes: Any) -> ToolSpec:
-    """`dataclasses.replace` for nested cost/backoff fields, for tests and tooling:
-    `with_spec(spec, per_call=Decimal("0.01"), monthly_budget_cap=Decimal("0.03"))`."""
-    cost_fields = {f.name for f in dataclasses.fields(spec.cost)}
-    backoff_fields = {f.name for f in dataclasses.fields(spec.backoff)}
-    cost = {k: v for k, v in changes.items() if k in cost_fields}
-    backoff = {k: v for k, v in changes.items() if k in backoff_fields}
-    rest = {k: v for k, v in changes.items() if k not in cost_fields | backoff_fields}
-    return dataclasses.replace(
-        spec,
-        cost=dataclasses.replace(spec.cost, **cost),
-        backoff=dataclasses.replace(spec.backoff, **backoff),
-        **rest,
-    )

@@ -70,8 +70,8 @@ from ct_actors.probe.patterns import (
     fold_name,
     local_part,
 )
-from ct_actors.verify.client import Verdict
-from ct_actors.verify.gate import VerifyDecision
+from ct_actors.verify.answer import VendorVerdict
+from ct_actors.verify.decision import VerifyDecision
 
 __all__ = [
     "FAIL_VERDICTS",
@@ -103,7 +103,7 @@ RAISED_CONFIDENCE: Final[dict[tuple[Basis, AddressKind], Decimal]] = {
     (Basis.MX_ONLY, AddressKind.PERSON): Decimal("0.85"),
     (Basis.MX_ONLY, AddressKind.ROLE): Decimal("0.75"),
 }
-FAIL_VERDICTS: Final = frozenset({Verdict.INVALID, Verdict.DISPOSABLE})
+FAIL_VERDICTS: Final = frozenset({VendorVerdict.INVALID, VendorVerdict.DISPOSABLE})
 
 
 class AddressVerifier(Protocol):
@@ -162,7 +162,7 @@ def apply_decision(passed: Passed, target: Target, decision: VerifyDecision) -> 
             evidence={**passed.evidence, "verifier": record},
         )
     confidence = passed.confidence
-    if verdict is Verdict.VALID:
+    if verdict is VendorVerdict.VALID:
         confidence = max(confidence, RAISED_CONFIDENCE[(target.basis, target.kind)])
     record["confidence_after"] = str(confidence)
     return dataclasses.replace(
