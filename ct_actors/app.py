@@ -19,9 +19,8 @@ import trio
 from ct_actors.actors.dispatcher import NamesFailed, NamesSource
 from ct_actors.actors.loader import report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.resolver_stage import ResolverStage
-from ct_actors.actors.smtp_gate import SmtpGate, SmtpGuard
-from ct_actors.actors.supervisor import KILL_SWITCHES, Supervisor
+from ct_actors.actors.stages import ProbeStages
+from ct_actors.actors.supervisor import Supervisor
 from ct_actors.config import Config, ConfigError
 from ct_actors.db.driver import Database
 from ct_actors.db.errors import DatabaseUnavailable
@@ -37,7 +36,7 @@ from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.net.connector import Connector, TrioConnector
 from ct_actors.net.local_address import LocalAddressConnector
 from ct_actors.outcome import Deferred
-from ct_actors.probe.domain_probe import DomainResult, mx_only_result, smtp_probe
+from ct_actors.probe.domain_probe import DomainResult
 from ct_actors.progress import progress_loop
 from ct_actors.service import SystemdService, WatchdogPolicy
 from ct_actors.settings import (
@@ -51,7 +50,7 @@ from ct_actors.throttle.budget import UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
-from ct_actors.toolbox import EMAIL_VERIFIER, MX_LOOKUP, SMTP_CHECK, Toolbox, ToolboxError
+from ct_actors.toolbox import EMAIL_VERIFIER, Toolbox, ToolboxError
 from ct_actors.verify.factory import api_key_from_environment, make_email_verifier
 from ct_actors.verify.gate import EmailVerifier
 from ct_actors.verify.ledger import VerifierLedger
@@ -390,49 +389,39 @@ async def probe_domain(
     `run`; `probe` has no ledger, so never verifies (one attempt per address must be recorded)."""
     clock = UtcClock.from_wall()
     throttles = make_throttles(cfg, toolbox, usage, clock)
-    switches = KillSwitches(dict(KILL_SWITCHES))
     factory = (
         verifier_factory(cfg, toolbox, ledger, throttles, clock) if ledger is not None else None
     )
-    verifier = factory(switches) if factory is not None else None
     async with _maybe_resolver(cfg, resolver) as (mx_resolver, _):
-        stage = ResolverStage(
-            mx_resolver,
-            resolver_settings(cfg, toolbox),
-            limiter=throttles[MX_LOOKUP],
-            switches=switches,
+        stages = ProbeStages(
+            resolver=mx_resolver,
+            resolver_settings=resolver_settings(cfg, toolbox),
+            pools=make_pools(cfg, connector),
+            guard_settings=guard_settings(cfg),
+            throttles=throttles,
+            verifier=factory,
         )
-        pools = make_pools(cfg, connector)
-        guard = SmtpGuard(guard_settings(cfg), switches)
-        pools.on_connected = guard.connected
-        gate = SmtpGate(pools, throttles[SMTP_CHECK], guard)
         async with trio.open_nursery() as nursery:
-            await nursery.start(stage.run)
-            await nursery.start(pools.run)
+            await stages.start(nursery)
             try:
                 try:
-                    mx = await stage.lookup(domain)
+                    mx = await stages.resolver.lookup(domain)
                 except DnsUnavailable as exc:
                     # Our resolver's trouble, not a verdict: the same Deferred as in `run`
                     # (dispatcher), returned, never raised out of the nursery.
                     return DomainResult(resolver_deferral(exc, cfg, toolbox), None)
-                if cfg.probe.mode == "mx-only":
-                    result = mx_only_result(mx)
-                else:
-                    result = await smtp_probe(
-                        mx,
-                        people,
-                        gate,
-                        retry_policy(cfg, toolbox),
-                        reachable_recently=guard.reachable_recently,
-                        addresses=AddressPolicy.allowing(cfg.smtp.allow_networks),
-                    )
-                if verifier is not None:
-                    result = await verify_weak_pass(verifier, result, domain, people)
+                result = await stages.probe(
+                    mx,
+                    people,
+                    mode=cfg.probe.mode,
+                    retry=retry_policy(cfg, toolbox),
+                    addresses=AddressPolicy.allowing(cfg.smtp.allow_networks),
+                )
+                if stages.verifier is not None:
+                    result = await verify_weak_pass(stages.verifier, result, domain, people)
                 return result
             finally:
-                stage.close()
-                pools.close()
+                stages.close()
                 await throttles.release()
-                if verifier is not None:
-                    await verifier.aclose()
+                if stages.verifier is not None:
+                    await stages.verifier.aclose()

@@ -460,7 +460,7 @@ async def _once(cfg: Config, toolbox: Toolbox, outreach_id: uuid.UUID) -> int:
 async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int:
     from ct_actors.app import probe_domain
     from ct_actors.outcome import result_fields
-    from ct_actors.probe.normalise import UnusableDomain, normalise_domain
+    from ct_actors.probe.input_stage import Unusable, accept
 
     people: list[tuple[str, str]] = []
     for name in args.name[:3]:
@@ -471,16 +471,15 @@ async def _probe(cfg: Config, toolbox: Toolbox, args: argparse.Namespace) -> int
                   file=sys.stderr)
             return EXIT_CONFIG
         people.append((first, last.strip()))
-    try:
-        domain = normalise_domain(args.domain)
-    except UnusableDomain as exc:
+    domain = accept(args.domain)
+    if isinstance(domain, Unusable):
         print(
             json.dumps(
                 {
                     "domain": args.domain,
                     "outcome": "FAIL",
                     "code": "CT-I-NO-DOMAIN",
-                    "reason": exc.reason,
+                    "reason": domain.reason,
                 }
             )
         )

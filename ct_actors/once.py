@@ -16,7 +16,7 @@ from ct_actors.db.names_query import NamesQuery
 from ct_actors.db.usage import UsageBook
 from ct_actors.db.work_queue import WorkQueue
 from ct_actors.outcome import Failed, FailureCode, Outcome, result_fields
-from ct_actors.probe.normalise import UnusableDomain, normalise_domain
+from ct_actors.probe.input_stage import Unusable, accept, input_evidence
 from ct_actors.toolbox import Toolbox
 from ct_actors.verify.pg_ledger import PgVerifierLedger
 
@@ -41,15 +41,9 @@ async def process_one(
             "execution_status": status,
             "written": False,
         }
-    try:
-        domain = normalise_domain(spine.domain)
-    except UnusableDomain as exc:
-        failed = Failed(
-            FailureCode.NO_DOMAIN,
-            f"domain {exc.raw!r} unusable: {exc.reason}",
-            evidence={"raw_domain": exc.raw},
-        )
-        return await _write(store, cfg, Outcome(outreach_id, None, failed))
+    domain = accept(spine.domain)
+    if isinstance(domain, Unusable):
+        return await _write(store, cfg, Outcome(outreach_id, None, domain.failed()))
     people: list[tuple[str, str]] = []
     if cfg.probe.names_query:
         names = NamesQuery(database)
@@ -65,12 +59,7 @@ async def process_one(
         usage=UsageBook(database),
         ledger=PgVerifierLedger(database),
     )
-    evidence = {
-        **decided.result.evidence,
-        "raw_domain": spine.domain,
-        "normalised": list(domain.changes),
-        **({"mixed_script_labels": list(domain.mixed_script)} if domain.mixed_script else {}),
-    }
+    evidence = {**decided.result.evidence, **input_evidence(spine.domain, domain)}
     result = dataclasses.replace(decided.result, evidence=evidence)
     outcome = Outcome(
         outreach_id, domain.domain, result, decided.mx_host, trio.current_time() - started

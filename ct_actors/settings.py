@@ -22,9 +22,9 @@ from typing import Protocol, TypeVar
 
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.smtp_gate import GuardSettings
-from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, DaemonConfig, LogConfig, ProbeConfig
 from ct_actors.dns.client import QuerySettings

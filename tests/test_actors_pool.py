@@ -17,10 +17,10 @@ import trio
 import trio.testing
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import PoolSettings
-from ct_actors.probe.conversation import HostOutcome
+from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.probe.plan import Conclusion, ProbePlan
-from ct_actors.probe.visit import CONNECT_FAILED, HOST_DEAD, TIMEOUT, HostVisit, ProbeRequest
+from ct_actors.probe.visit import HostVisit, VisitOutcome
 from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, now, rcpt
 
 BOUND = 600.0
@@ -122,8 +122,8 @@ async def test_two_domains_reuse_one_session_with_rset_and_quit_at_idle_timeout(
                 "error_limits_hit": 0,
                 "tls_fallbacks": 0,
             }
-    assert (first.outcome, first.reused_session) == (HostOutcome.CONCLUDED, False)
-    assert (second.outcome, second.reused_session) == (HostOutcome.CONCLUDED, True)
+    assert (first.outcome, first.reused_session) == (VisitOutcome.CONCLUDED, False)
+    assert (second.outcome, second.reused_session) == (VisitOutcome.CONCLUDED, True)
     assert first.replies == [
         f"MAIL FROM:<{MAIL_FROM}> -> 250 2.1.0 Ok",
         f"RCPT {a.plan.catchall_address} -> 550 5.1.1 User unknown",
@@ -233,7 +233,7 @@ async def test_per_host_concurrency_never_exceeds_max_connections_per_host(
 
     async def one(domain: str) -> None:
         visit = await manager.visit(host.mx, request(domain))
-        assert visit.outcome == HostOutcome.CONCLUDED
+        assert visit.outcome == VisitOutcome.CONCLUDED
         done.append(now())
 
     async def watch() -> None:
@@ -285,7 +285,7 @@ async def test_global_cap_reclaims_an_idle_session_of_another_host_at_once(
             assert now() == 3.5
             stats = manager.statistics()
             await trio.sleep_until(10.0)
-    assert visit.outcome == HostOutcome.CONCLUDED
+    assert visit.outcome == VisitOutcome.CONCLUDED
     assert a.times("QUIT") == [2.0]
     assert b.connects == [2.25]
     assert b.times("QUIT") == [3.5 + 5.0]  # nobody needed B's slot: normal idle timeout
@@ -365,10 +365,14 @@ async def test_refused_connection_marks_the_host_dead_for_the_backoff(
             await trio.sleep_until(300.0)  # dead_until = 0.0 + dead_host_backoff
             retried = await manager.visit(host.mx, request("d.test"))
             assert now() == 301.25
-    assert (refused.outcome, refused.detail) == (CONNECT_FAILED, "connect: ECONNREFUSED")
-    assert (skipped.outcome, skipped.address) == (HOST_DEAD, None)
-    assert still_dead.outcome == HOST_DEAD
-    assert retried.outcome == HostOutcome.CONCLUDED
+    assert (refused.outcome, refused.detail) == (
+        VisitOutcome.CONNECT_FAILED,
+        "connect: ECONNREFUSED",
+    )
+    assert refused.stage == "connect" and refused.connect_failed
+    assert (skipped.outcome, skipped.address) == (VisitOutcome.HOST_DEAD, None)
+    assert still_dead.outcome == VisitOutcome.HOST_DEAD
+    assert retried.outcome == VisitOutcome.CONCLUDED
     assert net.attempts == [(0.0, "192.0.2.1"), (300.0, "192.0.2.1")]
     assert dead_stats == {
         "host": "mx1.test",
@@ -399,8 +403,9 @@ async def test_connect_timeout_marks_the_host_dead(
             assert now() == 10.0  # connect_timeout
             skipped = await manager.visit(host.mx, request("b.test"))
             assert now() == 10.0
-    assert (timed_out.outcome, timed_out.detail) == (TIMEOUT, "connect: timeout after 10s")
-    assert skipped.outcome == HOST_DEAD
+    assert (timed_out.outcome, timed_out.stage) == (VisitOutcome.TIMEOUT, "connect")
+    assert timed_out.detail == "connect: timeout after 10s" and timed_out.connect_failed
+    assert skipped.outcome == VisitOutcome.HOST_DEAD
     assert len(net.attempts) == 1
 
 
@@ -421,7 +426,7 @@ async def test_request_queued_behind_a_dead_host_is_not_sent_to_connect_again(
         ):
             nursery.start_soon(one, "a.test")
             nursery.start_soon(one, "b.test")
-    assert sorted(done.values()) == [(HOST_DEAD, 10.0), (TIMEOUT, 10.0)]
+    assert sorted(done.values()) == [(VisitOutcome.HOST_DEAD, 10.0), (VisitOutcome.TIMEOUT, 10.0)]
     assert len(net.attempts) == 1
 
 
@@ -434,7 +439,7 @@ async def test_greeting_421_is_a_throttled_visit_not_a_dead_host(
             visit = await manager.visit(host.mx, request("a.test"))
             assert now() == 0.25
             stats = manager.pool(host.mx).statistics()
-    assert visit.outcome == HostOutcome.THROTTLED
+    assert visit.outcome == VisitOutcome.THROTTLED
     assert visit.detail == "greeting: 421 mx1.test Too many connections, try again later"
     assert stats["dead"] is False
     assert stats["failures"] == 1
@@ -457,11 +462,11 @@ async def test_connection_dropped_mid_conversation_ends_the_session_not_the_doma
     # The drop is about the session: the domain is told to go on from the same question on a
     # fresh session (SESSION_ENDED, nothing answered), never a visit that failed the host.
     assert (broken.outcome, broken.detail) == (
-        HostOutcome.SESSION_ENDED,
+        VisitOutcome.SESSION_ENDED,
         "rcpt: connection closed by server",
     )
     assert broken.progress == 0
-    assert (nxt.outcome, nxt.reused_session) == (HostOutcome.CONCLUDED, False)
+    assert (nxt.outcome, nxt.reused_session) == (VisitOutcome.CONCLUDED, False)
     assert host.commands(1) == [EHLO, MAIL, rcpt("ct-probe-X", "a.test")]
     assert host.commands(2) == [EHLO, *default_domain("b.test"), "QUIT"]
     assert host.times("QUIT") == [2.0 + 2.0]  # the fresh session idles out normally
@@ -480,7 +485,7 @@ async def test_session_closed_by_server_while_idle_is_replaced_transparently(
             await manager.visit(host.mx, request("a.test"))
             visit = await manager.visit(host.mx, request("b.test"))
             assert now() == 1.25 + 1.25
-    assert (visit.outcome, visit.reused_session) == (HostOutcome.CONCLUDED, False)
+    assert (visit.outcome, visit.reused_session) == (VisitOutcome.CONCLUDED, False)
     assert host.commands(1) == [EHLO, *default_domain("a.test"), "RSET"]
     assert host.commands(2) == [EHLO, *default_domain("b.test"), "QUIT"]
     assert host.connects == [0.0, 1.25]
@@ -509,7 +514,7 @@ async def test_address_change_does_not_break_a_domain_queued_on_the_old_pool(
             nursery.start_soon(one, old, "b.test")  # queued behind a.test
             await trio.sleep(0.25)
             nursery.start_soon(one, new, "c.test")  # the new address replaces the pool
-    assert done == {d: HostOutcome.CONCLUDED for d in ("a.test", "b.test", "c.test")}
+    assert done == {d: VisitOutcome.CONCLUDED for d in ("a.test", "b.test", "c.test")}
 
 
 # ─── the adaptive window ─────────────────────────────────────────────────────────────────────
@@ -523,7 +528,7 @@ async def test_window_grows_with_successes_and_serves_domains_already_queued(
 
     async def one(domain: str) -> None:
         visit = await manager.visit(host.mx, request(domain))
-        assert visit.outcome == HostOutcome.CONCLUDED
+        assert visit.outcome == VisitOutcome.CONCLUDED
         done.append(now())
 
     adaptive = settings(initial_connections_per_host=1, max_connections_per_host=3)
@@ -555,8 +560,9 @@ async def test_dead_host_backoff_doubles_while_the_host_stays_unreachable(
             await trio.sleep_until(900.0)
             back = await manager.visit(host.mx, request("d.test"))
             stats = manager.pool(host.mx).window.statistics()
-    assert again.outcome == CONNECT_FAILED and skipped.outcome == HOST_DEAD
-    assert back.outcome == HostOutcome.CONCLUDED
+    assert again.outcome == VisitOutcome.CONNECT_FAILED
+    assert skipped.outcome == VisitOutcome.HOST_DEAD
+    assert back.outcome == VisitOutcome.CONCLUDED
     assert [t for t, _ in net.attempts] == [0.0, 300.0, 900.0]
     assert (stats["dead_marked"], stats["dead_streak"]) == (2, 0)  # the success reset it
 

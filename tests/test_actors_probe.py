@@ -15,17 +15,13 @@ from decimal import Decimal
 import trio
 import trio.testing
 
+from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import PoolSettings
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.address_policy import AddressPolicy, parse_networks
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
-from ct_actors.probe.domain_probe import (
-    DomainResult,
-    RetryPolicy,
-    greylist_deferral,
-    smtp_probe,
-)
+from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, greylist_deferral
 from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, anon, now, rcpt
 
 BOUND = 3600.0

@@ -25,14 +25,14 @@ import trio.testing
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import PoolSettings
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
-from ct_actors.probe.conversation import HostOutcome
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.probe.visit import HostVisit, ProbeRequest
+from ct_actors.probe.visit import HostVisit, VisitOutcome
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
@@ -176,7 +176,7 @@ async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False
     throttled_only = {
         owner[oid]
         for oid, o in store.terminal.items()
-        if all(v["outcome"] == HostOutcome.THROTTLED for v in o.result.evidence.get("visits", []))
+        if all(v["outcome"] == VisitOutcome.THROTTLED for v in o.result.evidence.get("visits", []))
         and o.result.evidence.get("visits")
     }
     pending = [oid for oid in spine if oid not in store.terminal]
@@ -184,8 +184,8 @@ async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False
     return Measured(
         name=name,
         rejected_421=stats.rejected_421[LIMITED.name],
-        throttled_visits=pools.visits[str(HostOutcome.THROTTLED)],
-        concluded_visits=pools.visits[str(HostOutcome.CONCLUDED)],
+        throttled_visits=pools.visits[str(VisitOutcome.THROTTLED)],
+        concluded_visits=pools.visits[str(VisitOutcome.CONCLUDED)],
         peak_sessions=stats.peak_concurrent[LIMITED.name],
         not_concluded=len(pending) + len(wrong),
         wrong_terminal=wrong,

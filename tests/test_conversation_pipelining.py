@@ -10,8 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from ct_actors.probe.conversation import HostOutcome, converse
+from ct_actors.actors.smtp_session import converse
 from ct_actors.probe.plan import ProbePlan
+from ct_actors.probe.visit import VisitOutcome
 from ct_actors.smtp.client import SmtpSession, connect_session
 from ct_actors.smtp.testing import Expect, ScriptedConnector, Sleep, Step, closing, opening, reply
 
@@ -58,7 +59,7 @@ async def test_mail_from_travels_with_the_catchall_probe(
             result = await converse(session, probe, mail_from=SENDER, rcpt_limit=10)
             assert trio.current_time() == pytest.approx(0.2)
             await session.aclose()
-    assert result.outcome is HostOutcome.CONCLUDED
+    assert result.outcome is VisitOutcome.CONCLUDED
     assert probe.winner is not None and probe.winner.method_type == "first.last"
     assert (result.rcpts_sent, result.errors) == (2, 1)
 
@@ -83,7 +84,7 @@ async def test_lock_step_when_the_budget_has_room_for_one_refusal_only(
                 session, plan(), mail_from=SENDER, rcpt_limit=10, error_budget=1
             )
             await session.aclose()
-    assert result.outcome is HostOutcome.SESSION_ENDED and result.budget_spent
+    assert result.outcome is VisitOutcome.SESSION_ENDED and result.budget_spent
     assert trio.current_time() == 0.0
 
 
@@ -104,7 +105,7 @@ async def test_a_refused_mail_makes_the_pipelined_rcpt_reply_no_answer(
             session = await session_for(nursery, script)
             result = await converse(session, probe, mail_from=SENDER, rcpt_limit=10)
             await session.aclose()
-    assert result.outcome is HostOutcome.POLICY_BLOCKED
+    assert result.outcome is VisitOutcome.POLICY_BLOCKED
     assert probe.answers == [] and probe.conclusion is None
     assert (result.rcpts_sent, result.errors) == (1, 2)
     assert result.replies[-1] == (
@@ -137,6 +138,6 @@ async def test_a_new_transaction_after_a_recipient_limit_pipelines_again(
             session = await session_for(nursery, script)
             result = await converse(session, probe, mail_from=SENDER, rcpt_limit=10)
             await session.aclose()
-    assert result.outcome is HostOutcome.CONCLUDED and result.rcpt_limit == 1
+    assert result.outcome is VisitOutcome.CONCLUDED and result.rcpt_limit == 1
     assert probe.winner is not None and probe.winner.address == "ann.lee@acme.example"
     assert trio.current_time() == 0.0

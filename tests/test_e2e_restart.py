@@ -32,7 +32,7 @@ from e2e_support import (
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import PoolSettings
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.db import DatabaseUnavailable, WorkQueue
 from ct_actors.demo.spine import spine_rows

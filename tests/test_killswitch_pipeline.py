@@ -24,9 +24,9 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings
 from ct_actors.actors.smtp_gate import IP_BLACKLISTED, PORT_BLOCKED, GuardSettings
-from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.dns.types import DnsUnavailable, MxLookup, MxResolver

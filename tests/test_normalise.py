@@ -2,7 +2,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ct_actors.probe.normalise import UnusableDomain, normalise_domain
+from ct_actors.outcome import FailureCode
+from ct_actors.probe.input_stage import Unusable, accept, input_evidence
+from ct_actors.probe.normalise import NormalisedDomain, UnusableDomain, normalise_domain
 
 
 @pytest.mark.parametrize(
@@ -138,3 +140,16 @@ def test_property_normalisation_is_idempotent(raw: str) -> None:
     again = normalise_domain(first.domain)
     assert (again.domain, again.changes) == (first.domain, ())
     assert again.mixed_script == first.mixed_script
+
+
+def test_the_input_stage_accepts_a_domain_or_answers_no_domain() -> None:
+    accepted = accept("HTTPS://WWW.Acme.COM/contact")
+    assert isinstance(accepted, NormalisedDomain) and accepted.domain == "acme.com"
+    assert input_evidence("HTTPS://WWW.Acme.COM/contact", accepted)["raw_domain"] == (
+        "HTTPS://WWW.Acme.COM/contact"
+    )
+    refused = accept("ann@acme.com")
+    assert isinstance(refused, Unusable)
+    failed = refused.failed()
+    assert failed.code is FailureCode.NO_DOMAIN
+    assert failed.evidence == {"raw_domain": "ann@acme.com"}

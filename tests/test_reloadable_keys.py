@@ -28,9 +28,9 @@ import trio.testing
 from ct_actors import app
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.smtp_gate import GuardSettings
-from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, ConfigError, KeySpec, key_specs, load_config

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import PoolSettings
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import load_config

@@ -21,13 +21,15 @@ import pytest
 import trio
 import trio.testing
 
+from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.smtp_pool import PoolSettings
+from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.connector import Connector
 from ct_actors.outcome import Passed
-from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, smtp_probe
-from ct_actors.probe.visit import HostVisit, ProbeRequest
+from ct_actors.probe.domain_probe import DomainResult, RetryPolicy
+from ct_actors.probe.visit import HostVisit
 from ct_actors.smtp.testing import (
     Expect,
     Hang,

@@ -10,22 +10,23 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
+from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.smtp_gate import (
     IP_BLACKLISTED,
     PORT_BLOCKED,
-    REFUSED,
     GuardSettings,
     SmtpGate,
     SmtpGuard,
 )
-from ct_actors.actors.supervisor import KILL_SWITCHES
+from ct_actors.actors.stages import KILL_SWITCHES
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
 from ct_actors.outcome import Deferred, Failed, FailureCode
-from ct_actors.probe.conversation import HostOutcome
-from ct_actors.probe.domain_probe import RetryPolicy, smtp_probe
+from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.plan import ProbePlan
-from ct_actors.probe.visit import CONNECT_FAILED, HOST_DEAD, TIMEOUT, HostVisit, ProbeRequest
+from ct_actors.probe.visit import HostVisit, VisitOutcome
+from ct_actors.smtp.types import Stage
 from ct_actors.throttle.killswitch import KillSwitches
 
 SPAMHAUS = "greeting: 554 5.7.1 Client host [198.51.100.7] blocked using zen.spamhaus.org"
@@ -43,17 +44,27 @@ def guard(
     )
 
 
-def visit(host: str, outcome: str, detail: str = "", address: str = "192.0.2.1") -> HostVisit:
-    return HostVisit(host, address, outcome, detail)
+def visit(
+    host: str,
+    outcome: VisitOutcome,
+    detail: str = "",
+    address: str = "192.0.2.1",
+    stage: Stage | None = None,
+) -> HostVisit:
+    return HostVisit(host, address, outcome, detail, stage=stage)
+
+
+def connect_timeout(host: str) -> HostVisit:
+    return visit(host, VisitOutcome.TIMEOUT, "connect: timeout after 10s", stage="connect")
 
 
 def refusal(n: int, address: str | None = None) -> HostVisit:
     """A blocklist refusal from network number n (a /24 of its own)."""
-    return visit(f"mx.n{n}.test", HostOutcome.POLICY_BLOCKED, SPAMHAUS, address or f"203.0.{n}.25")
+    return visit(f"mx.n{n}.test", VisitOutcome.POLICY_BLOCKED, SPAMHAUS, address or f"203.0.{n}.25")
 
 
 def working(n: int) -> HostVisit:
-    return visit(f"mx.w{n}.test", HostOutcome.CONCLUDED, "", f"198.18.{n}.25")
+    return visit(f"mx.w{n}.test", VisitOutcome.CONCLUDED, "", f"198.18.{n}.25")
 
 
 class FakeDnsbl:
@@ -266,14 +277,16 @@ async def test_connect_failures_on_many_hosts_in_a_row_mean_port_25_is_blocked(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     g = guard(port_blocked_hosts=4)
-    await g.observe(visit("mx1.a.test", TIMEOUT, "connect: timeout after 10s"))
-    await g.observe(visit("mx1.b.test", CONNECT_FAILED, "connect: ECONNREFUSED"))
-    await g.observe(visit("mx1.c.test", TIMEOUT, "greeting: timeout after 10s"))  # connected
-    await g.observe(visit("mx1.d.test", HOST_DEAD))  # says nothing either way
+    await g.observe(connect_timeout("mx1.a.test"))
+    refused = "connect: ECONNREFUSED"
+    await g.observe(visit("mx1.b.test", VisitOutcome.CONNECT_FAILED, refused, stage="connect"))
+    greeting = "greeting: timeout after 10s"  # connected: says our port 25 works
+    await g.observe(visit("mx1.c.test", VisitOutcome.TIMEOUT, greeting, stage="greeting"))
+    await g.observe(visit("mx1.d.test", VisitOutcome.HOST_DEAD))  # says nothing either way
     for host in ("e", "f", "g"):
-        await g.observe(visit(f"mx1.{host}.test", TIMEOUT, "connect: timeout after 10s"))
+        await g.observe(connect_timeout(f"mx1.{host}.test"))
     assert g.halted() is None
-    await g.observe(visit("mx1.h.test", TIMEOUT, "connect: timeout after 10s"))
+    await g.observe(connect_timeout("mx1.h.test"))
     assert g.halted() == PORT_BLOCKED
     assert g.switches.is_tripped(PORT_BLOCKED)
     assert g.switches.clear_all() == [PORT_BLOCKED]
@@ -284,7 +297,7 @@ async def test_connect_failures_on_many_hosts_in_a_row_mean_port_25_is_blocked(
 async def test_reachability_witness_expires(autojump_clock: trio.testing.MockClock) -> None:
     g = guard(reachability_window=900.0)
     assert not g.reachable_recently()  # nothing proven yet
-    await g.observe(visit("mx1.a.test", HostOutcome.CONCLUDED))
+    await g.observe(visit("mx1.a.test", VisitOutcome.CONCLUDED))
     await trio.sleep(900.0)
     assert g.reachable_recently()
     await trio.sleep(0.5)
@@ -329,9 +342,9 @@ async def test_three_mx_names_on_one_ip_greeting_554_do_not_halt_probing(
     """The reproduction: three hostile domains whose MX names all resolve to one IP that
     greets 554 5.7.1 halted every SMTP probe (counted as three "distinct MX hosts")."""
     pools = FakePools(
-        lambda h: (HostOutcome.POLICY_BLOCKED, GREET_554)
+        lambda h: (VisitOutcome.POLICY_BLOCKED, GREET_554)
         if h.addresses[0] == HOSTILE_IP
-        else (HostOutcome.CONCLUDED, "")
+        else (VisitOutcome.CONCLUDED, "")
     )
     g = guard(blocklist_window=3600.0)
     gate = SmtpGate(pools, None, g)  # type: ignore[arg-type]
@@ -339,10 +352,10 @@ async def test_three_mx_names_on_one_ip_greeting_554_do_not_halt_probing(
         for n in (1, 2, 3, 4):
             host = MxHost(f"mx.hostile-{n}.test", 10, (HOSTILE_IP,))
             visit = await gate.visit(host, plan_for(f"hostile-{n}.test"))
-            assert visit.outcome == HostOutcome.POLICY_BLOCKED
+            assert visit.outcome == VisitOutcome.POLICY_BLOCKED
         healthy = await gate.visit(MxHost("mx.ok.test", 10, ("192.0.2.10",)), plan_for("ok.test"))
     assert g.halted() is None
-    assert healthy.outcome == HostOutcome.CONCLUDED
+    assert healthy.outcome == VisitOutcome.CONCLUDED
     assert [e for e in logs if e["event"] == "kill_switch_tripped"] == []
 
 
@@ -354,7 +367,7 @@ async def test_a_refusal_nothing_corroborates_is_deferred_then_concludes_after_t
     (it might be about us) until the address has refused us for refusal_give_up seconds;
     then the domain concludes CT-M-SMTP-FAIL saying why. A restart or SIGHUP starts over,
     bounded again."""
-    pools = FakePools(lambda h: (HostOutcome.POLICY_BLOCKED, GREET_554))
+    pools = FakePools(lambda h: (VisitOutcome.POLICY_BLOCKED, GREET_554))
     g = guard(refusal_give_up=7200.0)
     gate = SmtpGate(pools, None, g)  # type: ignore[arg-type]
     mx = MxLookup(
@@ -389,17 +402,17 @@ async def test_no_refusal_is_given_up_while_the_switch_is_tripped_or_after_a_wor
 ) -> None:
     g = guard(refusal_give_up=100.0, blocklist_networks=3)
     hostile = refusal(1, HOSTILE_IP)
-    assert (await g.observe(hostile)).outcome == HostOutcome.POLICY_BLOCKED
+    assert (await g.observe(hostile)).outcome == VisitOutcome.POLICY_BLOCKED
     await trio.sleep(60.0)
     # The host takes a session: its earlier refusal was not its policy towards us.
-    await g.observe(visit("mx.n1.test", HostOutcome.CONCLUDED, "", HOSTILE_IP))
+    await g.observe(visit("mx.n1.test", VisitOutcome.CONCLUDED, "", HOSTILE_IP))
     await trio.sleep(60.0)
-    assert (await g.observe(hostile)).outcome == HostOutcome.POLICY_BLOCKED
+    assert (await g.observe(hostile)).outcome == VisitOutcome.POLICY_BLOCKED
     await trio.sleep(100.0)
-    assert (await g.observe(hostile)).outcome == REFUSED
+    assert (await g.observe(hostile)).outcome == VisitOutcome.REFUSED
     # Once our IP is proven blocklisted, every refusal is about us: none is given up.
     await g.observe(refusal(2))
     await g.observe(refusal(3))
     assert g.halted() == IP_BLACKLISTED
     await trio.sleep(100.0)
-    assert (await g.observe(hostile)).outcome == HostOutcome.POLICY_BLOCKED
+    assert (await g.observe(hostile)).outcome == VisitOutcome.POLICY_BLOCKED

@@ -31,14 +31,15 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
-from ct_actors.actors.smtp_pool import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.dns.types import MxHost, MxLookup
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.probe.visit import HostVisit, ProbeRequest
+from ct_actors.probe.visit import HostVisit
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World

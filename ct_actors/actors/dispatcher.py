@@ -1,10 +1,11 @@
 """The dispatcher actor: input stage, per-domain de-duplication and the domain tasks.
 
-Jobs arrive from the loader one record at a time. The dispatcher normalises the domain
-(CT-I-NO-DOMAIN if it cannot), then groups records by domain: the first record of a domain
-starts a domain task (MX lookup through the resolver stage, then the SMTP probe through the
-pools); records of the same domain that arrive while it runs join it; a recent verdict from the
-cache answers at once. So a domain shared by many outreach_ids costs one probe.
+Jobs arrive from the loader one record at a time. The input stage (probe/input_stage.py)
+normalises the domain (CT-I-NO-DOMAIN if it cannot); then the dispatcher groups records by
+domain: the first record of a domain starts a domain task (MX lookup through the resolver
+stage, then the SMTP probe through the gate and the pools: actors/stages.py); records of the
+same domain that arrive while it runs join it; a recent verdict from the cache answers at once.
+So a domain shared by many outreach_ids costs one probe.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Literal
 import structlog
 import trio
 
-from ct_actors.actors.resolver_stage import ResolverStage
+from ct_actors.actors.stages import ProbeStages
 from ct_actors.config import DnsConfig, ProbeConfig
 from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
@@ -29,13 +30,11 @@ from ct_actors.probe.domain_probe import (
     GREYLISTED_KEY,
     DomainResult,
     GreylistState,
-    HostVisitor,
     RetryPolicy,
     greylist_deferral,
-    mx_only_result,
-    smtp_probe,
 )
-from ct_actors.probe.normalise import NormalisedDomain, UnusableDomain, normalise_domain
+from ct_actors.probe.input_stage import Unusable, accept, input_evidence
+from ct_actors.probe.normalise import NormalisedDomain
 from ct_actors.ttl_cache import TtlCache
 from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 
@@ -102,18 +101,13 @@ class Dispatcher:
         receive: trio.MemoryReceiveChannel[Job],
         send: trio.MemorySendChannel[Outcome],
         *,
-        resolver: ResolverStage,
-        pools: HostVisitor,
+        stages: ProbeStages,
         settings: DispatchSettings,
-        reachable_recently: Callable[[], bool] | None = None,
-        verifier: AddressVerifier | None = None,
     ) -> None:
-        self._reachable_recently = reachable_recently
-        self._verifier = verifier
+        self._stages = stages
+        self._verifier: AddressVerifier | None = stages.verifier
         self._receive = receive
         self._send = send
-        self._resolver = resolver
-        self._pools = pools
         self.settings = settings
         self._groups: dict[str, _DomainGroup] = {}
         self._verdicts: TtlCache[str, DomainResult] = TtlCache(settings.verdict_ttl)
@@ -178,15 +172,9 @@ class Dispatcher:
             deferred = Deferred(reason, self.settings.retry.defer_seconds, {})
             nursery.start_soon(self._emit, job, None, deferred, None)
             return
-        try:
-            domain = normalise_domain(job.raw_domain)
-        except UnusableDomain as exc:
-            failed = Failed(
-                FailureCode.NO_DOMAIN,
-                f"domain {exc.raw!r} unusable: {exc.reason}",
-                evidence={"raw_domain": exc.raw},
-            )
-            nursery.start_soon(self._emit, job, None, failed, None)
+        domain = accept(job.raw_domain)
+        if isinstance(domain, Unusable):
+            nursery.start_soon(self._emit, job, None, domain.failed(), None)
             return
         group = self._groups.get(domain.domain)
         if group is not None:
@@ -224,7 +212,7 @@ class Dispatcher:
             await trio.lowlevel.checkpoint()
             return DomainResult(self._dns_deferral(dns_retry_at - now), None)
         try:
-            mx = await self._resolver.lookup(name)
+            mx = await self._stages.resolver.lookup(name)
         except DomainDnsFailure as exc:
             return DomainResult(self._domain_dns_broken(name, exc), None)
         except DnsUnavailable as exc:
@@ -240,20 +228,18 @@ class Dispatcher:
         # Names were fetched by the loader for the whole claim batch; every record that joined
         # the domain contributes, in arrival order, up to the contract's three.
         people = [person for job in group.jobs for person in job.people][:3]
-        if self.settings.mode == "mx-only":
-            result = mx_only_result(mx)
-        else:
-            waiting = self._greylist.pop(name, None)
-            state = waiting[0] if waiting is not None else None
-            result = await smtp_probe(
-                mx,
-                people,
-                self._pools,
-                self.settings.retry,
-                reachable_recently=self._reachable_recently,
-                catchall_address=state.catchall_address if state is not None else "",
-                addresses=self.settings.addresses,
-            )
+        # A greylisted domain comes back with the same catch-all address (the same triplet).
+        waiting = self._greylist.pop(name, None) if self.settings.mode == "smtp" else None
+        state = waiting[0] if waiting is not None else None
+        result = await self._stages.probe(
+            mx,
+            people,
+            mode=self.settings.mode,
+            retry=self.settings.retry,
+            addresses=self.settings.addresses,
+            catchall_address=state.catchall_address if state is not None else "",
+        )
+        if self.settings.mode == "smtp":
             result = self._greylisted(name, result, state)
         if self._verifier is not None:
             # Tier 2: a weak PASS (catch-all, mx-only) is checked with the vendor, once per
@@ -338,14 +324,7 @@ def _with_normalisation(
     result: Result, raw: str | None, domain: NormalisedDomain, cached: bool
 ) -> Result:
     """Every row says what was normalised, and whether the verdict came from the cache."""
-    extra: dict[str, object] = {
-        "raw_domain": raw,
-        "domain": domain.domain,
-        "normalised": list(domain.changes),
-    }
-    if domain.mixed_script:
-        # Look-alike suspects (UTS #39): probed like any domain, flagged for a human.
-        extra["mixed_script_labels"] = list(domain.mixed_script)
+    extra = {"raw_domain": raw, "domain": domain.domain, **input_evidence(raw, domain)}
     if cached:
         extra["verdict_cache"] = True
     return dataclasses.replace(result, evidence={**result.evidence, **extra})

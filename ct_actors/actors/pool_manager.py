@@ -12,10 +12,12 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from ct_actors.actors.smtp_pool import HostPool, PoolClosed, PoolSettings
+from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.smtp_pool import HostPool, PoolClosed
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
-from ct_actors.probe.visit import HostVisit, ProbeRequest
+from ct_actors.probe.visit import HostVisit
 from ct_actors.throttle.host_window import HostWindow
 
 log = structlog.get_logger("ct_actors.pool_manager")

@@ -36,18 +36,15 @@ import structlog
 import trio
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.config import KillSwitchConfig
 from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
 from ct_actors.dns.types import MxHost
-from ct_actors.probe.conversation import HostOutcome
 from ct_actors.probe.visit import (
-    HALTED,
-    HOST_DEAD,
-    NO_ADDRESS,
-    NOT_PUBLIC,
+    NO_CONNECTION_TRIED,
     HostVisit,
-    ProbeRequest,
-    is_connect_failure,
+    VisitOutcome,
+    dead_host_visit,
 )
 from ct_actors.throttle.blocklist_evidence import (
     Assessment,
@@ -66,13 +63,6 @@ log = structlog.get_logger("ct_actors.smtp_gate")
 IP_BLACKLISTED = "ip_blacklist_detected"
 PORT_BLOCKED = "smtp_port_blocked"
 SMTP_SWITCHES = (IP_BLACKLISTED, PORT_BLOCKED)
-# A visit outcome of ours: the host has refused our IP for refusal_give_up seconds and nothing
-# corroborated that the refusal is about us. Not a conversation outcome the domain probe knows,
-# so the domain treats it as the host's failure (CT-M-SMTP-FAIL listing it).
-REFUSED = "refused-us"
-
-# Visit outcomes that say nothing about whether we can reach port 25.
-_NO_CONNECTION_TRIED = frozenset({HOST_DEAD, HALTED, NO_ADDRESS, NOT_PUBLIC})
 
 
 # Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
@@ -99,9 +89,9 @@ class GuardSettings:
 
 def _worked(visit: HostVisit) -> bool:
     """The host took our session and answered about mailboxes: it does not refuse our IP."""
-    if visit.outcome in (HostOutcome.CONCLUDED, HostOutcome.GREYLISTED):
+    if visit.outcome in (VisitOutcome.CONCLUDED, VisitOutcome.GREYLISTED):
         return True
-    return visit.outcome == HostOutcome.SESSION_ENDED and visit.progress > 0
+    return visit.outcome == VisitOutcome.SESSION_ENDED and visit.progress > 0
 
 
 class SmtpGuard:
@@ -163,9 +153,9 @@ class SmtpGuard:
         """Read what happened on a visit; returns the visit as the domain should see it (a
         refusal given up on comes back REFUSED)."""
         now = trio.current_time()
-        if visit.outcome in _NO_CONNECTION_TRIED:
+        if visit.outcome in NO_CONNECTION_TRIED:
             return visit
-        if is_connect_failure(visit):
+        if visit.connect_failed:
             if self._unreachable.failure(visit.host):
                 self._trip(
                     PORT_BLOCKED,
@@ -180,7 +170,7 @@ class SmtpGuard:
             self._evidence.worked(visit.address, now)
             self._streaks.worked(visit.address)
             return visit
-        if visit.outcome != HostOutcome.POLICY_BLOCKED:
+        if visit.outcome != VisitOutcome.POLICY_BLOCKED:
             return visit
         new_network = self._evidence.refused(visit.address, visit.host, visit.detail, now)
         streak = self._streaks.refused(visit.address, visit.detail, now)
@@ -195,7 +185,7 @@ class SmtpGuard:
                 f"{streak.last - streak.first:g}s, and no other evidence says our IP is "
                 "blocklisted: the refusal is this host's policy)"
             )
-            return dataclasses.replace(visit, outcome=REFUSED, detail=detail)
+            return dataclasses.replace(visit, outcome=VisitOutcome.REFUSED, detail=detail)
         return visit
 
     async def _weigh(self, visit: HostVisit) -> None:
@@ -301,7 +291,7 @@ class SmtpGate:
 
     async def visit(self, host: MxHost, request: ProbeRequest) -> HostVisit:
         if self._pools.is_dead(host):
-            return HostVisit(host.name, None, HOST_DEAD, "marked dead by an earlier visit")
+            return dead_host_visit(host.name)
         if self.guard.halted() is None:
             # Directory-harvest safety: a host's domains wait for its rejected-RCPT budget
             # before they spend an SMTPCheck call.
@@ -312,6 +302,6 @@ class SmtpGate:
             if halted is not None:
                 self._limiter.cancel_call()
         if halted is not None:
-            return HostVisit(host.name, None, HALTED, f"SMTP probing halted: {halted}")
+            return HostVisit(host.name, None, VisitOutcome.HALTED, f"SMTP probing halted: {halted}")
         visit = await self._pools.visit(host, request)
         return await self.guard.observe(visit)

@@ -25,14 +25,9 @@ from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Dispatcher, Job, NamesSource
 from ct_actors.actors.loader import ClaimStore, LoaderActor
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverStage
-from ct_actors.actors.smtp_gate import (
-    IP_BLACKLISTED,
-    PORT_BLOCKED,
-    SMTP_SWITCHES,
-    SmtpGate,
-    SmtpGuard,
-)
+from ct_actors.actors.resolver_stage import RESOLVER_FAILURE
+from ct_actors.actors.smtp_gate import SMTP_SWITCHES
+from ct_actors.actors.stages import ProbeStages
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
 from ct_actors.dns.client import QuerySettings
 from ct_actors.dns.dnsbl import DnsblChecker
@@ -41,21 +36,11 @@ from ct_actors.outcome import Outcome
 from ct_actors.settings import PipelineSettings, Reconfigurable, Settings
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
-from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK
-from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier
-
-# Every kill switch the pipeline knows, with the registry's action for it.
-KILL_SWITCHES = {
-    RESOLVER_FAILURE: "switch_resolver",
-    IP_BLACKLISTED: "halt_and_alert",
-    PORT_BLOCKED: "halt_and_alert",
-    # The verifier's: stops verifier calls only; claiming and probing go on.
-    BUDGET_CAP_REACHED: "halt_and_alert",
-}
+from ct_actors.verify.gate import EmailVerifier
 
 log = structlog.get_logger("ct_actors.supervisor")
 
-__all__ = ["KILL_SWITCHES", "PipelineSettings", "PipelineStore", "Supervisor"]
+__all__ = ["PipelineSettings", "PipelineStore", "Supervisor"]
 
 
 class PipelineStore(ClaimStore, OutcomeStore, Protocol):
@@ -85,8 +70,22 @@ class Supervisor:
         self._store = store
         self._transient = transient_db_errors
         self.throttles = throttles
-        self.switches = KillSwitches(dict(KILL_SWITCHES))
-        self.verifier = verifier(self.switches) if verifier is not None else None
+        self.stages = ProbeStages(
+            resolver=resolver,
+            resolver_settings=settings.resolver,
+            pools=pools,
+            guard_settings=settings.guard,
+            throttles=throttles,
+            verifier=verifier,
+            dnsbl=dnsbl,
+            local_address=local_address,
+        )
+        self.switches = self.stages.switches
+        self.verifier = self.stages.verifier
+        self.resolver = self.stages.resolver
+        self.pools = pools
+        self.guard = self.stages.guard
+        self.gate = self.stages.gate
         self.credits = WorkCredits(settings.max_in_flight)
         job_send, job_recv = trio.open_memory_channel[Job](0)
         out_send, out_recv = trio.open_memory_channel[Outcome](0)
@@ -95,20 +94,6 @@ class Supervisor:
             "jobs": job_send,
             "outcomes": out_send,
         }
-        self.resolver = ResolverStage(
-            resolver,
-            settings.resolver,
-            limiter=throttles[MX_LOOKUP] if throttles is not None else None,
-            switches=self.switches,
-        )
-        self.pools = pools
-        self.guard = SmtpGuard(
-            settings.guard, self.switches, dnsbl=dnsbl, local_address=local_address
-        )
-        pools.on_connected = self.guard.connected
-        self.gate = SmtpGate(
-            pools, throttles[SMTP_CHECK] if throttles is not None else None, self.guard
-        )
         self.writer = WriterActor(
             out_recv,
             store,
@@ -118,13 +103,7 @@ class Supervisor:
             transient_errors=transient_db_errors,
         )
         self.dispatcher = Dispatcher(
-            job_recv,
-            out_send,
-            resolver=self.resolver,
-            pools=self.gate,
-            settings=settings.dispatch,
-            reachable_recently=self.guard.reachable_recently,
-            verifier=self.verifier,
+            job_recv, out_send, stages=self.stages, settings=settings.dispatch
         )
         # Claiming stops while a switch that stops the pipeline's work is tripped.
         self.halting = [RESOLVER_FAILURE]
@@ -162,8 +141,7 @@ class Supervisor:
                 async with trio.open_nursery() as pipeline:
                     self._pipeline = pipeline
                     await pipeline.start(self._run_writer)
-                    await pipeline.start(self.resolver.run)
-                    await pipeline.start(self.pools.run)
+                    await self.stages.start(pipeline)
                     await pipeline.start(self.dispatcher.run)
                     await pipeline.start(self.loader.run)
                     log.info(
@@ -189,8 +167,7 @@ class Supervisor:
         await self.writer.run(task_status=task_status)
         # The writer returns once every upstream stage has drained: nobody needs the resolver
         # stage or the pools any more.
-        self.resolver.close()
-        self.pools.close()
+        self.stages.close()
 
     @property
     def stop_requested(self) -> bool:

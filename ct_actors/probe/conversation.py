@@ -1,9 +1,15 @@
-"""One domain's RCPT conversation on an already-greeted SMTP session.
+"""One domain's RCPT conversation on an already-greeted SMTP session, as a sans-IO state
+machine: it says which commands to send (`Conversation.next_commands`) and reads their replies
+(`Conversation.receive`); it never awaits, and knows nothing of sockets or clocks. The shell
+that moves the bytes is `ct_actors.actors.smtp_session.converse`; like h11 for HTTP, the
+decisions here do not change when the shell sends commands differently (RFC 2920 pipelining: a
+batch of commands goes out in one write, and their replies come back in order).
 
-The plan decides which address to ask; this shell sends MAIL FROM / RCPT TO / RSET, classifies
-each reply and tells the caller whether the domain is concluded or the host must be left
-(greylisted, throttled, policy block of our IP, broken conversation). Session errors
-(`SmtpError`) propagate: the pool worker owns the session and decides what they mean.
+The plan decides which address to ask; the conversation sends MAIL FROM / RCPT TO / RSET,
+classifies each reply and tells the caller whether the domain is concluded or the host must be
+left (greylisted, throttled, policy block of our IP, broken conversation). Session errors
+(`SmtpError`) are the shell's: the pool worker owns the session and decides what they mean; the
+shell then calls `abandon()` so the host's rejected-RCPT reservation is given back.
 
 Per-session error budget. Stock servers count every rejected command against the *connection*,
 and RSET does not reset the count: Postfix's smtpd delays every reply once a client has made
@@ -20,10 +26,12 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ct_actors.probe.plan import ProbePlan
+from ct_actors.probe.visit import VisitOutcome
 from ct_actors.smtp.classify import (
     RcptVerdict,
     SessionVerdict,
@@ -31,23 +39,10 @@ from ct_actors.smtp.classify import (
     classify_rcpt,
     is_throttle_text,
 )
-from ct_actors.smtp.client import SmtpSession
 from ct_actors.smtp.types import Reply
 
 # Address answers that mean "this mailbox exists": a full mailbox still exists.
 _EXISTS = frozenset({RcptVerdict.ACCEPTED, RcptVerdict.MAILBOX_FULL})
-
-
-class HostOutcome(enum.StrEnum):
-    CONCLUDED = "concluded"  # the plan has its conclusion
-    GREYLISTED = "greylisted"  # ask the same address again later
-    THROTTLED = "throttled"  # 421 / 4.7.x: back off from this host
-    POLICY_BLOCKED = "policy-blocked"  # the server refuses *us*: never a verdict on addresses
-    FAILED = "failed"  # the server would not give address answers (5xx on MAIL, 252, ...)
-    # The session cannot go on (421 closing, our per-session error budget spent, or, set by the
-    # pool, a disconnect or timeout mid-conversation): continue on a fresh session.
-    SESSION_ENDED = "session-ended"
-
 
 # Replies saying the *session* has made too many errors (not a verdict on any address):
 # Postfix's hard limit ("421 4.7.0 <host> Error: too many errors"), qmail-chkuser's
@@ -61,6 +56,12 @@ def is_error_limit_reply(reply: Reply) -> bool:
     )
 
 
+def about_pace(reply: Reply) -> bool:
+    """A 421 that names our pace (4.7.x, a rate text) rather than the server's own state."""
+    enhanced = reply.enhanced
+    return (enhanced is not None and enhanced.subject == 7) or is_throttle_text(reply.text)
+
+
 class RejectionBudget(Protocol):
     """The host's directory-harvest budget: a RCPT is sent only with a reservation."""
 
@@ -70,9 +71,21 @@ class RejectionBudget(Protocol):
     def settle(self, token: float, rejected: bool) -> None: ...
 
 
+class Verb(enum.StrEnum):
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    RSET = "RSET"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    verb: Verb
+    address: str = ""  # MAIL's reverse-path, RCPT's forward-path
+
+
 @dataclass(slots=True)
 class ConversationResult:
-    outcome: HostOutcome
+    outcome: VisitOutcome
     detail: str = ""
     replies: list[str] = field(default_factory=list)
     rcpt_limit: int | None = None  # learned from a 452 "too many recipients"
@@ -96,171 +109,228 @@ def summarise(command: str, reply: Reply) -> str:
     return f"{command} -> {reply.code}{enhanced} {text[:100]}".rstrip()
 
 
-async def converse(
-    session: SmtpSession,
-    plan: ProbePlan,
-    *,
-    mail_from: str,
-    rcpt_limit: int,
-    error_budget: int = 1_000_000,
-    rejections: RejectionBudget | None = None,
-) -> ConversationResult:
-    """`error_budget`: how many more rejected commands this session may take.
+class Conversation:
+    """Commands out, replies in. `next_commands()` gives the next batch to send (MAIL FROM and
+    the first RCPT travel together when the server offers PIPELINING and the session's budget
+    has room for both to be refused); `receive()` takes their replies, in order (fewer when the
+    server closed after a 421). An empty batch means the visit is over: read `result`.
+
+    `error_budget`: how many more rejected commands this session may take.
     `rejections`: the host's rejected-RCPT budget (directory-harvest safety)."""
-    result = ConversationResult(HostOutcome.CONCLUDED)
-    limit = max(1, rcpt_limit)
-    # MAIL FROM goes with the first question (pipelined where allowed), not before the loop.
-    need_mail = True
 
-    def counted(reply: Reply) -> Reply:
-        if reply.code >= 400:
-            result.errors += 1
-        return reply
+    def __init__(
+        self,
+        plan: ProbePlan,
+        *,
+        mail_from: str,
+        rcpt_limit: int,
+        error_budget: int = 1_000_000,
+        pipelining: bool = False,
+        rejections: RejectionBudget | None = None,
+    ) -> None:
+        self.plan = plan
+        self.result = ConversationResult(VisitOutcome.CONCLUDED)
+        self._mail_from = mail_from
+        self._limit = max(1, rcpt_limit)
+        self._budget = error_budget
+        self._pipelining = pipelining
+        self._rejections = rejections
+        self._over = False
+        self._sent: tuple[Command, ...] = ()
+        self._need_mail = True  # MAIL FROM goes with the next question
+        self._in_transaction = 0  # RCPTs answered in the open transaction
+        self._rset_now = False  # the server capped recipients: a new transaction first
+        self._rcpt_now = False  # MAIL FROM went alone and was accepted: its RCPT next
+        self._token: float | None = None  # the open RCPT's rejected-RCPT reservation
+        self._errors_before_mail = 0
 
-    def session_ended(command: str, reply: Reply, errors_before: int) -> ConversationResult:
-        """A 421 (or an error-limit reply): this session is over, the domain is not."""
-        result.outcome = HostOutcome.SESSION_ENDED
-        result.detail = f"{command}: {reply.code} {reply.text[:80]}"
-        if is_error_limit_reply(reply):
-            result.error_limit_after = errors_before
-        elif reply.code == 421:
-            result.pace = about_pace(reply)
-        return result
+    @property
+    def over(self) -> bool:
+        return self._over
 
-    def mail_outcome(reply: Reply, before: int) -> ConversationResult | None:
-        """None when the transaction is open; else the visit's end."""
-        if reply.code == 421 or is_error_limit_reply(reply):
-            return session_ended("MAIL FROM", reply, before)
-        verdict = classify_mail(reply)
-        if verdict is SessionVerdict.OK:
-            return None
-        result.outcome = _session_outcome(verdict)
-        result.pace = result.outcome is HostOutcome.THROTTLED
-        result.detail = f"MAIL FROM refused: {reply.code} {reply.text[:80]}"
-        return result
-
-    async def open_transaction(address: str) -> tuple[ConversationResult | None, Reply | None]:
-        """MAIL FROM, with the first RCPT in the same write when the server offers PIPELINING
-        (RFC 2920) and the session's budget has room for both to be refused (a refused MAIL
-        makes the server refuse the RCPT too, and count it). Returns the visit's end if MAIL
-        was refused, and the RCPT's reply if it was sent."""
-        before = result.errors
-        if session.pipelining and error_budget - result.errors >= 2:
-            mail, rcpt = await session.mail_and_rcpt(mail_from, address)
-        else:
-            mail, rcpt = await session.mail_from(mail_from), None
-        result.replies.append(summarise(f"MAIL FROM:<{mail_from}>", counted(mail)))
-        early = mail_outcome(mail, before)
-        if early is not None and rcpt is not None:
-            # Answered without a transaction (e.g. 503 5.5.1): never an answer about the address.
-            result.rcpts_sent += 1
-            line = summarise(f"RCPT {address}", counted(rcpt))
-            result.replies.append(f"{line} (no transaction: not an answer)")
-        return early, rcpt
-
-    async def reset() -> ConversationResult | None:
-        """RSET between transactions; the next RCPT opens a new one (`open_transaction`)."""
-        nonlocal need_mail
-        reply = await session.rset()
-        if not reply.is_positive:
-            result.replies.append(summarise("RSET", reply))
-            return session_ended("RSET", reply, result.errors)
-        need_mail = True
-        return None
-
-    in_transaction = 0
-    while (step := plan.current()) is not None:
-        if result.errors >= error_budget:
-            result.outcome = HostOutcome.SESSION_ENDED
+    def next_commands(self) -> tuple[Command, ...]:
+        if self._sent:
+            raise RuntimeError("replies to the last commands are outstanding")
+        if self._over:
+            return ()
+        if self._rset_now:
+            return self._send(Command(Verb.RSET))
+        if self._rcpt_now:
+            self._rcpt_now = False
+            return self._send(self._rcpt())
+        result = self.result
+        if (step := self.plan.current()) is None:
+            if self.plan.waiting_for_greylist:
+                result.outcome = VisitOutcome.GREYLISTED
+                result.detail = f"{len(self.plan.greylisted)} address(es) greylisted"
+            return self._end()
+        if result.errors >= self._budget:
+            result.outcome = VisitOutcome.SESSION_ENDED
             result.budget_spent = True
             result.detail = (
                 f"per-session error budget spent ({result.errors} rejected command(s) on this "
                 "visit); continuing on a fresh session"
             )
-            return result
-        if in_transaction >= limit:
-            if (early := await reset()) is not None:
-                return early
-            in_transaction = 0
-        token = rejections.reserve() if rejections is not None else 0.0
+            return self._end()
+        if self._in_transaction >= self._limit:
+            return self._send(Command(Verb.RSET))
+        token = self._rejections.reserve() if self._rejections is not None else 0.0
         if token is None:
-            result.outcome = HostOutcome.SESSION_ENDED
+            result.outcome = VisitOutcome.SESSION_ENDED
             result.dha_paused = True
             result.detail = "the host's rejected-RCPT budget is spent for now; pacing"
-            return result
-        answer: Reply | None = None
-        try:
-            if need_mail:
-                need_mail = False
-                early, answer = await open_transaction(step.address)
-                if early is not None:
-                    if rejections is not None:
-                        rejections.settle(token, rejected=answer is not None and answer.code >= 500)
-                    return early
-            before = result.errors
-            if answer is None:
-                answer = await session.rcpt(step.address)
-        except BaseException:
-            if rejections is not None:
-                rejections.settle(token, rejected=False)
-            raise
-        reply = counted(answer)
-        if rejections is not None:
-            rejections.settle(token, rejected=reply.code >= 500)
+            return self._end()
+        self._token = token
+        if not self._need_mail:
+            return self._send(self._rcpt())
+        self._need_mail = False
+        self._errors_before_mail = result.errors
+        mail = Command(Verb.MAIL, self._mail_from)
+        if self._pipelining and self._budget - result.errors >= 2:
+            # A refused MAIL makes the server refuse the RCPT too, and count it: both must fit.
+            return self._send(mail, Command(Verb.RCPT, step.address))
+        return self._send(mail)
+
+    def receive(self, replies: Sequence[Reply]) -> None:
+        sent, self._sent = self._sent, ()
+        if not sent or not 1 <= len(replies) <= len(sent):
+            raise RuntimeError(f"{len(replies)} replies to {len(sent)} commands")
+        first = sent[0]
+        if first.verb is Verb.RSET:
+            self._on_rset(replies[0])
+        elif first.verb is Verb.MAIL:
+            rcpt = replies[1] if len(replies) > 1 else None
+            self._on_mail(replies[0], rcpt, sent[1].address if len(sent) > 1 else "")
+        else:
+            self._on_rcpt(first.address, replies[0])
+
+    def abandon(self) -> None:
+        """The session broke off (an SMTP error, a cancellation): nothing more is sent, and an
+        open reservation is given back unspent (no answer, no rejection)."""
+        self._sent = ()
+        self._settle(rejected=False)
+        self._over = True
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _on_rset(self, reply: Reply) -> None:
+        """RSET between transactions; the next RCPT opens a new one."""
+        if not reply.is_positive:
+            self.result.replies.append(summarise("RSET", reply))
+            self._session_ended("RSET", reply, self.result.errors)
+            return
+        self._rset_now = False
+        self._need_mail = True
+        self._in_transaction = 0
+
+    def _on_mail(self, mail: Reply, rcpt: Reply | None, address: str) -> None:
+        result = self.result
+        before = self._errors_before_mail
+        result.replies.append(summarise(f"MAIL FROM:<{self._mail_from}>", self._counted(mail)))
+        if mail.code == 421 or is_error_limit_reply(mail):
+            self._session_ended("MAIL FROM", mail, before)
+        elif (verdict := classify_mail(mail)) is not SessionVerdict.OK:
+            result.outcome = _session_outcome(verdict)
+            result.pace = result.outcome is VisitOutcome.THROTTLED
+            result.detail = f"MAIL FROM refused: {mail.code} {mail.text[:80]}"
+            self._end()
+        elif rcpt is None:
+            self._rcpt_now = True  # the transaction is open; its first RCPT goes next
+            return
+        else:
+            self._on_rcpt(address, rcpt)
+            return
+        if rcpt is not None:
+            # Answered without a transaction (e.g. 503 5.5.1): never an answer about the address.
+            result.rcpts_sent += 1
+            line = summarise(f"RCPT {address}", self._counted(rcpt))
+            result.replies.append(f"{line} (no transaction: not an answer)")
+        self._settle(rejected=rcpt is not None and rcpt.code >= 500)
+
+    def _on_rcpt(self, address: str, answer: Reply) -> None:
+        result = self.result
+        before = result.errors
+        reply = self._counted(answer)
+        self._settle(rejected=reply.code >= 500)
         result.rcpts_sent += 1
-        in_transaction += 1
-        result.replies.append(summarise(f"RCPT {step.address}", reply))
+        self._in_transaction += 1
+        result.replies.append(summarise(f"RCPT {address}", reply))
         if reply.code == 421 or is_error_limit_reply(reply):
-            return session_ended(f"RCPT {step.address}", reply, before)
+            self._session_ended(f"RCPT {address}", reply, before)
+            return
         verdict = classify_rcpt(reply)
         if verdict.is_address_answer:
-            plan.answer(verdict in _EXISTS)
+            self.plan.answer(verdict in _EXISTS)
             result.progress += 1
-            continue
+            return
         if verdict is RcptVerdict.GREYLISTED:
             # Ask the remaining candidates now, so the domain costs one greylist wait.
-            plan.defer_greylisted()
+            self.plan.defer_greylisted()
             result.progress += 1
-            continue
-        if verdict is RcptVerdict.TOO_MANY_RECIPIENTS and in_transaction > 1:
+            return
+        if verdict is RcptVerdict.TOO_MANY_RECIPIENTS and self._in_transaction > 1:
             # Not an answer about this address: the server caps recipients per transaction.
             # Remember the cap and ask again in a fresh transaction.
-            limit = in_transaction - 1
-            result.rcpt_limit = limit
-            if (early := await reset()) is not None:
-                return early
-            in_transaction = 0
-            continue
+            self._limit = self._in_transaction - 1
+            result.rcpt_limit = self._limit
+            self._rset_now = True
+            return
         result.outcome = _rcpt_outcome(verdict)
         # A throttling answer to MAIL/RCPT (4.7.x, a rate text) is about our pace.
-        result.pace = result.outcome is HostOutcome.THROTTLED
-        result.detail = f"RCPT {step.address}: {reply.code} {reply.text[:80]}"
-        return result
-    if plan.waiting_for_greylist:
-        result.outcome = HostOutcome.GREYLISTED
-        result.detail = f"{len(plan.greylisted)} address(es) greylisted"
-    return result
+        result.pace = result.outcome is VisitOutcome.THROTTLED
+        result.detail = f"RCPT {address}: {reply.code} {reply.text[:80]}"
+        self._end()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _rcpt(self) -> Command:
+        step = self.plan.current()
+        assert step is not None  # a reservation is only taken for an open question
+        return Command(Verb.RCPT, step.address)
+
+    def _send(self, *commands: Command) -> tuple[Command, ...]:
+        self._sent = commands
+        return commands
+
+    def _end(self) -> tuple[Command, ...]:
+        self._over = True
+        return ()
+
+    def _counted(self, reply: Reply) -> Reply:
+        if reply.code >= 400:
+            self.result.errors += 1
+        return reply
+
+    def _settle(self, *, rejected: bool) -> None:
+        token, self._token = self._token, None
+        if token is not None and self._rejections is not None:
+            self._rejections.settle(token, rejected)
+
+    def _session_ended(self, command: str, reply: Reply, errors_before: int) -> None:
+        """A 421 (or an error-limit reply): this session is over, the domain is not."""
+        result = self.result
+        result.outcome = VisitOutcome.SESSION_ENDED
+        result.detail = f"{command}: {reply.code} {reply.text[:80]}"
+        if is_error_limit_reply(reply):
+            result.error_limit_after = errors_before
+        elif reply.code == 421:
+            result.pace = about_pace(reply)
+        self._end()
 
 
-def about_pace(reply: Reply) -> bool:
-    """A 421 that names our pace (4.7.x, a rate text) rather than the server's own state."""
-    enhanced = reply.enhanced
-    return (enhanced is not None and enhanced.subject == 7) or is_throttle_text(reply.text)
-
-
-def _session_outcome(verdict: SessionVerdict) -> HostOutcome:
+def _session_outcome(verdict: SessionVerdict) -> VisitOutcome:
     if verdict is SessionVerdict.POLICY_BLOCKED:
-        return HostOutcome.POLICY_BLOCKED
+        return VisitOutcome.POLICY_BLOCKED
     if verdict is SessionVerdict.THROTTLED:
-        return HostOutcome.THROTTLED
-    return HostOutcome.FAILED
+        return VisitOutcome.THROTTLED
+    return VisitOutcome.FAILED
 
 
-def _rcpt_outcome(verdict: RcptVerdict) -> HostOutcome:
+def _rcpt_outcome(verdict: RcptVerdict) -> VisitOutcome:
     if verdict is RcptVerdict.GREYLISTED:
-        return HostOutcome.GREYLISTED
+        return VisitOutcome.GREYLISTED
     if verdict is RcptVerdict.POLICY_BLOCKED:
-        return HostOutcome.POLICY_BLOCKED
+        return VisitOutcome.POLICY_BLOCKED
     if verdict is RcptVerdict.THROTTLED:
-        return HostOutcome.THROTTLED
-    return HostOutcome.FAILED
+        return VisitOutcome.THROTTLED
+    return VisitOutcome.FAILED

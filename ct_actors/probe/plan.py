@@ -1,5 +1,5 @@
 """The pure state machine of one domain's RCPT probing: which address to ask next and what the
-answers so far mean. The async shell (`ct_actors.probe.conversation`) only moves bytes.
+answers so far mean. The conversation (`ct_actors.probe.conversation`) asks its questions.
 
 Only address answers (accepted / mailbox rejected) decide anything. Greylisting is handled the
 way a patient MTA would: a greylisted address is set aside and the remaining candidates are

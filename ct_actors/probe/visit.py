@@ -1,33 +1,47 @@
-"""One visit of a domain's probe to one MX host: the request a domain task sends to a host's
-pool, and what happened there (pure data, read by the domain probe, the gate and the audit)."""
+"""One visit of a domain's probe to one MX host: what happened there (pure data, read by the
+domain walk, the gate and the audit)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from ct_actors.probe.plan import ProbePlan
-from ct_actors.reply_slot import ReplySlot
-
-# Visit outcomes beyond the conversation's own (`HostOutcome`).
-CONNECT_FAILED = "connect-failed"
-TIMEOUT = "timeout"
-DISCONNECTED = "disconnected"
-GREETING_REJECTED = "greeting-rejected"
-PROTOCOL_ERROR = "protocol-error"
-HOST_DEAD = "host-dead"
-HALTED = "halted"  # not attempted: an SMTP kill switch is tripped (see smtp_gate.py)
-NO_ADDRESS = "no-address"
-NOT_PUBLIC = "not-public"  # refused: the MX address is not public (net/address_policy.py)
+from ct_actors.smtp.types import Stage
 
 
-@dataclass(slots=True)
-class ProbeRequest:
-    domain: str
-    plan: ProbePlan
-    reply: ReplySlot[HostVisit] = field(default_factory=ReplySlot)
-    # The MX name the domain asked for: a pool serves one IP address, which several tenants'
-    # MX names may share; visits are reported under the name the domain's MX record gave.
-    mx_name: str = ""
+class VisitOutcome(enum.StrEnum):
+    """How a visit ended. The values are the audit trail's words (stored in the evidence)."""
+
+    # The conversation's own ends (probe/conversation.py):
+    CONCLUDED = "concluded"  # the plan has its conclusion
+    GREYLISTED = "greylisted"  # ask the same address again later
+    THROTTLED = "throttled"  # 421 / 4.7.x: back off from this host
+    POLICY_BLOCKED = "policy-blocked"  # the server refuses *us*: never a verdict on addresses
+    FAILED = "failed"  # the server would not give address answers (5xx on MAIL, 252, ...)
+    # The session cannot go on (421 closing, our per-session error budget spent, or, set by the
+    # pool, a disconnect or timeout mid-conversation): continue on a fresh session.
+    SESSION_ENDED = "session-ended"
+    # The session's (set by the pool from the SMTP error, with `HostVisit.stage`):
+    CONNECT_FAILED = "connect-failed"
+    TIMEOUT = "timeout"
+    DISCONNECTED = "disconnected"
+    GREETING_REJECTED = "greeting-rejected"
+    PROTOCOL_ERROR = "protocol-error"
+    # Never connected:
+    HOST_DEAD = "host-dead"  # marked dead by an earlier visit (throttle/host_window.py)
+    HALTED = "halted"  # not attempted: an SMTP kill switch is tripped (see smtp_gate.py)
+    NO_ADDRESS = "no-address"
+    NOT_PUBLIC = "not-public"  # refused: the MX address is not public (net/address_policy.py)
+    # The gate's (actors/smtp_gate.py): the host has refused our IP for refusal_give_up seconds
+    # and nothing corroborated that the refusal is about us; the domain treats it as the
+    # host's failure (CT-M-SMTP-FAIL listing it).
+    REFUSED = "refused-us"
+
+
+# Outcomes that say nothing about whether we can reach port 25: no connection was tried.
+NO_CONNECTION_TRIED = frozenset(
+    {VisitOutcome.HOST_DEAD, VisitOutcome.HALTED, VisitOutcome.NO_ADDRESS, VisitOutcome.NOT_PUBLIC}
+)
 
 
 @dataclass(slots=True)
@@ -36,7 +50,7 @@ class HostVisit:
 
     host: str
     address: str | None
-    outcome: str
+    outcome: VisitOutcome
     detail: str = ""
     replies: list[str] = field(default_factory=list)
     tls: bool = False
@@ -50,12 +64,21 @@ class HostVisit:
     # Seconds spent at the host (connect and conversation), not waiting for our own throttles.
     elapsed: float = 0.0
     slow: bool = False  # the host kept us waiting past slow_reply_seconds (the slow share)
+    # Where the session broke off (the SMTP error's stage), None when no SMTP error ended it.
+    stage: Stage | None = None
+
+    @property
+    def connect_failed(self) -> bool:
+        """The TCP connection itself failed (refused, unreachable, connect timeout)."""
+        if self.outcome is VisitOutcome.CONNECT_FAILED:
+            return True
+        return self.outcome is VisitOutcome.TIMEOUT and self.stage == "connect"
 
     def audit(self) -> dict[str, object]:
         audit: dict[str, object] = {
             "host": self.host,
             "address": self.address,
-            "outcome": self.outcome,
+            "outcome": self.outcome.value,
             "detail": self.detail,
             "replies": self.replies,
             "tls": self.tls,
@@ -67,8 +90,6 @@ class HostVisit:
         return audit
 
 
-def is_connect_failure(visit: HostVisit) -> bool:
-    """The TCP connection itself failed (refused, unreachable, connect timeout)."""
-    if visit.outcome == CONNECT_FAILED:
-        return True
-    return visit.outcome == TIMEOUT and visit.detail.startswith("connect:")
+def dead_host_visit(host: str) -> HostVisit:
+    """A host marked dead by an earlier visit: skipped, no connection, no call spent."""
+    return HostVisit(host, None, VisitOutcome.HOST_DEAD, "marked dead by an earlier visit")
