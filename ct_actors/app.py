@@ -19,6 +19,13 @@ import trio
 from ct_actors.actors.dispatcher import NamesFailed, NamesSource
 from ct_actors.actors.loader import report_spine_anomalies
 from ct_actors.actors.pool_manager import SmtpPoolManager
+from ct_actors.actors.settings import (
+    Settings,
+    guard_settings,
+    pool_settings,
+    resolver_settings,
+    retry_policy,
+)
 from ct_actors.actors.stages import ProbeStages
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.config import Config, ConfigError
@@ -39,13 +46,6 @@ from ct_actors.outcome import Deferred
 from ct_actors.probe.domain_probe import DomainResult
 from ct_actors.progress import progress_loop
 from ct_actors.service import SystemdService, WatchdogPolicy
-from ct_actors.settings import (
-    Settings,
-    guard_settings,
-    pool_settings,
-    resolver_settings,
-    retry_policy,
-)
 from ct_actors.throttle.budget import UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches

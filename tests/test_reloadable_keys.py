@@ -30,6 +30,7 @@ from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
+from ct_actors.actors.settings import PipelineSettings, Settings
 from ct_actors.actors.smtp_gate import GuardSettings
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.actors.writer import WriterSettings
@@ -38,7 +39,6 @@ from ct_actors.dns.client import QuerySettings, UdpDnsClient
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import DnsUnavailable, MxLookup
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.settings import PipelineSettings, Settings
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.host_window import HostWindowSettings
 from ct_actors.throttle.limiter import ThrottleSettings, ToolLimiter, ToolThrottles

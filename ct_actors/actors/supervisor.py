@@ -26,6 +26,7 @@ from ct_actors.actors.dispatcher import Dispatcher, Job, NamesSource
 from ct_actors.actors.loader import ClaimStore, LoaderActor
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE
+from ct_actors.actors.settings import PipelineSettings, Reconfigurable, Settings
 from ct_actors.actors.smtp_gate import SMTP_SWITCHES
 from ct_actors.actors.stages import ProbeStages
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
@@ -33,7 +34,6 @@ from ct_actors.dns.client import QuerySettings
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.types import MxResolver
 from ct_actors.outcome import Outcome
-from ct_actors.settings import PipelineSettings, Reconfigurable, Settings
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.verify.gate import EmailVerifier

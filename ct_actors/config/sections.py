@@ -1,6 +1,6 @@
 """The configuration's sections: one frozen dataclass per TOML table, each field declared once
 with its default and its `KeySpec`. These defaults are the only ones: component settings
-derive theirs from here (ct_actors/settings.py)."""
+derive theirs from here (ct_actors/actors/settings.py)."""
 
 from __future__ import annotations
 
