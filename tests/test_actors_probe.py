@@ -208,18 +208,26 @@ async def test_452_after_first_rcpt_reasks_after_rset_and_pool_learns_the_limit(
     ]
 
 
-async def throttle_timeline(code: int, text: str, outcome: str = "throttled") -> None:
+async def throttle_timeline(
+    code: int, text: str, outcome: str = "throttled", *, answered_both: bool = True
+) -> None:
+    # The catch-all probe and the first candidate ("info": no sample names) travel in one
+    # write; this fake answers each pipelined command 0.25 s after the one before, unless it
+    # closed after a 421 (`answered_both` False).
     mx1 = MailHost("mx1.test", "192.0.2.1", rcpt_rule=lambda local: (code, text))
     mx2 = MailHost("mx2.test", "192.0.2.2", mailboxes=frozenset({"info"}))
+    visit = 1.25 if answered_both else 1.0  # greeting, EHLO, MAIL, RCPT (and RCPT)
     with trio.fail_after(BOUND):
         async with network(mx1, mx2) as manager:
             result = await probe(manager, "acme.test", [mx1, mx2])
-            # Visits of 1.0 s (greeting, EHLO, MAIL, RCPT) at 0, 3 and 8; then mx2 at 9.
-            assert now() == 9.0 + 1.25
+            # Visits at 0, then after 2 s and 4 s of back-off; then mx2.
+            assert now() == 3 * visit + 2.0 + 4.0 + 1.25
     # Retries after 2 s then 4 s: exponential from the registry's 2000 ms.
-    assert mx1.connects == [0.0, 3.0, 8.0]
-    assert mx1.times("RCPT") == [0.75, 3.75, 8.75]
-    assert mx2.connects == [9.0]
+    assert mx1.connects == [0.0, visit + 2.0, 2 * visit + 6.0]
+    assert mx1.times("RCPT")[:: 2 if answered_both else 1] == [
+        start + 0.75 for start in mx1.connects
+    ]
+    assert mx2.connects == [3 * visit + 6.0]
     assert isinstance(result.result, Passed) and result.mx_host == "mx2.test"
     assert visits(result) == [("mx1.test", outcome)] * 3 + [("mx2.test", "concluded")]
 
@@ -230,7 +238,10 @@ async def test_421_throttling_backs_off_exponentially_then_next_host(
     # A 421 at RCPT ends the session (RFC 5321 §3.8), not the domain: fresh sessions, with
     # SMTPCheck's back-off since it names our pace (4.7.0), three in a row, then the next MX.
     await throttle_timeline(
-        421, "4.7.0 mx1.test Service not available, closing channel", "session-ended"
+        421,
+        "4.7.0 mx1.test Service not available, closing channel",
+        "session-ended",
+        answered_both=False,
     )
 
 
@@ -251,7 +262,7 @@ async def test_spamhaus_block_is_deferred_never_fail_never_pattern(
     with trio.fail_after(BOUND):
         async with network(mx1, mx2) as manager:
             result = await probe(manager, "acme.test", [mx1, mx2], ANN)
-            assert now() == 1.0
+            assert now() == 1.25
     assert isinstance(result.result, Deferred)
     assert result.result.retry_after == 600.0
     assert anon(result.result.reason) == (
@@ -260,8 +271,11 @@ async def test_spamhaus_block_is_deferred_never_fail_never_pattern(
     )
     assert result.mx_host == "mx1.test"
     assert visits(result) == [("mx1.test", "policy-blocked"), ("mx2.test", "connect-failed")]
-    # The block ended the host visit: no further candidate was asked.
-    assert mx1.commands() == [EHLO, MAIL, rcpt("ct-probe-X", "acme.test"), "QUIT"]
+    # The block ended the host visit: nothing was asked after it (the first candidate had
+    # travelled with the catch-all probe, in the same write, and its reply is no answer).
+    assert mx1.commands() == [
+        EHLO, MAIL, rcpt("ct-probe-X", "acme.test"), rcpt("ann.lee", "acme.test"), "QUIT",
+    ]  # fmt: skip
 
 
 async def test_every_candidate_rejected_is_no_pattern(
@@ -292,7 +306,7 @@ async def test_catchall_is_pass_first_last_050(autojump_clock: trio.testing.Mock
     with trio.fail_after(BOUND):
         async with network(host) as manager:
             result = await probe(manager, "acme.test", [host], ANN)
-            assert now() == 1.0
+            assert now() == 1.25  # the first candidate travelled with the probe
     assert result.result == Passed(
         "{first}.{last}@acme.test",
         "first.last",
@@ -302,10 +316,16 @@ async def test_catchall_is_pass_first_last_050(autojump_clock: trio.testing.Mock
     )
     probe_address = result.result.evidence["catchall_probe"]
     assert anon(probe_address) == "ct-probe-X@acme.test"
-    # Only the catch-all question was asked: a server accepting it says nothing about people.
+    # The catch-all question decides: a server accepting it says nothing about people. (The
+    # first candidate travelled with it in one write; a catch-all accepts it too, no error.)
     assert host.events[2].line == f"RCPT TO:<{probe_address}>"
-    assert host.commands() == [EHLO, MAIL, rcpt("ct-probe-X", "acme.test"), "QUIT"]
-    assert host.times("RCPT") == [0.75]
+    assert host.commands() == [
+        EHLO, MAIL, rcpt("ct-probe-X", "acme.test"), rcpt("ann.lee", "acme.test"), "QUIT",
+    ]  # fmt: skip
+    assert result.result.evidence["visits"][0]["replies"][-1].endswith(
+        "(not needed: not an answer)"
+    )
+    assert host.times("RCPT") == [0.75, 1.0]
 
 
 async def test_candidates_are_asked_in_contract_order_with_people(

@@ -1,6 +1,8 @@
 """The RCPT conversation with ESMTP PIPELINING (RFC 2920): MAIL FROM travels with the first RCPT
-of each transaction where the server offers it. The scripted servers read *both* commands before
-they answer, so a client that waited for the MAIL reply would stall until its timeout."""
+of each transaction where the server offers it (with the catch-all probe, also with the first
+candidate), and a reused session's RSET with them. The scripted servers read every command of a
+group before they answer, so a client that waited for a reply in between would stall until its
+timeout."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 
 SENDER = "bounce@probe.example.net"
 CATCHALL = "ct-probe-0000@acme.example"
+ANN = "ann.lee@acme.example"
 
 
 def plan() -> ProbePlan:
@@ -37,18 +40,17 @@ async def session_for(nursery: trio.Nursery, script: Sequence[Step]) -> SmtpSess
     )
 
 
-async def test_mail_from_travels_with_the_catchall_probe(
+async def test_mail_from_travels_with_the_catchall_probe_and_the_first_candidate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     script: list[Step] = [
         *opening(),
         Expect(f"MAIL FROM:<{SENDER}>"),
         Expect(f"RCPT TO:<{CATCHALL}>"),
+        Expect(f"RCPT TO:<{ANN}>"),
         Sleep(0.1),
         reply(250, "2.1.0 Ok"),
         reply(550, "5.1.1 User unknown"),
-        Expect("RCPT TO:<ann.lee@acme.example>"),  # then lock-step, one question at a time
-        Sleep(0.1),
         reply(250, "2.1.5 Ok"),
         *closing(),
     ]
@@ -57,11 +59,43 @@ async def test_mail_from_travels_with_the_catchall_probe(
             session = await session_for(nursery, script)
             probe = plan()
             result = await converse(session, probe, mail_from=SENDER, rcpt_limit=10)
-            assert trio.current_time() == pytest.approx(0.2)
+            assert trio.current_time() == pytest.approx(0.1)  # one round trip
             await session.aclose()
     assert result.outcome is VisitOutcome.CONCLUDED
     assert probe.winner is not None and probe.winner.method_type == "first.last"
     assert (result.rcpts_sent, result.errors) == (2, 1)
+
+
+async def test_a_reused_session_sends_rset_with_the_first_transaction(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    script: list[Step] = [
+        *opening(),
+        Expect("RSET"),
+        Expect(f"MAIL FROM:<{SENDER}>"),
+        Expect(f"RCPT TO:<{CATCHALL}>"),
+        Expect(f"RCPT TO:<{ANN}>"),
+        Sleep(0.1),
+        reply(250, "2.0.0 Ok"),
+        reply(250, "2.1.0 Ok"),
+        reply(550, "5.1.1 User unknown"),
+        reply(550, "5.1.1 User unknown"),
+        Expect("RCPT TO:<annlee@acme.example>"),  # later questions one at a time
+        Sleep(0.1),
+        reply(250, "2.1.5 Ok"),
+        *closing(),
+    ]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            session = await session_for(nursery, script)
+            probe = plan()
+            result = await converse(
+                session, probe, mail_from=SENDER, rcpt_limit=10, reset_first=True
+            )
+            assert trio.current_time() == pytest.approx(0.2)
+            await session.aclose()
+    assert probe.winner is not None and probe.winner.method_type == "firstlast"
+    assert (result.rcpts_sent, result.errors, result.reset_failed) == (3, 2, False)
 
 
 async def test_lock_step_when_the_budget_has_room_for_one_refusal_only(
@@ -88,14 +122,16 @@ async def test_lock_step_when_the_budget_has_room_for_one_refusal_only(
     assert trio.current_time() == 0.0
 
 
-async def test_a_refused_mail_makes_the_pipelined_rcpt_reply_no_answer(
+async def test_a_refused_mail_makes_the_pipelined_rcpt_replies_no_answers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     script: list[Step] = [
         *opening(),
         Expect("MAIL FROM"),
         Expect("RCPT TO"),
+        Expect("RCPT TO"),
         reply(553, "5.7.1 <bounce@probe.example.net>: Sender address rejected: Access denied"),
+        reply(503, "5.5.1 Error: need MAIL command"),
         reply(503, "5.5.1 Error: need MAIL command"),
         *closing(),
     ]
@@ -107,10 +143,11 @@ async def test_a_refused_mail_makes_the_pipelined_rcpt_reply_no_answer(
             await session.aclose()
     assert result.outcome is VisitOutcome.POLICY_BLOCKED
     assert probe.answers == [] and probe.conclusion is None
-    assert (result.rcpts_sent, result.errors) == (1, 2)
-    assert result.replies[-1] == (
-        f"RCPT {CATCHALL} -> 503 5.5.1 Error: need MAIL command (no transaction: not an answer)"
-    )
+    assert (result.rcpts_sent, result.errors) == (2, 3)
+    assert result.replies[-2:] == [
+        f"RCPT {CATCHALL} -> 503 5.5.1 Error: need MAIL command (no transaction: not an answer)",
+        f"RCPT {ANN} -> 503 5.5.1 Error: need MAIL command (no transaction: not an answer)",
+    ]
 
 
 async def test_a_new_transaction_after_a_recipient_limit_pipelines_again(
@@ -120,14 +157,14 @@ async def test_a_new_transaction_after_a_recipient_limit_pipelines_again(
         *opening(),
         Expect("MAIL FROM"),
         Expect(f"RCPT TO:<{CATCHALL}>"),
+        Expect(f"RCPT TO:<{ANN}>"),
         reply(250, "2.1.0 Ok"),
         reply(550, "5.1.1 User unknown"),
-        Expect("RCPT TO:<ann.lee@acme.example>"),
         reply(452, "4.5.3 Too many recipients"),
         Expect("RSET"),
         reply(250, "2.0.0 Ok"),
         Expect("MAIL FROM"),
-        Expect("RCPT TO:<ann.lee@acme.example>"),
+        Expect(f"RCPT TO:<{ANN}>"),
         reply(250, "2.1.0 Ok"),
         reply(250, "2.1.5 Ok"),
         *closing(),
@@ -139,5 +176,5 @@ async def test_a_new_transaction_after_a_recipient_limit_pipelines_again(
             result = await converse(session, probe, mail_from=SENDER, rcpt_limit=10)
             await session.aclose()
     assert result.outcome is VisitOutcome.CONCLUDED and result.rcpt_limit == 1
-    assert probe.winner is not None and probe.winner.address == "ann.lee@acme.example"
+    assert probe.winner is not None and probe.winner.address == ANN
     assert trio.current_time() == 0.0

@@ -36,15 +36,15 @@ from ct_actors.actors.smtp_session import (
     WindowRejections,
     broken_visit,
     conversation_visit,
-    converse,
     open_failure_visit,
     open_pool_session,
+    run_conversation,
     timed,
 )
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
-from ct_actors.probe.conversation import is_error_limit_reply
+from ct_actors.probe.conversation import Conversation, is_error_limit_reply
 from ct_actors.probe.visit import HostVisit, VisitOutcome, dead_host_visit
 from ct_actors.smtp.client import (
     SmtpConnectError,
@@ -303,17 +303,6 @@ class HostPool:
             # The host turned slow since this session went idle and the share is full.
             await self._close(conn)
             conn, reused, slow = None, False, True
-        if conn is not None:
-            try:
-                # RSET between domains on a reused session. Anything but 250 (a 421 queued
-                # while the session idled, say) means the session is over, not the domain.
-                usable = self._rset_usable(conn, await conn.session.rset())
-            except SmtpError:
-                usable = False
-            if not usable:
-                slow = conn.lease.evicted
-                await self._close(conn)
-                conn, reused = None, False
         while True:
             if conn is None:
                 if self.is_dead():
@@ -333,7 +322,16 @@ class HostPool:
                     request.reply.set(timed(visit, started, waited))
                     return None
                 waited += lease.waited
-            visit = await self._serve(conn, request, reused)
+            served = await self._serve(conn, request, reused)
+            if served is None:
+                # The reused session's RSET (sent with the domain's first transaction) was
+                # refused or went unanswered: a 421 queued while the session idled, say. The
+                # session was over before the domain began; the domain starts on a fresh one.
+                slow = conn.lease.evicted
+                await self._close(conn)
+                conn, reused = None, False
+                continue
+            visit = served
             visit.slow = conn.lease.slow
             if not conn.lease.evicted:
                 break
@@ -452,20 +450,29 @@ class HostPool:
             self.window.on_connect_failure(trio.current_time())
         return visit
 
-    async def _serve(self, conn: PooledSession, request: ProbeRequest, reused: bool) -> HostVisit:
+    async def _serve(
+        self, conn: PooledSession, request: ProbeRequest, reused: bool
+    ) -> HostVisit | None:
+        """The visit on this session; None when a reused session turned out to be over before
+        the domain's first question (its opening RSET refused or unanswered)."""
         address = self.host.addresses[0]
         session = conn.session
         answered = len(request.plan.answers) + len(request.plan.greylisted)
+        conversation = Conversation(
+            request.plan,
+            mail_from=self.settings.mail_from,
+            rcpt_limit=self.rcpt_limit,
+            error_budget=self.error_budget() - conn.errors,
+            pipelining=session.pipelining,
+            rejections=WindowRejections(self.window),
+            reset_first=reused,
+        )
         try:
-            result = await converse(
-                session,
-                request.plan,
-                mail_from=self.settings.mail_from,
-                rcpt_limit=self.rcpt_limit,
-                error_budget=self.error_budget() - conn.errors,
-                rejections=WindowRejections(self.window),
-            )
+            result = await run_conversation(session, conversation)
         except SmtpError as exc:
+            if conversation.reset_pending:
+                return None
+
             # Dropped or silent after the greeting: the session's end, not the domain's. (Or we
             # cut it for the slow share: not the host's failure.)
             cut = conn.lease.evicted and isinstance(exc, SmtpDisconnected | SmtpTimeout)
@@ -477,6 +484,8 @@ class HostPool:
             # The server's limit is below our budget: remember it for every session to it.
             self.window.learn_error_limit(conn.errors - result.errors + result.error_limit_after)
             self._stats["error_limits_hit"] += 1
+        if result.reset_failed:
+            return None
         self._stats["rcpts"] += result.rcpts_sent
         now = trio.current_time()
         if result.outcome in (VisitOutcome.CONCLUDED, VisitOutcome.GREYLISTED):

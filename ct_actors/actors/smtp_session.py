@@ -3,14 +3,13 @@ domain's conversation on it, and what an SMTP error means as a host visit.
 
 The decisions are the conversation's (`ct_actors.probe.conversation.Conversation`, sans-IO):
 this shell only turns its command batches into the session's calls and hands the replies back.
-A batch of MAIL FROM and RCPT TO goes out in one write (`SmtpSession.mail_and_rcpt`, RFC 2920).
+A batch of RSET, MAIL FROM and RCPT TO goes out in one write (`SmtpSession.batch`, RFC 2920).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,11 +19,9 @@ from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.slow_hosts import SlowLease
 from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import (
-    Command,
     Conversation,
     ConversationResult,
     RejectionBudget,
-    Verb,
     about_pace,
 )
 from ct_actors.probe.plan import ProbePlan
@@ -39,7 +36,6 @@ from ct_actors.smtp.client import (
     SmtpTimeout,
     open_session,
 )
-from ct_actors.smtp.types import Reply
 from ct_actors.throttle.host_window import HostWindow
 
 
@@ -63,9 +59,10 @@ async def converse(
     rcpt_limit: int,
     error_budget: int = 1_000_000,
     rejections: RejectionBudget | None = None,
+    reset_first: bool = False,
 ) -> ConversationResult:
-    """Run `plan`'s conversation on `session`. SMTP errors propagate (the worker owns the
-    session); the conversation is abandoned first, so no rejected-RCPT reservation is lost."""
+    """Run `plan`'s conversation on `session` (`reset_first`: a reused session, whose RSET
+    goes with the first transaction)."""
     conversation = Conversation(
         plan,
         mail_from=mail_from,
@@ -73,28 +70,23 @@ async def converse(
         error_budget=error_budget,
         pipelining=session.pipelining,
         rejections=rejections,
+        reset_first=reset_first,
     )
+    return await run_conversation(session, conversation)
+
+
+async def run_conversation(session: SmtpSession, conversation: Conversation) -> ConversationResult:
+    """Send the conversation's batches and hand their replies back. SMTP errors propagate (the
+    worker owns the session); the conversation is abandoned first, so no rejected-RCPT
+    reservation is lost."""
     try:
         while commands := conversation.next_commands():
-            conversation.receive(await _send(session, commands))
+            replies = await session.batch([(c.verb.value, c.address) for c in commands])
+            conversation.receive(replies)
     except BaseException:
         conversation.abandon()
         raise
     return conversation.result
-
-
-async def _send(session: SmtpSession, commands: Sequence[Command]) -> tuple[Reply, ...]:
-    match commands:
-        case (Command(verb=Verb.MAIL) as mail, Command(verb=Verb.RCPT) as rcpt):
-            first, second = await session.mail_and_rcpt(mail.address, rcpt.address)
-            return (first,) if second is None else (first, second)
-        case (Command(verb=Verb.MAIL) as mail,):
-            return (await session.mail_from(mail.address),)
-        case (Command(verb=Verb.RCPT) as rcpt,):
-            return (await session.rcpt(rcpt.address),)
-        case (Command(verb=Verb.RSET),):
-            return (await session.rset(),)
-    raise ValueError(f"no way to send {commands!r} on an SMTP session")
 
 
 @dataclass(slots=True)

@@ -98,6 +98,9 @@ class ConversationResult:
     budget_spent: bool = False  # ended by our own per-session error budget
     pace: bool = False  # a 421 about our pace (4.7.x, rate texts): back off first
     dha_paused: bool = False  # ended because the host's rejected-RCPT budget had no room
+    # The RSET that opened this visit on a reused session was refused (a 421 queued while the
+    # session idled, the host's error limit): the session was over before the domain began.
+    reset_failed: bool = False
 
 
 def summarise(command: str, reply: Reply) -> str:
@@ -110,10 +113,17 @@ def summarise(command: str, reply: Reply) -> str:
 
 
 class Conversation:
-    """Commands out, replies in. `next_commands()` gives the next batch to send (MAIL FROM and
-    the first RCPT travel together when the server offers PIPELINING and the session's budget
-    has room for both to be refused); `receive()` takes their replies, in order (fewer when the
-    server closed after a 421). An empty batch means the visit is over: read `result`.
+    """Commands out, replies in. `next_commands()` gives the next batch to send; `receive()`
+    takes their replies, in order (fewer when the server closed after a 421). An empty batch
+    means the visit is over: read `result`.
+
+    Batches (RFC 2920, only where the server offers PIPELINING): a reused session's RSET goes
+    with the domain's first transaction (`reset_first`); MAIL FROM goes with the first RCPT,
+    and with the catch-all probe also with the first candidate. That second RCPT can never
+    cost a rejection the verdict did not need: a catch-all accepts it, and a refused probe is
+    followed by exactly that question anyway. Later questions go one at a time, so an accepted
+    candidate is never followed by a needless rejection. Each batch fits the session's error
+    budget even if every command in it is refused.
 
     `error_budget`: how many more rejected commands this session may take.
     `rejections`: the host's rejected-RCPT budget (directory-harvest safety)."""
@@ -127,6 +137,7 @@ class Conversation:
         error_budget: int = 1_000_000,
         pipelining: bool = False,
         rejections: RejectionBudget | None = None,
+        reset_first: bool = False,
     ) -> None:
         self.plan = plan
         self.result = ConversationResult(VisitOutcome.CONCLUDED)
@@ -137,23 +148,30 @@ class Conversation:
         self._rejections = rejections
         self._over = False
         self._sent: tuple[Command, ...] = ()
+        self._reset_pending = reset_first  # the reused session's RSET is not answered yet
         self._need_mail = True  # MAIL FROM goes with the next question
+        self._mail_refused = False  # RCPTs sent with a refused MAIL are not answers
         self._in_transaction = 0  # RCPTs answered in the open transaction
         self._rset_now = False  # the server capped recipients: a new transaction first
         self._rcpt_now = False  # MAIL FROM went alone and was accepted: its RCPT next
-        self._token: float | None = None  # the open RCPT's rejected-RCPT reservation
+        self._tokens: list[float] = []  # rejected-RCPT reservations of the RCPTs in flight
         self._errors_before_mail = 0
 
     @property
     def over(self) -> bool:
         return self._over
 
+    @property
+    def reset_pending(self) -> bool:
+        """The opening RSET of a reused session has not been answered yet."""
+        return self._reset_pending
+
     def next_commands(self) -> tuple[Command, ...]:
         if self._sent:
             raise RuntimeError("replies to the last commands are outstanding")
         if self._over:
             return ()
-        if self._rset_now:
+        if self._rset_now or (self._reset_pending and not self._pipelining):
             return self._send(Command(Verb.RSET))
         if self._rcpt_now:
             self._rcpt_now = False
@@ -180,74 +198,99 @@ class Conversation:
             result.dha_paused = True
             result.detail = "the host's rejected-RCPT budget is spent for now; pacing"
             return self._end()
-        self._token = token
+        self._tokens = [token]
         if not self._need_mail:
             return self._send(self._rcpt())
         self._need_mail = False
+        self._mail_refused = False
         self._errors_before_mail = result.errors
+        reset = (Command(Verb.RSET),) if self._reset_pending else ()
         mail = Command(Verb.MAIL, self._mail_from)
-        if self._pipelining and self._budget - result.errors >= 2:
-            # A refused MAIL makes the server refuse the RCPT too, and count it: both must fit.
-            return self._send(mail, Command(Verb.RCPT, step.address))
-        return self._send(mail)
+        room = self._budget - result.errors
+        # A refused MAIL makes the server refuse every RCPT after it too, and count them: the
+        # whole batch must fit the budget.
+        if not self._pipelining or room < 2:
+            return self._send(*reset, mail)
+        rcpts = [Command(Verb.RCPT, step.address)]
+        if (
+            step is self.plan.steps[0]  # the catch-all probe
+            and (following := self.plan.following()) is not None
+            and room >= 3
+            and self._limit >= 2
+            and (second := self._reserve()) is not None
+        ):
+            self._tokens.append(second)
+            rcpts.append(Command(Verb.RCPT, following.address))
+        return self._send(*reset, mail, *rcpts)
 
     def receive(self, replies: Sequence[Reply]) -> None:
         sent, self._sent = self._sent, ()
         if not sent or not 1 <= len(replies) <= len(sent):
             raise RuntimeError(f"{len(replies)} replies to {len(sent)} commands")
-        first = sent[0]
-        if first.verb is Verb.RSET:
-            self._on_rset(replies[0])
-        elif first.verb is Verb.MAIL:
-            rcpt = replies[1] if len(replies) > 1 else None
-            self._on_mail(replies[0], rcpt, sent[1].address if len(sent) > 1 else "")
-        else:
-            self._on_rcpt(first.address, replies[0])
+        for command, reply in zip(sent, replies, strict=False):
+            if command.verb is Verb.RSET and not self._over:
+                self._on_rset(reply)
+            elif command.verb is Verb.MAIL and not self._over:
+                self._on_mail(reply)
+            elif command.verb is Verb.RCPT and not self._over and self._asks(command):
+                self._on_rcpt(command.address, reply)
+            else:
+                self._not_an_answer(command, reply)
+        # RCPTs never answered (the server closed after a 421) or never sent (the batch's MAIL
+        # went alone and was refused): nothing was rejected.
+        for command in sent[len(replies) :]:
+            if command.verb is Verb.RCPT:
+                self._settle(rejected=False)
+        if self._over:
+            while self._tokens:
+                self._settle(rejected=False)
 
     def abandon(self) -> None:
-        """The session broke off (an SMTP error, a cancellation): nothing more is sent, and an
-        open reservation is given back unspent (no answer, no rejection)."""
+        """The session broke off (an SMTP error, a cancellation): nothing more is sent, and
+        open reservations are given back unspent (no answer, no rejection)."""
         self._sent = ()
-        self._settle(rejected=False)
+        while self._tokens:
+            self._settle(rejected=False)
         self._over = True
 
     # -- replies ---------------------------------------------------------------------------
 
+    def _asks(self, command: Command) -> bool:
+        """Whether this RCPT still asks the plan's open question (a pipelined second RCPT
+        does not once the first answer concluded the domain)."""
+        step = self.plan.current()
+        return not self._mail_refused and step is not None and step.address == command.address
+
     def _on_rset(self, reply: Reply) -> None:
         """RSET between transactions; the next RCPT opens a new one."""
+        opening, self._reset_pending = self._reset_pending, False
         if not reply.is_positive:
             self.result.replies.append(summarise("RSET", reply))
+            self.result.reset_failed = opening
             self._session_ended("RSET", reply, self.result.errors)
             return
         self._rset_now = False
-        self._need_mail = True
+        if not opening:
+            self._need_mail = True
         self._in_transaction = 0
 
-    def _on_mail(self, mail: Reply, rcpt: Reply | None, address: str) -> None:
+    def _on_mail(self, mail: Reply) -> None:
         result = self.result
-        before = self._errors_before_mail
         result.replies.append(summarise(f"MAIL FROM:<{self._mail_from}>", self._counted(mail)))
         if mail.code == 421 or is_error_limit_reply(mail):
-            self._session_ended("MAIL FROM", mail, before)
+            self._mail_refused = True
+            self._session_ended("MAIL FROM", mail, self._errors_before_mail)
         elif (verdict := classify_mail(mail)) is not SessionVerdict.OK:
+            self._mail_refused = True
             result.outcome = _session_outcome(verdict)
             result.pace = result.outcome is VisitOutcome.THROTTLED
             result.detail = f"MAIL FROM refused: {mail.code} {mail.text[:80]}"
             self._end()
-        elif rcpt is None:
-            self._rcpt_now = True  # the transaction is open; its first RCPT goes next
-            return
         else:
-            self._on_rcpt(address, rcpt)
-            return
-        if rcpt is not None:
-            # Answered without a transaction (e.g. 503 5.5.1): never an answer about the address.
-            result.rcpts_sent += 1
-            line = summarise(f"RCPT {address}", self._counted(rcpt))
-            result.replies.append(f"{line} (no transaction: not an answer)")
-        self._settle(rejected=rcpt is not None and rcpt.code >= 500)
+            self._rcpt_now = True  # the transaction is open; its first RCPT goes next
 
     def _on_rcpt(self, address: str, answer: Reply) -> None:
+        self._rcpt_now = False
         result = self.result
         before = result.errors
         reply = self._counted(answer)
@@ -281,12 +324,27 @@ class Conversation:
         result.detail = f"RCPT {address}: {reply.code} {reply.text[:80]}"
         self._end()
 
+    def _not_an_answer(self, command: Command, reply: Reply) -> None:
+        """A reply to a command sent in a batch that the replies before it made moot: the
+        server still counts its errors, and a RCPT's reservation is settled as it went."""
+        self._counted(reply)
+        if command.verb is not Verb.RCPT:
+            return
+        self._settle(rejected=reply.code >= 500)
+        self.result.rcpts_sent += 1
+        why = "no transaction" if self._mail_refused else "not needed"
+        line = summarise(f"RCPT {command.address}", reply)
+        self.result.replies.append(f"{line} ({why}: not an answer)")
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _rcpt(self) -> Command:
         step = self.plan.current()
         assert step is not None  # a reservation is only taken for an open question
         return Command(Verb.RCPT, step.address)
+
+    def _reserve(self) -> float | None:
+        return self._rejections.reserve() if self._rejections is not None else 0.0
 
     def _send(self, *commands: Command) -> tuple[Command, ...]:
         self._sent = commands
@@ -302,8 +360,10 @@ class Conversation:
         return reply
 
     def _settle(self, *, rejected: bool) -> None:
-        token, self._token = self._token, None
-        if token is not None and self._rejections is not None:
+        if not self._tokens:
+            return
+        token = self._tokens.pop(0)
+        if self._rejections is not None:
             self._rejections.settle(token, rejected)
 
     def _session_ended(self, command: str, reply: Reply, errors_before: int) -> None:

@@ -67,6 +67,15 @@ class ProbePlan:
             return None
         return self.steps[self.position]
 
+    def following(self) -> Candidate | None:
+        """The question after `current()` should its answer be "no such mailbox"."""
+        if self.current() is None:
+            return None
+        index = self.position + 1
+        while index < len(self.steps) and index in self.known:
+            index += 1
+        return self.steps[index] if index < len(self.steps) else None
+
     def answer(self, exists: bool) -> None:
         """Record an address answer for `current()` and advance."""
         step = self.current()

@@ -43,7 +43,7 @@ import errno
 import functools
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -126,6 +126,22 @@ def _describe(exc: BaseException) -> str:
     return (text or type(target).__name__)[:120]
 
 
+TransactionVerb = Literal["RSET", "MAIL", "RCPT"]
+_TRANSACTION: dict[str, tuple[Stage, str]] = {
+    "RSET": ("rset", "RSET"),
+    "MAIL": ("mail", "MAIL"),
+    "RCPT": ("rcpt", "RCPT"),
+}
+
+
+def _argument(verb: str, arg: str) -> str | None:
+    if verb == "MAIL":
+        return mail_from_arg(arg)
+    if verb == "RCPT":
+        return rcpt_to_arg(arg)
+    return None
+
+
 class SmtpSession:
     """One connected conversation. Build it with `open_session`, not directly."""
 
@@ -185,24 +201,32 @@ class SmtpSession:
         """MAIL FROM and the first RCPT TO in one write (RFC 2920 §3.1: both may be sent
         without waiting). The RCPT reply is None when the MAIL reply was 421 (the server closes
         and answers nothing more). Without PIPELINING, the two commands in lock-step."""
-        if not self.pipelining:
-            mail = await self.mail_from(sender)
-            if mail.code == 421:
-                return mail, None
-            return mail, await self.rcpt(address)
-        lines: list[tuple[Stage, bytes]] = []
-        commands: tuple[tuple[Stage, str, Callable[[], str]], ...] = (
-            ("mail", "MAIL", functools.partial(mail_from_arg, sender)),
-            ("rcpt", "RCPT", functools.partial(rcpt_to_arg, address)),
-        )
-        for stage, verb, arg in commands:
-            try:
-                lines.append((stage, format_command(verb, arg())))
-            except SmtpCommandRefused as exc:
-                self._record(stage, verb, None, f"refused: {exc.reason}", trio.current_time())
-                raise
-        replies = await self._pipeline(lines)
+        replies = await self.batch([("MAIL", sender), ("RCPT", address)])
         return replies[0], replies[1] if len(replies) > 1 else None
+
+    async def batch(self, commands: Sequence[tuple[TransactionVerb, str]]) -> list[Reply]:
+        """RSET / MAIL FROM / RCPT TO commands in one write where the server offers PIPELINING
+        (RFC 2920 §3.1: these "can all appear anywhere in a pipelined command group"), their
+        replies read in order; without it, in lock-step. Fewer replies than commands after a
+        421 (the server closes and answers nothing more). The argument is MAIL's sender or
+        RCPT's address (empty for RSET)."""
+        lines: list[tuple[Stage, bytes]] = []
+        for verb, arg in commands:
+            stage, text = _TRANSACTION[verb]
+            try:
+                lines.append((stage, format_command(text, _argument(verb, arg))))
+            except SmtpCommandRefused as exc:
+                self._record(stage, text, None, f"refused: {exc.reason}", trio.current_time())
+                raise
+        if len(lines) > 1 and self.pipelining:
+            return await self._pipeline(lines)
+        replies: list[Reply] = []
+        for stage, line in lines:
+            reply = await self._exchange(stage, line, self.command_timeout)
+            replies.append(reply)
+            if reply.code == 421:
+                break
+        return replies
 
     async def noop(self) -> Reply:
         return await self._command("noop", "NOOP", None)
