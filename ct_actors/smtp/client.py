@@ -24,9 +24,10 @@ Rules of the shell:
   group): the RSET reply tells whether the server had stopped taking commands (a 421 "too many
   errors" there teaches the host's limit), for one round trip instead of two.
 * One task at a time per session; concurrent use raises `trio.BusyResourceError`.
-* PIPELINING (RFC 2920) only where the server offers it, and only for MAIL FROM with the first
-  RCPT of a transaction (`mail_and_rcpt`): one write, then the replies read one by one in
-  order, each recorded against its own command. A 421 ends the reading (the server closes).
+* PIPELINING (RFC 2920) only where the server offers it, and only for the transaction commands
+  RSET, MAIL FROM and RCPT TO (`batch`; the caller decides what goes together) and for RSET with
+  QUIT (`retire`): one write, then the replies read one by one in order, each recorded against
+  its own command. A 421 ends the reading (the server closes).
 
 STARTTLS (RFC 3207) is opportunistic like MTA-to-MTA delivery: used when offered and the mode is
 "opportunistic", with a context that does not verify certificates (there is no name to verify a
