@@ -13,7 +13,8 @@ from typing import Any, Literal, cast
 
 from ct_actors.config import Config, SmtpConfig
 from ct_actors.demo.spine import NAMES_QUERY, SpineRow
-from ct_actors.sim.world import SIM_NETWORK, Behaviour, World
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import SIM_NETWORK, Behaviour
 from ct_actors.toolbox import Toolbox
 
 

@@ -5,7 +5,8 @@ wire; `memory` plays them without sockets (MockClock-friendly); `server` binds i
 """
 
 from ct_actors.sim.stats import RcptEvent, SimStats
-from ct_actors.sim.world import Behaviour, Expected, SimDomain, SimHost, World, local_part
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import Behaviour, Expected, SimDomain, SimHost, local_part
 
 __all__ = [
     "Behaviour",

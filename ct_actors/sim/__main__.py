@@ -17,7 +17,9 @@ import trio
 
 from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
-from ct_actors.sim.world import DEFAULT_MIX, NAMED_MIXES, Behaviour, World
+from ct_actors.sim.world import World
+from ct_actors.sim.world_generator import DEFAULT_MIX, NAMED_MIXES
+from ct_actors.sim.world_types import Behaviour
 
 
 def _emit(event: dict[str, Any]) -> None:

@@ -34,7 +34,8 @@ import dns.rrset
 import trio
 
 from ct_actors.sim.stats import SimStats
-from ct_actors.sim.world import NULL_MX_HOST, Behaviour, World
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import NULL_MX_HOST, Behaviour
 
 TTL = 300
 NEGATIVE_TTL = 300

@@ -16,7 +16,8 @@ import trio.testing
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
 from ct_actors.sim.smtp_server import DEFAULT_IDLE_TIMEOUT, handle_session
 from ct_actors.sim.stats import SimStats
-from ct_actors.sim.world import Behaviour, World
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import Behaviour
 
 
 class SimConnector:

@@ -12,7 +12,8 @@ import trio
 from ct_actors.sim.dns_server import BrokenDns, serve_dns
 from ct_actors.sim.smtp_server import DEFAULT_IDLE_TIMEOUT, handle_session
 from ct_actors.sim.stats import SimStats
-from ct_actors.sim.world import SimHost, World
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import SimHost
 
 
 def raise_nofile_limit() -> int:

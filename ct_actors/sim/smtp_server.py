@@ -27,7 +27,8 @@ from ct_actors.sim.behaviours import (
 )
 from ct_actors.sim.reply_zoo import PROFILES, ZooProfile
 from ct_actors.sim.stats import RcptEvent, SimStats
-from ct_actors.sim.world import Behaviour, SimHost, World
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import Behaviour, SimHost
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "SimStats", "handle_session"]
 
