@@ -32,10 +32,10 @@ from ct_actors.smtp.client import (
     SmtpDisconnected,
     SmtpError,
     SmtpRejected,
-    SmtpSession,
     SmtpTimeout,
     open_session,
 )
+from ct_actors.smtp.session import SmtpSession
 from ct_actors.throttle.host_window import HostWindow
 
 
