@@ -16,8 +16,9 @@ import trio
 import trio.testing
 
 from ct_actors.dns import wire
-from ct_actors.dns.client import DnsConfigError, QuerySettings, UdpDnsClient
+from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.fakeserver import FakeDnsServer, Records
+from ct_actors.dns.nameservers import DnsConfigError, QuerySettings
 from ct_actors.dns.types import DnsUnavailable
 
 RECORDS: Records = {

@@ -35,8 +35,9 @@ from ct_actors.actors.smtp_gate import GuardSettings
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, ConfigError, KeySpec, key_specs, load_config
-from ct_actors.dns.client import QuerySettings, UdpDnsClient
+from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.dnsbl import DnsblChecker
+from ct_actors.dns.nameservers import QuerySettings
 from ct_actors.dns.types import DnsUnavailable, MxLookup
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.throttle.calendar import UtcClock

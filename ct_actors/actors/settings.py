@@ -27,7 +27,7 @@ from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.smtp_gate import GuardSettings
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.config import Config, DaemonConfig, LogConfig, ProbeConfig
-from ct_actors.dns.client import QuerySettings
+from ct_actors.dns.nameservers import QuerySettings
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.throttle.limiter import ThrottleSettings

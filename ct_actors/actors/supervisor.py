@@ -30,8 +30,8 @@ from ct_actors.actors.settings import PipelineSettings, Reconfigurable, Settings
 from ct_actors.actors.smtp_gate import SMTP_SWITCHES
 from ct_actors.actors.stages import ProbeStages
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
-from ct_actors.dns.client import QuerySettings
 from ct_actors.dns.dnsbl import DnsblChecker
+from ct_actors.dns.nameservers import QuerySettings
 from ct_actors.dns.types import MxResolver
 from ct_actors.outcome import Outcome
 from ct_actors.throttle.killswitch import KillSwitches

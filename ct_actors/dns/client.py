@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ipaddress
 import socket
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -33,14 +32,18 @@ from typing import Any, NamedTuple, Self
 
 import dns.message
 import dns.name
-import dns.nameserver
 import dns.rcode
 import dns.rdatatype
-import dns.resolver
 import trio
 
 from ct_actors.config import DnsConfig
 from ct_actors.dns import wire
+from ct_actors.dns.nameservers import (
+    Nameserver,
+    QuerySettings,
+    parse_nameserver,
+    system_nameservers,
+)
 from ct_actors.dns.types import DnsUnavailable
 
 # At hundreds of queries in flight the default (~200 KiB) buffer overflows in bursts and replies
@@ -53,10 +56,6 @@ _MAX_IN_FLIGHT_LIMIT = 16384  # keeps random id selection cheap: at most 1/4 of 
 _TRY_NEXT_SERVER = frozenset(
     {dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOTIMP, dns.rcode.FORMERR}
 )
-
-
-class DnsConfigError(ValueError):
-    """The client cannot be set up: no usable nameserver."""
 
 
 class DnsReply(NamedTuple):
@@ -72,23 +71,12 @@ class DnsReply(NamedTuple):
         return dns.message.from_wire(self.data)
 
 
-@dataclass(frozen=True, slots=True)
-class _Server:
-    host: str  # canonical text form, as recvfrom reports the source address
-    port: int
-    family: int
-
-    @property
-    def sockaddr(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-
 @dataclass(eq=False, slots=True)
 class _Waiter:
     """One attempt waiting for its reply, its timeout or the client's closing."""
 
     query: wire.WireQuery
-    server: _Server
+    server: Nameserver
     deadline: float
     task: trio.lowlevel.Task | None = None  # set while the attempt is parked
     finished: bool = False  # woken, or about to be: reply, truncation, timeout or close
@@ -106,34 +94,6 @@ class _Waiter:
 
 
 _DNS = DnsConfig()
-
-
-@dataclass(frozen=True, slots=True)
-class QuerySettings:
-    """The reloadable part of the client: dns.timeout (per attempt) and dns.attempts."""
-
-    timeout: float = _DNS.timeout
-    attempts: int = _DNS.attempts
-
-
-def system_nameservers() -> list[str]:
-    """Nameserver addresses from the system configuration (/etc/resolv.conf)."""
-    try:
-        resolver = dns.resolver.Resolver()
-    except dns.resolver.NoResolverConfiguration as exc:
-        raise DnsConfigError(
-            "no nameserver configured in /etc/resolv.conf; pass nameservers explicitly"
-        ) from exc
-    found: list[str] = []
-    for ns in resolver.nameservers:
-        if isinstance(ns, str):
-            found.append(ns)
-        elif isinstance(ns, dns.nameserver.Do53Nameserver):
-            found.append(ns.address)
-        # DoH/DoT entries are not something a UDP client can use.
-    if not found:
-        raise DnsConfigError("no plain-DNS nameserver in /etc/resolv.conf")
-    return found
 
 
 class UdpDnsClient:
@@ -162,7 +122,7 @@ class UdpDnsClient:
             raise ValueError("timeout must be > 0")
         if not 1 <= max_in_flight <= _MAX_IN_FLIGHT_LIMIT:
             raise ValueError(f"max_in_flight must be in 1..{_MAX_IN_FLIGHT_LIMIT}")
-        self._servers = [_parse_server(ns, port) for ns in (nameservers or system_nameservers())]
+        self._servers = [parse_nameserver(ns, port) for ns in (nameservers or system_nameservers())]
         self._timeout = timeout
         self._attempts = attempts
         self.primary = 0
@@ -336,7 +296,7 @@ class UdpDnsClient:
         )
 
     async def _attempt(
-        self, name_wire: bytes, rdtype: dns.rdatatype.RdataType, server: _Server
+        self, name_wire: bytes, rdtype: dns.rdatatype.RdataType, server: Nameserver
     ) -> DnsReply | None:
         if self._closed:
             raise DnsUnavailable(_name_text(name_wire), "client closed", server.host)
@@ -416,7 +376,7 @@ class UdpDnsClient:
             if qid not in self._pending:
                 return qid
 
-    async def _tcp_exchange(self, query: wire.WireQuery, server: _Server) -> bytes:
+    async def _tcp_exchange(self, query: wire.WireQuery, server: Nameserver) -> bytes:
         with trio.fail_after(self._timeout):
             stream = await trio.open_tcp_stream(server.host, server.port)
             async with stream:
@@ -480,15 +440,6 @@ class UdpDnsClient:
         for sock in self._sockets.values():
             trio.lowlevel.notify_closing(sock)
             sock.close()
-
-
-def _parse_server(text: str, port: int) -> _Server:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError as exc:
-        raise DnsConfigError(f"nameserver must be an IP address, got {text!r}") from exc
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    return _Server(host=str(address), port=port, family=family)
 
 
 async def _send(
