@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ct_actors.ops.checks import (
-    CHECK_NAMES,
+from ct_actors.ops.canary_facts import (
     CanaryFacts,
     ErrorRow,
     ForeignWrites,
@@ -28,9 +27,8 @@ from ct_actors.ops.checks import (
     SovereignProof,
     StaticScan,
     TargetRow,
-    evaluate,
-    expected_confidence,
 )
+from ct_actors.ops.checks import CHECK_NAMES, evaluate, expected_confidence
 from ct_actors.ops.isolation import (
     IsolationError,
     Relation,

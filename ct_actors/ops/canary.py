@@ -34,7 +34,8 @@ from ct_actors.db.work_queue import WorkQueue
 from ct_actors.dns.types import MxResolver
 from ct_actors.net.connector import Connector
 from ct_actors.ops import queries as oq
-from ct_actors.ops.checks import SovereignProof, evaluate, fetch_facts
+from ct_actors.ops.canary_facts import SovereignProof, fetch_facts
+from ct_actors.ops.checks import evaluate
 from ct_actors.ops.db import OpsDb
 from ct_actors.ops.isolation import (
     IsolationError,

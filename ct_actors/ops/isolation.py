@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ct_actors.db.errors import StoreError
 from ct_actors.ops import queries as oq
-from ct_actors.ops.checks import RoleProof, StaticScan
+from ct_actors.ops.canary_facts import RoleProof, StaticScan
 from ct_actors.ops.db import OpsDb
 
 GUARDED_COLUMN = "sovereign_id"

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ct_actors.ops.canary_facts import CanaryFacts, SovereignProof
 from ct_actors.ops.checks import (
     CONFIDENCE_MAX,
     CONFIDENCE_MIN,
-    CanaryFacts,
     CheckResult,
-    SovereignProof,
     confidence_stats,
     distribution,
 )
