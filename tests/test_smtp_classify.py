@@ -17,10 +17,9 @@ from ct_actors.smtp.classify import (
     classify_rcpt,
     explain_rcpt,
     explain_session,
-    is_about_us_text,
-    is_blocklist_text,
 )
 from ct_actors.smtp.reply import parse_reply
+from ct_actors.smtp.reply_texts import is_about_us_text, is_blocklist_text
 
 V = RcptVerdict
 

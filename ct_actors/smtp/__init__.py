@@ -10,8 +10,6 @@ from ct_actors.smtp.classify import (
     classify_rcpt,
     explain_rcpt,
     explain_session,
-    is_about_us_text,
-    is_blocklist_text,
 )
 from ct_actors.smtp.client import SmtpClient, connect_session, open_session
 from ct_actors.smtp.errors import (
@@ -26,6 +24,7 @@ from ct_actors.smtp.errors import (
     SmtpTlsError,
 )
 from ct_actors.smtp.reply import ReplyParser, format_command, parse_reply
+from ct_actors.smtp.reply_texts import is_about_us_text, is_blocklist_text
 from ct_actors.smtp.session import SmtpSession, StartTlsMode
 from ct_actors.smtp.types import EnhancedStatus, Reply, Stage, TranscriptEntry
 
