@@ -28,6 +28,7 @@ from ct_actors.ops.canary_facts import (
     StaticScan,
     TargetRow,
 )
+from ct_actors.ops.canary_run import CanaryRun
 from ct_actors.ops.checks import CHECK_NAMES, evaluate, expected_confidence
 from ct_actors.ops.isolation import (
     IsolationError,
@@ -37,7 +38,7 @@ from ct_actors.ops.isolation import (
     scram_sha256_verifier,
     with_credentials,
 )
-from ct_actors.ops.markdown import CanaryRun, render_canary_report
+from ct_actors.ops.markdown import render_canary_report
 from ct_actors.ops.report import (
     Estimate,
     PassRate,

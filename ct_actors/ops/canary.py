@@ -35,6 +35,7 @@ from ct_actors.dns.types import MxResolver
 from ct_actors.net.connector import Connector
 from ct_actors.ops import queries as oq
 from ct_actors.ops.canary_facts import SovereignProof, fetch_facts
+from ct_actors.ops.canary_run import CanaryRun
 from ct_actors.ops.checks import evaluate
 from ct_actors.ops.db import OpsDb
 from ct_actors.ops.isolation import (
@@ -45,7 +46,7 @@ from ct_actors.ops.isolation import (
     role_proof,
     scan_statements,
 )
-from ct_actors.ops.markdown import CanaryRun, render_canary_report
+from ct_actors.ops.markdown import render_canary_report
 from ct_actors.ops.selection import Selection, StratifiedSampler
 from ct_actors.redact import redact_url
 from ct_actors.toolbox import Toolbox
