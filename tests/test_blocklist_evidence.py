@@ -8,11 +8,11 @@ from ct_actors.throttle.blocklist_evidence import (
     MAX_NETWORKS,
     Assessment,
     BlocklistEvidence,
+    BlocklistJudgement,
     DnsblStatus,
     Refusal,
     RefusalStreaks,
     Rule,
-    Verdict,
     decide,
     network_of,
 )
@@ -48,23 +48,27 @@ RULE = Rule(networks=3, fraction=0.5, networks_alone=10)
 @pytest.mark.parametrize(
     ("refusing", "working", "dnsbl", "verdict"),
     [
-        (2, 0, DnsblStatus.LISTED, Verdict.NONE),  # too few networks, whatever the lists say
-        (3, 0, DnsblStatus.UNKNOWN, Verdict.TRIP),  # network evidence alone
-        (3, 0, DnsblStatus.LISTED, Verdict.TRIP),
-        (3, 0, DnsblStatus.NOT_LISTED, Verdict.NOT_US),
-        (3, 50, DnsblStatus.LISTED, Verdict.TRIP),  # a listing is proof about us
-        (3, 4, DnsblStatus.UNKNOWN, Verdict.NOT_US),  # 3 of 7: the working sessions win
-        (4, 4, DnsblStatus.UNKNOWN, Verdict.TRIP),  # 4 of 8: half the networks refuse us
-        (9, 0, DnsblStatus.NOT_LISTED, Verdict.NOT_US),
-        (10, 0, DnsblStatus.NOT_LISTED, Verdict.TRIP),  # overwhelming: a list we do not ask
-        (10, 11, DnsblStatus.NOT_LISTED, Verdict.NOT_US),
+        # too few networks, whatever the lists say
+        (2, 0, DnsblStatus.LISTED, BlocklistJudgement.NONE),
+        (3, 0, DnsblStatus.UNKNOWN, BlocklistJudgement.TRIP),  # network evidence alone
+        (3, 0, DnsblStatus.LISTED, BlocklistJudgement.TRIP),
+        (3, 0, DnsblStatus.NOT_LISTED, BlocklistJudgement.NOT_US),
+        (3, 50, DnsblStatus.LISTED, BlocklistJudgement.TRIP),  # a listing is proof about us
+        (3, 4, DnsblStatus.UNKNOWN, BlocklistJudgement.NOT_US),  # 3 of 7: the working sessions win
+        (4, 4, DnsblStatus.UNKNOWN, BlocklistJudgement.TRIP),  # 4 of 8: half the networks refuse us
+        (9, 0, DnsblStatus.NOT_LISTED, BlocklistJudgement.NOT_US),
+        # overwhelming: a list we do not ask
+        (10, 0, DnsblStatus.NOT_LISTED, BlocklistJudgement.TRIP),
+        (10, 11, DnsblStatus.NOT_LISTED, BlocklistJudgement.NOT_US),
     ],
 )
-def test_the_rule(refusing: int, working: int, dnsbl: DnsblStatus, verdict: Verdict) -> None:
+def test_the_rule(
+    refusing: int, working: int, dnsbl: DnsblStatus, verdict: BlocklistJudgement
+) -> None:
     listed_on = ("bl.example.net",) if dnsbl is DnsblStatus.LISTED else ()
     decision = decide(RULE, assessment(refusing, working), dnsbl, listed_on)
     assert decision.verdict is verdict
-    if verdict is Verdict.TRIP and dnsbl is DnsblStatus.LISTED:
+    if verdict is BlocklistJudgement.TRIP and dnsbl is DnsblStatus.LISTED:
         assert "listed on bl.example.net" in decision.basis
 
 

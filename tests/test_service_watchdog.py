@@ -31,9 +31,9 @@ from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.service import (
     HealthMonitor,
     HealthSample,
+    HealthVerdict,
     Notifier,
     SystemdService,
-    Verdict,
     WatchdogPolicy,
 )
 from ct_actors.service.status import budget_pauses, sample_statistics, status_line
@@ -79,7 +79,7 @@ class Script:
 
     def first_unhealthy(
         self, seconds: float, each: Callable[[Script], None] = lambda s: None
-    ) -> tuple[float, Verdict] | None:
+    ) -> tuple[float, HealthVerdict] | None:
         for now, verdict in self.run(seconds, each):
             if not verdict.healthy:
                 return now, verdict

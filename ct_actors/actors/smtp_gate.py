@@ -49,10 +49,10 @@ from ct_actors.probe.visit import (
 from ct_actors.throttle.blocklist_evidence import (
     Assessment,
     BlocklistEvidence,
+    BlocklistJudgement,
     Decision,
     RefusalStreaks,
     Rule,
-    Verdict,
     decide,
 )
 from ct_actors.throttle.killswitch import DistinctFailures, KillSwitches
@@ -216,7 +216,7 @@ class SmtpGuard:
     def _act(
         self, decision: Decision, a: Assessment, dnsbl: DnsblResult, visit: HostVisit
     ) -> None:
-        if decision.verdict is Verdict.TRIP:
+        if decision.verdict is BlocklistJudgement.TRIP:
             self._trip(
                 IP_BLACKLISTED,
                 f"{decision.basis} (last: {visit.host} [{visit.address}]: {visit.detail})",
@@ -224,7 +224,7 @@ class SmtpGuard:
                 dnsbl=dnsbl.audit(),
             )
             return
-        if decision.verdict is not Verdict.NOT_US:
+        if decision.verdict is not BlocklistJudgement.NOT_US:
             return
         self._stats["not_us"] += 1
         now = trio.current_time()

@@ -4,13 +4,13 @@ See docs/design.md, "systemd integration"."""
 
 from ct_actors.service.notify import Notifier
 from ct_actors.service.systemd import SystemdService
-from ct_actors.service.watchdog import HealthMonitor, HealthSample, Verdict, WatchdogPolicy
+from ct_actors.service.watchdog import HealthMonitor, HealthSample, HealthVerdict, WatchdogPolicy
 
 __all__ = [
     "HealthMonitor",
     "HealthSample",
+    "HealthVerdict",
     "Notifier",
     "SystemdService",
-    "Verdict",
     "WatchdogPolicy",
 ]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ct_actors.service.watchdog import HealthSample, Verdict
+from ct_actors.service.watchdog import HealthSample, HealthVerdict
 
 if TYPE_CHECKING:
     from ct_actors.actors.supervisor import Supervisor
@@ -103,7 +103,7 @@ def sample_supervisor(
     )
 
 
-def status_line(s: HealthSample, verdict: Verdict | None = None, rate: float = 0.0) -> str:
+def status_line(s: HealthSample, verdict: HealthVerdict | None = None, rate: float = 0.0) -> str:
     """e.g. `processing: 1234 done, 56.7/s, 512 in flight, kill switches: none`."""
     tail = f"{s.done} done, {s.in_flight} in flight"
     if s.drained:

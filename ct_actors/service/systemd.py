@@ -21,7 +21,7 @@ import trio
 
 from ct_actors.service.notify import Notifier, monotonic_usec, one_line, watchdog_usec
 from ct_actors.service.status import sample_supervisor, status_line, utc_now
-from ct_actors.service.watchdog import HealthMonitor, HealthSample, Verdict, WatchdogPolicy
+from ct_actors.service.watchdog import HealthMonitor, HealthSample, HealthVerdict, WatchdogPolicy
 
 if TYPE_CHECKING:
     from ct_actors.actors.supervisor import Supervisor
@@ -49,7 +49,7 @@ class SystemdService:
         self._supervisor: Supervisor | None = None
         self._ready = False
         self._stopping = False
-        self.verdict: Verdict | None = None
+        self.verdict: HealthVerdict | None = None
         self._unhealthy_since: float | None = None
         self._rate_mark: tuple[float, int] | None = None
         self._rate = 0.0
@@ -163,7 +163,7 @@ class SystemdService:
 
     # -- health ----------------------------------------------------------------------------
 
-    def _check(self) -> tuple[HealthSample, Verdict]:
+    def _check(self) -> tuple[HealthSample, HealthVerdict]:
         assert self._supervisor is not None
         sample = self._sample_of(self._supervisor)
         verdict = self.monitor.assess(sample)
@@ -200,7 +200,7 @@ class SystemdService:
             self._rate = (sample.done - mark[1]) / (sample.now - mark[0])
         self._rate_mark = (sample.now, sample.done)
 
-    def _status(self, sample: HealthSample, verdict: Verdict | None) -> str:
+    def _status(self, sample: HealthSample, verdict: HealthVerdict | None) -> str:
         if self._rate_mark is None:
             self._rate_mark = (sample.now, sample.done)
         return one_line(status_line(sample, verdict, self._rate))

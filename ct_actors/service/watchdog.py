@@ -91,7 +91,7 @@ class HealthSample:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class HealthVerdict:
     healthy: bool
     state: str  # processing | idle | paused | database | stopping | stalled
     reason: str
@@ -104,13 +104,13 @@ class HealthMonitor:
     _prev: HealthSample | None = field(default=None, init=False)
     _ok_at: dict[str, float] = field(default_factory=dict, init=False)  # rule -> last satisfied
 
-    def assess(self, s: HealthSample) -> Verdict:
+    def assess(self, s: HealthSample) -> HealthVerdict:
         prev, self._prev = self._prev, s
         now = s.now
         if s.stopping:
             self._ok_at = dict.fromkeys(("writer", "pipeline", "loader", "record"), now)
             state = "drained" if s.drained else "draining"
-            return Verdict(True, "stopping", f"{state}: {s.in_flight} records in flight")
+            return HealthVerdict(True, "stopping", f"{state}: {s.in_flight} records in flight")
 
         def changed(*names: str) -> bool:
             return prev is None or any(getattr(prev, n) != getattr(s, n) for n in names)
@@ -146,7 +146,7 @@ class HealthMonitor:
 
         p = self.policy
         if writer > p.writer_seconds:
-            return Verdict(
+            return HealthVerdict(
                 False,
                 "stalled",
                 f"writer wedged: a flush of {s.writer_buffered} rows has neither committed nor "
@@ -154,7 +154,7 @@ class HealthMonitor:
                 "writer",
             )
         if pipeline > p.stall_seconds:
-            return Verdict(
+            return HealthVerdict(
                 False,
                 "stalled",
                 f"no progress: {s.in_flight} records in flight, nothing committed, looked up "
@@ -162,7 +162,7 @@ class HealthMonitor:
                 "pipeline",
             )
         if loader > p.stall_seconds:
-            return Verdict(
+            return HealthVerdict(
                 False,
                 "stalled",
                 f"loader stuck: {s.credits_free} free credits and no claim attempt for "
@@ -170,25 +170,25 @@ class HealthMonitor:
                 "loader",
             )
         if record > p.record_seconds:
-            return Verdict(
+            return HealthVerdict(
                 False,
                 "stalled",
                 f"a record has been in flight for {record:.0f} s with no outcome",
                 "record",
             )
         if paused:
-            return Verdict(True, "paused", ", ".join(paused))
+            return HealthVerdict(True, "paused", ", ".join(paused))
         if outage:
             assert s.writer_failing_since is not None
-            return Verdict(
+            return HealthVerdict(
                 True,
                 "database",
                 f"database unavailable for {now - s.writer_failing_since:.0f} s, the writer "
                 "is retrying",
             )
         if s.in_flight == 0 and s.writer_buffered == 0:
-            return Verdict(True, "idle", "nothing in flight")
-        return Verdict(True, "processing", f"{s.in_flight} records in flight")
+            return HealthVerdict(True, "idle", "nothing in flight")
+        return HealthVerdict(True, "processing", f"{s.in_flight} records in flight")
 
     def _stalled(self, rule: str, now: float, *, pending: bool, ok: bool) -> float:
         """Seconds the rule has gone unsatisfied (pending work and no progress, not excused)."""

@@ -195,7 +195,7 @@ class DnsblStatus(enum.StrEnum):
     UNKNOWN = "unknown"  # no zone configured, our address unknown, or no zone answered
 
 
-class Verdict(enum.StrEnum):
+class BlocklistJudgement(enum.StrEnum):
     NONE = "none"  # too little evidence: nothing to say
     TRIP = "trip"  # halt SMTP probing: proven (or overwhelmingly likely) about our side
     NOT_US = "not-us"  # refusals from several networks, but the weighing says they are theirs
@@ -219,7 +219,7 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict
+    verdict: BlocklistJudgement
     basis: str  # one sentence for the alert: which evidence decided
     listed_on: tuple[str, ...] = field(default=())
 
@@ -245,29 +245,31 @@ def decide(
         f"{a.window:g}s"
     )
     if n < rule.networks:
-        return Decision(Verdict.NONE, f"{seen}; fewer than {rule.networks}")
+        return Decision(BlocklistJudgement.NONE, f"{seen}; fewer than {rule.networks}")
     if dnsbl is DnsblStatus.LISTED:
         lists = ", ".join(listed_on)
-        return Decision(Verdict.TRIP, f"{seen}; our address is listed on {lists}", tuple(listed_on))
+        return Decision(
+            BlocklistJudgement.TRIP, f"{seen}; our address is listed on {lists}", tuple(listed_on)
+        )
     if share < rule.fraction:
         return Decision(
-            Verdict.NOT_US,
+            BlocklistJudgement.NOT_US,
             f"{seen}; below {rule.fraction:.0%}: the sessions that worked say our address is "
             "accepted, the refusals are about those hosts",
         )
     if dnsbl is DnsblStatus.NOT_LISTED:
         if n >= rule.networks_alone:
             return Decision(
-                Verdict.TRIP,
+                BlocklistJudgement.TRIP,
                 f"{seen}; the configured DNSBLs do not list us, but {rule.networks_alone} or "
                 "more refusing networks halt on their own",
             )
         return Decision(
-            Verdict.NOT_US,
+            BlocklistJudgement.NOT_US,
             f"{seen}; the configured DNSBLs say our address is not listed",
         )
     return Decision(
-        Verdict.TRIP, f"{seen}; decided on the network evidence alone (no DNSBL answer)"
+        BlocklistJudgement.TRIP, f"{seen}; decided on the network evidence alone (no DNSBL answer)"
     )
 
 

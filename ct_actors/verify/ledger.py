@@ -40,7 +40,7 @@ class VerifierEntry:
     attempts: int
     attempted_at: dt.datetime
     finished_at: dt.datetime | None = None
-    verdict: str | None = None  # a `Verdict` value when status is done
+    verdict: str | None = None  # a `VendorVerdict` value when status is done
     result: str | None = None  # the vendor's raw `result` (ok, catch_all, ...)
     credits_after: int | None = None
     cost: Decimal = Decimal(0)
