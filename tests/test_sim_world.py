@@ -275,8 +275,8 @@ def test_ground_truth_rows_and_truth_cli(
 
 
 def test_named_mixes_on_the_command_lines() -> None:
-    from ct_actors.cli import SIM_MIXES
-    from ct_actors.cli import build_parser as cli_parser
+    from ct_actors.cli_parser import SIM_MIXES
+    from ct_actors.cli_parser import build_parser as cli_parser
     from ct_actors.sim.__main__ import build_parser as sim_parser
     from ct_actors.sim.world import NAMED_MIXES
 
