@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from ct_actors import toolbox as toolbox_module
 from ct_actors.toolbox import (
     Backoff,
     Cost,
@@ -22,6 +21,7 @@ from ct_actors.toolbox import (
     load_toolbox,
     parse_duration,
 )
+from ct_actors.toolbox import loading as toolbox_module
 from tests.shared_docs import REFERENCE_TOOLBOX, skip_unless_ci
 
 REFERENCE = REFERENCE_TOOLBOX
