@@ -13,9 +13,11 @@ real store turns each real-world cut into `DatabaseUnavailable` is test_e2e_faul
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,12 +30,17 @@ from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
+from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.outcome import Outcome
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
-from tests.fakes import FakeStore, Report, Unavailable
+from ct_actors.smtp.client import connect_session
+from ct_actors.throttle.calendar import UtcClock
+from ct_actors.throttle.limiter import ToolThrottles
+from ct_actors.toolbox import load_toolbox
+from tests.fakes import FakeStore, MemoryUsageStore, Report, Unavailable
 from tests.test_pipeline_sim import POOL, expected_label, label, names_for, spine_for
 
 # The asyncpg pool's per-statement timeout (database.command_timeout's default): how long a call
@@ -43,6 +50,19 @@ WRITER = WriterSettings(batch_size=10, flush_interval=0.1)
 MAX_IN_FLIGHT = 16
 LEASE_SECONDS = 60.0
 KINDS = ["reset", "blackhole"]
+REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")
+ORIGIN = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)  # trio time 0.0 under MockClock
+
+
+def budgets(usage: MemoryUsageStore) -> ToolThrottles:
+    """The registry's limits, their day/month budgets counted in `usage` (the database's
+    ct_actors.tool_usage; it fails with the database)."""
+    return ToolThrottles(
+        dict(REGISTRY.tools),
+        clock=UtcClock(ORIGIN, 0.0),
+        usage=usage,
+        transient_errors=(DatabaseUnavailable,),
+    )
 
 
 class OutageStore(FakeStore):
@@ -117,6 +137,7 @@ def pipeline(
     name: str,
     drain: bool,
     drain_deadline: float = 60.0,
+    throttles: ToolThrottles | None = None,
 ) -> Supervisor:
     return Supervisor(
         PipelineSettings(
@@ -143,6 +164,7 @@ def pipeline(
         transient_db_errors=(Unavailable,),
         names=names_for(world, owner),
         drain=drain,
+        throttles=throttles,
     )
 
 
@@ -224,18 +246,21 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
     world = World.generate(22, 60, latency_ms=40, jitter_ms=20)
     spine, owner = spine_for(world)
     store = OutageStore(spine, kind)
+    usage = MemoryUsageStore()
     drain_deadline = 2.0
     settings = PipelineSettings(owner="x")
+    assert trio.current_time() == 0.0  # ORIGIN
     async with open_sim_connector(world, SimStats()) as connector:
         first = pipeline(
             world, store, owner, connector, name="first:1", drain=False,
-            drain_deadline=drain_deadline,
+            drain_deadline=drain_deadline, throttles=budgets(usage),
         )  # fmt: skip
         with capture_logs() as logs, trio.fail_after(3600):
             async with trio.open_nursery() as nursery:
                 await nursery.start(first.run)
                 await wait_until_terminal(store, 10)
                 store.cut()
+                usage.fail_calls = 1_000_000
                 await trio.sleep(2.5)  # the writer holds a batch it cannot commit
                 committed = set(store.terminal)
                 stopped_at = trio.current_time()
@@ -256,6 +281,8 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
         released = "lease_release_timeout" if kind == "blackhole" else "lease_release_failed"
         assert released in events and "leases_released" not in events
         assert store.released == []
+        # Nor can the unspent day budgets be given back: they stay spent until midnight.
+        assert "budget_refund_failed" in events
         held = {oid for oid, (holder, _) in store.leases.items() if holder == "first:1"}
         assert held, "the stop caught no record in flight"
         assert set(store.terminal) == committed  # nothing committed while the database was away
@@ -263,8 +290,11 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
         # The database comes back; once the first run's leases lapse, a second one drains the
         # spine: every record as the ground truth has it, nothing written twice.
         store.restore()
+        usage.fail_calls = 0
         await trio.sleep(LEASE_SECONDS)
-        second = pipeline(world, store, owner, connector, name="second:1", drain=True)
+        second = pipeline(
+            world, store, owner, connector, name="second:1", drain=True, throttles=budgets(usage)
+        )
         with trio.fail_after(3600):
             async with trio.open_nursery() as nursery:
                 await nursery.start(second.run)
@@ -276,3 +306,30 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
         oid for oid in spine if world.domain(owner[oid]).behaviour is Behaviour.BLOCKLIST
     }
     assert set(store.terminal) | blocklisted == set(spine)
+
+
+async def test_a_deadline_that_cuts_a_session_off_mid_greeting_closes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # What a stop's drain deadline does to a session still waiting for a slow (tarpit, 3 s)
+    # greeting: the cancellation goes through, and the connection is closed, not leaked. (The
+    # real-time SIGTERM scenarios hit this only when a kill happened to land there.)
+    world = World.generate(23, 10, mix={Behaviour.TARPIT: 1.0}, latency_ms=40, jitter_ms=0)
+    host = next(h for h in world.live_hosts() if h.behaviour is Behaviour.TARPIT)
+    assert host.tarpit_delay == 3.0
+    stats = SimStats()
+    async with open_sim_connector(world, stats) as connector:
+        with trio.move_on_after(1.0) as scope:
+            await connect_session(
+                connector,
+                host.ip,
+                POOL.port,
+                helo_name=POOL.helo_name,
+                connect_timeout=5.0,
+                command_timeout=10.0,
+                starttls="never",
+            )
+        assert scope.cancelled_caught
+        # The server notices the close when its tarpit ends and it greets no one.
+        await trio.sleep(host.tarpit_delay)
+        assert stats.open[host.name] == 0
