@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test coverage lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,21 @@ lint: install
 	$(BIN)/ruff check ct_actors tests
 	$(BIN)/mypy
 
+# Two pytest-xdist workers (the suite is mostly real-time tests waiting on subprocesses; each
+# worker has its own embedded PostgreSQL, every test its own database and random ports);
+# TEST_WORKERS=0 runs it in one process. `make coverage`: the same under coverage.py, with the
+# daemons and simulators the e2e tests start (python -m subprocesses) measured too.
+TEST_WORKERS ?= 2
+PYTEST_ARGS := -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+coverage: install
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report --format=total
 
 bench: install
 	$(BIN)/ct-actors bench

@@ -1,6 +1,6 @@
 """Adaptive per-MX-host concurrency against the simulated "421 after N connections" host.
 
-~200 domains share ONE MX host that admits 2 simultaneous sessions and greets every further one
+100 domains share ONE MX host that admits 2 simultaneous sessions and greets every further one
 with `421 4.7.0 Too many connections`. The same pipeline runs three times:
 
 - fixed: 8 sessions per host, held at 8 whatever the host says (a fixed-concurrency prober);
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.timeout(60)
 BOUND = 100_000  # virtual seconds
 REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")
 LIMITED = SimHost("mx.sim-limited.test", "127.10.200.1", Behaviour.CONN_LIMIT_421, conn_limit=2)
-N_DOMAINS = 200
+N_DOMAINS = 100
 
 POOL = PoolSettings(
     port=2525,

@@ -89,7 +89,7 @@ StartDaemon = Callable[..., DaemonProcess]
 SEED = int(os.environ.get("CT_E2E_FLEET_SEED", "20251207"))
 OWNERS = ("fleet-a", "fleet-b", "fleet-c")
 LEASE_SECONDS = 3
-DOMAINS = 300
+DOMAINS = 200
 # Slow enough remote servers, and a small pipeline per daemon, that the run lasts ~20 s: long
 # enough for the kills and restarts to land while all three work.
 LATENCY_MS, JITTER_MS = 120.0, 30.0

@@ -70,7 +70,7 @@ def test_stop_kill_and_restart_write_each_outcome_once(
     migrated_db: str, start_sim: StartSim, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
     seed = 8
-    sim = start_sim(seed=seed, domains=400, latency_ms=20, jitter_ms=5)
+    sim = start_sim(seed=seed, domains=150, latency_ms=20, jitter_ms=5)
     world = sim.world
     rows = spine_rows(world, seed)
     seed_spine(migrated_db, world, rows)
