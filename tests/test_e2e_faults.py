@@ -58,8 +58,9 @@ from e2e_support import (
     write_config,
 )
 
+from ct_actors.db.driver import open_database
 from ct_actors.db.errors import DatabaseUnavailable
-from ct_actors.db.store import open_store
+from ct_actors.db.work_queue import WorkQueue
 from ct_actors.demo.spine import SpineRow, spine_rows
 from ct_actors.sim.world import Behaviour, World
 
@@ -362,7 +363,7 @@ def since(daemon: DaemonProcess, mark: int, *names: str) -> list[dict[str, Any]]
 async def test_the_store_reports_each_outage_as_unavailable_and_recovers(
     aio_loop: Any, migrated_db: str, kind: str
 ) -> None:
-    """The real store (asyncpg pool) against each real cut: every call fails with
+    """The real work queue on the driver (asyncpg pool) against each real cut: every call fails with
     DatabaseUnavailable (a lockout's reconnect as SQLSTATE 55000; a blackholed call after
     database.command_timeout), never anything else; once the database is back a retry or two
     (stale pooled connections) succeed on the same store."""
@@ -382,7 +383,10 @@ async def test_the_store_reports_each_outage_as_unavailable_and_recovers(
             proxy = stack.enter_context(TcpProxy.for_url(migrated_db))
             outage = NetworkCut(proxy, migrated_db, blackhole=kind == "blackhole")
         url = outage.daemon_url
-        store = await open_store(url, command_timeout=command_timeout, connect_timeout=1.0)
+        database = await open_database(
+            url, command_timeout=command_timeout, connect_timeout=1.0
+        )
+        store = WorkQueue(database)
         try:
             assert await store.pending_count() == 1
             await trio.to_thread.run_sync(outage.cut)
@@ -404,7 +408,7 @@ async def test_the_store_reports_each_outage_as_unavailable_and_recovers(
                     assert attempt < 3, "the store never recovered"
             assert len(claimed) == 1
         finally:
-            await store.aclose()
+            await database.aclose()
 
 
 @pytest.mark.timeout(120)
