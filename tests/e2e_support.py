@@ -31,7 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ct_actors.demo.spine import NAMES_QUERY, PEOPLE_DDL, SpineRow
+from ct_actors.demo.labels import PENDING, expected_label, fail_label, pass_label
+from ct_actors.demo.spine import NAMES_QUERY, SpineRow, write_spine
 from ct_actors.sim.world import SIM_NETWORK, World
 
 REPO = Path(__file__).resolve().parents[1]
@@ -429,28 +430,7 @@ def db_val(url: str, sql: str, *args: Any) -> Any:
 
 def seed_spine(url: str, world: World, rows: Sequence[SpineRow]) -> None:
     """Write the spine (`outreach.outreach`) and the demo's people table, as upstream would."""
-
-    async def seed(conn: Any) -> None:
-        await conn.execute(PEOPLE_DDL)
-        await conn.copy_records_to_table(
-            "outreach",
-            schema_name="outreach",
-            columns=["outreach_id", "domain"],
-            records=[(r.outreach_id, r.raw_domain) for r in rows],
-        )
-        await conn.copy_records_to_table(
-            "people",
-            schema_name="ct_demo",
-            columns=["outreach_id", "ord", "first_name", "last_name"],
-            records=[
-                (r.outreach_id, i, first, last)
-                for r in rows
-                if r.domain is not None
-                for i, (first, last) in enumerate(world.people(r.domain))
-            ],
-        )
-
-    db_run(url, seed)
+    db_run(url, lambda conn: write_spine(conn, world, rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,11 +446,10 @@ class Snapshot:
         ct = self.targets.get(outreach_id)
         errors = self.errors.get(outreach_id, [])
         if ct is not None and ct["execution_status"] == "ready":
-            catchall = " catchall" if ct["is_catchall"] else ""
-            return f"PASS {ct['method_type']} {ct['confidence_score']:.2f}{catchall}"
+            return pass_label(ct["method_type"], ct["confidence_score"], ct["is_catchall"])
         if errors:
-            return f"FAIL {errors[0]['failure_code']}"
-        return "PENDING"
+            return fail_label(errors[0]["failure_code"])
+        return PENDING
 
 
 def snapshot(url: str) -> Snapshot:
@@ -508,20 +487,6 @@ def snapshot(url: str) -> Snapshot:
 
 
 # ─── ground truth ───────────────────────────────────────────────────────────────────────────
-
-
-def expected_label(world: World, row: SpineRow, mode: str = "smtp") -> str:
-    """What a correct prober leaves for `row` (the same labels as `Snapshot.label`)."""
-    if row.domain is None:
-        return "FAIL CT-I-NO-DOMAIN"
-    exp = world.expected_mx_only(row.domain) if mode == "mx-only" else world.expected(row.domain)
-    if exp.outcome == "DEFERRED":
-        return "PENDING"
-    if exp.outcome == "FAIL":
-        return f"FAIL {exp.code}"
-    assert exp.confidence is not None
-    catchall = " catchall" if exp.is_catchall else ""
-    return f"PASS {exp.method_type} {exp.confidence:.2f}{catchall}"
 
 
 def mismatches(

@@ -29,6 +29,7 @@ from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
+from ct_actors.demo.labels import expected_label
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
@@ -39,7 +40,7 @@ from ct_actors.sim.world import Behaviour, SimHost, World
 from ct_actors.throttle.host_window import HostWindow
 from ct_actors.toolbox import load_toolbox
 from tests.fakes import FakeStore, Unavailable
-from tests.test_pipeline_sim import expected_label, label, names_for, spine_for
+from tests.test_pipeline_sim import label, names_for, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -64,7 +64,6 @@ from test_e2e_faults import (
 )
 from test_e2e_restart import in_process_supervisor
 from test_pipeline_sim import POOL as SIM_POOL
-from test_pipeline_sim import expected_label as sim_expected_label
 from test_pipeline_sim import label as sim_label
 from test_pipeline_sim import names_for as sim_names_for
 from test_pipeline_sim import settings as sim_settings
@@ -74,6 +73,7 @@ from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.db import WorkQueue
 from ct_actors.db import queries as q
+from ct_actors.demo.labels import expected_label as sim_expected_label
 from ct_actors.demo.spine import spine_rows
 from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats

@@ -29,6 +29,7 @@ from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings
 from ct_actors.actors.smtp_gate import IP_BLACKLISTED, PORT_BLOCKED, GuardSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
+from ct_actors.demo.labels import expected_label
 from ct_actors.dns.types import DnsUnavailable, MxLookup, MxResolver
 from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.probe.domain_probe import RetryPolicy
@@ -39,7 +40,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
-from tests.test_pipeline_sim import expected_label, label
+from tests.test_pipeline_sim import label
 
 pytestmark = pytest.mark.timeout(60)
 

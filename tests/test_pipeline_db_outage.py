@@ -31,6 +31,7 @@ from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.db.errors import DatabaseUnavailable
+from ct_actors.demo.labels import expected_label
 from ct_actors.outcome import Outcome
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.memory import SimResolver, open_sim_connector
@@ -41,7 +42,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore, Report, Unavailable
-from tests.test_pipeline_sim import POOL, expected_label, label, names_for, spine_for
+from tests.test_pipeline_sim import POOL, label, names_for, spine_for
 
 # The asyncpg pool's per-statement timeout (database.command_timeout's default): how long a call
 # into a blackholed database hangs before the client gives up.

@@ -14,6 +14,7 @@ from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
+from ct_actors.demo.labels import expected_label, result_label
 from ct_actors.outcome import Deferred, Failed, Passed
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.memory import SimResolver, open_sim_connector
@@ -103,23 +104,8 @@ async def run_world(
 
 
 def label(result: object) -> str:
-    if isinstance(result, Passed):
-        catchall = " catchall" if result.is_catchall else ""
-        return f"PASS {result.method_type} {result.confidence:.2f}{catchall}"
-    if isinstance(result, Failed):
-        return f"FAIL {result.code}"
-    assert isinstance(result, Deferred)
-    return "PENDING"
-
-
-def expected_label(world: World, domain: str, mode: str = "smtp") -> str:
-    exp = world.expected_mx_only(domain) if mode == "mx-only" else world.expected(domain)
-    if exp.outcome == "DEFERRED":
-        return "PENDING"
-    if exp.outcome == "FAIL":
-        return f"FAIL {exp.code}"
-    assert exp.confidence is not None
-    return f"PASS {exp.method_type} {exp.confidence:.2f}{' catchall' if exp.is_catchall else ''}"
+    assert isinstance(result, Passed | Failed | Deferred)
+    return result_label(result)
 
 
 @pytest.mark.parametrize("mode", ["smtp", "mx-only"])

@@ -36,6 +36,7 @@ from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
+from ct_actors.demo.labels import expected_label
 from ct_actors.dns.types import MxHost, MxLookup
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
@@ -47,7 +48,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, ToolSpec, load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
-from tests.test_pipeline_sim import expected_label, label, names_for, spine_for
+from tests.test_pipeline_sim import label, names_for, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -33,8 +33,8 @@ from ct_actors.demo.spine import spine_rows
 from ct_actors.demo.staging import (
     SimProcess,
     fetch_outcomes,
+    migrate_and_seed,
     recreate_or_explain,
-    seed_spine,
     with_database,
 )
 from ct_actors.toolbox import Toolbox, load_toolbox
@@ -57,7 +57,7 @@ async def run_fleet(
         world = sim.world
         try:
             rows = spine_rows(world, scenario.seed)
-            await seed_spine(db_url, world, rows)
+            await migrate_and_seed(db_url, world, rows)
             fleet_cfg = scenario_config(cfg, scenario, world, db_url)
             registry = _write_simulation_toolbox(toolbox, workdir / "toolbox.yaml")
             print(

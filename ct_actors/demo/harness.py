@@ -30,8 +30,8 @@ from ct_actors.demo.spine import spine_rows
 from ct_actors.demo.staging import (
     SimProcess,
     fetch_outcomes,
+    migrate_and_seed,
     recreate_or_explain,
-    seed_spine,
     with_database,
 )
 from ct_actors.exit_codes import EXIT_DATABASE, EXIT_FAILED, EXIT_OK
@@ -122,7 +122,7 @@ async def _run(
         world = sim.world
         try:
             rows = spine_rows(world, scenario.seed)
-            await seed_spine(db_url, world, rows)
+            await migrate_and_seed(db_url, world, rows)
             print(
                 f"[{scenario.name}] world: {len(world.domains)} domains, "
                 f"{len(world.live_hosts())} SMTP hosts; spine: {len(rows)} records; "

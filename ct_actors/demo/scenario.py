@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from ct_actors.config import Config, SmtpConfig
+from ct_actors.demo.labels import expected_label, row_label
 from ct_actors.demo.spine import NAMES_QUERY, SpineRow
 from ct_actors.sim.world import World
 from ct_actors.sim.world_types import SIM_NETWORK, Behaviour
@@ -146,9 +147,9 @@ def evaluate(
     mismatches: list[dict[str, Any]] = []
     for row in rows:
         got = outcomes.get(row.outreach_id)
-        got_label = _label(got)
+        got_label = row_label(got)
         by_code[" ".join(got_label.split(" ")[:2])] += 1
-        want_label = _expected_label(world, row, scenario.mode)
+        want_label = expected_label(world, row, scenario.mode)
         if got_label != want_label:
             behaviour = world.domain(row.domain).behaviour if row.domain else "unusable"
             mismatches.append(
@@ -191,27 +192,6 @@ def evaluate(
         },
         "log": str(log_path),
     }
-
-
-def _label(row: dict[str, Any] | None) -> str:
-    if row is None:
-        return "PENDING"
-    if row["execution_status"] == "failed":
-        return f"FAIL {row['failure_code']}"
-    catchall = " catchall" if row["is_catchall"] else ""
-    return f"PASS {row['method_type']} {row['confidence_score']:.2f}{catchall}"
-
-
-def _expected_label(world: World, row: SpineRow, mode: str) -> str:
-    if row.domain is None:
-        return "FAIL CT-I-NO-DOMAIN"
-    exp = world.expected_mx_only(row.domain) if mode == "mx-only" else world.expected(row.domain)
-    if exp.outcome == "DEFERRED":
-        return "PENDING"
-    if exp.outcome == "FAIL":
-        return f"FAIL {exp.code}"
-    catchall = " catchall" if exp.is_catchall else ""
-    return f"PASS {exp.method_type} {exp.confidence:.2f}{catchall}"
 
 
 def _pct(ordered: list[float], q: float) -> float:

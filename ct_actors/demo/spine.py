@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ct_actors.sim.world import World
 
@@ -70,3 +72,27 @@ def _messy(rng: random.Random, domain: str) -> str:
     if style < 0.95:
         return f"www.{domain}."
     return f"{domain}:443"
+
+
+async def write_spine(conn: Any, world: World, rows: Sequence[SpineRow]) -> None:
+    """Write the spine (`outreach.outreach`) and the demo's people table on an asyncpg
+    connection (asyncio side), as upstream would; the demo, the bench and the end-to-end tests
+    all seed through it."""
+    await conn.execute(PEOPLE_DDL)
+    await conn.copy_records_to_table(
+        "outreach",
+        schema_name="outreach",
+        columns=["outreach_id", "domain"],
+        records=[(r.outreach_id, r.raw_domain) for r in rows],
+    )
+    await conn.copy_records_to_table(
+        "people",
+        schema_name="ct_demo",
+        columns=["outreach_id", "ord", "first_name", "last_name"],
+        records=[
+            (r.outreach_id, i, first, last)
+            for r in rows
+            if r.domain is not None
+            for i, (first, last) in enumerate(world.people(r.domain))
+        ],
+    )

@@ -19,7 +19,7 @@ from ct_actors.db.choice import ChosenDatabase
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.db.migrate import migrate
 from ct_actors.demo.scenario import Scenario
-from ct_actors.demo.spine import PEOPLE_DDL, SpineRow
+from ct_actors.demo.spine import SpineRow, write_spine
 from ct_actors.redact import redact_url
 from ct_actors.sim.world import World
 
@@ -65,29 +65,11 @@ async def _recreate_database(admin_url: str, database: str) -> None:
             await aio_as_trio(conn.close)()
 
 
-async def seed_spine(db_url: str, world: World, rows: list[SpineRow]) -> None:
+async def migrate_and_seed(db_url: str, world: World, rows: list[SpineRow]) -> None:
     conn = await aio_as_trio(asyncpg.connect)(db_url, timeout=5)
     try:
         await aio_as_trio(migrate)(conn)
-        await aio_as_trio(conn.execute)(PEOPLE_DDL)
-        await aio_as_trio(conn.copy_records_to_table)(
-            "outreach",
-            schema_name="outreach",
-            columns=["outreach_id", "domain"],
-            records=[(r.outreach_id, r.raw_domain) for r in rows],
-        )
-        people = [
-            (r.outreach_id, i, first, last)
-            for r in rows
-            if r.domain is not None
-            for i, (first, last) in enumerate(world.people(r.domain))
-        ]
-        await aio_as_trio(conn.copy_records_to_table)(
-            "people",
-            schema_name="ct_demo",
-            columns=["outreach_id", "ord", "first_name", "last_name"],
-            records=people,
-        )
+        await aio_as_trio(write_spine)(conn, world, rows)
     finally:
         with trio.CancelScope(shield=True):
             await aio_as_trio(conn.close)()
