@@ -12,7 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from ct_actors.actors.smtp_session import converse
+from ct_actors.actors.smtp_session import run_conversation
+from ct_actors.probe.conversation import Conversation, ConversationResult
 from ct_actors.probe.plan import ProbePlan
 from ct_actors.probe.visit import VisitOutcome
 from ct_actors.smtp.client import SmtpSession, connect_session
@@ -27,6 +28,14 @@ ANN = "ann.lee@acme.example"
 
 def plan() -> ProbePlan:
     return ProbePlan("acme.example", [("Ann", "Lee")], catchall_address=CATCHALL)
+
+
+async def converse(
+    session: SmtpSession, probe: ProbePlan, **options: object
+) -> ConversationResult:
+    """The pool's way: a Conversation for the session, run by the shell."""
+    conversation = Conversation(probe, pipelining=session.pipelining, **options)  # type: ignore[arg-type]
+    return await run_conversation(session, conversation)
 
 
 async def session_for(nursery: trio.Nursery, script: Sequence[Step]) -> SmtpSession:

@@ -46,6 +46,7 @@ from ct_actors.smtp.testing import (
     opening,
     reply,
 )
+from ct_actors.smtp.types import Reply
 from tests.shared_docs import skip_unless_ci
 
 BOUND = 600.0
@@ -79,6 +80,14 @@ async def session_for(
         quit_timeout=quit_timeout,
     )
     return session, connector
+
+
+async def mail_and_rcpt(
+    session: SmtpSession, sender: str, address: str
+) -> tuple[Reply, Reply | None]:
+    """MAIL FROM and one RCPT TO as one batch; the RCPT reply is None after a 421 to MAIL."""
+    replies = await session.batch([("MAIL", sender), ("RCPT", address)])
+    return replies[0], replies[1] if len(replies) > 1 else None
 
 
 # -- the happy path ----------------------------------------------------------------------------
@@ -755,7 +764,7 @@ async def test_mail_and_rcpt_are_one_write_when_the_server_offers_pipelining(
         async with trio.open_nursery() as nursery:
             session, _ = await session_for(nursery, script)
             assert session.pipelining
-            mail, rcpt = await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            mail, rcpt = await mail_and_rcpt(session, "b@probe.example.net", "ann@example.com")
             assert now() == 0.5
             assert (mail.code, rcpt is not None and rcpt.code) == (250, 550)
             await session.aclose()
@@ -781,7 +790,7 @@ async def test_mail_and_rcpt_in_lock_step_without_pipelining(
         async with trio.open_nursery() as nursery:
             session, _ = await session_for(nursery, script)
             assert not session.pipelining
-            mail, rcpt = await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            mail, rcpt = await mail_and_rcpt(session, "b@probe.example.net", "ann@example.com")
             assert (mail.code, rcpt is not None and rcpt.code) == (250, 250)
             await session.aclose()
 
@@ -799,7 +808,7 @@ async def test_a_421_to_the_pipelined_mail_ends_the_reading(
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
             session, _ = await session_for(nursery, script)
-            mail, rcpt = await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+            mail, rcpt = await mail_and_rcpt(session, "b@probe.example.net", "ann@example.com")
             assert (mail.code, rcpt) == (421, None)
             assert not session.usable
             await session.aclose()
@@ -819,7 +828,7 @@ async def test_a_pipelined_rcpt_that_never_gets_its_reply_times_out_and_breaks_t
         async with trio.open_nursery() as nursery:
             session, _ = await session_for(nursery, script, command_timeout=30.0)
             with pytest.raises(SmtpTimeout) as caught:
-                await session.mail_and_rcpt("b@probe.example.net", "ann@example.com")
+                await mail_and_rcpt(session, "b@probe.example.net", "ann@example.com")
             assert caught.value.stage == "rcpt" and now() == 30.0
             assert not session.usable
             last = session.transcript[-1]

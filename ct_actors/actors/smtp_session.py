@@ -21,10 +21,8 @@ from ct_actors.net.connector import Connector
 from ct_actors.probe.conversation import (
     Conversation,
     ConversationResult,
-    RejectionBudget,
     about_pace,
 )
-from ct_actors.probe.plan import ProbePlan
 from ct_actors.probe.visit import HostVisit, VisitOutcome
 from ct_actors.smtp.classify import SessionVerdict, classify_ehlo, classify_greeting
 from ct_actors.smtp.client import (
@@ -49,30 +47,6 @@ class PooledSession:
     errors: int = 0  # rejected commands on this session (servers count them per connection)
     tls_note: str = ""  # what happened to STARTTLS, when it did not simply work
     lease: SlowLease = field(default_factory=SlowLease)
-
-
-async def converse(
-    session: SmtpSession,
-    plan: ProbePlan,
-    *,
-    mail_from: str,
-    rcpt_limit: int,
-    error_budget: int = 1_000_000,
-    rejections: RejectionBudget | None = None,
-    reset_first: bool = False,
-) -> ConversationResult:
-    """Run `plan`'s conversation on `session` (`reset_first`: a reused session, whose RSET
-    goes with the first transaction)."""
-    conversation = Conversation(
-        plan,
-        mail_from=mail_from,
-        rcpt_limit=rcpt_limit,
-        error_budget=error_budget,
-        pipelining=session.pipelining,
-        rejections=rejections,
-        reset_first=reset_first,
-    )
-    return await run_conversation(session, conversation)
 
 
 async def run_conversation(session: SmtpSession, conversation: Conversation) -> ConversationResult:

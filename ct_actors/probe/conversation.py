@@ -1,7 +1,7 @@
 """One domain's RCPT conversation on an already-greeted SMTP session, as a sans-IO state
 machine: it says which commands to send (`Conversation.next_commands`) and reads their replies
 (`Conversation.receive`); it never awaits, and knows nothing of sockets or clocks. The shell
-that moves the bytes is `ct_actors.actors.smtp_session.converse`; like h11 for HTTP, the
+that moves the bytes is `ct_actors.actors.smtp_session.run_conversation`; like h11 for HTTP, the
 decisions here do not change when the shell sends commands differently (RFC 2920 pipelining: a
 batch of commands goes out in one write, and their replies come back in order).
 
@@ -192,7 +192,7 @@ class Conversation:
             return self._end()
         if self._in_transaction >= self._limit:
             return self._send(Command(Verb.RSET))
-        token = self._rejections.reserve() if self._rejections is not None else 0.0
+        token = self._reserve()
         if token is None:
             result.outcome = VisitOutcome.SESSION_ENDED
             result.dha_paused = True

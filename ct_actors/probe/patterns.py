@@ -91,7 +91,7 @@ MAX_LOCAL_PART_OCTETS = 64
 _ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
 # The same rule as one pattern, for the common case (every candidate of every domain is
 # checked): a valid ASCII dot-string of at most 64 characters needs no closer look.
-_ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_ATOM = "[" + "".join(re.escape(c) for c in sorted(_ATEXT)) + "]+"
 _VALID_DOT_STRING = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 # How much of a refused local part the evidence keeps.
 _SKIPPED_PREFIX = 64

@@ -147,13 +147,6 @@ class SmtpSession:
         """The server offered PIPELINING (RFC 2920) in its EHLO reply."""
         return self.esmtp and "PIPELINING" in self.extensions
 
-    async def mail_and_rcpt(self, sender: str, address: str) -> tuple[Reply, Reply | None]:
-        """MAIL FROM and the first RCPT TO in one write (RFC 2920 §3.1: both may be sent
-        without waiting). The RCPT reply is None when the MAIL reply was 421 (the server closes
-        and answers nothing more). Without PIPELINING, the two commands in lock-step."""
-        replies = await self.batch([("MAIL", sender), ("RCPT", address)])
-        return replies[0], replies[1] if len(replies) > 1 else None
-
     async def batch(self, commands: Sequence[tuple[TransactionVerb, str]]) -> list[Reply]:
         """RSET / MAIL FROM / RCPT TO commands in one write where the server offers PIPELINING
         (RFC 2920 §3.1: these "can all appear anywhere in a pipelined command group"), their
