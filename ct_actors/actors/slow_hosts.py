@@ -2,12 +2,12 @@
 
 Noticing. A tarpit answers each command just inside our command timeout (30 s); waiting for
 the reply to know it was slow would let every newly met tarpit hold a connection of the global
-cap for the whole of its first reply. So the watch sits under the SMTP client, on the
-connection's byte stream: a *step* starts when the connection opens (the greeting) and each
-time we send (a command, a TLS record), and when a read for the current step is still waiting
-`threshold` seconds after the step started, `on_slow` decides at that moment whether the
-session may go on (True: keep reading) or must end now (False: the read fails as a broken
-connection, which the client reports as a disconnect and the pool knows it caused).
+cap for the whole of its first reply. So the watch (`SlowWatch`, a `StepWatch` the SMTP session
+judges inside its per-step deadline, `ct_actors.smtp.step_watch`) times each *step*: one starts
+when the connection opens (the greeting) and each time we send (a command, a TLS record), and
+when a read for the current step is still waiting `threshold` seconds after the step started,
+`on_slow` decides at that moment whether the session may go on (True: keep reading) or must end
+now (False: the session ends as a disconnect, "closed by us", which the pool knows it caused).
 
 The watch measures waiting for the host only: a read is what waits for it, and nothing is timed
 while the session idles between domains. Dribbling a reply byte by byte does not restart the
@@ -36,7 +36,6 @@ import structlog
 import trio
 
 from ct_actors.dns.types import MxHost
-from ct_actors.net.connector import Connector
 from ct_actors.throttle.host_window import HostWindow
 
 # The pool's logger: a slow host is news about the pool's host.
@@ -74,53 +73,6 @@ class SlowWatch:
         """The step is slow: may the session go on?"""
         self._judged = True
         return self._on_slow()
-
-
-class WatchedStream(trio.abc.Stream):
-    def __init__(self, inner: trio.abc.Stream, watch: SlowWatch) -> None:
-        self._inner = inner
-        self._watch = watch
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._watch.step()
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        deadline = self._watch.deadline()
-        if deadline == math.inf:
-            data = await self._inner.receive_some(max_bytes)
-        else:
-            # A cancelled read of a trio stream consumes nothing, so it can be asked again.
-            with trio.move_on_at(deadline):
-                data = await self._inner.receive_some(max_bytes)
-                self._watch.progress()
-                return data
-            if not self._watch.judge():
-                raise trio.BrokenResourceError(
-                    "closed by us: slow host, no room in the slow share"
-                )
-            data = await self._inner.receive_some(max_bytes)
-        self._watch.progress()
-        return data
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class WatchingConnector:
-    """Opens connections whose steps `watch` times; the greeting is the first step."""
-
-    def __init__(self, inner: Connector, watch: SlowWatch) -> None:
-        self._inner = inner
-        self._watch = watch
-
-    async def connect(self, address: str, port: int) -> trio.abc.Stream:
-        stream = await self._inner.connect(address, port)
-        self._watch.step()
-        return WatchedStream(stream, self._watch)
 
 
 @dataclass(eq=False, slots=True)

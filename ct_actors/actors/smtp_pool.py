@@ -21,6 +21,7 @@ Slow hosts (tarpits) must not starve the global connection cap: see slow_hosts.p
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import ssl
 from collections import Counter
@@ -30,7 +31,7 @@ import structlog
 import trio
 
 from ct_actors.actors.pool_settings import PoolSettings
-from ct_actors.actors.slow_hosts import HostSlowShare, SlowLease, SlowWatch, WatchingConnector
+from ct_actors.actors.slow_hosts import HostSlowShare, SlowLease, SlowWatch
 from ct_actors.actors.smtp_session import (
     PooledSession,
     WindowRejections,
@@ -394,12 +395,12 @@ class HostPool:
             tls_note = ""
             threshold = self.settings.slow_reply_seconds
             watch = SlowWatch(threshold, lambda: self._slow.on_slow_reply(lease, threshold))
-            connector = WatchingConnector(self._connector, watch)
             address, ssl_context = self.host.addresses[0], self._ssl_context
+            opening = functools.partial(
+                open_pool_session, self._connector, address, self.settings
+            )
             try:
-                session = await stack.enter_async_context(
-                    open_pool_session(connector, address, self.settings, starttls, ssl_context)
-                )
+                session = await stack.enter_async_context(opening(starttls, ssl_context, watch))
             except SmtpTlsError as exc:
                 if lease.evicted:
                     raise  # we cut a slow handshake for the slow share: not a broken TLS stack
@@ -410,9 +411,7 @@ class HostPool:
                 self.window.plaintext_until = trio.current_time() + _PLAINTEXT_FOR
                 self._stats["tls_fallbacks"] += 1
                 tls_note = f"STARTTLS failed ({exc.reason}); plaintext on a new connection"
-                session = await stack.enter_async_context(
-                    open_pool_session(connector, address, self.settings, "never", ssl_context)
-                )
+                session = await stack.enter_async_context(opening("never", ssl_context, watch))
         except BaseException:
             lease.closing = True
             with trio.CancelScope(shield=True):

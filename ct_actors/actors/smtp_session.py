@@ -34,6 +34,7 @@ from ct_actors.smtp.client import (
     open_session,
 )
 from ct_actors.smtp.session import SmtpSession
+from ct_actors.smtp.step_watch import StepWatch
 from ct_actors.throttle.host_window import HostWindow
 
 
@@ -161,6 +162,7 @@ def open_pool_session(
     settings: PoolSettings,
     starttls: Literal["opportunistic", "never"],
     ssl_context: ssl.SSLContext | None,
+    watch: StepWatch | None = None,
 ) -> contextlib.AbstractAsyncContextManager[SmtpSession]:
     return open_session(
         connector,
@@ -172,6 +174,7 @@ def open_pool_session(
         quit_timeout=settings.quit_timeout,
         starttls=starttls,
         ssl_context=ssl_context,
+        watch=watch,
     )
 
 

@@ -58,14 +58,15 @@ from ct_actors.smtp.errors import (
     SmtpRejected,
     SmtpTimeout,
     SmtpTlsError,
+    describe_failure,
 )
 from ct_actors.smtp.session import (
     DEFAULT_QUIT_TIMEOUT,
     SmtpSession,
     StartTlsMode,
-    describe_failure,
-    opportunistic_tls_context,
 )
+from ct_actors.smtp.step_watch import StepWatch
+from ct_actors.smtp.tls import opportunistic_tls_context
 from ct_actors.smtp.types import TranscriptEntry
 
 __all__ = [
@@ -102,10 +103,13 @@ async def connect_session(
     server_hostname: str | None = None,
     greeting_timeout: float | None = None,
     quit_timeout: float = DEFAULT_QUIT_TIMEOUT,
+    watch: StepWatch | None = None,
 ) -> SmtpSession:
     """Connect, read the greeting, EHLO (HELO fallback), optional STARTTLS. The caller owns the
     returned session and must `aclose` it; prefer `open_session`. On failure the connection is
-    closed and the exception carries the transcript so far (`exc.transcript`)."""
+    closed and the exception carries the transcript so far (`exc.transcript`). `watch` times
+    how long the host keeps each step waiting (`ct_actors.smtp.step_watch`); its first step,
+    the greeting, starts when the connection is open."""
     if not helo_name or any(c.isspace() for c in helo_name):
         raise SmtpCommandRefused("ehlo", "helo_name must be a non-empty name without spaces")
     started = trio.current_time()
@@ -126,6 +130,8 @@ async def connect_session(
             "connect", target, None, None, "connected", started, trio.current_time() - started
         )
     )
+    if watch is not None:
+        watch.step()
     session = SmtpSession(
         stream,
         address=address,
@@ -135,6 +141,7 @@ async def connect_session(
         quit_timeout=quit_timeout,
         started_at=started,
         transcript=transcript,
+        watch=watch,
     )
     try:
         await session._handshake(
@@ -177,6 +184,7 @@ async def open_session(
     server_hostname: str | None = None,
     greeting_timeout: float | None = None,
     quit_timeout: float = DEFAULT_QUIT_TIMEOUT,
+    watch: StepWatch | None = None,
 ) -> AsyncIterator[SmtpSession]:
     """`connect_session` as an async context manager; QUIT and close on exit, always."""
     session = await connect_session(
@@ -191,6 +199,7 @@ async def open_session(
         server_hostname=server_hostname,
         greeting_timeout=greeting_timeout,
         quit_timeout=quit_timeout,
+        watch=watch,
     )
     try:
         yield session

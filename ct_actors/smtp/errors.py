@@ -8,6 +8,11 @@ rejected greeting or EHLO/HELO, after which there is no session to return.
 
 from __future__ import annotations
 
+import errno
+import ssl
+
+import trio
+
 from ct_actors.smtp.types import Reply, Stage, TranscriptEntry
 
 
@@ -97,3 +102,15 @@ class SmtpCommandRefused(SmtpError, ValueError):
 
     def __init__(self, stage: Stage, reason: str) -> None:
         super().__init__(stage, reason)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short stable reason for audit rows: errno name when there is one."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else None
+    target = cause if cause is not None else exc
+    if isinstance(target, ssl.SSLError):  # before OSError: its errno is an SSL_ERROR_* number
+        return f"tls: {target.reason or type(target).__name__}"
+    if isinstance(target, OSError) and target.errno is not None:
+        return errno.errorcode.get(target.errno, str(target.errno))
+    text = str(target)
+    return (text or type(target).__name__)[:120]

@@ -6,7 +6,6 @@ follow."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import ssl
 from collections import deque
@@ -15,6 +14,7 @@ from typing import Any, Literal
 
 import trio
 
+from ct_actors.net.tcp_stream import TcpStream
 from ct_actors.smtp.errors import (
     SmtpCommandRefused,
     SmtpDisconnected,
@@ -24,6 +24,7 @@ from ct_actors.smtp.errors import (
     SmtpRejected,
     SmtpTimeout,
     SmtpTlsError,
+    describe_failure,
 )
 from ct_actors.smtp.reply import (
     ReplyParser,
@@ -32,6 +33,8 @@ from ct_actors.smtp.reply import (
     parse_extensions,
     rcpt_to_arg,
 )
+from ct_actors.smtp.step_watch import SLOW_EVICTION, StepWatch, WatchedStream
+from ct_actors.smtp.tls import opportunistic_tls_context
 from ct_actors.smtp.types import TEXT_LIMIT, Reply, Stage, TranscriptEntry
 
 StartTlsMode = Literal["opportunistic", "never"]
@@ -44,34 +47,6 @@ DEFAULT_QUIT_TIMEOUT = 2.0
 
 
 _HELO_FALLBACK_CODES = frozenset({500, 502})  # "command unrecognized/not implemented"
-
-
-@functools.cache
-def opportunistic_tls_context() -> ssl.SSLContext:
-    """A client context that encrypts but does not authenticate (opportunistic TLS). Built once:
-    no CA store is loaded since nothing is verified."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    # Opportunistic encryption accepts what old servers speak (TLS 1.0/1.1, legacy ciphers):
-    # any encryption beats the plaintext we would fall back to. RFC 7435 ("Opportunistic
-    # Security"); Postfix's smtp_tls_security_level=may behaves the same way.
-    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    with contextlib.suppress(ssl.SSLError):
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A short stable reason for audit rows: errno name when there is one."""
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else None
-    target = cause if cause is not None else exc
-    if isinstance(target, ssl.SSLError):  # before OSError: its errno is an SSL_ERROR_* number
-        return f"tls: {target.reason or type(target).__name__}"
-    if isinstance(target, OSError) and target.errno is not None:
-        return errno.errorcode.get(target.errno, str(target.errno))
-    text = str(target)
-    return (text or type(target).__name__)[:120]
 
 
 TransactionVerb = Literal["RSET", "MAIL", "RCPT"]
@@ -106,6 +81,7 @@ class SmtpSession:
         quit_timeout: float,
         started_at: float,
         transcript: list[TranscriptEntry] | None = None,
+        watch: StepWatch | None = None,
     ) -> None:
         self.address = address
         self.port = port
@@ -119,6 +95,7 @@ class SmtpSession:
         self.tls = False
         self.transcript: list[TranscriptEntry] = transcript if transcript is not None else []
         self._stream: trio.abc.Stream = stream
+        self._watch = watch  # None under TLS: then a WatchedStream under the TLS layer has it
         self._parser = ReplyParser()
         self._pending: deque[Reply] = deque()
         self._started_at = started_at
@@ -288,7 +265,13 @@ class SmtpSession:
             self._broken = "data after STARTTLS reply"
             raise SmtpProtocolError("server sent data after its STARTTLS reply", "starttls")
         started = trio.current_time()
-        ssl_stream = trio.SSLStream(self._stream, context, server_hostname=server_hostname)
+        transport = self._stream
+        if self._watch is not None:
+            # The TLS layer reads and writes records the session does not see one by one: the
+            # watch moves under it, onto the transport.
+            transport = WatchedStream(transport, self._watch)
+            self._watch = None
+        ssl_stream = trio.SSLStream(transport, context, server_hostname=server_hostname)
         ok = False
         try:
             with trio.move_on_after(self.command_timeout) as scope:
@@ -336,7 +319,7 @@ class SmtpSession:
         self._busy = True
         ok = False
         try:
-            reply = await self._send_and_receive(stage, line, limit)
+            reply = await self._step(stage, line, limit)
             ok = True
         except SmtpError as exc:
             self._fail(stage, command, exc, started)
@@ -372,13 +355,11 @@ class SmtpSession:
             if unsolicited is not None:
                 replies.append(unsolicited)  # a queued 421: the server is closing
             else:
-                with trio.move_on_after(limit) as sending:
-                    await self._send(first_stage, b"".join(line for _, line in lines))
-                    self._commands += len(lines) - 1
-                if sending.cancelled_caught:
-                    raise SmtpTimeout(first_stage, limit)
+                group: bytes | None = b"".join(line for _, line in lines)
+                self._commands += len(lines) - 1
                 for stage, _ in lines:
-                    reply = await self._receive(stage, limit)
+                    reply = await self._step(stage, group, limit)
+                    group = None
                     self._answered(lines[len(replies)], reply, started)
                     replies.append(reply)
                     if reply.code == 421:
@@ -422,20 +403,14 @@ class SmtpSession:
         raise SmtpProtocolError(f"unsolicited reply {unsolicited.code} before command", stage)
 
     async def _send(self, stage: Stage, data: bytes) -> None:
+        if self._watch is not None:
+            self._watch.step()
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise SmtpDisconnected(stage, describe_failure(exc)) from None
         self._commands += 1
         self._bytes_sent += len(data)
-
-    async def _receive(self, stage: Stage, limit: float) -> Reply:
-        pending = self._pending
-        with trio.move_on_after(limit):
-            while not pending:
-                await self._read(stage)
-            return pending.popleft()
-        raise SmtpTimeout(stage, limit)
 
     async def _read(self, stage: Stage) -> None:
         try:
@@ -444,23 +419,44 @@ class SmtpSession:
             raise SmtpDisconnected(stage, describe_failure(exc)) from None
         if not data:
             raise SmtpDisconnected(stage)
+        if self._watch is not None:
+            self._watch.progress()
         self._bytes_received += len(data)
         try:
             self._pending.extend(self._parser.feed(bytes(data)))
         except SmtpProtocolError as exc:
             raise SmtpProtocolError(exc.reason, stage) from None
 
-    async def _send_and_receive(self, stage: Stage, line: bytes | None, limit: float) -> Reply:
-        if line is not None and (unsolicited := self._unsolicited(stage)) is not None:
-            return unsolicited  # the server announced it is closing; that is our answer
+    async def _step(self, stage: Stage, data: bytes | None, limit: float) -> Reply:
+        """Send `data` (None: nothing to send: the greeting, or the next reply of a pipelined
+        group) and read one reply, all within `limit` seconds.
+
+        One cancel scope per step, not one per read: its deadline is the earlier of the step's
+        limit and the watch's moment (a host keeping us waiting too long, `StepWatch`). When the
+        watch's moment comes first, the watch judges: go on reading (a cancelled read consumed
+        nothing) or end the session now."""
         pending = self._pending
-        with trio.move_on_after(limit):
-            if line is not None:
-                await self._send(stage, line)
-            while not pending:
-                await self._read(stage)
-            return pending.popleft()
-        raise SmtpTimeout(stage, limit)
+        if data is None:
+            if pending:
+                return pending.popleft()  # pipelined replies often arrive together
+        elif (unsolicited := self._unsolicited(stage)) is not None:
+            return unsolicited  # the server announced it is closing; that is our answer
+        deadline = trio.current_time() + limit
+        watch = self._watch
+        while True:
+            with trio.CancelScope(deadline=deadline) as scope:
+                if data is not None:
+                    await self._send(stage, data)
+                    data = None
+                while not pending:
+                    if watch is not None:
+                        scope.deadline = min(deadline, watch.deadline())
+                    await self._read(stage)
+                return pending.popleft()
+            if data is not None or watch is None or trio.current_time() >= deadline:
+                raise SmtpTimeout(stage, limit)
+            if not watch.judge():
+                raise SmtpDisconnected(stage, SLOW_EVICTION)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -489,5 +485,8 @@ class SmtpSession:
         )
 
     async def _close_stream(self) -> None:
+        if isinstance(self._stream, TcpStream):
+            self._stream.close()  # nothing to say at close on plain TCP: no checkpoint needed
+            return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await trio.aclose_forcefully(self._stream)
