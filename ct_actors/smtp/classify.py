@@ -101,7 +101,6 @@ audit rows can say why.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
@@ -112,6 +111,7 @@ from ct_actors.smtp.reply_texts import TEXT_RE, TextName
 from ct_actors.smtp.reply_texts import is_about_us_text as is_about_us_text
 from ct_actors.smtp.reply_texts import is_blocklist_text as is_blocklist_text
 from ct_actors.smtp.reply_texts import is_throttle_text as is_throttle_text
+from ct_actors.smtp.text_gate import GatedPattern
 from ct_actors.smtp.types import EnhancedStatus, Reply
 
 
@@ -219,7 +219,7 @@ class Rule(Generic[V]):
 class _Compiled:
     codes: frozenset[int] | None
     enhanced: tuple[_Enh, ...] | None
-    text: re.Pattern[str] | None
+    text: GatedPattern | None
 
     def matches(self, code: int, enhanced: EnhancedStatus | None, text: str) -> bool:
         """`text`: the reply's text, lower-cased (see TEXT_RE)."""
@@ -294,22 +294,52 @@ class Classification(NamedTuple, Generic[V]):
 
 
 # Each table compiled once: classification runs for every reply the daemon reads, so the rule
-# specs are not looked up again and the reply's text is joined once, not once per rule.
+# specs are not looked up again and the reply's text is joined once, not once per rule. The
+# rules are also filed by basic code (the first test of every rule), so a reply is tried only
+# against the rules that can match its code, in table order.
 # The table itself is kept in the entry, so its id cannot be reused by another object.
-_CompiledTable = tuple[tuple[_Compiled, Classification[Any]], ...]
-_TABLES: dict[int, tuple[Sequence[Rule[Any]], _CompiledTable]] = {}
+_Rules = tuple[tuple[_Compiled, Classification[Any]], ...]
+
+
+class _CompiledTable:
+    __slots__ = ("by_code", "rules", "table")
+
+    def __init__(self, table: Sequence[Rule[Any]]) -> None:
+        self.table = table
+        self.rules: _Rules = tuple((_compiled(r), Classification(r.verdict, r.name)) for r in table)
+        self.by_code: dict[int, _Rules] = {}
+
+    def for_code(self, code: int) -> _Rules:
+        rules = self.by_code.get(code)
+        if rules is None:
+            rules = tuple(
+                (compiled, answer)
+                for compiled, answer in self.rules
+                if compiled.codes is None or code in compiled.codes
+            )
+            if len(self.by_code) < 1000:  # codes are 100..599: never more than 500 entries
+                self.by_code[code] = rules
+        return rules
+
+
+_TABLES: dict[int, _CompiledTable] = {}
 
 
 def _first(table: Sequence[Rule[V]], reply: Reply) -> Classification[V]:
     entry = _TABLES.get(id(table))
-    if entry is None or entry[0] is not table:
-        entry = (table, tuple((_compiled(r), Classification(r.verdict, r.name)) for r in table))
-        _TABLES[id(table)] = entry
-    compiled = entry[1]
-    code, enhanced, text = reply.code, reply.enhanced, reply.text.lower()
-    for rule, answer in compiled:
-        if rule.matches(code, enhanced, text):
-            return answer
+    if entry is None or entry.table is not table:
+        entry = _TABLES[id(table)] = _CompiledTable(table)
+    enhanced = reply.enhanced
+    text: str | None = None  # lower-cased on the first rule that reads it
+    for rule, answer in entry.for_code(reply.code):
+        if rule.enhanced is not None and not any(_enh_match(p, enhanced) for p in rule.enhanced):
+            continue
+        if rule.text is not None:
+            if text is None:
+                text = reply.text.lower()
+            if rule.text.search(text) is None:
+                continue
+        return answer
     raise AssertionError("classification tables end with catch-all rules")  # pragma: no cover
 
 
