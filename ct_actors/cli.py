@@ -31,6 +31,7 @@ from ct_actors.exit_codes import (
     EXIT_HELD,
     EXIT_OK,
 )
+from ct_actors.gc_pace import pace_collector
 from ct_actors.log import configure_logging
 from ct_actors.redact import redact_text
 from ct_actors.toolbox import Toolbox, ToolboxError, load_toolbox
@@ -51,6 +52,7 @@ log = structlog.get_logger("ct_actors.cli")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    pace_collector()
     try:
         cfg = _load(args)
         toolbox = load_toolbox(cfg.toolbox.path)

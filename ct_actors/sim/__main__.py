@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import trio
 
+from ct_actors.gc_pace import pace_collector
 from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
 from ct_actors.sim.world import World
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    pace_collector()  # the simulator shares the two cores with the prober it serves
     if args.command == "serve":
         try:
             args.broken_dns = _resolve_broken_dns(args.broken_dns, args.dns_address, args.dns_port)
