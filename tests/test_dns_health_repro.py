@@ -13,9 +13,9 @@ import trio.testing
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings, ResolverStage
 from ct_actors.dns import wire
 from ct_actors.dns.client import DnsReply
-from ct_actors.dns.fakeserver import FakeDnsServer
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable
+from ct_actors.testing import FakeDnsServer
 
 pytestmark = pytest.mark.timeout(60)
 
