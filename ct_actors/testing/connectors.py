@@ -11,9 +11,10 @@ They differ in what answers behind them, so pick by what the test is about:
   played by the same session code that serves the simulator's sockets. The whole pipeline on a
   generated world, as the e2e tests see it over TCP, but under MockClock.
 
-Each records its connection attempts, can delay a connect, and refuses an unknown address the
-way a real stack does (`ConnectionRefusedError`). Everything waits with `trio.sleep` only, so
-they run under `trio.testing.MockClock(autojump_threshold=0)` with exact virtual timelines.
+Each records its connection attempts, can delay a connect, and refuses where nothing would
+answer (`ConnectionRefusedError`, as a real stack does). Everything waits with `trio.sleep`
+only, so they run under `trio.testing.MockClock(autojump_threshold=0)` with exact virtual
+timelines.
 """
 
 from __future__ import annotations
