@@ -20,7 +20,7 @@ from ct_actors.verify.client import MillionVerifierClient
 KEY = "bench-key-0123456789"
 SERVER = f"""
 import sys, trio
-from ct_actors.verify.fake_api import FakeMillionVerifier
+from ct_actors.testing.verifier import FakeMillionVerifier
 async def main():
     fake = FakeMillionVerifier(api_key={KEY!r}, credits=10**9)
     async with trio.open_nursery() as n:

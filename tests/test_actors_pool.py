@@ -15,13 +15,14 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
+from trio import current_time as now
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.probe.plan import Conclusion, ProbePlan
 from ct_actors.probe.visit import HostVisit, VisitOutcome
-from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, now, rcpt
+from ct_actors.testing import EHLO, HELO, MAIL, MAIL_FROM, MailHost, MailHostNet, rcpt
 
 BOUND = 600.0
 
@@ -69,9 +70,9 @@ def default_domain(domain: str) -> list[str]:
 @asynccontextmanager
 async def pools(
     hosts: Sequence[MailHost], pool_settings: PoolSettings = SETTINGS, max_connections: int = 64
-) -> AsyncIterator[tuple[FakeNet, SmtpPoolManager]]:
+) -> AsyncIterator[tuple[MailHostNet, SmtpPoolManager]]:
     async with trio.open_nursery() as nursery:
-        net = FakeNet(nursery, hosts)
+        net = MailHostNet(nursery, hosts)
         manager = SmtpPoolManager(pool_settings, net, max_connections=max_connections)
         await nursery.start(manager.run)
         try:

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import trio
 import trio.testing
+from trio import current_time as now
 
 from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
@@ -22,7 +23,7 @@ from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.address_policy import AddressPolicy, parse_networks
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy, greylist_deferral
-from tests.actor_support import EHLO, HELO, MAIL, MAIL_FROM, FakeNet, MailHost, anon, now, rcpt
+from ct_actors.testing import EHLO, HELO, MAIL, MAIL_FROM, MailHost, MailHostNet, anon, rcpt
 
 BOUND = 3600.0
 
@@ -59,7 +60,7 @@ ANN_ADDRESSES = ["ann.lee", "annlee", "a.lee", "ann.l", "ann", "lee"]
 @asynccontextmanager
 async def network(*hosts: MailHost) -> AsyncIterator[SmtpPoolManager]:
     async with trio.open_nursery() as nursery:
-        manager = SmtpPoolManager(SETTINGS, FakeNet(nursery, hosts), max_connections=64)
+        manager = SmtpPoolManager(SETTINGS, MailHostNet(nursery, hosts), max_connections=64)
         await nursery.start(manager.run)
         try:
             yield manager
@@ -476,7 +477,7 @@ async def test_rejected_rcpt_budget_paces_a_host_and_never_fails_its_domains(
     )
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
-            manager = SmtpPoolManager(settings, FakeNet(nursery, [host]), max_connections=64)
+            manager = SmtpPoolManager(settings, MailHostNet(nursery, [host]), max_connections=64)
             await nursery.start(manager.run)
             first = await probe(manager, "acme.test", [host])
             second = await probe(manager, "beta.test", [host])
@@ -502,7 +503,7 @@ async def test_broken_starttls_handshake_falls_back_to_plaintext_on_a_new_connec
     settings = dataclasses.replace(SETTINGS, starttls="opportunistic")
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
-            manager = SmtpPoolManager(settings, FakeNet(nursery, [host]), max_connections=64)
+            manager = SmtpPoolManager(settings, MailHostNet(nursery, [host]), max_connections=64)
             await nursery.start(manager.run)
             first = await probe(manager, "acme.test", [host])
             await trio.sleep(10.0)  # the session idles out

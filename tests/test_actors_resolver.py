@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import trio
 import trio.testing
+from trio import current_time as now
 
 from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
-from tests.actor_support import now
 
 BOUND = 600.0
 # FakeResolver offers no health check (check_health): the stage never asks one.

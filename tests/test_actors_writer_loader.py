@@ -15,14 +15,14 @@ import pytest
 import trio
 import trio.testing
 from structlog.testing import capture_logs
+from trio import current_time as now
 
 from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 from ct_actors.actors.loader import LoaderActor, LoaderSettings
 from ct_actors.actors.writer import WriterActor, WriterSettings
 from ct_actors.outcome import Outcome, Passed
-from tests.actor_support import now
-from tests.fakes import Claimed, FakeStore, Report, Unavailable
+from ct_actors.testing import Claimed, FakeStore, Report, Unavailable
 
 BOUND = 3600.0
 OWNER = "test:1"

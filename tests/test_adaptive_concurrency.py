@@ -34,12 +34,11 @@ from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.visit import HostVisit, VisitOutcome
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
+from ct_actors.testing import FakeStore, SimResolver, Unavailable, open_sim_connector
 from ct_actors.throttle.host_window import HostWindow
 from ct_actors.toolbox import load_toolbox
-from tests.fakes import FakeStore, Unavailable
 from tests.test_pipeline_sim import label, names_for, spine_for
 
 pytestmark = pytest.mark.timeout(60)

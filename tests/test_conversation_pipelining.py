@@ -17,7 +17,7 @@ from ct_actors.probe.conversation import Conversation, ConversationResult
 from ct_actors.probe.plan import ProbePlan
 from ct_actors.probe.visit import VisitOutcome
 from ct_actors.smtp.client import SmtpSession, connect_session
-from ct_actors.smtp.testing import Expect, ScriptedConnector, Sleep, Step, closing, opening, reply
+from ct_actors.testing import Expect, ScriptedConnector, Sleep, Step, closing, opening, reply
 
 pytestmark = pytest.mark.timeout(30)
 

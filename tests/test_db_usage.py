@@ -13,7 +13,7 @@ import trio
 from conftest_db import Db
 
 from ct_actors.db import Database, QueryError, UsageBook, open_database, usage_window
-from tests.fakes import MemoryUsageStore
+from ct_actors.testing import MemoryUsageStore
 
 pytestmark = pytest.mark.db
 pytest_plugins = ["dbfixtures"]

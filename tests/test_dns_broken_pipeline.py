@@ -24,8 +24,8 @@ from ct_actors.actors.supervisor import Supervisor
 from ct_actors.dns.health import HealthAnswer
 from ct_actors.dns.types import DnsUnavailable, MxLookup
 from ct_actors.outcome import Deferred, Failed, FailureCode
-from ct_actors.sim.memory import SimResolver
 from ct_actors.sim.world import World
+from ct_actors.testing import SimResolver
 from tests.test_killswitch_pipeline import (
     MIX,
     REGISTRY,

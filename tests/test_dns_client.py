@@ -17,9 +17,9 @@ import trio.testing
 
 from ct_actors.dns import wire
 from ct_actors.dns.client import UdpDnsClient
-from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.nameservers import DnsConfigError, QuerySettings
 from ct_actors.dns.types import DnsUnavailable
+from ct_actors.testing import FakeDnsServer, Records
 
 RECORDS: Records = {
     "example.com": [("MX", "10 mx1.example.com."), ("MX", "20 mx2.example.com.")],

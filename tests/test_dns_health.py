@@ -22,11 +22,11 @@ from ct_actors.config import load_config
 from ct_actors.dns import wire
 from ct_actors.dns.client import DnsReply, UdpDnsClient
 from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
-from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.health import HealthAnswer, ResolverHealth
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
 from ct_actors.outcome import Deferred
+from ct_actors.testing import FakeDnsServer, Records
 from ct_actors.toolbox import load_toolbox
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,19 +3,14 @@ dns_resolver_failure although the resolver answers everything else."""
 
 from __future__ import annotations
 
-import dns.message
-import dns.name
-import dns.rdatatype
 import pytest
 import trio
 import trio.testing
 
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings, ResolverStage
-from ct_actors.dns import wire
-from ct_actors.dns.client import DnsReply
-from ct_actors.dns.fakeserver import FakeDnsServer
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable
+from ct_actors.testing import FakeDnsClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,22 +26,11 @@ RECORDS = {
 }
 
 
-class Client:
-    def __init__(self) -> None:
-        self.server = FakeDnsServer(RECORDS)
-
-    async def exchange(
-        self, name: str | dns.name.Name, rdtype: dns.rdatatype.RdataType | str
-    ) -> DnsReply:
-        await trio.sleep(0.01)
-        data = self.server.build_response(dns.message.make_query(name, rdtype)).to_wire()
-        return DnsReply(wire.decode_reply(data), "192.0.2.53", False, data)
-
-
 async def test_twenty_cname_loops_do_not_trip_the_resolver_switch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    stage = ResolverStage(DnsMxResolver(Client()), ResolverSettings(workers=4))
+    client = FakeDnsClient(RECORDS, delay=0.01)
+    stage = ResolverStage(DnsMxResolver(client), ResolverSettings(workers=4))
     with trio.fail_after(600):
         async with trio.open_nursery() as nursery:
             await nursery.start(stage.run)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
-import dns.message
-import dns.name
-import dns.rdatatype
 import pytest
 import trio
 import trio.testing
 
-from ct_actors.dns import wire
-from ct_actors.dns.client import DnsReply
-from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxResolver, MxStatus
+from ct_actors.testing import FakeDnsClient, Records
 
 RECORDS: Records = {
     "a.example": [("MX", "10 aspmx.l.google.com."), ("MX", "20 alt1.aspmx.l.google.com.")],
@@ -32,34 +25,8 @@ RECORDS: Records = {
 }
 
 
-class FakeClient:
-    """Answers from a FakeDnsServer's table without sockets; can delay and fail names."""
-
-    def __init__(
-        self, records: Records, *, delay: float = 0.0, unavailable: frozenset[str] = frozenset()
-    ) -> None:
-        self.server = FakeDnsServer(records, rcodes={n: "SERVFAIL" for n in unavailable})
-        self.delay = delay
-        self.asked: Counter[tuple[str, str]] = Counter()
-
-    async def exchange(
-        self, name: str | dns.name.Name, rdtype: dns.rdatatype.RdataType | str
-    ) -> DnsReply:
-        query = dns.message.make_query(name, rdtype)
-        question = query.question[0]
-        key = (
-            question.name.to_text(omit_final_dot=True).lower(),
-            dns.rdatatype.to_text(question.rdtype),
-        )
-        self.asked[key] += 1
-        await trio.sleep(self.delay)
-        # Through the wire format and the client's own parser, as a real reply would go.
-        data = self.server.build_response(query).to_wire()
-        return DnsReply(wire.decode_reply(data), "192.0.2.53", False, data)
-
-
 async def test_found_with_addresses_and_protocol() -> None:
-    resolver: MxResolver = DnsMxResolver(FakeClient(RECORDS))
+    resolver: MxResolver = DnsMxResolver(FakeDnsClient(RECORDS))
     result = await resolver.lookup("a.example")
     assert result.status is MxStatus.FOUND
     assert result.nameserver == "192.0.2.53"
@@ -70,7 +37,7 @@ async def test_found_with_addresses_and_protocol() -> None:
 
 
 async def test_terminal_verdicts_carry_the_nameserver() -> None:
-    resolver = DnsMxResolver(FakeClient(RECORDS))
+    resolver = DnsMxResolver(FakeDnsClient(RECORDS))
     for domain, status in [
         ("missing.example", MxStatus.NXDOMAIN),
         ("nomx.example", MxStatus.NO_MX),
@@ -81,7 +48,7 @@ async def test_terminal_verdicts_carry_the_nameserver() -> None:
 
 
 async def test_invalid_domain_is_not_queried() -> None:
-    client = FakeClient(RECORDS)
+    client = FakeDnsClient(RECORDS)
     result = await DnsMxResolver(client).lookup("bad..example")
     assert result.status is MxStatus.NXDOMAIN
     assert result.extra == {"invalid_name": "true"}
@@ -89,7 +56,7 @@ async def test_invalid_domain_is_not_queried() -> None:
 
 
 async def test_mx_servfail_is_unavailable_with_nameserver() -> None:
-    client = FakeClient(RECORDS, unavailable=frozenset({"a.example"}))
+    client = FakeDnsClient(RECORDS, unavailable=frozenset({"a.example"}))
     with pytest.raises(DnsUnavailable) as info:
         await DnsMxResolver(client).lookup("a.example")
     assert info.value.nameserver == "192.0.2.53"
@@ -97,7 +64,7 @@ async def test_mx_servfail_is_unavailable_with_nameserver() -> None:
 
 
 async def test_host_addresses_are_cached_across_domains() -> None:
-    client = FakeClient(RECORDS)
+    client = FakeDnsClient(RECORDS)
     resolver = DnsMxResolver(client)
     await resolver.lookup("a.example")
     result = await resolver.lookup("b.example")
@@ -107,7 +74,7 @@ async def test_host_addresses_are_cached_across_domains() -> None:
 
 
 async def test_concurrent_lookups_coalesce(autojump_clock: trio.testing.MockClock) -> None:
-    client = FakeClient(RECORDS, delay=0.5)
+    client = FakeDnsClient(RECORDS, delay=0.5)
     resolver = DnsMxResolver(client)
     async with trio.open_nursery() as nursery:
         for _ in range(50):
@@ -119,7 +86,7 @@ async def test_concurrent_lookups_coalesce(autojump_clock: trio.testing.MockCloc
 
 
 async def test_cache_expires(autojump_clock: trio.testing.MockClock) -> None:
-    client = FakeClient(RECORDS)
+    client = FakeDnsClient(RECORDS)
     resolver = DnsMxResolver(client, address_cache_ttl=300)
     await resolver.lookup("b.example")
     await trio.sleep(299)
@@ -131,21 +98,21 @@ async def test_cache_expires(autojump_clock: trio.testing.MockClock) -> None:
 
 
 async def test_cache_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
-    resolver = DnsMxResolver(FakeClient(RECORDS), max_cached_hosts=5)
+    resolver = DnsMxResolver(FakeDnsClient(RECORDS), max_cached_hosts=5)
     for i in range(15):
         await resolver.host_addresses(f"mx{i}.many.example")
     assert resolver.statistics()["cached_hosts"] == 5
 
 
 async def test_unresolvable_host_has_no_addresses() -> None:
-    client = FakeClient(RECORDS)
+    client = FakeDnsClient(RECORDS)
     result = await DnsMxResolver(client).lookup("dangling.example")
     assert result.status is MxStatus.FOUND
     assert result.hosts[0] == MxHost("gone.example", 10, ())
 
 
 async def test_partial_address_failure_is_reported() -> None:
-    client = FakeClient(RECORDS, unavailable=frozenset({"mx.flaky.example"}))
+    client = FakeDnsClient(RECORDS, unavailable=frozenset({"mx.flaky.example"}))
     result = await DnsMxResolver(client).lookup("half.example")
     assert result.status is MxStatus.FOUND
     assert result.hosts[0] == MxHost("mx.flaky.example", 10, ())
@@ -154,7 +121,7 @@ async def test_partial_address_failure_is_reported() -> None:
 
 
 async def test_no_host_resolved_and_one_unavailable_raises() -> None:
-    client = FakeClient(RECORDS, unavailable=frozenset({"mx.flaky.example"}))
+    client = FakeDnsClient(RECORDS, unavailable=frozenset({"mx.flaky.example"}))
     resolver = DnsMxResolver(client)
     with pytest.raises(DnsUnavailable, match=r"mx\.flaky\.example"):
         await resolver.lookup("flaky.example")
@@ -166,7 +133,7 @@ async def test_no_host_resolved_and_one_unavailable_raises() -> None:
 
 
 async def test_many_mx_hosts_are_capped() -> None:
-    client = FakeClient(RECORDS)
+    client = FakeDnsClient(RECORDS)
     result = await DnsMxResolver(client, max_mx_hosts=4).lookup("many.example")
     assert [h.name for h in result.hosts] == [f"mx{i}.many.example" for i in range(4)]
     assert result.extra["mx_hosts_dropped"] == "11"
@@ -176,7 +143,7 @@ async def test_many_mx_hosts_are_capped() -> None:
 async def test_waiter_retries_when_owner_is_cancelled(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client = FakeClient(RECORDS, delay=1.0)
+    client = FakeDnsClient(RECORDS, delay=1.0)
     resolver = DnsMxResolver(client)
     results: list[tuple[str, ...]] = []
 

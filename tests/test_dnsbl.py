@@ -18,8 +18,8 @@ from ct_actors.dns.dnsbl import (
     usable_address,
 )
 from ct_actors.net.local_address import LocalAddressConnector
+from ct_actors.testing import FakeDnsClient
 from ct_actors.throttle.blocklist_evidence import DnsblStatus
-from tests.test_dns_mx import FakeClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,7 +73,7 @@ def zone_records(
 
 
 async def test_listed_through_the_wire_format(autojump_clock: trio.testing.MockClock) -> None:
-    client = FakeClient(zone_records(listed=True))
+    client = FakeDnsClient(zone_records(listed=True))
     checker = DnsblChecker(ClientAddressLookup(client), [ZONE])
     result = await checker.check(OURS)
     assert result.status is DnsblStatus.LISTED and result.listed_on == (ZONE,)
@@ -83,10 +83,10 @@ async def test_listed_through_the_wire_format(autojump_clock: trio.testing.MockC
 async def test_not_listed_is_believed_only_from_a_zone_that_lists_its_test_entry(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    good = DnsblChecker(ClientAddressLookup(FakeClient(zone_records(listed=False))), [ZONE])
+    good = DnsblChecker(ClientAddressLookup(FakeDnsClient(zone_records(listed=False))), [ZONE])
     assert (await good.check(OURS)).status is DnsblStatus.NOT_LISTED
     # A zone that says NXDOMAIN to everything (shut down, misspelt, a resolver that lies).
-    dead = FakeClient(zone_records(listed=False, test_entry=False))
+    dead = FakeDnsClient(zone_records(listed=False, test_entry=False))
     result = await DnsblChecker(ClientAddressLookup(dead), [ZONE]).check(OURS)
     assert result.status is DnsblStatus.UNKNOWN
     assert result.answers[0].answer is Answer.BROKEN
@@ -94,7 +94,7 @@ async def test_not_listed_is_believed_only_from_a_zone_that_lists_its_test_entry
 
 
 async def test_a_refused_query_is_not_a_listing(autojump_clock: trio.testing.MockClock) -> None:
-    client = FakeClient(zone_records(listed=True, code="127.255.255.254"))
+    client = FakeDnsClient(zone_records(listed=True, code="127.255.255.254"))
     result = await DnsblChecker(ClientAddressLookup(client), [ZONE]).check(OURS)
     assert result.status is DnsblStatus.UNKNOWN
     assert result.answers[0].answer is Answer.REFUSED
@@ -104,7 +104,7 @@ async def test_a_failing_resolver_gives_no_verdict_and_is_asked_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     name = f"44.33.22.11.{ZONE}"
-    client = FakeClient(zone_records(listed=False), unavailable=frozenset({name}))
+    client = FakeDnsClient(zone_records(listed=False), unavailable=frozenset({name}))
     checker = DnsblChecker(ClientAddressLookup(client), [ZONE])
     for _ in range(2):
         result = await checker.check(OURS)
@@ -116,7 +116,7 @@ async def test_a_failing_resolver_gives_no_verdict_and_is_asked_again(
 async def test_a_slow_resolver_is_bounded_by_the_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client = FakeClient(zone_records(listed=True), delay=60.0)
+    client = FakeDnsClient(zone_records(listed=True), delay=60.0)
     checker = DnsblChecker(ClientAddressLookup(client), [ZONE], timeout=4.0)
     start = trio.current_time()
     result = await checker.check(OURS)
@@ -127,7 +127,7 @@ async def test_a_slow_resolver_is_bounded_by_the_timeout(
 async def test_answers_are_cached_for_the_cache_ttl(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client = FakeClient(zone_records(listed=False))
+    client = FakeDnsClient(zone_records(listed=False))
     checker = DnsblChecker(ClientAddressLookup(client), [ZONE, "other.example.org"], cache_ttl=900)
     await checker.check(OURS)
     asked = sum(client.asked.values())
@@ -147,7 +147,7 @@ async def test_answers_are_cached_for_the_cache_ttl(
 async def test_nothing_is_asked_without_zones_or_a_public_address(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client = FakeClient(zone_records(listed=True))
+    client = FakeDnsClient(zone_records(listed=True))
     none = await DnsblChecker(ClientAddressLookup(client), []).check(OURS)
     assert none.status is DnsblStatus.UNKNOWN and "no DNSBL zone configured" in none.note
     nat = await DnsblChecker(ClientAddressLookup(client), [ZONE]).check("192.168.1.20")
@@ -201,7 +201,7 @@ async def test_the_daemon_builds_its_checker_from_the_config() -> None:
         overrides={"killswitch.dnsbl_zones": "BL.Example.net., other.example.org"},
         probing=False,
     )
-    lookup = ClientAddressLookup(FakeClient(zone_records(listed=True)))
+    lookup = ClientAddressLookup(FakeDnsClient(zone_records(listed=True)))
     async with open_dnsbl(cfg, lookup) as checker:
         assert checker.zones == ("bl.example.net", "other.example.org")
         assert checker.configured and checker.cache_ttl == 900.0

@@ -25,12 +25,17 @@ from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.drain_report import DrainSummary, HeldBack, Switch
 from ct_actors.exit_codes import EXIT_DATABASE, EXIT_HELD, EXIT_OK
 from ct_actors.outcome import Outcome, Passed
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour
+from ct_actors.testing import (
+    FakeStore,
+    MemoryUsageStore,
+    SimResolver,
+    Unavailable,
+    open_sim_connector,
+)
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
-from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
 from tests.test_killswitch_pipeline import (
     BOUND,
     POOL,

@@ -75,11 +75,10 @@ from ct_actors.db import WorkQueue
 from ct_actors.db import queries as q
 from ct_actors.demo.labels import expected_label as sim_expected_label
 from ct_actors.demo.spine import spine_rows
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
+from ct_actors.testing import FakeStore, SimResolver, Unavailable, open_sim_connector
 from ct_actors.toolbox import load_toolbox
-from tests.fakes import FakeStore, Unavailable
 
 pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 

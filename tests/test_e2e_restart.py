@@ -36,9 +36,9 @@ from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.db import DatabaseUnavailable, WorkQueue
 from ct_actors.demo.spine import spine_rows
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
+from ct_actors.testing import SimResolver, open_sim_connector
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
 pytest_plugins = ["dbfixtures", "e2e_fixtures"]

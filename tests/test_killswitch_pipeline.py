@@ -33,13 +33,19 @@ from ct_actors.demo.labels import expected_label
 from ct_actors.dns.types import DnsUnavailable, MxLookup, MxResolver
 from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.sim.memory import SimConnector, SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
+from ct_actors.testing import (
+    FakeStore,
+    MemoryUsageStore,
+    SimConnector,
+    SimResolver,
+    Unavailable,
+    open_sim_connector,
+)
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
-from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
 from tests.test_pipeline_sim import label
 
 pytestmark = pytest.mark.timeout(60)

@@ -34,14 +34,20 @@ from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.demo.labels import expected_label
 from ct_actors.outcome import Outcome
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
 from ct_actors.smtp.client import connect_session
+from ct_actors.testing import (
+    FakeStore,
+    MemoryUsageStore,
+    Report,
+    SimResolver,
+    Unavailable,
+    open_sim_connector,
+)
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
-from tests.fakes import FakeStore, MemoryUsageStore, Report, Unavailable
 from tests.test_pipeline_sim import POOL, label, names_for, spine_for
 
 # The asyncpg pool's per-statement timeout (database.command_timeout's default): how long a call

@@ -17,10 +17,9 @@ from ct_actors.actors.writer import WriterSettings
 from ct_actors.demo.labels import expected_label, result_label
 from ct_actors.outcome import Deferred, Failed, Passed
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
-from tests.fakes import FakeStore, Unavailable
+from ct_actors.testing import FakeStore, SimResolver, Unavailable, open_sim_connector
 
 POOL = PoolSettings(
     port=2525,

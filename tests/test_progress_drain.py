@@ -15,8 +15,8 @@ from ct_actors.config import load_config
 from ct_actors.db import Database, WorkQueue
 from ct_actors.demo.spine import spine_rows
 from ct_actors.service import SystemdService
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.world import World
+from ct_actors.testing import SimResolver, open_sim_connector
 from ct_actors.toolbox import load_toolbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db, pytest.mark.timeout(120)]

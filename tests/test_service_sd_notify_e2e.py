@@ -33,8 +33,8 @@ from ct_actors.app import run_pipeline
 from ct_actors.config import ConfigError, load_config
 from ct_actors.db import Database
 from ct_actors.demo.spine import spine_rows
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.world import World
+from ct_actors.testing import SimResolver, open_sim_connector
 from ct_actors.toolbox import load_toolbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]

@@ -37,12 +37,18 @@ from ct_actors.service import (
     WatchdogPolicy,
 )
 from ct_actors.service.status import budget_pauses, sample_statistics, status_line
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.world import World
+from ct_actors.testing import (
+    FakeStore,
+    MemoryUsageStore,
+    Report,
+    SimResolver,
+    Unavailable,
+    open_sim_connector,
+)
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import SMTP_CHECK, load_toolbox
-from tests.fakes import FakeStore, MemoryUsageStore, Report, Unavailable
 from tests.test_pipeline_sim import names_for, spine_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,7 +22,6 @@ from ct_actors.sim.behaviours import (
     ErrorLimits,
     postgrey_key,
 )
-from ct_actors.sim.memory import open_sim_connector
 from ct_actors.sim.reply_zoo import PROFILES, all_texts
 from ct_actors.sim.server import serve_world
 from ct_actors.sim.smtp_server import handle_session
@@ -31,6 +30,7 @@ from ct_actors.sim.world import Behaviour, Expected, SimDomain, SimHost, World
 from ct_actors.smtp.classify import RcptVerdict, classify_rcpt
 from ct_actors.smtp.client import SmtpTlsError, connect_session, open_session
 from ct_actors.smtp.reply import parse_reply
+from ct_actors.testing import open_sim_connector
 
 LAT = 0.05
 SENDER = "probe@sender.test"

@@ -1,6 +1,6 @@
 """Issue 10, item 5 (second half): slow hosts (tarpits) must not starve the global connection cap.
 
-`smtp_probe` through the real pools on the fake mail network (tests/actor_support.py), under the
+`smtp_probe` through the real pools on the fake mail network (`MailHostNet`), under the
 autojump MockClock. A tarpit answers every command 29 s late (just inside command_timeout,
 30 s), as Exim's `delay` ACL modifier or a Postfix past `smtpd_soft_error_limit` with a long
 `smtpd_error_sleep_time` would; a healthy host answers in 0.25 s. A domain's default plan on a
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 import trio.testing
+from trio import current_time as now
 
 from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
@@ -30,16 +31,19 @@ from ct_actors.net.connector import Connector
 from ct_actors.outcome import Passed
 from ct_actors.probe.domain_probe import DomainResult, RetryPolicy
 from ct_actors.probe.visit import HostVisit
-from ct_actors.smtp.testing import (
+from ct_actors.testing import (
+    HELO,
+    MAIL_FROM,
     Expect,
     Hang,
+    MailHost,
+    MailHostNet,
     ScriptedConnector,
     Step,
     closing,
     opening,
     reply,
 )
-from tests.actor_support import HELO, MAIL_FROM, FakeNet, MailHost, now
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,7 +101,7 @@ async def network(
     hosts: Sequence[MailHost], *, max_connections: int, settings: PoolSettings = SETTINGS
 ) -> AsyncIterator[SmtpPoolManager]:
     async with trio.open_nursery() as nursery:
-        net = FakeNet(nursery, hosts)
+        net = MailHostNet(nursery, hosts)
         manager = SmtpPoolManager(settings, net, max_connections=max_connections)
         await nursery.start(manager.run)
         try:
@@ -388,7 +392,7 @@ async def test_a_slow_tls_handshake_cut_for_the_slow_share_is_not_a_broken_tls_s
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
             scripted = ScriptedConnector(nursery, silent_tls, answering)
-            net = FakeNet(nursery, [tarpit])
+            net = MailHostNet(nursery, [tarpit])
             routes: dict[str, Connector] = {tarpit.address: net, b.address: scripted}
             manager = SmtpPoolManager(settings, ByAddress(routes), max_connections=4)
             await nursery.start(manager.run)

@@ -33,7 +33,8 @@ from ct_actors.smtp.client import (
     connect_session,
     open_session,
 )
-from ct_actors.smtp.testing import (
+from ct_actors.smtp.types import Reply
+from ct_actors.testing import (
     Close,
     Expect,
     Hang,
@@ -46,7 +47,6 @@ from ct_actors.smtp.testing import (
     opening,
     reply,
 )
-from ct_actors.smtp.types import Reply
 from tests.shared_docs import skip_unless_ci
 
 BOUND = 600.0

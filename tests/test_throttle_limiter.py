@@ -10,10 +10,10 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
+from ct_actors.testing import MemoryUsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolLimiter, ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, RateLimit, ToolSpec, load_toolbox
-from tests.fakes import MemoryUsageStore
 
 BOUND = 100_000  # virtual seconds: autojump makes every wait instant in wall time
 REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")

@@ -41,13 +41,18 @@ from ct_actors.dns.types import MxHost, MxLookup
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.visit import HostVisit
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
+from ct_actors.testing import (
+    FakeStore,
+    MemoryUsageStore,
+    SimResolver,
+    Unavailable,
+    open_sim_connector,
+)
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, ToolSpec, load_toolbox
-from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
 from tests.test_pipeline_sim import label, names_for, spine_for
 
 pytestmark = pytest.mark.timeout(60)

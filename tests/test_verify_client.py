@@ -18,19 +18,8 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from ct_actors.throttle.calendar import UtcClock
-from ct_actors.throttle.killswitch import KillSwitches
-from ct_actors.toolbox import load_toolbox
-from ct_actors.verify.answer import VendorVerdict, parse_answer, parse_retry_after
-from ct_actors.verify.client import MillionVerifierClient
-from ct_actors.verify.errors import (
-    RejectedKind,
-    UnavailableKind,
-    VerifierError,
-    VerifierRejected,
-    VerifierUnavailable,
-)
-from ct_actors.verify.fake_api import (
+from ct_actors.testing import MemoryVerifierLedger
+from ct_actors.testing.verifier import (
     Answer,
     CreditsExhausted,
     Drop,
@@ -43,8 +32,19 @@ from ct_actors.verify.fake_api import (
     rate_limited,
     server_error,
 )
+from ct_actors.throttle.calendar import UtcClock
+from ct_actors.throttle.killswitch import KillSwitches
+from ct_actors.toolbox import load_toolbox
+from ct_actors.verify.answer import VendorVerdict, parse_answer, parse_retry_after
+from ct_actors.verify.client import MillionVerifierClient
+from ct_actors.verify.errors import (
+    RejectedKind,
+    UnavailableKind,
+    VerifierError,
+    VerifierRejected,
+    VerifierUnavailable,
+)
 from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
-from ct_actors.verify.memory import MemoryVerifierLedger
 from tests.verify_support import with_spec
 
 pytestmark = pytest.mark.timeout(60)

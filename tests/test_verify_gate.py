@@ -19,6 +19,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from ct_actors.db.errors import DatabaseUnavailable
+from ct_actors.testing import MemoryUsageStore, MemoryVerifierLedger
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolLimiter
@@ -33,8 +34,6 @@ from ct_actors.verify.errors import (
 )
 from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
 from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry
-from ct_actors.verify.memory import MemoryVerifierLedger
-from tests.fakes import MemoryUsageStore
 from tests.verify_support import with_spec
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from ct_actors.testing.verifier import open_fake_api
 from ct_actors.verify.answer import VendorVerdict
 from ct_actors.verify.client import MillionVerifierClient, without_query
 from ct_actors.verify.errors import (
@@ -25,7 +26,6 @@ from ct_actors.verify.errors import (
     VerifierRejected,
     VerifierUnavailable,
 )
-from ct_actors.verify.fake_api import open_fake_api
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,13 +16,19 @@ import trio
 from conftest_db import Db, insert_spine, passed
 
 from ct_actors.db import Database, WorkQueue, open_database
+from ct_actors.testing.verifier import (
+    Answer,
+    FakeMillionVerifier,
+    Hang,
+    open_fake_api,
+    rate_limited,
+)
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.toolbox import ToolSpec, load_toolbox
 from ct_actors.verify.answer import VendorVerdict
 from ct_actors.verify.client import MillionVerifierClient
 from ct_actors.verify.decision import DecisionKind, SkipReason
-from ct_actors.verify.fake_api import Answer, FakeMillionVerifier, Hang, open_fake_api, rate_limited
 from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier, GateSettings
 from ct_actors.verify.ledger import LedgerStatus, SpendRow
 from ct_actors.verify.pg_ledger import PgVerifierLedger

@@ -15,18 +15,23 @@ import trio
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.outcome import Failed, FailureCode, Passed
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import World
+from ct_actors.testing import (
+    FakeStore,
+    MemoryUsageStore,
+    MemoryVerifierLedger,
+    SimResolver,
+    Unavailable,
+    open_sim_connector,
+)
+from ct_actors.testing.verifier import open_fake_api
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import EMAIL_VERIFIER, load_toolbox
 from ct_actors.verify.factory import make_email_verifier
-from ct_actors.verify.fake_api import open_fake_api
 from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier
-from ct_actors.verify.memory import MemoryVerifierLedger
-from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
 from tests.test_pipeline_sim import POOL, settings, spine_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,7 +9,7 @@ unparsed, so junk or spoofing attempts cost almost nothing.
 Replies are read by `wire.parse_reply` (a small strict parser, dnspython only for what it
 declines), and attempts wait parked on their task rather than on an Event inside a cancel scope:
 one timer task expires them in deadline order. Together that took the client from ~0.5 ms to
-~0.15-0.2 ms of CPU per MX lookup (see `ct_actors.dns.bench`).
+~0.15-0.2 ms of CPU per MX lookup (see `ct_actors.demo.dns_bench`).
 
 Trade-off of sharing: the source port is fixed for the client's lifetime, so off-path spoofing
 resistance rests on the 16-bit random id, the question match and the source address check.

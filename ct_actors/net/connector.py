@@ -1,7 +1,7 @@
 """The network seam: everything that opens a TCP connection goes through a `Connector`.
 
-Production uses `TrioConnector`; tests inject an in-memory connector (see `ct_actors.sim.memory`)
-so that SMTP conversations run under `trio.testing.MockClock` with exact virtual timelines.
+Production uses `TrioConnector`; tests inject an in-memory connector (`ct_actors.testing`) so
+that SMTP conversations run under `trio.testing.MockClock` with exact virtual timelines.
 Timeouts are the caller's job (`trio.fail_after`), which keeps fakes trivial.
 """
 

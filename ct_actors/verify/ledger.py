@@ -57,7 +57,7 @@ class SpendRow:
 
 class VerifierLedger(Protocol):
     """What `EmailVerifier` needs from storage (`ct_actors.verify.pg_ledger.PgVerifierLedger`
-    implements it in PostgreSQL, `ct_actors.verify.memory.MemoryVerifierLedger` in memory)."""
+    implements it in PostgreSQL, `ct_actors.testing.MemoryVerifierLedger` in memory)."""
 
     async def verifier_entry(self, address: str) -> VerifierEntry | None:
         """The address's row, or None."""

@@ -1,12 +1,25 @@
-"""An in-memory stand-in for the PostgreSQL store, with the same claim/lease/write semantics
-the real one enforces in SQL (terminal rows are never overwritten)."""
+"""The store's rooms in memory, with the semantics the PostgreSQL ones enforce in SQL, for
+MockClock tests: each call checkpoints once where the real store has a round trip, then reads
+and writes with no await in between (atomic under trio, as each statement is in PostgreSQL).
+
+* `FakeStore`: the work queue (claims, leases, outcomes, the outcome log); terminal rows are
+  never overwritten. `fail_writes` makes the next writes raise `Unavailable`; `fence` applies
+  the write fence.
+* `MemoryUsageStore`: the usage book (day/month budgets).
+* `MemoryVerifierLedger`: the verifier's ledger and monthly spend.
+
+One instance shared by several components plays "several daemons on one database"; keeping the
+instance across a simulated restart plays "the rows survive a restart".
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -14,6 +27,7 @@ import trio
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.db.usage import check_usage_window
 from ct_actors.outcome import Deferred, Outcome
+from ct_actors.verify.ledger import LedgerStatus, SpendRow, VerifierEntry
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,8 @@ class Unavailable(Exception):
 
 
 class FakeStore:
+    """`WorkQueue` in memory, over a spine of outreach id -> domain."""
+
     def __init__(self, spine: dict[uuid.UUID, str | None]) -> None:
         self.spine = dict(spine)
         self.terminal: dict[uuid.UUID, Outcome] = {}
@@ -215,3 +231,108 @@ class MemoryUsageStore:
         await trio.lowlevel.checkpoint()
         self._begin("usage", tool_id, scope, window_start, 0)
         return self.used.get((tool_id, scope, window_start), 0)
+
+
+class MemoryVerifierLedger:
+    """`VerifierLedger` in memory: the semantics of the SQL in `ct_actors.db.queries`
+    (VERIFIER_*)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, VerifierEntry] = {}
+        self.spend: dict[tuple[str, dt.datetime], SpendRow] = {}
+        self.calls: list[str] = []  # method names, in call order (failed ones included)
+        self.fail_calls = 0  # raise DatabaseUnavailable for the next N calls
+
+    async def _begin(self, method: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(method)
+        if self.fail_calls:
+            self.fail_calls -= 1
+            raise DatabaseUnavailable(f"{method}: database unavailable (fake)")
+
+    async def verifier_entry(self, address: str) -> VerifierEntry | None:
+        await self._begin("entry")
+        return self.entries.get(address)
+
+    async def verifier_claim(
+        self, address: str, owner: str, at: dt.datetime, max_attempts: int
+    ) -> int | None:
+        await self._begin("claim")
+        current = self.entries.get(address)
+        if current is None:
+            self.entries[address] = VerifierEntry(address, owner, LedgerStatus.PENDING, 1, at)
+            return 1
+        if current.status is LedgerStatus.UNAVAILABLE and current.attempts < max_attempts:
+            self.entries[address] = dataclasses.replace(
+                current,
+                owner=owner,
+                status=LedgerStatus.PENDING,
+                attempts=current.attempts + 1,
+                attempted_at=at,
+                finished_at=None,
+                detail=None,
+            )
+            return current.attempts + 1
+        return None
+
+    async def verifier_finish(
+        self,
+        address: str,
+        owner: str,
+        *,
+        status: LedgerStatus,
+        at: dt.datetime,
+        verdict: str | None = None,
+        result: str | None = None,
+        credits_after: int | None = None,
+        cost: Decimal = Decimal(0),
+        detail: str | None = None,
+    ) -> bool:
+        await self._begin("finish")
+        current = self.entries.get(address)
+        if current is None or current.owner != owner or current.status is not LedgerStatus.PENDING:
+            return False
+        self.entries[address] = dataclasses.replace(
+            current,
+            status=status,
+            finished_at=at,
+            verdict=verdict,
+            result=result,
+            credits_after=credits_after,
+            cost=current.cost + cost,
+            detail=detail,
+        )
+        return True
+
+    async def verifier_release(self, address: str, owner: str) -> bool:
+        await self._begin("release")
+        current = self.entries.get(address)
+        if current is None or current.owner != owner or current.status is not LedgerStatus.PENDING:
+            return False
+        del self.entries[address]
+        return True
+
+    async def verifier_reserve_spend(
+        self, tool_id: str, month: dt.datetime, amount: Decimal, cap: Decimal | None
+    ) -> Decimal | None:
+        await self._begin("reserve_spend")
+        row = self.spend.get((tool_id, month), SpendRow(0, Decimal(0)))
+        total = row.spent + amount
+        if cap is not None and total > cap:
+            return None
+        self.spend[(tool_id, month)] = SpendRow(row.calls + 1, total)
+        return total
+
+    async def verifier_refund_spend(
+        self, tool_id: str, month: dt.datetime, amount: Decimal
+    ) -> None:
+        await self._begin("refund_spend")
+        row = self.spend.get((tool_id, month))
+        if row is not None:
+            self.spend[(tool_id, month)] = SpendRow(
+                max(0, row.calls - 1), max(Decimal(0), row.spent - amount)
+            )
+
+    async def verifier_spend(self, tool_id: str, month: dt.datetime) -> SpendRow:
+        await self._begin("spend")
+        return self.spend.get((tool_id, month), SpendRow(0, Decimal(0)))

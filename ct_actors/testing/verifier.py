@@ -1,4 +1,4 @@
-"""A local fake of MillionVerifier's single-address API (v3), on loopback, for tests and demos.
+"""A local fake of MillionVerifier's single-address API (v3), on loopback, for tests.
 
     fake = FakeMillionVerifier(api_key="test-key-123456")
     async with trio.open_nursery() as nursery:

@@ -1,6 +1,6 @@
 """Micro-benchmark: MX lookups per second through UdpDnsClient + DnsMxResolver on loopback.
 
-    python -m ct_actors.dns.bench [--lookups 20000] [--concurrency 500] [--separate-process]
+    python -m ct_actors.demo.dns_bench [--lookups 20000] [--concurrency 500] [--separate-process]
 
 By default the responder (FakeDnsServer) runs in this process: "cpu_ms_per_lookup" includes
 it, and "client_cpu_ms_per_lookup" subtracts the time it spends decoding queries and encoding
@@ -23,9 +23,9 @@ import dns.message
 import trio
 
 from ct_actors.dns.client import UdpDnsClient
-from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import MxStatus
+from ct_actors.testing.dns import FakeDnsServer, Records
 
 HOST = "127.0.77.1"
 
@@ -110,7 +110,7 @@ def _bench_separate_process(
     args: argparse.Namespace, lookups: int, concurrency: int
 ) -> dict[str, float]:
     child = subprocess.Popen(
-        [sys.executable, "-m", "ct_actors.dns.bench", "--serve", *_record_args(args)],
+        [sys.executable, "-m", "ct_actors.demo.dns_bench", "--serve", *_record_args(args)],
         stdout=subprocess.PIPE,
         text=True,
     )

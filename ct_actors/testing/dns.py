@@ -1,16 +1,25 @@
-"""A small recursive-resolver look-alike on loopback, for tests and the benchmark.
+"""DNS doubles: a resolver look-alike on loopback, the same table without sockets, and the
+simulated world's MX answers.
 
-It answers from an in-memory record table over UDP and TCP on the same port, follows CNAMEs
-within the table, returns NXDOMAIN/NODATA with an SOA in the authority section like a real
-resolver, and truncates (TC) UDP replies larger than the query's EDNS payload. Tests subclass
-it and override `handle_udp` to drop, delay, reorder or forge datagrams.
+* `FakeDnsServer`: a small recursive-resolver look-alike on loopback, for the UDP client's tests
+  and the DNS benchmark (`ct_actors.demo.dns_bench`). It answers from an in-memory record table
+  over UDP and TCP on the same port, follows CNAMEs within the table, returns NXDOMAIN/NODATA
+  with an SOA in the authority section like a real resolver, and truncates (TC) UDP replies
+  larger than the query's EDNS payload. Tests subclass it and override `handle_udp` to drop,
+  delay, reorder or forge datagrams.
+* `FakeDnsClient`: a `DnsClient` answering from the same kind of table without sockets (the
+  replies still go through the wire format and our parser), for the MX resolver and the DNSBL
+  checker under MockClock.
+* `SimResolver`: an `MxResolver` answering from the simulated world's tables (the pipeline
+  tests' resolver, beside `SimConnector`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -25,6 +34,11 @@ import dns.rrset
 import trio
 
 from ct_actors.dns import wire
+from ct_actors.dns.client import DnsReply
+from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
+from ct_actors.sim.stats import SimStats
+from ct_actors.sim.world import World
+from ct_actors.sim.world_types import Behaviour
 
 # owner name -> [(type, rdata text)], e.g. {"example.com": [("MX", "10 mx.example.com.")]}
 Records = Mapping[str, Sequence[tuple[str, str]]]
@@ -177,3 +191,71 @@ async def _receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes |
             return None
         buf += chunk
     return bytes(buf)
+
+
+class FakeDnsClient:
+    """Answers from a FakeDnsServer's table without sockets; can delay and fail names."""
+
+    def __init__(
+        self, records: Records, *, delay: float = 0.0, unavailable: frozenset[str] = frozenset()
+    ) -> None:
+        self.server = FakeDnsServer(records, rcodes={n: "SERVFAIL" for n in unavailable})
+        self.delay = delay
+        self.asked: Counter[tuple[str, str]] = Counter()
+
+    async def exchange(
+        self, name: str | dns.name.Name, rdtype: dns.rdatatype.RdataType | str
+    ) -> DnsReply:
+        query = dns.message.make_query(name, rdtype)
+        question = query.question[0]
+        key = (
+            question.name.to_text(omit_final_dot=True).lower(),
+            dns.rdatatype.to_text(question.rdtype),
+        )
+        self.asked[key] += 1
+        await trio.sleep(self.delay)
+        # Through the wire format and the client's own parser, as a real reply would go.
+        data = self.server.build_response(query).to_wire()
+        return DnsReply(wire.decode_reply(data), "192.0.2.53", False, data)
+
+
+class SimResolver:
+    """`MxResolver` answering from the world's tables, optionally after `latency` seconds."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        latency: float = 0.0,
+        unavailable: Collection[str] = (),
+        stats: SimStats | None = None,
+    ) -> None:
+        self.world = world
+        self.latency = latency
+        self.unavailable = frozenset(d.lower() for d in unavailable)  # -> DnsUnavailable
+        self.stats = stats
+        self.nameserver = f"{world.dns_address}:{world.dns_port}"
+
+    async def lookup(self, domain: str) -> MxLookup:
+        if self.latency:
+            await trio.sleep(self.latency)
+        else:
+            await trio.lowlevel.checkpoint()
+        name = domain.lower().rstrip(".")
+        if self.stats is not None:
+            self.stats.dns_queries["MX"] += 1
+        if name in self.unavailable:
+            raise DnsUnavailable(name, "simulated resolver failure", self.nameserver)
+        d = self.world.domains.get(name)
+        ns = self.nameserver
+        if d is None or d.behaviour is Behaviour.NXDOMAIN:
+            return MxLookup(name, MxStatus.NXDOMAIN, detail="NXDOMAIN", nameserver=ns)
+        if d.null_mx:
+            return MxLookup(name, MxStatus.NULL_MX, detail="null MX (RFC 7505)", nameserver=ns)
+        if not d.has_mx:
+            return MxLookup(name, MxStatus.NO_MX, detail="no MX records", nameserver=ns)
+        hosts = tuple(
+            MxHost(host, pref, (self.world.hosts[host].ip,) if host in self.world.hosts else ())
+            for pref, host in sorted(d.mx)
+        )
+        return MxLookup(name, MxStatus.FOUND, hosts, nameserver=ns)

@@ -1,26 +1,175 @@
-"""A fake mail network for actor tests: responsive SMTP hosts on in-memory streams.
+"""SMTP servers on in-memory streams: a scripted one and a rule-driven one.
 
-Unlike `ct_actors.smtp.testing.ScriptedServer` (a fixed script per connection), a `MailHost`
-answers whatever the client asks, by rules: which local parts exist, a catch-all, greylisting,
-a per-transaction recipient limit, per-address reply overrides, dropping a connection at a given
-command. Every line the server reads is recorded with its virtual receive time and session
-number, and the host counts concurrent sessions, so tests can assert exact command sequences,
-exact timelines and concurrency limits. Everything waits with `trio.sleep` only, so it runs under
-`MockClock(autojump_threshold=0)`.
+`ScriptedServer` plays a fixed script per connection, for tests of the SMTP client and session
+(the exact dialogue: which bytes, in which order, TLS)::
+
+    script = [
+        *opening(extensions=("PIPELINING", "ENHANCEDSTATUSCODES")),
+        Expect("MAIL FROM:"), reply(250, "2.1.0 Ok"),
+        Expect("RCPT TO:<nobody@example.com>"), reply(550, "5.1.1 User unknown"),
+        *closing(),
+    ]
+    async with trio.open_nursery() as nursery:
+        connector = ScriptedConnector(nursery, script)
+        async with open_session(connector, "192.0.2.1", 25, ...) as session: ...
+
+`Expect` fails loudly (AssertionError in the server task, which fails the test through the
+nursery) when the client sends something else, or closes early. When the script runs out the
+server keeps reading (and recording) until the client closes.
+
+`MailHost` answers whatever the client asks, by rules, for tests of the pools and the probe:
+which local parts exist, a catch-all, greylisting, a per-transaction recipient limit,
+per-address reply overrides, dropping a connection at a given command. Every line it reads is
+recorded with its virtual receive time and session number, and it counts concurrent sessions,
+so tests can assert exact command sequences, timelines and concurrency limits (its network is
+`MailHostNet`). `HELO`, `MAIL_FROM`, `EHLO`, `MAIL`, `rcpt()` and `anon()` spell the command
+lines it records for the identity the actor tests configure.
+
+Both wait with `trio.sleep` only, so they run under `MockClock(autojump_threshold=0)` with
+exact virtual times.
 """
 
 from __future__ import annotations
 
-import errno
-import math
 import re
-from collections.abc import Callable, Iterable
+import ssl
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
-import trio.testing
 
 from ct_actors.dns.types import MxHost
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write these bytes as they are (use `reply()` to build well-formed replies)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Read one line; it must start with `prefix` (case-insensitive)."""
+
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection now (the client sees EOF)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hang:
+    """Never answer again: read and record lines until the client closes."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """Become the server side of a TLS handshake on this connection."""
+
+    context: ssl.SSLContext
+
+
+Step = Send | Expect | Sleep | Close | Hang | StartTls
+
+
+def reply(code: int, *lines: str, bare_lf: bool = False) -> Send:
+    """A reply with one line per argument (``250-a``, ``250 b``); no argument: just the code."""
+    texts = lines or ("",)
+    eol = "\n" if bare_lf else "\r\n"
+    out = []
+    for i, text in enumerate(texts):
+        sep = " " if i == len(texts) - 1 else "-"
+        out.append(f"{code}{sep}{text}".rstrip(" ") + eol)
+    return Send("".join(out).encode("utf-8"))
+
+
+def opening(
+    greeting: str = "mx.test ESMTP",
+    extensions: Iterable[str] = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
+    *,
+    ehlo_prefix: str = "EHLO ",
+) -> list[Step]:
+    """220 greeting, then EHLO answered with the given extensions."""
+    return [
+        reply(220, greeting),
+        Expect(ehlo_prefix),
+        reply(250, "mx.test Hello", *extensions),
+    ]
+
+
+def closing() -> list[Step]:
+    """QUIT answered with 221, then the server closes."""
+    return [Expect("QUIT"), reply(221, "2.0.0 Bye"), Close()]
+
+
+class ScriptedServer:
+    def __init__(self, script: Sequence[Step]) -> None:
+        self.script = list(script)
+        self.received: list[str] = []
+        self.tls = False
+        self.finished = trio.Event()
+        self._buf = bytearray()
+
+    async def run(self, stream: trio.abc.Stream) -> None:
+        try:
+            for step in self.script:
+                if isinstance(step, Send):
+                    await stream.send_all(step.data)
+                elif isinstance(step, Expect):
+                    line = await self._readline(stream)
+                    if line is None:
+                        raise AssertionError(f"client closed while server expected {step.prefix!r}")
+                    if not line.upper().startswith(step.prefix.upper()):
+                        raise AssertionError(f"server expected {step.prefix!r}, got {line!r}")
+                elif isinstance(step, Sleep):
+                    await trio.sleep(step.seconds)
+                elif isinstance(step, Close):
+                    return
+                elif isinstance(step, Hang):
+                    break
+                else:
+                    ssl_stream = trio.SSLStream(stream, step.context, server_side=True)
+                    await ssl_stream.do_handshake()
+                    stream = ssl_stream
+                    self.tls = True
+            while await self._readline(stream) is not None:
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away while we were sending
+        finally:
+            await trio.aclose_forcefully(stream)
+            self.finished.set()
+
+    async def _readline(self, stream: trio.abc.Stream) -> str | None:
+        line = await _read_line(self._buf, stream)
+        if line is not None:
+            self.received.append(line)
+        return line
+
+
+async def _read_line(buf: bytearray, stream: trio.abc.ReceiveStream) -> str | None:
+    """The next line from `stream` without its CRLF (None at EOF); `buf` keeps what was read
+    past it, for the next call."""
+    while (nl := buf.find(b"\n")) < 0:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        buf += data
+    raw = bytes(buf[: nl + 1])
+    del buf[: nl + 1]
+    return raw.rstrip(b"\r\n").decode("utf-8", "replace")
+
+
+# --- a rule-driven mail host -----------------------------------------------------------------
 
 HELO = "probe.ct-actors.test"
 MAIL_FROM = "bounce@ct-actors.test"
@@ -30,8 +179,11 @@ _CATCHALL_RE = re.compile(r"ct-probe-[0-9a-f]{20}")
 RcptRule = Callable[[str], tuple[int, str] | None]
 
 
-def now() -> float:
-    return trio.current_time()
+class SessionCount(Protocol):
+    """The network's count of open sessions, across its hosts (`MailHostNet`)."""
+
+    active: int
+    max_active: int
 
 
 def anon(line: str) -> str:
@@ -95,7 +247,7 @@ class MailHost:
     def times(self, prefix: str) -> list[float]:
         return [e.time for e in self.events if e.line.upper().startswith(prefix.upper())]
 
-    async def serve(self, stream: trio.abc.Stream, net: FakeNet) -> None:
+    async def serve(self, stream: trio.abc.Stream, net: SessionCount) -> None:
         self.sessions += 1
         session = self.sessions
         self.active += 1
@@ -115,8 +267,8 @@ class MailHost:
     def rcpt_reply(self, address: str, in_transaction: int) -> tuple[int, str]:
         local = address.partition("@")[0].lower()
         if self.greylist is not None:
-            first = self._first_seen.setdefault(address.lower(), now())
-            if now() - first < self.greylist:
+            first = self._first_seen.setdefault(address.lower(), trio.current_time())
+            if trio.current_time() - first < self.greylist:
                 return 451, "4.7.1 Greylisted, try again later"
         if self.rcpt_limit is not None and in_transaction > self.rcpt_limit:
             return 452, "4.5.3 Too many recipients"
@@ -147,22 +299,12 @@ class _Conversation:
         await self.stream.send_all("".join(out).encode())
         return code != 421
 
-    async def readline(self) -> str | None:
-        while (nl := self.buf.find(b"\n")) < 0:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self.buf += data
-        raw = bytes(self.buf[: nl + 1])
-        del self.buf[: nl + 1]
-        return raw.rstrip(b"\r\n").decode()
-
     async def run(self) -> None:
         host = self.host
         if not await self.send(*host.greeting) or host.greeting[0] >= 400:
             return
-        while (line := await self.readline()) is not None:
-            host.events.append(Event(now(), self.session, line))
+        while (line := await _read_line(self.buf, self.stream)) is not None:
+            host.events.append(Event(trio.current_time(), self.session, line))
             drop = host.drop.get(self.session)
             if drop is not None and line.upper().startswith(drop.upper()):
                 return  # close without a reply
@@ -201,35 +343,6 @@ class _Conversation:
                 ok = await self.send(502, "5.5.2 Command not implemented")
             if not ok:
                 return
-
-
-class FakeNet:
-    """A `Connector` over a set of `MailHost`s, keyed by address; unknown addresses refuse."""
-
-    def __init__(self, nursery: trio.Nursery, hosts: Iterable[MailHost]) -> None:
-        self._nursery = nursery
-        self.hosts = {h.address: h for h in hosts}
-        self.attempts: list[tuple[float, str]] = []
-        self.active = 0
-        self.max_active = 0
-
-    async def connect(self, address: str, port: int) -> trio.abc.Stream:
-        self.attempts.append((now(), address))
-        host = self.hosts.get(address)
-        if host is not None:
-            host.connects.append(now())
-        delay = host.connect_delay if host is not None else 0.0
-        if delay == math.inf:
-            await trio.sleep_forever()
-        if delay:
-            await trio.sleep(delay)
-        else:
-            await trio.lowlevel.checkpoint()
-        if host is None or host.refuse:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"Connection refused: {address}")
-        client, server = trio.testing.memory_stream_pair()
-        self._nursery.start_soon(host.serve, server, self)
-        return client
 
 
 def rcpt(local: str, domain: str) -> str:
