@@ -228,3 +228,27 @@ def test_a_slow_host_gets_one_session_until_the_marking_lapses() -> None:
     stats = window.statistics()
     assert (stats["slow_until"], stats["slow_marked"], stats["slow_replies"]) == (700.0, 1, 2)
     assert window.on_slow_reply(800.0)  # lapsed, then slow again: a new marking
+
+
+def test_accepted_rcpts_free_their_places_whatever_their_order_and_time() -> None:
+    # Places freed out of order, several at one moment (MockClock time stands still while a
+    # pipelined group is reserved): the window counts exactly the rejected and the in-flight.
+    window = HostWindow(HostWindowSettings(max_rejected=3, rejected_window=60.0))
+    assert all(window.reserve_rejection(0.0) for _ in range(3))
+    assert window.rejection_wait(0.0) == 60.0
+    window.settle_rejection(0.0, rejected=False)  # one of the three at t=0 was accepted
+    assert window.rejection_wait(0.0) == 0.0
+    assert window.reserve_rejection(5.0)
+    window.settle_rejection(5.0, rejected=False)  # the newest, freed before older ones
+    window.settle_rejection(0.0, rejected=True)
+    window.settle_rejection(0.0, rejected=False)
+    assert window.statistics()["rejected_in_window"] == 1  # only the rejection at t=0
+    assert window.reserve_rejection(6.0) and window.reserve_rejection(7.0)
+    assert window.rejection_wait(8.0) == 52.0  # full again: until the rejection at 0 expires
+    assert window.rejection_wait(60.0) == 0.0  # it has: the two at 6 and 7 remain
+    assert window.statistics()["rejected_in_window"] == 2
+    window.settle_rejection(6.0, rejected=False)
+    window.settle_rejection(7.0, rejected=False)
+    window.settle_rejection(0.0, rejected=False)  # long expired: nothing to free
+    assert window.statistics()["rejected_in_window"] == 0
+    assert window.rejection_wait(61.0) == 0.0

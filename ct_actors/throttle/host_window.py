@@ -27,7 +27,6 @@ slower with more. The window learnt before is kept and applies again once the ma
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -87,7 +86,12 @@ class HostWindow:
         # Learnt from the host: it tolerates fewer rejected commands per session than this.
         self.error_limit: int | None = None
         # Times of rejected RCPTs (and of RCPTs in flight holding a reservation), oldest first.
+        # An accepted RCPT frees its place lazily (`_freed`: times freed but still in the
+        # deque, and how many at each time), so settling costs O(1), not a search of the
+        # window (thousands of places on a big provider's host).
         self._rejections: deque[float] = deque()
+        self._freed: dict[float, int] = {}
+        self._freed_count = 0
         self._rejected: deque[float] = deque()  # settled rejections only, for the peak
         self._rejected_peak = 0  # most rejections seen in one window
         self._rejected_total = 0
@@ -183,14 +187,36 @@ class HostWindow:
         return self._rejected_peak
 
     def _expire(self, now: float) -> None:
+        """Drop places out of the window, and freed places at its start, so that the oldest
+        place left (if any) is a rejection or a reservation still in flight."""
         horizon = now - self.settings.rejected_window
-        while self._rejections and self._rejections[0] <= horizon:
-            self._rejections.popleft()
+        places, freed = self._rejections, self._freed
+        while places:
+            oldest = places[0]
+            if oldest <= horizon or oldest in freed:
+                places.popleft()
+                self._unfree(oldest)
+            else:
+                break
+
+    def _unfree(self, place: float) -> None:
+        """A place left the deque: if it was a freed one, it is not waiting any more."""
+        count = self._freed.get(place)
+        if count is None:
+            return
+        self._freed_count -= 1
+        if count == 1:
+            del self._freed[place]
+        else:
+            self._freed[place] = count - 1
+
+    def _in_window(self) -> int:
+        return len(self._rejections) - self._freed_count
 
     def rejection_wait(self, now: float) -> float:
         """Seconds until one more RCPT may be sent (0: now)."""
         self._expire(now)
-        if len(self._rejections) < self.settings.max_rejected:
+        if self._in_window() < self.settings.max_rejected:
             return 0.0
         return self._rejections[0] + self.settings.rejected_window - now
 
@@ -211,9 +237,11 @@ class HostWindow:
                 self._rejected.popleft()
             self._rejected_peak = max(self._rejected_peak, len(self._rejected))
             return
-        # (Already expired out of the window if it is not there any more.)
-        with contextlib.suppress(ValueError):
-            self._rejections.remove(reserved_at)
+        # Places are in time order and a time's places leave the deque together when they
+        # expire, so a place at `reserved_at` is still there unless it has expired.
+        if self._rejections and reserved_at >= self._rejections[0]:
+            self._freed[reserved_at] = self._freed.get(reserved_at, 0) + 1
+            self._freed_count += 1
 
     def revive(self) -> None:
         """Forget the dead marking and its streak: the operator says the cause was ours (a
@@ -238,7 +266,7 @@ class HostWindow:
             "dead_streak": self._streak,
             "slow_until": self._slow_until if math.isfinite(self._slow_until) else None,
             "error_limit": self.error_limit,
-            "rejected_in_window": len(self._rejections),
+            "rejected_in_window": self._in_window(),
             "rejected_peak": self._rejected_peak,
             "rejected_total": self._rejected_total,
             **self._counts,
