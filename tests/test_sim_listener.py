@@ -63,6 +63,10 @@ async def _banner(ip: str, port: int) -> bytes:
         return data
 
 
+def _greeting(host: SimHost) -> bytes:
+    return f"220 {host.name} ESMTP ct-actors-sim\r\n".encode()
+
+
 async def _reset_before_any_byte(ip: str, port: int) -> None:
     """The connect succeeds (the wildcard listener takes every address), then the first read
     finds the connection reset, not a byte of data and not a clean end."""
@@ -106,18 +110,9 @@ async def test_one_listener_serves_many_hosts_told_apart_by_local_address() -> N
     assert a.ip != b.ip
     with trio.fail_after(30):
         async with served(world) as stats:
-            assert (
-                await _banner(a.ip, world.smtp_port)
-                == f"220 {a.name} ESMTP ct-actors-sim\r\n".encode()
-            )
-            assert (
-                await _banner(b.ip, world.smtp_port)
-                == f"220 {b.name} ESMTP ct-actors-sim\r\n".encode()
-            )
-            assert (
-                await _banner(a.ip, world.smtp_port)
-                == f"220 {a.name} ESMTP ct-actors-sim\r\n".encode()
-            )
+            assert await _banner(a.ip, world.smtp_port) == _greeting(a)
+            assert await _banner(b.ip, world.smtp_port) == _greeting(b)
+            assert await _banner(a.ip, world.smtp_port) == _greeting(a)
     assert dict(stats.connections) == {a.name: 2, b.name: 1}
     assert stats.smtp_listener.startswith(f"0.0.0.0:{world.smtp_port}")
 
@@ -135,9 +130,7 @@ async def test_dead_and_unknown_addresses_accept_then_reset_and_are_counted() ->
             await _reset_before_any_byte(unknown, world.smtp_port)
             await _reset_before_any_byte(unknown, world.smtp_port)
             # The live second MX of the same domain answers on the same listener.
-            assert (await _banner(live.ip, world.smtp_port)).startswith(
-                f"220 {live.name} ".encode()
-            )
+            assert await _banner(live.ip, world.smtp_port) == _greeting(live)
     snap = stats.statistics()
     assert (snap["reset_dead_host"], snap["reset_unknown_address"]) == (1, 2)
     assert stats.reset_dead_host == {dead.name: 1}
@@ -161,19 +154,12 @@ async def test_the_prober_passes_a_first_mx_dead_domain_on_its_second_mx() -> No
         connect_timeout=5.0,
         command_timeout=10.0,
     )
-    policy = RetryPolicy(
-        greylist_delay=1.0,
-        greylist_retries=1,
-        throttle_delay=1.0,
-        throttle_retries=1,
-        defer_seconds=60.0,
-    )
     with trio.fail_after(30):
         async with served(world) as stats, trio.open_nursery() as nursery:
             manager = SmtpPoolManager(settings, TrioConnector(), max_connections=8)
             await nursery.start(manager.run)
             lookup = await SimResolver(world).lookup(domain.name)
-            result = await smtp_probe(lookup, world.people(domain.name), manager, policy)
+            result = await smtp_probe(lookup, world.people(domain.name), manager, RetryPolicy())
             manager.close()
             nursery.cancel_scope.cancel()
     expected = world.expected(domain.name)
@@ -222,14 +208,8 @@ async def test_a_world_of_50000_hosts_costs_a_handful_of_descriptors() -> None:
         before = _open_fds()
         async with served(world):
             serving = _open_fds()
-            assert (
-                await _banner(first.ip, world.smtp_port)
-                == f"220 {first.name} ESMTP ct-actors-sim\r\n".encode()
-            )
-            assert (
-                await _banner(last.ip, world.smtp_port)
-                == f"220 {last.name} ESMTP ct-actors-sim\r\n".encode()
-            )
+            assert await _banner(first.ip, world.smtp_port) == _greeting(first)
+            assert await _banner(last.ip, world.smtp_port) == _greeting(last)
         after = _open_fds()
     print(f"\nopen descriptors: {before} before, {serving} serving {n} hosts, {after} after")
     assert serving - before <= 4  # the SMTP listener, the DNS socket, trio's bookkeeping
