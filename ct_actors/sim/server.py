@@ -27,18 +27,19 @@ Hosts that are not listening (`SimHost.listening == False`). With one listener p
 was bound on a dead host's IP and a connect was refused (ECONNREFUSED). A wildcard listener
 holds the port for every address, and the kernel cannot refuse a SYN for one address while it
 does (no per-address refusal without netfilter or eBPF, which CI does not have); a second port
-for dead hosts would need the prober to be told a port the world's DNS does not give, i.e. a
-lie to the prober. So a dead host's address accepts and resets at once (`SO_LINGER` 0 sends an
-RST, before any byte): what a TCP load balancer with no healthy backend does (Envoy's TCP proxy
+for dead hosts would need the prober to be told a port the world's DNS does not give, i.e. a lie
+to the prober; and ::1, which the IPv4 wildcard does not hold, would refuse faithfully but is one
+address for every dead host (the prober keys its pools by address: the first refusal would mark
+them all dead). So a dead host's address accepts and resets at once (`SO_LINGER` 0 sends an RST,
+before any byte): what a TCP load balancer with no healthy backend does (Envoy's TCP proxy
 closes the downstream connection with response flag UH, "no healthy upstream"; HAProxy in TCP
-mode accepts and closes when no server is up), and what a host whose SMTP daemon dies on
-accept looks like. The prober sees its connect succeed and the session "closed before any
-answer" at the greeting: a DISCONNECTED visit, the walk moves on to the next MX
-(probe/domain_walk.py), so the world's expectation (`first_mx_dead` passes on its second MX)
-holds; what changes is the visit's detail ("greeting: ..." instead of "connect: ECONNREFUSED")
-and that such a host is not marked dead for the back-off (only connect failures and timeouts
-are). The in-memory connector (`memory.py`) still refuses, the faithful behaviour, since it has
-no port to share. An address no simulated host has is treated the same way
+mode accepts and closes when no server is up). The prober sees its connect succeed and the
+session "closed before any answer" at the greeting: a DISCONNECTED visit, the walk moves on to
+the next MX (probe/domain_walk.py), so the world's expectation (`first_mx_dead` passes on its
+second MX) holds; what changes is the visit's detail ("greeting: ..." instead of "connect:
+ECONNREFUSED") and that such a host is not marked dead for the back-off (only connect failures
+and timeouts are). The in-memory connector (`memory.py`) still refuses, the faithful behaviour,
+since it has no port to share. An address no simulated host has is treated the same way
 (`SimStats.reset_unknown_address`).
 """
 
