@@ -19,7 +19,7 @@ from ct_actors.net.connector import TrioConnector
 from ct_actors.outcome import Passed
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.memory import SimResolver
-from ct_actors.sim.server import connection_allowed, serve_world
+from ct_actors.sim.server import connection_allowed, open_smtp_listener, serve_world
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
 
@@ -102,6 +102,23 @@ def test_connection_allowed_only_when_both_ends_are_in_127_8(
     peer: str, local: str, allowed: bool
 ) -> None:
     assert connection_allowed(peer, local) is allowed
+
+
+async def test_the_listener_is_bound_to_lo_or_says_it_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = _free_port(socket.SOCK_STREAM)
+    listener, where = await open_smtp_listener(port)
+    with listener.socket:
+        assert listener.socket.getsockname() == ("0.0.0.0", port)
+        device = listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
+    # Unprivileged since Linux 5.7 (older kernels: CAP_NET_RAW), so the first fence is up.
+    assert (where, device.rstrip(b"\0")) == (f"0.0.0.0:{port} on lo", b"lo")
+    # A kernel that refuses the option: a plain wildcard, and the ready line says so.
+    monkeypatch.delattr(socket, "SO_BINDTODEVICE")
+    listener, where = await open_smtp_listener(port)
+    with listener.socket:
+        assert where == f"0.0.0.0:{port} (any device: loopback-only by address check)"
 
 
 async def test_one_listener_serves_many_hosts_told_apart_by_local_address() -> None:
