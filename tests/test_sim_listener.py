@@ -15,10 +15,10 @@ import trio
 from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.connector import TrioConnector
 from ct_actors.outcome import Passed
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.sim.memory import SimResolver
 from ct_actors.sim.server import connection_allowed, open_smtp_listener, serve_world
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
@@ -171,11 +171,14 @@ async def test_the_prober_passes_a_first_mx_dead_domain_on_its_second_mx() -> No
         connect_timeout=5.0,
         command_timeout=10.0,
     )
+    # The world's MX answer, as its DNS server gives it.
+    mx = tuple(MxHost(name, pref, (world.hosts[name].ip,)) for pref, name in sorted(domain.mx))
+    assert [h.name for h in mx] == [dead.name, live.name]
+    lookup = MxLookup(domain.name, MxStatus.FOUND, mx)
     with trio.fail_after(30):
         async with served(world) as stats, trio.open_nursery() as nursery:
             manager = SmtpPoolManager(settings, TrioConnector(), max_connections=8)
             await nursery.start(manager.run)
-            lookup = await SimResolver(world).lookup(domain.name)
             result = await smtp_probe(lookup, world.people(domain.name), manager, RetryPolicy())
             manager.close()
             nursery.cancel_scope.cancel()

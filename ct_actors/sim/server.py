@@ -38,7 +38,7 @@ session "closed before any answer" at the greeting: a DISCONNECTED visit, the wa
 the next MX (probe/domain_walk.py), so the world's expectation (`first_mx_dead` passes on its
 second MX) holds; what changes is the visit's detail ("greeting: ..." instead of "connect:
 ECONNREFUSED") and that such a host is not marked dead for the back-off (only connect failures
-and timeouts are). The in-memory connector (`memory.py`) still refuses, the faithful behaviour,
+and timeouts are). The in-memory connector (`SimConnector`) still refuses, the faithful behaviour,
 since it has no port to share. An address no simulated host has is treated the same way
 (`SimStats.reset_unknown_address`).
 """
