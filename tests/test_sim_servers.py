@@ -556,12 +556,16 @@ async def test_serve_world_on_loopback() -> None:
                 assert await c.one("QUIT") == "221 2.0.0 Bye"
                 assert await c.at_eof()
 
+            # One wildcard listener serves every address, so a dead host cannot refuse the
+            # connect: it accepts and resets before any byte (server.py says why).
             dead = world.mx_hosts(world.by_behaviour(Behaviour.FIRST_MX_DEAD)[0].name)[0]
-            with pytest.raises(OSError):
-                await trio.open_tcp_stream(dead.ip, world.smtp_port)
+            async with await trio.open_tcp_stream(dead.ip, world.smtp_port) as stream:
+                with pytest.raises(trio.BrokenResourceError):
+                    await stream.receive_some(4096)
             nursery.cancel_scope.cancel()
     snap = stats.statistics()
     assert snap["connections_by_host"] == {host.name: 1}
+    assert snap["reset_dead_host"] == 1
     assert snap["dns_queries"] == {"MX": 3, "A": 1}
 
 

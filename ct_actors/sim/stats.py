@@ -46,6 +46,12 @@ class SimStats:
         self.error_delays: Counter[str] = Counter()  # per host, replies slowed by the soft limit
         self.greet_421: Counter[str] = Counter()  # per host, banner refusals
         self.tls_broken: Counter[str] = Counter()  # per host, failed TLS handshakes
+        # The one SMTP listener (server.py): how it is bound, and the connections it reset
+        # before any byte instead of serving them.
+        self.smtp_listener = ""
+        self.closed_not_loopback = 0  # peer or local address outside 127.0.0.0/8
+        self.reset_dead_host: Counter[str] = Counter()  # per host with listening=False
+        self.reset_unknown_address = 0  # a local address no simulated host has
 
     def connection_opened(self, host: str) -> int:
         """Count a new connection and return its 0-based sequence number on that host."""
@@ -92,6 +98,9 @@ class SimStats:
             "error_delays": sum(self.error_delays.values()),
             "greet_421": sum(self.greet_421.values()),
             "tls_broken": sum(self.tls_broken.values()),
+            "closed_not_loopback": self.closed_not_loopback,
+            "reset_dead_host": sum(self.reset_dead_host.values()),
+            "reset_unknown_address": self.reset_unknown_address,
             "dns_queries": dict(self.dns_queries),
             "dns_rcodes": dict(self.dns_rcodes),
             "dns_malformed": self.dns_malformed,

@@ -166,7 +166,9 @@ class SimHost:
     name: str
     ip: str
     behaviour: Behaviour
-    listening: bool = True  # False: nothing is bound on the IP, connections are refused
+    # False: the SMTP service is down. The in-memory connector refuses; the socket simulator,
+    # whose one wildcard listener holds the port for every address, accepts and resets.
+    listening: bool = True
     conn_limit: int | None = None  # simultaneous sessions before `421 4.7.0`
     greylist_delay: float = 0.0
     tarpit_delay: float = 0.0
