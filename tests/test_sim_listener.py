@@ -109,15 +109,15 @@ async def test_the_listener_is_bound_to_lo_or_says_it_is_not(
 ) -> None:
     port = _free_port(socket.SOCK_STREAM)
     listener, where = await open_smtp_listener(port)
-    with listener.socket:
-        assert listener.socket.getsockname() == ("0.0.0.0", port)
-        device = listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
+    with listener:
+        assert listener.getsockname() == ("0.0.0.0", port)
+        device = listener.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
     # Unprivileged since Linux 5.7 (older kernels: CAP_NET_RAW), so the first fence is up.
     assert (where, device.rstrip(b"\0")) == (f"0.0.0.0:{port} on lo", b"lo")
     # A kernel that refuses the option: a plain wildcard, and the ready line says so.
     monkeypatch.delattr(socket, "SO_BINDTODEVICE")
     listener, where = await open_smtp_listener(port)
-    with listener.socket:
+    with listener:
         assert where == f"0.0.0.0:{port} (any device: loopback-only by address check)"
 
 

@@ -46,15 +46,17 @@ since it has no port to share. An address no simulated host has is treated the s
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import ipaddress
 import resource
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from ct_actors.net.tcp_stream import TcpStream
 from ct_actors.sim.dns_server import BrokenDns, serve_dns
 from ct_actors.sim.smtp_server import DEFAULT_IDLE_TIMEOUT, handle_session
 from ct_actors.sim.stats import SimStats
@@ -91,44 +93,42 @@ def connection_allowed(peer: str, local: str) -> bool:
     return True
 
 
-def _reset(sock: trio.socket.SocketType) -> None:
+def _reset(stream: TcpStream) -> None:
     """Close with an RST, before any byte is sent."""
     with contextlib.suppress(OSError):  # already reset by the peer: a plain close will do
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-    sock.close()
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    stream.close()
 
 
-async def _dispatch(
-    world: World, stats: SimStats, idle_timeout: float, stream: trio.SocketStream
-) -> None:
+async def _dispatch(world: World, stats: SimStats, idle_timeout: float, stream: TcpStream) -> None:
     """One accepted connection: the simulated host its local address names, or a reset."""
     sock = stream.socket
     try:
         local = str(sock.getsockname()[0])
         peer = str(sock.getpeername()[0])
     except OSError:
-        sock.close()  # reset by the peer before we looked
+        stream.close()  # reset by the peer before we looked
         return
     if not connection_allowed(peer, local):
         stats.closed_not_loopback += 1
-        _reset(sock)
+        _reset(stream)
         return
     host = world.host_by_ip(local)
     if host is None:
         stats.reset_unknown_address += 1
-        _reset(sock)
+        _reset(stream)
         return
     if not host.listening:
         stats.reset_dead_host[host.name] += 1
-        _reset(sock)
+        _reset(stream)
         return
     await handle_session(stream, host, world, stats, peer=peer, idle_timeout=idle_timeout)
 
 
-async def open_smtp_listener(port: int) -> tuple[trio.SocketListener, str]:
+async def open_smtp_listener(port: int) -> tuple[socket.socket, str]:
     """The one SMTP listener: 0.0.0.0:`port`, on the loopback device where the kernel allows it.
     Returns it and a description of the binding (for the simulator's ready line)."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         where = f"0.0.0.0:{port} on lo"
@@ -136,12 +136,39 @@ async def open_smtp_listener(port: int) -> tuple[trio.SocketListener, str]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
         except (OSError, AttributeError):
             where = f"0.0.0.0:{port} (any device: loopback-only by address check)"
-        await sock.bind(("0.0.0.0", port))
+        sock.bind(("0.0.0.0", port))
         sock.listen(socket.SOMAXCONN)
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock), where
+    await trio.lowlevel.checkpoint()
+    return sock, where
+
+
+# accept() errors that mean "too busy right now", as trio.serve_listeners treats them.
+_ACCEPT_BUSY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+async def _accept_loop(
+    listener: socket.socket,
+    handler: Callable[[TcpStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """Accept for ever, each connection a `TcpStream` served in its own task. The simulator
+    shares two cores with the prober it serves, so its connections go through the same lean
+    stream as the prober's (net/tcp_stream.py) rather than trio.SocketStream."""
+    while True:
+        await trio.lowlevel.wait_readable(listener)
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_BUSY:
+                raise
+            await trio.sleep(0.1)  # out of descriptors or memory: let connections finish
+            continue
+        nursery.start_soon(handler, TcpStream(conn))
 
 
 async def serve_world(
@@ -160,8 +187,7 @@ async def serve_world(
     raise_nofile_limit()
     stats = stats if stats is not None else SimStats()
     listener, stats.smtp_listener = await open_smtp_listener(world.smtp_port)
-    # serve_listeners does not close its listener when cancelled.
-    with listener.socket:
+    with listener:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_dns, world, stats)
             for broken in broken_dns:
@@ -176,9 +202,5 @@ async def serve_world(
                     )
                 )
             handler = functools.partial(_dispatch, world, stats, idle_timeout)
-            nursery.start_soon(
-                functools.partial(
-                    trio.serve_listeners, handler, [listener], handler_nursery=nursery
-                )
-            )
+            nursery.start_soon(_accept_loop, listener, handler, nursery)
             task_status.started(stats)
