@@ -564,7 +564,7 @@ async def test_dead_host_backoff_doubles_while_the_host_stays_unreachable(
     assert skipped.outcome == VisitOutcome.HOST_DEAD
     assert back.outcome == VisitOutcome.CONCLUDED
     assert [t for t, _ in net.attempts] == [0.0, 300.0, 900.0]
-    assert (stats["dead_marked"], stats["dead_streak"]) == (2, 0)  # the success reset it
+    assert (stats.dead_marked, stats.dead_streak) == (2, 0)  # the success reset it
 
 
 async def test_smtp_quit_timeout_bounds_the_quit_of_every_session(

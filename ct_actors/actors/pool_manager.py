@@ -210,9 +210,9 @@ def _nothing_learnt(window: HostWindow, now: float) -> bool:
     stats = window.statistics()
     return (
         window.limit == window.settings.initial
-        and stats["dead_streak"] == 0
+        and stats.dead_streak == 0
         and window.error_limit is None
-        and stats["rejected_in_window"] == 0
+        and stats.rejected_in_window == 0
         and not window.is_slow(now)
     )
 

@@ -46,6 +46,7 @@ from ct_actors.probe.visit import (
     VisitOutcome,
     dead_host_visit,
 )
+from ct_actors.statistics import as_log
 from ct_actors.throttle.blocklist_evidence import (
     Assessment,
     BlocklistEvidence,
@@ -269,13 +270,13 @@ class SmtpGuard:
             if self.last_connected is None
             else round(now - self.last_connected, 1),
             "blocklist": {
-                **self._evidence.statistics(now),
+                **as_log(self._evidence.statistics(now)),
                 **self._stats,
                 "sending_address": self.sending_address(),
             },
-            "refusal_streaks": self._streaks.statistics(),
+            "refusal_streaks": as_log(self._streaks.statistics()),
             "dnsbl": self.dnsbl.statistics(),
-            "unreachable": self._unreachable.statistics(),
+            "unreachable": as_log(self._unreachable.statistics()),
         }
 
 

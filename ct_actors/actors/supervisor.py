@@ -34,6 +34,7 @@ from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.nameservers import QuerySettings
 from ct_actors.dns.types import MxResolver
 from ct_actors.outcome import Outcome
+from ct_actors.statistics import as_log
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.verify.gate import EmailVerifier
@@ -280,8 +281,8 @@ class Supervisor:
             "smtp": smtp,
             "smtp_guard": self.guard.statistics(),
             "writer": writer,
-            "throttles": self.throttles.statistics() if self.throttles is not None else {},
-            "kill_switches": self.switches.statistics(),
+            "throttles": as_log(self.throttles.statistics()) if self.throttles is not None else {},
+            "kill_switches": as_log(self.switches.statistics()),
             **(
                 {"verifier": self.verifier.statistics().as_log()}
                 if self.verifier is not None
