@@ -28,7 +28,9 @@ import trio.testing
 
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.log import configure_logging
+from ct_actors.sim.__main__ import stopped_event
 from ct_actors.sim.world import World
+from ct_actors.toolbox import SMTP_CHECK
 from ct_actors.verify.fake_api import open_fake_api
 from tests.fakes import FakeStore, MemoryUsageStore
 from tests.test_pipeline_sim import spine_for
@@ -37,7 +39,6 @@ from tests.test_throttle_pipeline import (
     DAY_LIMIT,
     MIDNIGHT,
     SMTP,
-    SMTP_KEY,
     run_pipeline,
     throttles,
     with_limit,
@@ -46,6 +47,7 @@ from tests.test_verify_pipeline import REGISTRY
 from tests.test_verify_pipeline import run as run_verified
 
 pytestmark = pytest.mark.timeout(60)
+SMTP_KEY = f"{SMTP_CHECK} {SMTP.name}"  # the line's `throttles` key, "TOOL-005 SMTPCheck"
 
 GOLDEN = Path(__file__).parent / "data" / "stats_line_shape.json"
 # Maps whose keys are data (outcome codes, host names, query types), not names of fields.
@@ -125,7 +127,7 @@ async def test_the_stats_lines_keep_their_keys_and_value_types(
     # The line while waiting shows when work resumes; the final one, that it did.
     assert throttled[0]["throttles"][SMTP_KEY]["paused_until"] == MIDNIGHT.isoformat()
     assert throttled[1]["throttles"][SMTP_KEY]["paused_until"] is None
-    sim_line = json.loads(json.dumps(run.stats.statistics()))
+    sim_line = json.loads(json.dumps(stopped_event("SIGTERM", run.stats)))["stats"]
     got = {"stats": merged(throttled), "sim_stopped.stats": merged([sim_line])}
     record_or_compare("throttled", got)
 

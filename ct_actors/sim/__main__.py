@@ -17,9 +17,16 @@ import trio
 
 from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
+from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import World
 from ct_actors.sim.world_generator import DEFAULT_MIX, NAMED_MIXES
 from ct_actors.sim.world_types import Behaviour
+from ct_actors.statistics import as_log
+
+
+def stopped_event(signal_name: str, stats: SimStats) -> dict[str, Any]:
+    """The `sim_stopped` line: the logging edge of the sim's statistics."""
+    return {"event": "sim_stopped", "signal": signal_name, "stats": as_log(stats.statistics())}
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -125,13 +132,7 @@ async def _serve(world: World, world_file: Path, broken_dns: Sequence[BrokenDns]
                 }
             )
             async for signum in signals:
-                _emit(
-                    {
-                        "event": "sim_stopped",
-                        "signal": signal.Signals(signum).name,
-                        "stats": stats.statistics(),
-                    }
-                )
+                _emit(stopped_event(signal.Signals(signum).name, stats))
                 nursery.cancel_scope.cancel()
                 break
 
