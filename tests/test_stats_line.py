@@ -15,7 +15,6 @@ Re-record with CT_RECORD_STATS_SHAPE=1 only for an intended, documented change o
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -31,7 +30,6 @@ from ct_actors.log import configure_logging
 from ct_actors.sim.__main__ import stopped_event
 from ct_actors.sim.world import World
 from ct_actors.toolbox import SMTP_CHECK
-from ct_actors.verify.fake_api import open_fake_api
 from tests.fakes import FakeStore, MemoryUsageStore
 from tests.test_pipeline_sim import spine_for
 from tests.test_throttle_pipeline import (
@@ -39,12 +37,12 @@ from tests.test_throttle_pipeline import (
     DAY_LIMIT,
     MIDNIGHT,
     SMTP,
+    Run,
     run_pipeline,
     throttles,
     with_limit,
 )
-from tests.test_verify_pipeline import REGISTRY
-from tests.test_verify_pipeline import run as run_verified
+from tests.test_verify_pipeline import run_money_capped
 
 pytestmark = pytest.mark.timeout(60)
 SMTP_KEY = f"{SMTP_CHECK} {SMTP.name}"  # the line's `throttles` key, "TOOL-005 SMTPCheck"
@@ -101,7 +99,7 @@ def log_lines() -> Any:
         configure_logging("json", "info")
 
 
-async def paused_and_resumed(clock: trio.testing.MockClock) -> Any:
+async def paused_and_resumed() -> Run:
     """The pipeline waiting for the SMTPCheck daily budget, with a stats line while it waits;
     returns the run (its final line is logged by the supervisor)."""
     assert trio.current_time() == 0.0
@@ -121,7 +119,7 @@ async def paused_and_resumed(clock: trio.testing.MockClock) -> Any:
 async def test_the_stats_lines_keep_their_keys_and_value_types(
     autojump_clock: trio.testing.MockClock, log_lines: Any
 ) -> None:
-    run = await paused_and_resumed(autojump_clock)
+    run = await paused_and_resumed()
     throttled = [line for line in log_lines() if line["event"] in ("stats", "stats_final")]
     assert [line["event"] for line in throttled] == ["stats", "stats_final"]
     # The line while waiting shows when work resumes; the final one, that it did.
@@ -132,27 +130,11 @@ async def test_the_stats_lines_keep_their_keys_and_value_types(
     record_or_compare("throttled", got)
 
 
-def test_the_verifier_stats_line_keeps_its_keys_and_value_types(log_lines: Any) -> None:
-    async def main() -> None:
-        world = World.generate(4, 20, latency_ms=0, jitter_ms=0)
-        mail = sorted(d for d in world.domains if world.domain(d).has_mx)
-        spec = REGISTRY.email_verifier
-        cost = dataclasses.replace(spec.cost, monthly_budget_cap=spec.cost.per_call * 3)
-        spine, _ = spine_for(world)
-        with trio.fail_after(30):
-            async with open_fake_api() as api:
-                for d in mail:
-                    api.set_result(f"info@{d}", "invalid")
-                assert api.base_url is not None
-                await run_verified(
-                    world,
-                    FakeStore(spine),
-                    api.base_url,
-                    api.api_key,
-                    dataclasses.replace(spec, cost=cost),
-                )
-
-    trio.run(main)
+async def test_the_verifier_stats_line_keeps_its_keys_and_value_types(log_lines: Any) -> None:
+    world = World.generate(4, 20, latency_ms=0, jitter_ms=0)
+    spine, _ = spine_for(world)
+    with trio.fail_after(30):
+        await run_money_capped(world, FakeStore(spine), cap_calls=3)
     final = [line for line in log_lines() if line["event"] == "stats_final"]
     assert len(final) == 1 and final[0]["verifier"]["budget_switch"] is True
     record_or_compare("verified", {"stats": merged(final)})
