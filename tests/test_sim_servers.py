@@ -27,6 +27,7 @@ import trio.testing
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, MxStatus
+from ct_actors.log import as_log
 from ct_actors.sim.__main__ import build_parser, main
 from ct_actors.sim.dns_server import BrokenDns, DnsResponder, serve_dns
 from ct_actors.sim.memory import SimResolver, open_sim_connector
@@ -34,7 +35,6 @@ from ct_actors.sim.server import serve_world
 from ct_actors.sim.smtp_server import handle_session
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import SHARED_HOSTS, Behaviour, SimDomain, SimHost, World
-from ct_actors.statistics import as_log
 
 LAT = 0.05  # the test world's fixed reply latency, seconds
 SENDER = "probe@sender.test"

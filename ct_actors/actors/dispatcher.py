@@ -28,6 +28,7 @@ from ct_actors.dns.domain_failures import (
     DomainFailuresStatistics,
 )
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
+from ct_actors.log import fields_as_log
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Result
 from ct_actors.probe.domain_probe import (
@@ -39,7 +40,6 @@ from ct_actors.probe.domain_probe import (
 )
 from ct_actors.probe.input_stage import Unusable, accept, input_evidence
 from ct_actors.probe.normalise import NormalisedDomain
-from ct_actors.statistics import fields_as_log
 from ct_actors.ttl_cache import TtlCache
 from ct_actors.verify.policy import AddressVerifier, verify_weak_pass
 

@@ -41,13 +41,13 @@ from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.config import KillSwitchConfig
 from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult, DnsblStatistics
 from ct_actors.dns.types import MxHost
+from ct_actors.log import fields_as_log
 from ct_actors.probe.visit import (
     NO_CONNECTION_TRIED,
     HostVisit,
     VisitOutcome,
     dead_host_visit,
 )
-from ct_actors.statistics import fields_as_log
 from ct_actors.throttle.blocklist_evidence import (
     Assessment,
     BlocklistEvidence,

@@ -15,7 +15,7 @@ from ct_actors.actors.pool_statistics import PoolManagerStatistics
 from ct_actors.actors.resolver_stage import ResolverStatistics
 from ct_actors.actors.smtp_gate import GuardStatistics
 from ct_actors.actors.writer import WriterStatistics
-from ct_actors.statistics import as_log, fields_as_log
+from ct_actors.log import as_log, fields_as_log
 from ct_actors.throttle.killswitch import KillSwitchesStatistics
 from ct_actors.throttle.limiter import ThrottlesStatistics
 from ct_actors.verify.statistics import VerifierStatistics

@@ -26,7 +26,7 @@ from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.fakeserver import FakeDnsServer, Records
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import MxStatus
-from ct_actors.statistics import fields_as_log
+from ct_actors.log import fields_as_log
 
 HOST = "127.0.77.1"
 

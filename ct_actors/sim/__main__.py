@@ -15,13 +15,13 @@ from typing import Any, NamedTuple
 
 import trio
 
+from ct_actors.log import as_log
 from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import World
 from ct_actors.sim.world_generator import DEFAULT_MIX, NAMED_MIXES
 from ct_actors.sim.world_types import Behaviour
-from ct_actors.statistics import as_log
 
 
 def stopped_event(signal_name: str, stats: SimStats) -> dict[str, Any]:

@@ -25,7 +25,7 @@ class RcptEvent(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class SimStatistics:
     """What the simulated servers saw, as a value; the sim's `sim_stopped` line carries it as
-    `stats` (rendered by `ct_actors.statistics.as_log`)."""
+    `stats` (rendered by `ct_actors.log.as_log`)."""
 
     connections: int
     connections_by_host: Mapping[str, int]

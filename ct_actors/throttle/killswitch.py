@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from ct_actors.statistics import as_log
+from ct_actors.log import as_log
 
 
 def _check_threshold(threshold: int) -> None:

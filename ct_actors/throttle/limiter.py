@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from ct_actors.config import ThrottleConfig
-from ct_actors.statistics import fields_as_log
+from ct_actors.log import fields_as_log
 from ct_actors.throttle.budget import BudgetStatistics, CalendarBudget, UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.window import KeyedWindow, SlidingWindow
