@@ -54,7 +54,7 @@ class SupervisorStatistics:
     smtp: PoolManagerStatistics
     smtp_guard: GuardStatistics
     writer: WriterStatistics
-    throttles: ThrottlesStatistics | None  # None without throttles (tests, `once`)
+    throttles: ThrottlesStatistics | None  # None for a supervisor built without throttles
     kill_switches: KillSwitchesStatistics
     verifier: VerifierStatistics | None  # None unless verifier.enabled
 
