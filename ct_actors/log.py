@@ -159,6 +159,7 @@ def _add_logger_name(logger: WrappedLogger, _name: str, event_dict: EventDict) -
 # ─── processors ──────────────────────────────────────────────────────────────────────────────
 
 _PLAIN = (int, float, bool, type(None))
+_PLAIN_TEXT = frozenset((*_PLAIN, str))
 
 
 def _redact_value(value: Any, redact: Redactor) -> Any:
@@ -330,12 +331,14 @@ def as_log(value: object) -> Any:
     fields in declaration order, a datetime ISO 8601 text, an enum its value, a Decimal exact
     decimal text. A value whose line is not just its fields (flattened or renamed keys that the
     dashboards read, docs/monitoring.md) says so in its own `as_log()` method, called here."""
+    if type(value) in _PLAIN_TEXT:
+        return value  # most of a line: counts, flags, names; no walk of the checks below
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         own = getattr(value, "as_log", None)
         if own is not None:
             return own()
         return fields_as_log(value)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict | Mapping):
         return {_log_key(k): as_log(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [as_log(v) for v in value]
