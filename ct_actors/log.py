@@ -20,6 +20,7 @@ it was built with -- so this module keeps one set of long-lived objects and muta
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import enum
@@ -37,7 +38,15 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from ct_actors.redact import Redactor
 
-__all__ = ["LEVELS", "configure_logging", "get_logger", "set_level", "set_secrets"]
+__all__ = [
+    "LEVELS",
+    "as_log",
+    "configure_logging",
+    "fields_as_log",
+    "get_logger",
+    "set_level",
+    "set_secrets",
+]
 
 LEVELS: dict[str, int] = {
     "debug": logging.DEBUG,
@@ -150,6 +159,7 @@ def _add_logger_name(logger: WrappedLogger, _name: str, event_dict: EventDict) -
 # ─── processors ──────────────────────────────────────────────────────────────────────────────
 
 _PLAIN = (int, float, bool, type(None))
+_PLAIN_TEXT = frozenset((*_PLAIN, str))
 
 
 def _redact_value(value: Any, redact: Redactor) -> Any:
@@ -308,3 +318,44 @@ def get_logger(name: str) -> FilteringBoundLogger:
     `structlog.get_logger(name)`, which the rest of the code base may use directly."""
     # A lazy proxy: safe to call at import time, before configure_logging().
     return cast(FilteringBoundLogger, structlog.get_logger(name))
+
+
+# ─── statistics at the logging edge ──────────────────────────────────────────────────────────
+# Statistics are values (docs/design.md, "Statistics are values"): every component's
+# `statistics()` returns a frozen dataclass with typed fields, and text happens once, here, when
+# one becomes a log line (the supervisor's `stats` line, the sim's `sim_stopped` line).
+
+
+def as_log(value: object) -> Any:
+    """A statistics value as a log line's JSON-ready object: a dataclass becomes an object of its
+    fields in declaration order, a datetime ISO 8601 text, an enum its value, a Decimal exact
+    decimal text. A value whose line is not just its fields (flattened or renamed keys that the
+    dashboards read, docs/monitoring.md) says so in its own `as_log()` method, called here."""
+    if type(value) in _PLAIN_TEXT:
+        return value  # most of a line: counts, flags, names; no walk of the checks below
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        own = getattr(value, "as_log", None)
+        if own is not None:
+            return own()
+        return fields_as_log(value)
+    if isinstance(value, dict | Mapping):
+        return {_log_key(k): as_log(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_log(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
+
+
+def fields_as_log(value: Any) -> dict[str, Any]:
+    """A dataclass's fields, each rendered by `as_log`: for an `as_log()` method that adds to or
+    renames a few of them."""
+    return {f.name: as_log(getattr(value, f.name)) for f in dataclasses.fields(value)}
+
+
+def _log_key(key: object) -> str:
+    return str(key.value) if isinstance(key, enum.Enum) else str(key)

@@ -19,6 +19,7 @@ from trio import current_time as now
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.pool_statistics import PoolManagerStatistics, PoolStatistics
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.probe.plan import Conclusion, ProbePlan
 from ct_actors.probe.visit import HostVisit, VisitOutcome
@@ -106,23 +107,23 @@ async def test_two_domains_reuse_one_session_with_rset_and_quit_at_idle_timeout(
             assert now() == 2.25
             await trio.sleep(5)
             pool = manager.pool(host.mx)
-            assert pool.statistics() == {
-                "host": "mx1.test",
-                "workers": 1,  # idle, without a session, until pool_idle_seconds
-                "idle_workers": 1,
-                "open_sessions": 0,
-                "window": 2,
-                "rcpt_limit": 10,
-                "dead": False,
-                "slow": False,
-                "slow_sessions": 0,
-                "requests": 2,
-                "sessions_opened": 1,
-                "rcpts": 4,
-                "failures": 0,
-                "error_limits_hit": 0,
-                "tls_fallbacks": 0,
-            }
+            assert pool.statistics() == PoolStatistics(
+                host="mx1.test",
+                workers=1,  # idle, without a session, until pool_idle_seconds
+                idle_workers=1,
+                open_sessions=0,
+                window=2,
+                rcpt_limit=10,
+                dead=False,
+                slow=False,
+                slow_sessions=0,
+                requests=2,
+                sessions_opened=1,
+                rcpts=4,
+                failures=0,
+                error_limits_hit=0,
+                tls_fallbacks=0,
+            )
     assert (first.outcome, first.reused_session) == (VisitOutcome.CONCLUDED, False)
     assert (second.outcome, second.reused_session) == (VisitOutcome.CONCLUDED, True)
     assert first.replies == [
@@ -172,7 +173,7 @@ async def test_session_older_than_reuse_seconds_is_quit_and_not_reused(
     assert host.times("QUIT") == [3.5, 8.5]
     assert host.times("EHLO") == [0.25, 5.25]
     assert host.commands(2) == [EHLO, *default_domain("c.test"), "QUIT"]
-    assert stats["sessions_opened"] == 2
+    assert stats.sessions_opened == 2
 
 
 async def test_idle_worker_retires_and_manager_retires_the_pool(
@@ -190,9 +191,9 @@ async def test_idle_worker_retires_and_manager_retires_the_pool(
             assert (pool.workers, pool.open_sessions) == (1, 0)
             await trio.sleep_until(13.6)
             assert pool.workers == 0
-            assert manager.statistics()["pools"] == 1  # not reaped before the next sweep
+            assert manager.statistics().pools == 1  # not reaped before the next sweep
             await trio.sleep_until(14.9)
-            assert manager.statistics()["pools_retired"] == 0
+            assert manager.statistics().pools_retired == 0
             await trio.sleep_until(15.5)
             retired = manager.statistics()
             # The next domain on that host gets a new pool and a new session.
@@ -201,28 +202,28 @@ async def test_idle_worker_retires_and_manager_retires_the_pool(
             await trio.sleep_until(20.0)
             again = manager.statistics()
     assert host.times("QUIT") == [3.25, 16.75 + 2.0]
-    assert retired == {
+    assert retired == PoolManagerStatistics(
         # The window (with a.test's rejected catch-all probe) outlives the retired pool.
-        "rejected_rcpts_peak": 1,
-        "rejected_rcpts_peak_host": "192.0.2.1",  # politeness is per IP address
-        "rejection_budget_waits": 0,
-        "pools": 0,
-        "pools_created": 1,
-        "pools_retired": 1,
-        "sessions_opened_total": 1,
-        "open_sessions": 0,
-        "connections_in_use": 0,
-        "dead_hosts": 0,
-        "slow_hosts": 0,
-        "slow_connections_in_use": 0,
-        "slow_connections_max": 16,  # a quarter of max_connections (64)
-        "slow_share_waits": 0,
-        "slow_moves": 0,
-        "slow_evictions": 0,
-        "top_pools": [],
-    }
-    assert again["pools_created"] == 2
-    assert again["sessions_opened_total"] == 2
+        rejected_rcpts_peak=1,
+        rejected_rcpts_peak_host="192.0.2.1",  # politeness is per IP address
+        rejection_budget_waits=0,
+        pools=0,
+        pools_created=1,
+        pools_retired=1,
+        sessions_opened_total=1,
+        open_sessions=0,
+        connections_in_use=0,
+        dead_hosts=0,
+        slow_hosts=0,
+        slow_connections_in_use=0,
+        slow_connections_max=16,  # a quarter of max_connections (64)
+        slow_share_waits=0,
+        slow_moves=0,
+        slow_evictions=0,
+        top_pools=(),
+    )
+    assert again.pools_created == 2
+    assert again.sessions_opened_total == 2
 
 
 async def test_per_host_concurrency_never_exceeds_max_connections_per_host(
@@ -262,9 +263,9 @@ async def test_per_host_concurrency_never_exceeds_max_connections_per_host(
     assert host.times("EHLO") == [0.25] * 3
     assert host.times("RSET") == [1.25] * 3 + [2.25] * 3 + [3.25]
     assert sorted(host.times("QUIT")) == [5.25, 5.25, 6.25]
-    assert stats["sessions_opened"] == 3
-    assert stats["requests"] == 10
-    assert stats["rcpts"] == 20
+    assert stats.sessions_opened == 3
+    assert stats.requests == 10
+    assert stats.rcpts == 20
 
 
 async def test_global_cap_reclaims_an_idle_session_of_another_host_at_once(
@@ -292,8 +293,8 @@ async def test_global_cap_reclaims_an_idle_session_of_another_host_at_once(
     assert b.times("QUIT") == [3.5 + 5.0]  # nobody needed B's slot: normal idle timeout
     assert net.max_active == 1
     assert manager.counters["idle_reclaims"] == 1
-    assert stats["connections_in_use"] == 1
-    assert stats["open_sessions"] == 1
+    assert stats.connections_in_use == 1
+    assert stats.open_sessions == 1
 
 
 async def test_global_cap_holds_while_two_hosts_are_busy(
@@ -375,23 +376,23 @@ async def test_refused_connection_marks_the_host_dead_for_the_backoff(
     assert still_dead.outcome == VisitOutcome.HOST_DEAD
     assert retried.outcome == VisitOutcome.CONCLUDED
     assert net.attempts == [(0.0, "192.0.2.1"), (300.0, "192.0.2.1")]
-    assert dead_stats == {
-        "host": "mx1.test",
-        "workers": 1,
-        "idle_workers": 1,
-        "open_sessions": 0,
-        "window": 1,  # an unreachable host gets one connection at a time
-        "rcpt_limit": 10,
-        "dead": True,
-        "slow": False,
-        "slow_sessions": 0,
-        "requests": 2,
-        "sessions_opened": 0,
-        "rcpts": 0,
-        "failures": 1,
-        "error_limits_hit": 0,
-        "tls_fallbacks": 0,
-    }
+    assert dead_stats == PoolStatistics(
+        host="mx1.test",
+        workers=1,
+        idle_workers=1,
+        open_sessions=0,
+        window=1,  # an unreachable host gets one connection at a time
+        rcpt_limit=10,
+        dead=True,
+        slow=False,
+        slow_sessions=0,
+        requests=2,
+        sessions_opened=0,
+        rcpts=0,
+        failures=1,
+        error_limits_hit=0,
+        tls_fallbacks=0,
+    )
 
 
 async def test_connect_timeout_marks_the_host_dead(
@@ -442,9 +443,9 @@ async def test_greeting_421_is_a_throttled_visit_not_a_dead_host(
             stats = manager.pool(host.mx).statistics()
     assert visit.outcome == VisitOutcome.THROTTLED
     assert visit.detail == "greeting: 421 mx1.test Too many connections, try again later"
-    assert stats["dead"] is False
-    assert stats["failures"] == 1
-    assert stats["open_sessions"] == 0
+    assert stats.dead is False
+    assert stats.failures == 1
+    assert stats.open_sessions == 0
     assert host.events == []  # nothing was sent after the 421
 
 
@@ -472,7 +473,7 @@ async def test_connection_dropped_mid_conversation_ends_the_session_not_the_doma
     assert host.commands(2) == [EHLO, *default_domain("b.test"), "QUIT"]
     assert host.times("QUIT") == [2.0 + 2.0]  # the fresh session idles out normally
     assert host.connects == [0.0, 0.75]
-    assert (stats["sessions_opened"], stats["failures"]) == (2, 1)
+    assert (stats.sessions_opened, stats.failures) == (2, 1)
 
 
 async def test_session_closed_by_server_while_idle_is_replaced_transparently(
@@ -565,7 +566,7 @@ async def test_dead_host_backoff_doubles_while_the_host_stays_unreachable(
     assert skipped.outcome == VisitOutcome.HOST_DEAD
     assert back.outcome == VisitOutcome.CONCLUDED
     assert [t for t, _ in net.attempts] == [0.0, 300.0, 900.0]
-    assert (stats["dead_marked"], stats["dead_streak"]) == (2, 0)  # the success reset it
+    assert (stats.dead_marked, stats.dead_streak) == (2, 0)  # the success reset it
 
 
 async def test_smtp_quit_timeout_bounds_the_quit_of_every_session(

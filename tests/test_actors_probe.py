@@ -177,7 +177,7 @@ async def test_452_after_first_rcpt_reasks_after_rset_and_pool_learns_the_limit(
         async with network(host) as manager:
             first = await probe(manager, "acme.test", [host])
             assert now() == 2.0
-            assert manager.pool(host.mx).statistics()["rcpt_limit"] == 1
+            assert manager.pool(host.mx).statistics().rcpt_limit == 1
             second = await probe(manager, "beta.test", [host])
             assert now() == 3.5
     assert isinstance(first.result, Passed) and first.result.method_type == "info"
@@ -490,7 +490,7 @@ async def test_rejected_rcpt_budget_paces_a_host_and_never_fails_its_domains(
     assert len(rejected) == 6
     assert all(b - a >= 60.0 for a, b in zip(rejected, rejected[4:], strict=False))
     assert max(sum(1 for t in rejected if s <= t < s + 60.0) for s in rejected) == 4
-    assert window["rejected_peak"] == 4 and window["rejected_total"] == 6
+    assert window.rejected_peak == 4 and window.rejected_total == 6
     assert ("mx1.test", "session-ended") in visits(second)
 
 
@@ -520,7 +520,7 @@ async def test_broken_starttls_handshake_falls_back_to_plaintext_on_a_new_connec
     assert host.commands(1) == [EHLO, "STARTTLS"]
     assert host.commands(2)[:2] == [EHLO, MAIL]
     assert host.commands(3)[:2] == [EHLO, MAIL]  # no STARTTLS tried again for a while
-    assert stats["tls_fallbacks"] == 1
+    assert stats.tls_fallbacks == 1
 
 
 async def test_overlong_sample_name_is_skipped_recorded_and_never_sent(

@@ -9,21 +9,22 @@ import trio
 import trio.testing
 from trio import current_time as now
 
-from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage
+from ct_actors.actors.resolver_stage import ResolverSettings, ResolverStage, ResolverStatistics
+from ct_actors.dns.health import HealthStatistics
 from ct_actors.dns.types import DnsUnavailable, MxHost, MxLookup, MxStatus
 
 BOUND = 600.0
 # FakeResolver offers no health check (check_health): the stage never asks one.
-NO_HEALTH_CHECKS = {
-    "checks": 0,
-    "healthy": 0,
-    "unhealthy": 0,
-    "shared": 0,
-    "cached": 0,
-    "name": "a.root-servers.net",
-    "last_healthy": None,
-    "last_checked_at": None,
-}
+NO_HEALTH_CHECKS = HealthStatistics(
+    checks=0,
+    healthy=0,
+    unhealthy=0,
+    shared=0,
+    cached=0,
+    name="a.root-servers.net",
+    last_healthy=None,
+    last_checked_at=None,
+)
 
 
 class FakeResolver:
@@ -84,19 +85,19 @@ async def test_dns_unavailable_is_retried_linearly_then_surfaced(
     assert [t for t, _ in resolver.calls[:3]] == pytest.approx([0.0, 0.1, 0.3])
     assert failed_at == pytest.approx(0.3)
     assert len(resolver.calls) == 6
-    assert stats == {
-        "lookups": 3,
-        "cache_hits": 0,
-        "retries": 2,
-        "unavailable": 1,
-        "resolver_switches": 0,
-        "domain_failures": 0,
-        "switches_averted": 0,
-        "busy": 0,
-        "cached": 0,
-        "active_nameserver": None,
-        "health": NO_HEALTH_CHECKS,
-    }
+    assert stats == ResolverStatistics(
+        lookups=3,
+        cache_hits=0,
+        retries=2,
+        unavailable=1,
+        resolver_switches=0,
+        domain_failures=0,
+        switches_averted=0,
+        busy=0,
+        cached=0,
+        active_nameserver=None,
+        health=NO_HEALTH_CHECKS,
+    )
 
 
 async def test_transient_failure_then_answer_is_cached(
@@ -114,8 +115,8 @@ async def test_transient_failure_then_answer_is_cached(
     assert answer is again
     assert answer.hosts[0].name == "mx.flaky.test"
     assert len(resolver.calls) == 3
-    assert stage.statistics()["retries"] == 2
-    assert stage.statistics()["cache_hits"] == 1
+    assert stage.statistics().retries == 2
+    assert stage.statistics().cache_hits == 1
 
 
 async def test_cached_answer_costs_no_lookup_until_the_ttl_expires(
@@ -138,19 +139,19 @@ async def test_cached_answer_costs_no_lookup_until_the_ttl_expires(
             stage.close()
     assert cached is first and fresh is not first
     assert resolver.calls == [(0.0, "acme.test"), (101.0, "acme.test")]
-    assert stage.statistics() == {
-        "lookups": 2,
-        "cache_hits": 2,
-        "retries": 0,
-        "unavailable": 0,
-        "resolver_switches": 0,
-        "domain_failures": 0,
-        "switches_averted": 0,
-        "busy": 0,
-        "cached": 1,
-        "active_nameserver": None,
-        "health": NO_HEALTH_CHECKS,
-    }
+    assert stage.statistics() == ResolverStatistics(
+        lookups=2,
+        cache_hits=2,
+        retries=0,
+        unavailable=0,
+        resolver_switches=0,
+        domain_failures=0,
+        switches_averted=0,
+        busy=0,
+        cached=1,
+        active_nameserver=None,
+        health=NO_HEALTH_CHECKS,
+    )
 
 
 async def test_at_most_workers_lookups_in_flight(autojump_clock: trio.testing.MockClock) -> None:
@@ -170,7 +171,7 @@ async def test_at_most_workers_lookups_in_flight(autojump_clock: trio.testing.Mo
                 for i in range(10):
                     callers.start_soon(one, f"d{i}.test")
                 await trio.sleep(0.5)
-                busy.append(stage.statistics()["busy"])
+                busy.append(stage.statistics().busy)
             stage.close()
     assert resolver.max_active == 3
     assert busy == [3]

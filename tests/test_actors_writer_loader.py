@@ -20,7 +20,7 @@ from trio import current_time as now
 from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.dispatcher import Job, NamesFailed, NamesSource
 from ct_actors.actors.loader import LoaderActor, LoaderSettings
-from ct_actors.actors.writer import WriterActor, WriterSettings
+from ct_actors.actors.writer import WriterActor, WriterSettings, WriterStatistics
 from ct_actors.outcome import Outcome, Passed
 from ct_actors.testing import Claimed, FakeStore, Report, Unavailable
 
@@ -122,24 +122,24 @@ async def test_writer_flushes_a_partial_batch_flush_interval_after_its_first_ite
                 await send.send(outcome(2))
                 await trio.sleep_until(1.49)
                 assert (store.writes, credits.in_flight) == ([], 3)
-                assert writer.statistics()["buffered"] == 2
+                assert writer.statistics().buffered == 2
                 await trio.sleep_until(1.75)
                 assert store.writes == [(1.5, 2)]  # 1.0 + flush_interval, not 1.25 + 0.5
                 assert credits.in_flight == 1  # committed records gave their credits back
                 await send.send(outcome(3))  # a new batch: its own deadline
                 await trio.sleep_until(3.0)
     assert store.writes == [(1.5, 2), (2.25, 1)]
-    assert writer.statistics() == {
-        "batches": 2,
-        "rows": 3,
-        "already_terminal": 0,
-        "retries": 0,
-        "fenced": 0,
-        "recovered_lines": 0,
-        "buffered": 0,
-        "failing_since": None,
-        "by_code": {"PASS": 3},
-    }
+    assert writer.statistics() == WriterStatistics(
+        batches=2,
+        rows=3,
+        already_terminal=0,
+        retries=0,
+        fenced=0,
+        recovered_lines=0,
+        buffered=0,
+        failing_since=None,
+        by_code={"PASS": 3},
+    )
 
 
 async def test_writer_flushes_a_full_batch_immediately(
@@ -194,9 +194,9 @@ async def test_writer_retries_with_capped_exponential_backoff_while_the_db_is_do
     assert store.writes == [(18.0, 1), (18.5, 1)]
     assert sorted(store.terminal) == [oid(1), oid(2)]  # nothing lost
     assert credits.in_flight == 0
-    assert (down["retries"], down["failing_since"], down["batches"]) == (5, 0.5, 0)
-    assert writer.statistics()["retries"] == 6
-    assert writer.statistics()["failing_since"] is None
+    assert (down.retries, down.failing_since, down.batches) == (5, 0.5, 0)
+    assert writer.statistics().retries == 6
+    assert writer.statistics().failing_since is None
 
 
 async def test_writer_final_flush_on_channel_close(autojump_clock: trio.testing.MockClock) -> None:
@@ -323,9 +323,9 @@ async def test_loader_never_claims_more_than_its_free_credits(
     assert loader.drained.is_set()
     assert credits.in_flight == 0 and credits.available == 5
     stats = loader.statistics()
-    assert stats["claimed"] == 10
-    assert stats["claims"] == len(store.claim_log)
-    assert stats["claim_errors"] == 0
+    assert stats.claimed == 10
+    assert stats.claims == len(store.claim_log)
+    assert stats.claim_errors == 0
 
 
 async def test_loader_drain_returns_at_once_when_nothing_is_claimable(
@@ -377,7 +377,7 @@ async def test_loader_claim_errors_back_off_and_return_credits(
     # The consumer takes 0.02 s per job: the third is received at 7.04, the loader's next claim
     # is empty with one record in flight, and its 0.05 s drain poll finds none at 7.09.
     assert drained_at == pytest.approx(7.09)
-    assert loader.statistics()["claim_errors"] == 3
+    assert loader.statistics().claim_errors == 3
     assert credits.available == 5
 
 
@@ -406,7 +406,7 @@ async def test_loader_renews_leases_every_third_of_the_lease(
             await trio.sleep_until(55.0)
             loader.stop()
     assert [t for t, _ in store.renewals] == [10.0, 20.0, 30.0]  # nothing in flight: no call
-    assert loader.statistics()["renewals"] == 3
+    assert loader.statistics().renewals == 3
     assert store.claim_log[0] == (0.0, 4, 2, 1, 0)
 
 
@@ -486,7 +486,7 @@ async def test_loader_alerts_each_duplicated_spine_id_once(
         (str(oid(1)), 3, 2)
     ]
     assert alerts[0]["log_level"] == "error"
-    assert loader.statistics()["spine_duplicate_rows"] == 2
+    assert loader.statistics().spine_duplicate_rows == 2
 
 
 # ─── names query failures (issue 10, item 6) ────────────────────────────────────────────────
@@ -542,7 +542,7 @@ async def test_a_record_whose_names_query_failed_is_deferred_not_probed_without_
     assert [
         (e["outreach_id"], e["reason"]) for e in logs if e["event"] == "names_query_record_failed"
     ] == [(str(oid(2)), "timed out (5 s)")]
-    assert loader.statistics()["names_deferred"] == 1
+    assert loader.statistics().names_deferred == 1
 
 
 async def test_repeated_names_failures_alert_defer_the_batch_and_pause_claiming(
@@ -583,4 +583,4 @@ async def test_repeated_names_failures_alert_defer_the_batch_and_pause_claiming(
         (3, 2, 100.0),
         (4, 2, 100.0),
     ]
-    assert loader.statistics()["names_pauses"] == 2
+    assert loader.statistics().names_pauses == 2

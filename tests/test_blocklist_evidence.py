@@ -94,7 +94,7 @@ def test_evidence_counts_a_networks_latest_word_within_the_window() -> None:
     assert ev.assess(101.0).working_networks == 1
     assert ev.assess(103.0).working_networks == 0  # [3, 103) has passed
     assert ev.assess(104.0).refusing_networks == 0
-    assert ev.statistics(104.0)["refusals_without_address"] == 1
+    assert ev.statistics(104.0).refusals_without_address == 1
 
 
 def test_evidence_memory_is_bounded() -> None:

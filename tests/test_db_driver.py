@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from typing import Any
 
@@ -156,10 +157,16 @@ async def test_statistics_count_round_trips(
     work = queue.statistics()
     assert (work.claims, work.rows_claimed, work.writes, work.rows_written) == (1, 5, 1, 5)
     assert work.claim_seconds > 0 and work.write_seconds > 0
-    # The snapshots are copies.
-    after.round_trips = -1
-    work.claims = -1
-    assert database.statistics().round_trips != -1 and queue.statistics().claims == 1
+    # The snapshots are values: frozen, and taken apart from the running counts.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.round_trips = -1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        work.claims = -1  # type: ignore[misc]
+    await queue.claim("a", 5, 60)
+    assert (after.round_trips, work.claims) != (
+        database.statistics().round_trips,
+        queue.statistics().claims,
+    )
 
 
 async def test_background_connection_noise_does_not_crash_the_loop(queue: WorkQueue) -> None:

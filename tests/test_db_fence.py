@@ -259,7 +259,7 @@ async def test_a_restarted_daemon_logs_what_its_previous_incarnation_never_logge
     [summary] = [e for e in logs if e["event"] == "outcome_log_recovered"]
     assert summary["records"] == 3 and summary["gone"] == 0
     # Recovered lines are not this run's outcomes.
-    assert writer.statistics()["rows"] == 0 and writer.statistics()["recovered_lines"] == 3
+    assert writer.statistics().rows == 0 and writer.statistics().recovered_lines == 3
     left = await db.fetch("SELECT outreach_id FROM ct_actors.outcome_log")
     assert [r["outreach_id"] for r in left] == [ids[2]]
 

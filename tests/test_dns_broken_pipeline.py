@@ -171,8 +171,8 @@ async def test_cname_loops_do_not_trip_and_end_no_mx_after_bounded_deferrals(
         assert sum(1 for _, d in resolver.lookups if d == name) == 4 * tries
     # Health checks: one per round, shared by its twenty failures (30 s interval), 80 in all.
     assert len(resolver.health_checks) == 4
-    dispatcher = seen["stats"]["dispatcher"]
-    assert (dispatcher["dns_broken_deferred"], dispatcher["dns_broken_concluded"]) == (60, 20)
+    dns_broken = seen["stats"].dispatcher.dns_broken
+    assert (dns_broken.deferred, dns_broken.concluded) == (60, 20)
 
 
 async def test_a_dead_resolver_trips_and_charges_nothing_to_the_domains(
@@ -204,6 +204,6 @@ async def test_a_dead_resolver_trips_and_charges_nothing_to_the_domains(
     for outcome in seen["deferred"].values():
         assert isinstance(outcome.result, Deferred)
         assert outcome.result.reason.startswith("our resolver could not answer")
-    assert seen["stats"]["dispatcher"]["dns_broken_counted"] == 0
-    assert seen["stats"]["resolver"]["domain_failures"] == 0
+    assert seen["stats"].dispatcher.dns_broken.counted == 0
+    assert seen["stats"].resolver.domain_failures == 0
     assert label(seen["deferred"][min(broken)].result) == "PENDING"

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from ct_actors.dns import wire
-from ct_actors.dns.client import UdpDnsClient
+from ct_actors.dns.client import DnsClientStatistics, UdpDnsClient
 from ct_actors.dns.nameservers import DnsConfigError, QuerySettings
 from ct_actors.dns.types import DnsUnavailable
 from ct_actors.testing import FakeDnsServer, Records
@@ -60,16 +60,16 @@ async def test_answers_and_counts() -> None:
             nx = await client.query("missing.example.com", "A")
             assert nx.rcode() == dns.rcode.NXDOMAIN
             stats = client.statistics()
-    assert stats == {
-        "sent": 2,
-        "received": 2,
-        "timeouts": 0,
-        "retries": 0,
-        "stray": 0,
-        "malformed": 0,
-        "tcp_fallbacks": 0,
-        "in_flight": 0,
-    }
+    assert stats == DnsClientStatistics(
+        sent=2,
+        received=2,
+        timeouts=0,
+        retries=0,
+        stray=0,
+        malformed=0,
+        tcp_fallbacks=0,
+        in_flight=0,
+    )
     assert client.receive_buffer_bytes > 0
 
 
@@ -97,7 +97,7 @@ async def test_retry_after_timeout() -> None:
             assert trio.current_time() - start >= 0.3
     assert a_address(message) == "192.0.2.1"
     stats = client.statistics()
-    assert (stats["sent"], stats["timeouts"], stats["retries"]) == (2, 1, 1)
+    assert (stats.sent, stats.timeouts, stats.retries) == (2, 1, 1)
 
 
 async def test_gives_up_after_attempts() -> None:
@@ -111,7 +111,7 @@ async def test_gives_up_after_attempts() -> None:
                 await client.query("example.com", "MX")
     assert "3 attempt" in info.value.reason
     assert info.value.nameserver == "127.0.77.1"
-    assert client.statistics()["timeouts"] == 3
+    assert client.statistics().timeouts == 3
 
 
 async def test_next_nameserver_round_robin() -> None:
@@ -146,7 +146,7 @@ async def test_servfail_moves_to_next_nameserver_else_is_returned() -> None:
                 async with UdpDnsClient(servers[:1], port=failing.port, timeout=0.5) as client:
                     message = await client.query("example.com", "MX")
                     assert message.rcode() == dns.rcode.SERVFAIL
-                    assert client.statistics()["sent"] == 1
+                    assert client.statistics().sent == 1
 
 
 class Forger(FakeDnsServer):
@@ -186,10 +186,10 @@ async def test_stray_and_forged_datagrams_are_ignored() -> None:
             await server.finished.wait()
             await trio.sleep(0.05)  # loopback delivery is immediate; let the loop drain it
     stats = client.statistics()
-    assert stats["received"] == 7
-    assert stats["stray"] == 5
-    assert stats["malformed"] == 1
-    assert stats["timeouts"] == 0
+    assert stats.received == 7
+    assert stats.stray == 5
+    assert stats.malformed == 1
+    assert stats.timeouts == 0
 
 
 async def test_truncated_reply_retried_over_tcp() -> None:
@@ -202,7 +202,7 @@ async def test_truncated_reply_retried_over_tcp() -> None:
     assert isinstance(hosts, list)
     assert len(hosts) == 80
     assert (server.udp_queries, server.tcp_queries) == (1, 1)
-    assert client.statistics()["tcp_fallbacks"] == 1
+    assert client.statistics().tcp_fallbacks == 1
 
 
 class Reorderer(FakeDnsServer):
@@ -245,7 +245,7 @@ async def test_out_of_order_replies_reach_their_queries() -> None:
         async with serving(server), UdpDnsClient(["127.0.77.1"], port=server.port) as client:
             answers = await ask_all(client, 64)
     assert answers == {i: f"10.0.0.{i}" for i in range(64)}
-    assert client.statistics()["stray"] == 0
+    assert client.statistics().stray == 0
 
 
 class FastAResponder(FakeDnsServer):
@@ -274,8 +274,8 @@ async def test_two_thousand_concurrent_queries() -> None:
     # Every reply reached the query that asked for it.
     assert answers == {i: f"10.0.{i >> 8}.{i & 255}" for i in range(count)}
     stats = client.statistics()
-    assert stats["sent"] == count + stats["retries"]
-    assert stats["malformed"] == 0
+    assert stats.sent == count + stats.retries
+    assert stats.malformed == 0
 
 
 async def test_duplicate_questions_in_flight_get_distinct_ids() -> None:
@@ -338,11 +338,11 @@ async def test_cancelled_query_leaves_the_client_usable() -> None:
             with trio.move_on_after(0.1) as scope:
                 await client.query("example.com", "MX")
             assert scope.cancelled_caught
-            assert client.statistics()["in_flight"] == 0
+            assert client.statistics().in_flight == 0
             assert a_address(await client.query("mx1.example.com", "A")) == "192.0.2.1"
             await trio.sleep(0.4)  # past the cancelled attempt's deadline
             stats = client.statistics()
-    assert (stats["sent"], stats["timeouts"], stats["in_flight"]) == (2, 0, 0)
+    assert (stats.sent, stats.timeouts, stats.in_flight) == (2, 0, 0)
 
 
 class Late(FakeDnsServer):
@@ -385,7 +385,7 @@ async def test_timeouts_expire_together_and_late_replies_are_stray(
         assert failures == [pytest.approx(start + 2.0)] * 50
         await trio.sleep(2.0)  # the replies arrive, a second after their queries gave up
         stats = client.statistics()
-    assert (stats["timeouts"], stats["received"], stats["stray"]) == (50, 50, 50)
+    assert (stats.timeouts, stats.received, stats.stray) == (50, 50, 50)
 
 
 async def test_body_exception_propagates_unwrapped() -> None:

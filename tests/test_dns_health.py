@@ -232,7 +232,7 @@ async def test_checks_are_cached_for_the_interval_and_coalesced(
     assert calls == [0.0, 20.0, 52.0, 53.0]
     assert reports == [(1.0, True)] * 50 + [(20.0, True), (21.0, True), (53.0, True), (54.0, True)]
     stats = health.statistics()
-    assert (stats["checks"], stats["shared"], stats["cached"]) == (4, 49, 1)
+    assert (stats.checks, stats.shared, stats.cached) == (4, 49, 1)
 
 
 async def test_without_a_probe_there_is_no_evidence_of_health() -> None:
@@ -259,7 +259,7 @@ def test_broken_domain_is_deferred_three_times_doubling_then_concludes() -> None
     assert final.concluded and len(final.attempts) == 4
     assert [e["after_seconds"] for e in final.evidence()] == [0.0, 1800.0, 5400.0, 12600.0]
     assert final.history().startswith("#1 at +0s: CNAME loop at loop.example; #2 at +1800s")
-    assert policy.statistics()["domains"] == 0  # concluded: forgotten
+    assert policy.statistics().domains == 0  # concluded: forgotten
 
 
 def test_failures_before_the_retry_time_do_not_count() -> None:
@@ -278,7 +278,7 @@ def test_a_repaired_domain_starts_over_and_stale_entries_are_dropped() -> None:
     policy.failed("gone.example", DnsAttempt(800.0, "SERVFAIL", None))
     # Neither came back within an hour of its retry time: both dropped at the next sweep.
     policy.failed("other.example", DnsAttempt(800.0 + 600.0 + 3601.0, "SERVFAIL", None))
-    assert policy.statistics()["domains"] == 1
+    assert policy.statistics().domains == 1
 
 
 # -- the resolver stage: whose failure is it? -------------------------------------------------
@@ -323,7 +323,7 @@ async def test_cname_loops_are_the_domains_failures_and_never_trip(
     assert client.questions("A")["a.root-servers.net"] == 1
     assert client.questions("NS")["."] == 1
     stats = stage.statistics()
-    assert (stats["domain_failures"], stats["switches_averted"]) == (45, 2)
+    assert (stats.domain_failures, stats.switches_averted) == (45, 2)
 
 
 async def test_a_dead_resolver_still_switches_then_trips_and_says_why(

@@ -70,7 +70,7 @@ async def test_host_addresses_are_cached_across_domains() -> None:
     result = await resolver.lookup("b.example")
     assert result.hosts == (MxHost("aspmx.l.google.com", 5, ("192.0.2.26",)),)
     assert client.asked[("aspmx.l.google.com", "A")] == 1
-    assert resolver.statistics()["cache_hits"] == 1
+    assert resolver.statistics().cache_hits == 1
 
 
 async def test_concurrent_lookups_coalesce(autojump_clock: trio.testing.MockClock) -> None:
@@ -82,7 +82,7 @@ async def test_concurrent_lookups_coalesce(autojump_clock: trio.testing.MockCloc
             nursery.start_soon(resolver.lookup, "b.example")
     assert client.asked[("aspmx.l.google.com", "A")] == 1
     assert client.asked[("alt1.aspmx.l.google.com", "A")] == 1
-    assert resolver.statistics()["coalesced"] == 99 + 49
+    assert resolver.statistics().coalesced == 99 + 49
 
 
 async def test_cache_expires(autojump_clock: trio.testing.MockClock) -> None:
@@ -101,7 +101,7 @@ async def test_cache_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
     resolver = DnsMxResolver(FakeDnsClient(RECORDS), max_cached_hosts=5)
     for i in range(15):
         await resolver.host_addresses(f"mx{i}.many.example")
-    assert resolver.statistics()["cached_hosts"] == 5
+    assert resolver.statistics().cached_hosts == 5
 
 
 async def test_unresolvable_host_has_no_addresses() -> None:
@@ -157,4 +157,4 @@ async def test_waiter_retries_when_owner_is_cancelled(
             await resolver.host_addresses("aspmx.l.google.com")
     assert results == [("192.0.2.26",)]
     assert client.asked[("aspmx.l.google.com", "A")] == 2
-    assert resolver.statistics()["coalesced"] == 1
+    assert resolver.statistics().coalesced == 1

@@ -141,7 +141,7 @@ async def test_answers_are_cached_for_the_cache_ttl(
     checker.clear()  # SIGHUP: ask again
     await checker.check(OURS)
     assert sum(client.asked.values()) == 3 * asked
-    assert checker.statistics()["cache_hits"] == 4
+    assert checker.statistics().cache_hits == 4
 
 
 async def test_nothing_is_asked_without_zones_or_a_public_address(

@@ -299,7 +299,7 @@ async def test_the_writer_presents_claims_and_drops_fenced_records(
     assert set(store.terminal) == {oid(1)}
     assert store.leases == {oid(2): ("other", 300.0)}  # theirs, untouched
     stats = writer.statistics()
-    assert (stats["fenced"], stats["rows"], stats["by_code"]) == (1, 1, {"PASS": 1})
+    assert (stats.fenced, stats.rows, stats.by_code) == (1, 1, {"PASS": 1})
     assert credits.in_flight == 0 and credits.available == 4
     fenced = [e for e in logs if e["event"] == "write_fenced"]
     assert [e["outreach_id"] for e in fenced] == [str(oid(2))]

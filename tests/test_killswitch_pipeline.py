@@ -541,7 +541,7 @@ async def test_hostile_domains_on_one_ip_neither_halt_the_fleet_nor_come_back_fo
         final = records.store.terminal[oid].result
         assert isinstance(final, Failed) and final.code is FailureCode.SMTP_FAIL
         assert "refused-us" in final.blocking_reason
-    assert seen["stats"]["refusal_streaks"]["given_up"] >= 1
+    assert seen["stats"].refusal_streaks.given_up >= 1
     written = [t for t, _ in records.store.writes]
     assert max(written) < give_up + 3 * DEFER + 120.0
 
@@ -596,7 +596,7 @@ async def test_failing_resolver_switches_to_the_next_nameserver(
     # ...and came back and completed on the second; so did everything else.
     assert records.wrong_terminal() == {}
     assert records.mismatches() == {}
-    assert supervisor.statistics()["resolver"]["resolver_switches"] == 1
+    assert supervisor.statistics().resolver.resolver_switches == 1
 
 
 async def all_resolvers_down(delay: float) -> Outage:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import enum
 import io
 import json
 import logging
@@ -15,7 +17,14 @@ import pytest
 import structlog
 
 from ct_actors import log as log_module
-from ct_actors.log import configure_logging, get_logger, set_level, set_secrets
+from ct_actors.log import (
+    as_log,
+    configure_logging,
+    fields_as_log,
+    get_logger,
+    set_level,
+    set_secrets,
+)
 from ct_actors.redact import Redactor, redact_text, redact_url
 
 
@@ -308,3 +317,53 @@ def test_library_logging_goes_through_the_json_log(capsys: pytest.CaptureFixture
     assert len(bridges) == 1
     root.removeHandler(bridges[0])  # leave the process's logging as other tests expect it
     root.setLevel(logging.WARNING)
+
+
+# ─── statistics at the logging edge ──────────────────────────────────────────────────────────
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inner:
+    until: dt.datetime | None
+    spent: Decimal
+    colour: Colour
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outer:
+    count: int
+    inner: Inner
+    by_colour: dict[Colour, int]
+    items: tuple[Inner, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Flattened:
+    inner: Inner
+    count: int
+
+    def as_log(self) -> dict[str, Any]:
+        line = fields_as_log(self)
+        return {**line.pop("inner"), **line}
+
+
+def test_as_log_renders_a_statistics_value_once() -> None:
+    until = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    inner = Inner(until, Decimal("0.0040"), Colour.RED)
+    rendered = {"until": "2026-12-01T00:00:00+00:00", "spent": "0.0040", "colour": "red"}
+    value = Outer(3, inner, {Colour.RED: 2}, (inner,))
+    assert as_log(value) == {
+        "count": 3,
+        "inner": rendered,
+        "by_colour": {"red": 2},
+        "items": [rendered],
+    }
+    assert list(as_log(value)) == ["count", "inner", "by_colour", "items"]  # declaration order
+    # A value that shapes its own line is asked to, also when nested.
+    assert as_log({"x": Flattened(inner, 1)}) == {"x": {**rendered, "count": 1}}
+    assert as_log(Inner(None, Decimal(0), Colour.RED))["until"] is None
+

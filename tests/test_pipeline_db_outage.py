@@ -29,6 +29,7 @@ from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.demo.labels import expected_label
@@ -199,7 +200,7 @@ async def test_a_database_outage_mid_run_is_waited_out(
     spine, owner = spine_for(world)
     store = OutageStore(spine, kind)
     down_for = 90.0  # past the writer's and the loader's back-off caps (30 s, 60 s)
-    samples: list[dict[str, Any]] = []
+    samples: list[SupervisorStatistics] = []
     async with open_sim_connector(world, SimStats()) as connector:
         supervisor = pipeline(world, store, owner, connector, name="test:1", drain=True)
 
@@ -224,8 +225,8 @@ async def test_a_database_outage_mid_run_is_waited_out(
                 assert store.failed_calls["write_outcomes"] >= 2
                 assert store.failed_calls["renew_leases"] >= 1
                 during = samples[-1]
-                assert during["writer"]["failing_since"] is not None
-                assert during["writer"]["buffered"] > 0
+                assert during.writer.failing_since is not None
+                assert during.writer.buffered > 0
                 store.restore()
                 restored_at = trio.current_time()
                 await wait_until_terminal(store, committed_at_cut + 1)
@@ -237,12 +238,12 @@ async def test_a_database_outage_mid_run_is_waited_out(
     assert 0 < recovery <= WRITER.retry_max + WRITER.flush_interval
     assert ground_truth_problems(world, store, spine, owner) == {}
     final = supervisor.statistics()
-    assert final["writer"]["retries"] >= 2
-    assert final["writer"]["already_terminal"] == 0
+    assert final.writer.retries >= 2
+    assert final.writer.already_terminal == 0
     # Bounded all along: the writer never held more than a batch, nor the pipeline more than
     # max_in_flight records, outage or not.
-    assert max(s["writer"]["buffered"] for s in samples) <= WRITER.batch_size
-    assert max(s["in_flight"] for s in samples) <= MAX_IN_FLIGHT
+    assert max(s.writer.buffered for s in samples) <= WRITER.batch_size
+    assert max(s.in_flight for s in samples) <= MAX_IN_FLIGHT
     assert supervisor.credits.in_flight == 0 and store.leases == {}
 
 
@@ -308,7 +309,7 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
                 await second.finished.wait()
                 nursery.cancel_scope.cancel()
     assert ground_truth_problems(world, store, spine, owner) == {}
-    assert second.statistics()["writer"]["already_terminal"] == 0
+    assert second.statistics().writer.already_terminal == 0
     blocklisted = {
         oid for oid in spine if world.domain(owner[oid]).behaviour is Behaviour.BLOCKLIST
     }

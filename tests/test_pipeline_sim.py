@@ -139,9 +139,9 @@ async def test_every_record_matches_ground_truth(
     if mode == "smtp":
         # A domain shared by two records is probed once (plus the greylisted domains' second
         # pass); no DATA ever.
-        probed = supervisor.dispatcher.statistics()["domains_probed"]
+        probed = supervisor.dispatcher.statistics().domains_probed
         assert probed == len(world.domains) + greylisted // 2
-        assert stats.statistics()["data_attempts"] == 0
+        assert stats.statistics().data_attempts == 0
         behaviours = {
             world.domain(owner[oid]).behaviour
             for oid in store.deferred
@@ -160,7 +160,7 @@ async def test_writer_holds_results_while_the_database_is_down(
     with trio.fail_after(3600):
         supervisor = await run_world(world, store, owner, "mx-only")
     assert len(store.terminal) == len(spine)
-    assert supervisor.writer.statistics()["retries"] == 4
+    assert supervisor.writer.statistics().retries == 4
     first_write = store.writes[0][0]
     assert first_write >= 7.5
 

@@ -8,11 +8,14 @@ import dataclasses
 import datetime as dt
 import itertools
 import math
+import types
+import typing
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -24,7 +27,8 @@ from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
-from ct_actors.actors.writer import WriterSettings
+from ct_actors.actors.supervisor_statistics import SupervisorStatistics
+from ct_actors.actors.writer import WriterSettings, WriterStatistics
 from ct_actors.config import load_config
 from ct_actors.outcome import Outcome
 from ct_actors.probe.domain_probe import RetryPolicy
@@ -47,11 +51,13 @@ from ct_actors.testing import (
     open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
-from ct_actors.throttle.limiter import ToolThrottles
+from ct_actors.throttle.killswitch import KillSwitchesStatistics, SwitchStatistics
+from ct_actors.throttle.limiter import LimiterStatistics, ThrottlesStatistics, ToolThrottles
 from ct_actors.toolbox import SMTP_CHECK, load_toolbox
 from tests.test_pipeline_sim import names_for, spine_for
 
 pytestmark = pytest.mark.timeout(60)
+T = TypeVar("T")
 
 POLICY = WatchdogPolicy(stall_seconds=600.0, writer_seconds=180.0, record_seconds=3600.0)
 REPO = Path(__file__).resolve().parents[1]
@@ -274,33 +280,59 @@ def test_thresholds_follow_the_smtp_timeouts() -> None:
 # ─── reading the supervisor's statistics, and the status line ───────────────────────────────
 
 
-def stats(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "records_done": 1234,
-        "in_flight": 512,
-        "writer": {"batches": 7, "retries": 1, "buffered": 3, "failing_since": None},
-        "loader": {"claims": 5, "empty_claims": 2, "claim_errors": 1, "renewals": 99},
-        "dispatcher": {"jobs": 10, "domains_probed": 4, "joined": 1, "cache_hits": 2},
-        "resolver": {"lookups": 4, "cache_hits": 1, "retries": 0, "unavailable": 0, "busy": 3},
-        "smtp": {"sessions_opened_total": 6, "open_sessions": 2},
-        "throttles": {
-            "TOOL-004 MXLookup": {"calls": 4, "throttle_waits": 1, "paused_until": None},
-            "TOOL-005 SMTPCheck": {
-                "calls": 9,
-                "throttle_waits": 0,
-                "paused_until": "2026-01-02T00:00:00+00:00",
-            },
-        },
-        "kill_switches": {
-            "dns_resolver_failure": {"tripped": False},
-            "smtp_port_blocked": {"tripped": False},
-        },
-    }
-    base.update(overrides)
-    return base
+def zeroed(cls: type[T]) -> T:
+    """A statistics value with every count zero, every optional None, every map empty."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _zero(hints[f.name]) for f in dataclasses.fields(cls)})  # type: ignore[call-arg]
 
 
-def read(raw: dict[str, Any], utc: str = "2026-01-01T12:00:00+00:00", **kw: Any) -> HealthSample:
+def _zero(kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        return None
+    if dataclasses.is_dataclass(kind):
+        return zeroed(kind)  # type: ignore[arg-type]
+    if origin is tuple:
+        return ()
+    if origin is not None:
+        return {}  # Mapping[...]
+    return {int: 0, float: 0.0, bool: False, str: "", Decimal: Decimal(0)}[kind]
+
+
+def switches(*tripped: str) -> KillSwitchesStatistics:
+    names = ("dns_resolver_failure", "smtp_port_blocked")
+    return KillSwitchesStatistics(
+        {n: SwitchStatistics("halt", n in tripped, None, None, 0) for n in names}
+    )
+
+
+def stats(**overrides: Any) -> SupervisorStatistics:
+    zero, limiter = zeroed(SupervisorStatistics), zeroed(LimiterStatistics)
+    replace = dataclasses.replace
+    paused = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    base = replace(
+        zero,
+        records_done=1234,
+        in_flight=512,
+        writer=replace(zero.writer, batches=7, retries=1, buffered=3),
+        loader=replace(zero.loader, claims=5, empty_claims=2, claim_errors=1, renewals=99),
+        dispatcher=replace(zero.dispatcher, jobs=10, domains_probed=4, joined=1, cache_hits=2),
+        resolver=replace(zero.resolver, lookups=4, cache_hits=1, busy=3),
+        smtp=replace(zero.smtp, sessions_opened_total=6, open_sessions=2),
+        throttles=ThrottlesStatistics(
+            {
+                "TOOL-004": replace(limiter, tool="MXLookup", calls=4, throttle_waits=1),
+                "TOOL-005": replace(limiter, tool="SMTPCheck", calls=9, paused_until=paused),
+            }
+        ),
+        kill_switches=switches(),
+    )
+    return replace(base, **overrides)
+
+
+def read(
+    raw: SupervisorStatistics, utc: str = "2026-01-01T12:00:00+00:00", **kw: Any
+) -> HealthSample:
     args: dict[str, Any] = {
         "paused_until": {"TOOL-005 SMTPCheck": dt.datetime(2026, 1, 2, tzinfo=dt.UTC)},
         "now": 100.0,
@@ -323,8 +355,7 @@ def test_sample_from_statistics() -> None:
     assert s.kill_switches == () and s.done == 1234 and s.in_flight == 512
     # After midnight the stale `paused_until` no longer excuses anything.
     assert read(stats(), utc="2026-01-02T00:00:01+00:00").budget_paused == ()
-    # Keys the stats line does not have (yet, or any more) read as zero.
-    assert read({}).activity == 0
+    assert read(zeroed(SupervisorStatistics)).activity == 0
 
 
 def test_budget_pauses_are_read_typed_from_the_limiters() -> None:
@@ -340,18 +371,19 @@ def test_budget_pauses_are_read_typed_from_the_limiters() -> None:
 
 
 def test_status_lines() -> None:
-    s = read(stats(throttles={}), paused_until={})
+    s = read(stats(throttles=None), paused_until={})
     assert status_line(s, None, 56.74) == (
         "processing: 1234 done, 56.7/s, 512 in flight, kill switches: none"
     )
-    tripped = stats(kill_switches={"smtp_port_blocked": {"tripped": True}})
+    tripped = stats(kill_switches=switches("smtp_port_blocked"))
     assert status_line(read(tripped)) == (
         "paused: kill switch smtp_port_blocked; 1234 done, 512 in flight"
     )
     assert status_line(read(stats())).startswith("paused: budget TOOL-005 SMTPCheck until 2026")
     assert status_line(read(stats(), stopping=True)) == "draining: 1234 done, 512 in flight"
     assert status_line(read(stats(), drained=True)) == "drained: 1234 done, stopping"
-    failing = stats(throttles={}, writer={"failing_since": 40.0, "buffered": 9})
+    writer = dataclasses.replace(zeroed(WriterStatistics), failing_since=40.0, buffered=9)
+    failing = stats(throttles=None, writer=writer)
     line = status_line(read(failing, paused_until={}))
     assert line.startswith("database unavailable for 60 s, writer retrying")
     verdict = HealthMonitor().assess(read(stats()))

@@ -262,7 +262,7 @@ async def test_dha_blocks_after_n_unknown_per_minute(
                 assert (await c.one(f"RCPT TO:<c{i}@{domain.name}>")).startswith("550 5.1.1")
             assert await c.one(f"RCPT TO:<{good}>") == "250 2.1.5 Ok"
     snap = stats.statistics()
-    assert snap["dha_blocks"] == 1 and snap["dha_refusals"] == 3
+    assert snap.dha_blocks == 1 and snap.dha_refusals == 3
 
 
 def test_dha_window_slides() -> None:
@@ -292,7 +292,7 @@ async def test_greet_421_on_every_mx_host(autojump_clock: trio.testing.MockClock
                 assert await c.reply() == [GREET_421_TEXT]
                 assert now() == pytest.approx(t + LAT)
                 assert await c.at_eof()
-    assert stats.statistics()["greet_421"] == 2
+    assert stats.statistics().greet_421 == 2
 
 
 # -- postgrey at 300 s --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import trio.testing
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import DnsUnavailable, MxStatus
+from ct_actors.log import as_log
 from ct_actors.sim.__main__ import build_parser, main
 from ct_actors.sim.dns_server import BrokenDns, DnsResponder, serve_dns
 from ct_actors.sim.server import serve_world
@@ -158,10 +159,10 @@ async def test_transcript_and_latency(autojump_clock: trio.testing.MockClock) ->
     assert stats.rcpts[0].host == host.name and stats.rcpts[0].domain == domain.name
     assert len(stats.rcpts) == 4  # syntax errors and out-of-transaction RCPTs are not probes
     snap = stats.statistics()
-    assert snap["connections_by_host"] == {host.name: 1}
-    assert snap["commands"]["RCPT"] == 7 and snap["commands"]["QUIT"] == 1
-    assert snap["open_connections"] == 0 and snap["data_attempts"] == 0
-    json.dumps(snap)
+    assert snap.connections_by_host == {host.name: 1}
+    assert snap.commands["RCPT"] == 7 and snap.commands["QUIT"] == 1
+    assert snap.open_connections == 0 and snap.data_attempts == 0
+    json.dumps(as_log(snap))  # the sim_stopped line's rendering
 
 
 async def test_greeting_rules(autojump_clock: trio.testing.MockClock) -> None:
@@ -270,7 +271,7 @@ async def test_greylist(autojump_clock: trio.testing.MockClock) -> None:
             assert await c.one("RSET") == "250 2.0.0 Ok"
             assert await c.one("MAIL FROM:<other@sender.test>") == "250 2.1.0 Ok"
             assert (await c.one(f"RCPT TO:<{box}>")).startswith("450 4.2.0 ")
-    assert stats.statistics()["greylist_entries"] == 3
+    assert stats.statistics().greylist_entries == 3
 
 
 async def test_rcpt_limit_452(autojump_clock: trio.testing.MockClock) -> None:
@@ -304,7 +305,7 @@ async def test_drop_mid(autojump_clock: trio.testing.MockClock) -> None:
                 assert await c.at_eof()
                 assert now() == pytest.approx(t)
     assert stats.dropped[host.name] == 2
-    assert stats.statistics()["dropped"] == 2
+    assert stats.statistics().dropped == 2
 
 
 async def test_blocklist(autojump_clock: trio.testing.MockClock) -> None:
@@ -343,8 +344,8 @@ async def test_conn_limit_421(autojump_clock: trio.testing.MockClock) -> None:
             async with session(WORLD, host, stats) as again:
                 assert (await again.reply())[0].startswith("220 ")
     snap = stats.statistics()
-    assert snap["rejected_421"] == 1 and snap["replies"]["421"] == 1
-    assert snap["connections_by_host"] == {host.name: 6}
+    assert snap.rejected_421 == 1 and snap.replies["421"] == 1
+    assert snap.connections_by_host == {host.name: 6}
 
 
 async def test_tarpit_banner(autojump_clock: trio.testing.MockClock) -> None:
@@ -368,7 +369,7 @@ async def test_data_refused_and_counted(autojump_clock: trio.testing.MockClock) 
             assert await c.one("DATA") == "554 5.5.1 DATA not allowed in simulation"
             assert await c.one("QUIT") == "221 2.0.0 Bye"
     assert stats.data_attempts == 1
-    assert stats.statistics()["commands"]["DATA"] == 1
+    assert stats.statistics().commands["DATA"] == 1
 
 
 async def test_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
@@ -492,8 +493,8 @@ def test_dns_responder(fast: bool) -> None:
     assert responder.respond(b"\x00\x01garbage") is None
     assert responder.respond(b"\x00" * 40) is None
     snap = stats.statistics()
-    assert snap["dns_queries"] == {"MX": 6, "A": 4, "AAAA": 1}
-    assert snap["dns_rcodes"]["NXDOMAIN"] == 2 and snap["dns_malformed"] == 2
+    assert snap.dns_queries == {"MX": 6, "A": 4, "AAAA": 1}
+    assert snap.dns_rcodes["NXDOMAIN"] == 2 and snap.dns_malformed == 2
 
 
 def test_dns_fast_path_matches_dnspython() -> None:
@@ -564,9 +565,9 @@ async def test_serve_world_on_loopback() -> None:
                     await stream.receive_some(4096)
             nursery.cancel_scope.cancel()
     snap = stats.statistics()
-    assert snap["connections_by_host"] == {host.name: 1}
-    assert snap["reset_dead_host"] == 1
-    assert snap["dns_queries"] == {"MX": 3, "A": 1}
+    assert snap.connections_by_host == {host.name: 1}
+    assert snap.reset_dead_host == 1
+    assert snap.dns_queries == {"MX": 3, "A": 1}
 
 
 def test_cli_serve(tmp_path: Path) -> None:
@@ -622,8 +623,8 @@ def test_dns_responder_servfail(rd: bool, edns: int) -> None:
     assert responder.respond(b"\x00\x01garbage") is None
     assert responder.respond(wire) is None
     snap = stats.statistics()
-    assert snap["dns_rcodes"] == {"SERVFAIL": 1} and snap["dns_queries"] == {"MX": 1}
-    assert snap["dns_malformed"] == 2
+    assert snap.dns_rcodes == {"SERVFAIL": 1} and snap.dns_queries == {"MX": 1}
+    assert snap.dns_malformed == 2
 
 
 def test_dns_responder_silent_and_repair() -> None:
@@ -632,7 +633,7 @@ def test_dns_responder_silent_and_repair() -> None:
     domain, host = pick(WORLD, Behaviour.VERIFIABLE)
     query = dns.message.make_query(domain.name, "MX")
     assert responder.respond(query.to_wire()) is None
-    assert stats.statistics()["dns_dropped"] == 1
+    assert stats.statistics().dns_dropped == 1
     responder.fault = "none"
     assert _texts(_ask(responder, domain.name, "MX")) == [f"10 {host.name}."]
     responder.fault = "servfail"
@@ -689,7 +690,7 @@ async def test_broken_resolvers_seen_by_the_udp_client() -> None:
                 with pytest.raises(DnsUnavailable, match="timeout") as info:
                     await client.exchange(domain.name, "MX")
                 assert info.value.nameserver == broken_ip
-                assert client.statistics()["timeouts"] == 2
+                assert client.statistics().timeouts == 2
 
                 # Repaired while serving: answers come back on the same socket.
                 broken.fault = "none"
@@ -698,8 +699,8 @@ async def test_broken_resolvers_seen_by_the_udp_client() -> None:
                 assert _texts(reply.message) == [f"10 {host.name}."]
             nursery.cancel_scope.cancel()
     snap = stats.statistics()
-    assert snap["dns_rcodes"] == {"SERVFAIL": 2, "NOERROR": 1}
-    assert snap["dns_dropped"] == 2
+    assert snap.dns_rcodes == {"SERVFAIL": 2, "NOERROR": 1}
+    assert snap.dns_dropped == 2
 
 
 async def test_serve_dns_fault_argument() -> None:

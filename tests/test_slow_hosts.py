@@ -25,6 +25,7 @@ from trio import current_time as now
 from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.pool_statistics import PoolManagerStatistics
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.types import MxHost, MxLookup, MxStatus
 from ct_actors.net.connector import Connector
@@ -122,13 +123,13 @@ def assert_info_pass(result: DomainResult, domain: str) -> None:
 
 async def healthy_domain_at(
     start: float, tarpit_hosts: Sequence[MailHost], max_connections: int = 8
-) -> tuple[float, dict[str, DomainResult], dict[str, object]]:
+) -> tuple[float, dict[str, DomainResult], PoolManagerStatistics]:
     """Two domains per tarpit host from t=0 on (so the tarpits keep holding sessions), then
     one domain on a healthy host at `start`. Returns how long the healthy domain took, every
     result, and the pool statistics when the healthy domain started."""
     healthy = info_host("mx.healthy.test", "192.0.2.1")
     results: dict[str, DomainResult] = {}
-    seen: dict[str, object] = {}
+    seen: list[PoolManagerStatistics] = []
 
     async def one(domain: str, host: MailHost) -> None:
         results[domain] = await probe(manager, domain, host)
@@ -142,10 +143,10 @@ async def healthy_domain_at(
             for j in range(2):
                 nursery.start_soon(one, f"t{i}-{j}.test", host)
         await trio.sleep_until(t0 + start)
-        seen.update(manager.statistics())
+        seen.append(manager.statistics())
         assert_info_pass(await probe(manager, "healthy.test", healthy), "healthy.test")
         took = now() - t0 - start
-    return took, results, seen
+    return took, results, seen[0]
 
 
 async def test_a_healthy_domain_waits_no_longer_because_eight_tarpits_hold_connections(
@@ -159,10 +160,10 @@ async def test_a_healthy_domain_waits_no_longer_because_eight_tarpits_hold_conne
         with_tarpits, results, seen = await healthy_domain_at(60.0, hosts)
     assert alone == 1.25
     assert with_tarpits == alone  # exactly the same virtual timeline
-    assert seen["slow_hosts"] == 8
-    assert (seen["slow_connections_in_use"], seen["slow_connections_max"]) == (2, 2)
-    assert seen["connections_in_use"] == 2  # the six others wait holding nothing
-    assert seen["slow_moves"] == 2 and seen["slow_evictions"] == 6
+    assert seen.slow_hosts == 8
+    assert (seen.slow_connections_in_use, seen.slow_connections_max) == (2, 2)
+    assert seen.connections_in_use == 2  # the six others wait holding nothing
+    assert seen.slow_moves == 2 and seen.slow_evictions == 6
     # Every tarpit domain still concludes, with the right answer: slowness is never a FAIL.
     assert len(results) == 16
     for domain, result in results.items():
@@ -199,7 +200,7 @@ async def test_a_session_turning_slow_mid_conversation_moves_into_the_slow_share
             stats = manager.statistics()
     assert_info_pass(result, "turning.test")
     assert host.sessions == 1
-    assert (stats["slow_hosts"], stats["slow_moves"], stats["slow_evictions"]) == (1, 1, 0)
+    assert (stats.slow_hosts, stats.slow_moves, stats.slow_evictions) == (1, 1, 0)
     assert result.result.evidence["visits"][0]["slow_host"] is True
 
 
@@ -227,7 +228,7 @@ async def test_a_session_turning_slow_with_the_share_full_is_cut_and_the_domain_
     visits = result.result.evidence["visits"]
     assert [(v["outcome"], v["slow_host"]) for v in visits] == [("concluded", True)]
     assert turning.sessions == 2 and turning.connects == [20.0, 147.0]
-    assert (stats["slow_moves"], stats["slow_evictions"], stats["slow_share_waits"]) == (1, 1, 1)
+    assert (stats.slow_moves, stats.slow_evictions, stats.slow_share_waits) == (1, 1, 1)
 
 
 async def test_the_time_a_domain_waits_for_the_slow_share_is_not_time_at_the_host(
@@ -283,7 +284,7 @@ async def test_a_slow_host_gets_one_connection_whatever_its_window(
     assert len(results) == 3
     for domain, result in results.items():
         assert_info_pass(result, domain)
-    assert stats["slow_evictions"] == 0
+    assert stats.slow_evictions == 0
 
 
 async def test_an_idle_session_in_the_slow_share_is_reclaimed_for_a_waiting_slow_host(
@@ -313,7 +314,7 @@ async def test_an_idle_session_in_the_slow_share_is_reclaimed_for_a_waiting_slow
             stats = manager.statistics()
     assert a.connects == [1.0, 147.0] and b.connects == [0.0, 302.0]
     assert manager.counters["idle_reclaims"] == 1
-    assert stats["slow_hosts"] == 2
+    assert stats.slow_hosts == 2
 
 
 async def test_a_postscreen_like_greeting_pause_is_not_slow(
@@ -329,7 +330,7 @@ async def test_a_postscreen_like_greeting_pause_is_not_slow(
             stats = manager.statistics()
     assert_info_pass(result, "calm.test")
     assert "slow_host" not in result.result.evidence["visits"][0]
-    assert (stats["slow_hosts"], stats["slow_moves"], stats["slow_evictions"]) == (0, 0, 0)
+    assert (stats.slow_hosts, stats.slow_moves, stats.slow_evictions) == (0, 0, 0)
 
 
 def test_the_slow_share_is_a_quarter_of_the_cap_at_least_one() -> None:
@@ -344,12 +345,12 @@ async def test_a_reload_resizes_the_slow_share_with_the_cap(
 ) -> None:
     with trio.fail_after(BOUND):
         async with network([], max_connections=64) as manager:
-            assert manager.statistics()["slow_connections_max"] == 16
+            assert manager.statistics().slow_connections_max == 16
             capped = dataclasses.replace(SETTINGS, max_connections=8)
             manager.reconfigure(dataclasses.replace(capped, slow_connections_share=0.5))
-            assert manager.statistics()["slow_connections_max"] == 4
+            assert manager.statistics().slow_connections_max == 4
             manager.reconfigure(capped)
-            assert manager.statistics()["slow_connections_max"] == 2
+            assert manager.statistics().slow_connections_max == 2
 
 
 class ByAddress:
@@ -405,5 +406,5 @@ async def test_a_slow_tls_handshake_cut_for_the_slow_share_is_not_a_broken_tls_s
             manager.close()
     assert_info_pass(result, "b.test")
     assert scripted.attempts == [("192.0.2.20", 25), ("192.0.2.20", 25)]
-    assert pool["tls_fallbacks"] == 0
-    assert (stats["slow_evictions"], stats["slow_hosts"]) == (1, 2)
+    assert pool.tls_fallbacks == 0
+    assert (stats.slow_evictions, stats.slow_hosts) == (1, 2)

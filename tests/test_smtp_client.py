@@ -165,9 +165,9 @@ async def test_full_conversation(autojump_clock: trio.testing.MockClock) -> None
     assert rcpt_entry.elapsed == 0.25 and rcpt_entry.enhanced == "2.1.5"
     assert session.transcript[5].as_dict()["text"].startswith("<zz-random@example.com>: Recipient")
     stats = session.statistics()
-    assert stats["commands"] == 7 and stats["tls"] is False and stats["esmtp"] is True
-    assert stats["bytes_sent"] == sum(len(line) + 2 for line in server.received)
-    assert stats["started_at"] == 0.0 and stats["duration"] == 0.25
+    assert stats.commands == 7 and stats.tls is False and stats.esmtp is True
+    assert stats.bytes_sent == sum(len(line) + 2 for line in server.received)
+    assert stats.started_at == 0.0 and stats.duration == 0.25
     assert not session.usable
 
 
@@ -708,7 +708,7 @@ async def test_starttls_upgrade_and_re_ehlo(
     ]
     assert session.transcript[4].command == "TLS handshake"
     assert session.transcript[4].text.startswith("TLS")
-    assert session.statistics()["tls"] is True
+    assert session.statistics().tls is True
 
 
 async def test_starttls_handshake_failure(autojump_clock: trio.testing.MockClock) -> None:

@@ -269,7 +269,7 @@ async def test_without_a_public_sending_address_the_dnsbls_are_not_asked(
     told = guard(checker(lookup), local="10.1.2.3", dnsbl_address=OUR_IP, blocklist_networks=3)
     for n in (1, 2, 3):
         await told.observe(refusal(n))
-    assert told.statistics()["blocklist"]["sending_address"] == OUR_IP  # type: ignore[index]
+    assert told.statistics().blocklist.sending_address == OUR_IP
     assert LISTED_NAME in {name for _, name in lookup.queries}
 
 
@@ -390,7 +390,7 @@ async def test_a_refusal_nothing_corroborates_is_deferred_then_concludes_after_t
     assert "no other evidence says our IP is blocklisted" in last.blocking_reason
     # Visits every 600 s (plus the visit's 0.1 s) until the streak spans 7200 s: 13 in all.
     assert len(results) == 13 and 7200.0 <= last_at < 7200.0 + 600.0 + 2.0
-    assert g.statistics()["refusal_streaks"]["given_up"] == 1  # type: ignore[index]
+    assert g.statistics().refusal_streaks.given_up == 1
     # After SIGHUP (or a restart) the streak starts over: deferred again, bounded again.
     g.clear()
     again = (await smtp_probe(mx, [("Ada", "Lovelace")], gate, policy)).result

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from ct_actors.throttle.calendar import UtcClock, window_end, window_start
+from ct_actors.throttle.calendar import UtcClock, UtcClockStatistics, window_end, window_start
 
 UTC = dt.UTC
 
@@ -50,10 +50,10 @@ def test_clock_refuses_naive_datetimes() -> None:
 
 
 def test_clock_statistics() -> None:
-    assert UtcClock(ORIGIN, 5.0).statistics() == {
-        "origin_utc": "2026-12-31T23:59:59+00:00",
-        "origin_trio": 5.0,
-    }
+    assert UtcClock(ORIGIN, 5.0).statistics() == UtcClockStatistics(
+        origin_utc=ORIGIN,
+        origin_trio=5.0,
+    )
 
 
 async def test_from_wall_anchors_trio_time(autojump_clock: trio.testing.MockClock) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ct_actors.throttle.host_window import HostWindow, HostWindowSettings
+from ct_actors.throttle.host_window import HostWindow, HostWindowSettings, HostWindowStatistics
 
 DEFAULT = HostWindowSettings()
 
@@ -35,7 +35,7 @@ def test_grows_by_one_per_full_window_of_successes() -> None:
         limits.append(window.limit)
     # 1 success at 1, 2 at 2, 3 at 3, 4 at 4, then capped at 5.
     assert limits == [2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5]
-    assert window.statistics()["credit"] == 0
+    assert window.statistics().credit == 0
 
 
 def test_initial_above_one() -> None:
@@ -50,7 +50,7 @@ def test_throttled_halves_and_resets_credit() -> None:
     window.on_success(1.0)  # one credit towards 8
     window.on_throttled(2.0)
     assert window.limit == 3
-    assert window.statistics()["credit"] == 0
+    assert window.statistics().credit == 0
     assert grown(window, 2).limit == 3  # the credit earned at 7 is gone
     assert grown(window, 1).limit == 4
     for expected in (2, 1, 1):
@@ -94,9 +94,9 @@ def test_failures_of_one_outage_do_not_escalate() -> None:
     assert window.on_connect_failure(310.0) is True
     assert window.dead_until == 910.0
     stats = window.statistics()
-    assert stats["connect_failures"] == 3 + 1
-    assert stats["dead_marked"] == 2
-    assert stats["dead_streak"] == 2
+    assert stats.connect_failures == 3 + 1
+    assert stats.dead_marked == 2
+    assert stats.dead_streak == 2
 
 
 def test_success_keeps_an_existing_dead_marking() -> None:
@@ -138,7 +138,7 @@ def test_update_clamps_and_keeps_state() -> None:
     window.on_success(0.0)
     window.reconfigure(HostWindowSettings(maximum=3))
     assert window.limit == 3
-    assert window.statistics()["credit"] == 0
+    assert window.statistics().credit == 0
     assert window.dead_until == 300.0
     window.reconfigure(HostWindowSettings(maximum=6, dead_backoff=10.0))
     assert window.limit == 3
@@ -176,28 +176,28 @@ def test_statistics() -> None:
     window.on_success(1.0)
     window.on_throttled(2.0)
     window.on_connect_failure(3.0)
-    assert window.statistics() == {
-        "limit": 1,
-        "maximum": 4,
-        "credit": 0,
-        "dead_until": 303.0,
-        "dead_streak": 1,
-        "slow_until": None,
-        "error_limit": None,
-        "rejected_in_window": 0,
-        "rejected_peak": 0,
-        "rejected_total": 0,
-        "successes": 1,
-        "throttled": 1,
-        "connect_failures": 1,
-        "dead_marked": 1,
-        "slow_marked": 0,
-        "slow_replies": 0,
-        "last_success": 1.0,
-        "last_throttled": 2.0,
-        "last_failure": 3.0,
-    }
-    assert HostWindow(DEFAULT).statistics()["dead_until"] is None
+    assert window.statistics() == HostWindowStatistics(
+        limit=1,
+        maximum=4,
+        credit=0,
+        dead_until=303.0,
+        dead_streak=1,
+        slow_until=None,
+        error_limit=None,
+        rejected_in_window=0,
+        rejected_peak=0,
+        rejected_total=0,
+        successes=1,
+        throttled=1,
+        connect_failures=1,
+        dead_marked=1,
+        slow_marked=0,
+        slow_replies=0,
+        last_success=1.0,
+        last_throttled=2.0,
+        last_failure=3.0,
+    )
+    assert HostWindow(DEFAULT).statistics().dead_until is None
 
 
 def test_rejected_rcpt_budget_reserves_settles_and_slides() -> None:
@@ -212,7 +212,7 @@ def test_rejected_rcpt_budget_reserves_settles_and_slides() -> None:
     assert window.rejection_wait(30.0) == 30.0  # the oldest rejection leaves at 60.0
     assert window.rejection_wait(60.0) == 0.0
     stats = window.statistics()
-    assert (stats["rejected_peak"], stats["rejected_total"]) == (2, 2)
+    assert (stats.rejected_peak, stats.rejected_total) == (2, 2)
 
 
 def test_a_slow_host_gets_one_session_until_the_marking_lapses() -> None:
@@ -226,7 +226,7 @@ def test_a_slow_host_gets_one_session_until_the_marking_lapses() -> None:
     assert window.is_slow(699.0) and not window.is_slow(700.0)
     assert window.limit_at(700.0) == 3  # the learnt window applies again
     stats = window.statistics()
-    assert (stats["slow_until"], stats["slow_marked"], stats["slow_replies"]) == (700.0, 1, 2)
+    assert (stats.slow_until, stats.slow_marked, stats.slow_replies) == (700.0, 1, 2)
     assert window.on_slow_reply(800.0)  # lapsed, then slow again: a new marking
 
 

@@ -8,8 +8,10 @@ import trio.testing
 
 from ct_actors.throttle.killswitch import (
     DistinctFailures,
+    DistinctFailuresStatistics,
     KillSwitches,
     SwitchState,
+    SwitchStatistics,
 )
 
 BOUND = 60.0
@@ -21,14 +23,14 @@ def test_distinct_failures_trips_once_on_the_nth_distinct_key() -> None:
     assert detector.failure("c") is True
     assert detector.tripped
     assert [detector.failure(k) for k in ("d", "e", "c")] == [False] * 3
-    assert detector.statistics() == {
-        "threshold": 3,
-        "distinct": 3,
-        "tripped": True,
-        "trips": 1,
-        "failures": 9,
-        "successes": 0,
-    }
+    assert detector.statistics() == DistinctFailuresStatistics(
+        threshold=3,
+        distinct=3,
+        tripped=True,
+        trips=1,
+        failures=9,
+        successes=0,
+    )
 
 
 def test_distinct_failures_success_resets() -> None:
@@ -42,7 +44,7 @@ def test_distinct_failures_success_resets() -> None:
     assert not detector.tripped
     assert detector.failure("a") is False
     assert detector.failure("d") is True
-    assert detector.statistics()["trips"] == 2
+    assert detector.statistics().trips == 2
 
 
 def test_distinct_failures_reset() -> None:
@@ -50,7 +52,7 @@ def test_distinct_failures_reset() -> None:
     assert detector.failure("a") is True
     assert detector.failure("b") is False
     detector.reset()
-    assert detector.statistics()["distinct"] == 0
+    assert detector.statistics().distinct == 0
     assert detector.failure("a") is True
 
 
@@ -77,13 +79,9 @@ def test_trip_and_clear() -> None:
     assert switches.clear("blocklist") is True
     assert switches.clear("blocklist") is False
     assert switches.trip("blocklist", "again", 20.0) is True
-    assert switches.statistics()["blocklist"] == {
-        "action": "halt_and_alert",
-        "tripped": True,
-        "since": 20.0,
-        "reason": "again",
-        "trips": 2,
-    }
+    assert switches.statistics().switches["blocklist"] == SwitchStatistics(
+        action="halt_and_alert", tripped=True, since=20.0, reason="again", trips=2
+    )
 
 
 def test_tripped_returns_copies() -> None:
@@ -99,10 +97,8 @@ def test_clear_all() -> None:
     switches.trip("resolver", "SERVFAIL everywhere", 2.0)
     assert switches.clear_all() == ["resolver", "port25"]
     assert switches.clear_all() == []
-    assert switches.statistics() == {
-        name: {"action": action, "tripped": False, "since": None, "reason": None, "trips": 1}
-        if name != "blocklist"
-        else {"action": action, "tripped": False, "since": None, "reason": None, "trips": 0}
+    assert switches.statistics().switches == {
+        name: SwitchStatistics(action, False, None, None, 0 if name == "blocklist" else 1)
         for name, action in SWITCHES.items()
     }
 
@@ -185,13 +181,9 @@ async def test_wait_clear_waits_again_for_a_switch_tripped_meanwhile(
             assert returned == []
             switches.clear("port25")
     assert returned == [9.0]
-    assert switches.statistics()["port25"] == {
-        "action": "halt_smtp",
-        "tripped": False,
-        "since": None,
-        "reason": None,
-        "trips": 2,
-    }
+    assert switches.statistics().switches["port25"] == SwitchStatistics(
+        action="halt_smtp", tripped=False, since=None, reason=None, trips=2
+    )
 
 
 async def test_clear_then_trip_in_one_step_keeps_waiters_waiting(

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from ct_actors.testing import MemoryUsageStore
 from ct_actors.throttle.calendar import UtcClock
-from ct_actors.throttle.limiter import ToolLimiter, ToolThrottles
+from ct_actors.throttle.limiter import LimiterStatistics, ToolLimiter, ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, RateLimit, ToolSpec, load_toolbox
 
 BOUND = 100_000  # virtual seconds: autojump makes every wait instant in wall time
@@ -58,8 +58,8 @@ async def test_mx_lookups_never_exceed_50_in_any_second(
         times = await acquire_all(lim, [None] * 120)
     assert sorted(times) == [0.0] * 50 + [1.0] * 50 + [2.0] * 20
     stats = lim.statistics()
-    assert (stats["calls"], stats["throttle_waits"]) == (120, 70)
-    assert stats["limits"] == ["per_second 50/1s", "per_day 50000/1d"]
+    assert (stats.calls, stats.throttle_waits) == (120, 70)
+    assert stats.limits == ("per_second 50/1s", "per_day 50000/1d")
 
 
 async def test_one_smtp_call_per_domain_per_two_seconds(
@@ -86,11 +86,11 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
 ) -> None:
     usage = MemoryUsageStore()
     lim = limiter(with_limit(SMTP, "per_day", 30), usage, origin=BEFORE_MIDNIGHT, block=7)
-    paused: dict[str, object] = {}
+    paused: list[LimiterStatistics] = []
 
     async def watch() -> None:
         await trio.sleep(30.0)
-        paused.update(lim.statistics())
+        paused.append(lim.statistics())
 
     with trio.fail_after(BOUND), capture_logs() as logs:
         async with trio.open_nursery() as nursery:
@@ -98,7 +98,7 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
             times = await acquire_all(lim, [f"d{i}.test" for i in range(35)])
     # 30 calls at once, then nothing until 00:00:00 UTC, 60 s later in trio time.
     assert sorted(times) == [0.0] * 30 + [60.0] * 5
-    assert paused["paused_until"] == "2026-11-30T00:00:00+00:00"
+    assert paused[0].paused_until == dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
     exhausted = [e for e in logs if e["event"] == "budget_exhausted"]
     assert [(e["tool"], e["scope"], e["resumes_at"]) for e in exhausted] == [
         (SMTP_CHECK, "per_day", "2026-11-30T00:00:00+00:00")
@@ -107,7 +107,7 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
     day2 = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
     assert usage.used[(SMTP_CHECK, "per_day", day1)] == 30  # exactly the limit, never more
     assert usage.used[(SMTP_CHECK, "per_day", day2)] == 7  # one block reserved for the new day
-    assert lim.statistics()["paused_until"] is None
+    assert lim.statistics().paused_until is None
 
 
 async def test_the_day_budget_survives_a_restart(autojump_clock: trio.testing.MockClock) -> None:
@@ -170,7 +170,7 @@ async def test_reload_applies_from_the_next_call_and_keeps_the_history(
         # The ten calls of this second still count: the new limit of 5 is already used up.
         times = await acquire_all(lim, [None] * 6)
     assert sorted(times) == [1.0] * 5 + [2.0]
-    assert lim.statistics()["limits"] == ["per_second 5/1s", "per_day 50000/1d"]
+    assert lim.statistics().limits == ("per_second 5/1s", "per_day 50000/1d")
 
 
 async def test_raising_an_exhausted_budget_on_reload_resumes_within_a_minute(
@@ -234,9 +234,7 @@ async def test_a_scope_removed_on_reload_stops_applying(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lim = limiter(MX, MemoryUsageStore())
-    only_day = dataclasses.replace(
-        MX, rate_limits=(RateLimit("per_day", 50000, 86_400.0),)
-    )
+    only_day = dataclasses.replace(MX, rate_limits=(RateLimit("per_day", 50000, 86_400.0),))
     with trio.fail_after(BOUND):
         await acquire_all(lim, [None] * 50)
         lim.reconfigure(only_day)
@@ -255,4 +253,4 @@ async def test_a_call_not_made_gives_its_budget_back(
         lim.cancel_call()  # a kill switch tripped before b.test's visit: no call was made
         await lim.acquire("c.test")
         at = trio.current_time()
-    assert at == 0.0 and lim.statistics()["calls"] == 2
+    assert at == 0.0 and lim.statistics().calls == 2

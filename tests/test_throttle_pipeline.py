@@ -21,7 +21,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -34,6 +33,7 @@ from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.demo.labels import expected_label
@@ -51,7 +51,7 @@ from ct_actors.testing import (
     open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
-from ct_actors.throttle.limiter import ToolThrottles
+from ct_actors.throttle.limiter import LimiterStatistics, ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, ToolSpec, load_toolbox
 from tests.test_pipeline_sim import label, names_for, spine_for
 
@@ -62,7 +62,6 @@ EPS = 1e-6  # MockClock jumps by `deadline - now`, which can land an ulp off the
 REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")
 MX = REGISTRY.mx_lookup
 SMTP = REGISTRY.smtp_check
-SMTP_KEY = f"{SMTP_CHECK} {SMTP.name}"  # statistics()["throttles"] key
 
 POOL = PoolSettings(
     # Not about directory-harvest pacing (test_actors_probe's rejected-RCPT budget test is):
@@ -212,6 +211,12 @@ async def run_pipeline(
     return Run(supervisor, resolver, pools, stats)
 
 
+def tool_statistics(supervisor: Supervisor, tool_id: str) -> LimiterStatistics:
+    throttles = supervisor.statistics().throttles
+    assert throttles is not None
+    return throttles.tools[tool_id]
+
+
 def mismatches(
     world: World, store: FakeStore, spine: dict[uuid.UUID, str | None], owner: dict[uuid.UUID, str]
 ) -> dict[str, tuple[str, str, str | None]]:
@@ -301,9 +306,9 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
             rcpts,
         )
         assert len(bursts) <= len(times)
-    limiter_stats = run.supervisor.statistics()["throttles"][SMTP_KEY]
-    assert limiter_stats["calls"] == len(run.pools.calls)
-    assert limiter_stats["throttle_waits"] >= len(greylist | first_dead)
+    limiter_stats = tool_statistics(run.supervisor, SMTP_CHECK)
+    assert limiter_stats.calls == len(run.pools.calls)
+    assert limiter_stats.throttle_waits >= len(greylist | first_dead)
 
     # -- MXLookup per_second 50 -----------------------------------------------------------
     lookups = [t for t, _ in run.resolver.calls]
@@ -324,9 +329,9 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
     # (Exact to EPS, so even a few are no coincidence; how many depends on how fast records
     # leave the pipeline, which the per-session error budget slows for no-pattern domains.)
     assert len(held) >= 3
-    mx_stats = run.supervisor.statistics()["throttles"][f"{MX_LOOKUP} {MX.name}"]
-    assert mx_stats["calls"] == len(lookups)
-    assert mx_stats["throttle_waits"] > 0
+    mx_stats = tool_statistics(run.supervisor, MX_LOOKUP)
+    assert mx_stats.calls == len(lookups)
+    assert mx_stats.throttle_waits > 0
     # The day budgets were counted (in blocks) in the shared usage store.
     day = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
     assert usage.used[(MX_LOOKUP, "per_day", day)] >= len(lookups)
@@ -350,11 +355,11 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
     store = FakeStore(spine)
     usage = MemoryUsageStore()
     limits = throttles(BEFORE_MIDNIGHT, usage, with_limit(SMTP, "per_day", DAY_LIMIT))
-    waiting: dict[str, Any] = {}
+    waiting: list[SupervisorStatistics] = []
 
     async def watch(supervisor: Supervisor) -> None:
         await trio.sleep_until(midnight - 10.0)
-        waiting.update(supervisor.statistics())
+        waiting.append(supervisor.statistics())
 
     with trio.fail_after(BOUND), capture_logs() as logs:
         run = await run_pipeline(world, store, owner, limits, during=watch)
@@ -368,15 +373,15 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
     assert before[-1] < 10.0  # the day's calls went quickly; the gap to midnight is the budget
     assert after[0] == pytest.approx(midnight, abs=EPS)
     # While waiting, the stats line shows when work resumes.
-    smtp_stats = waiting["throttles"][SMTP_KEY]
-    assert smtp_stats["paused_until"] == MIDNIGHT.isoformat()
-    assert smtp_stats["budgets"]["per_day"]["exhausted_until"] == MIDNIGHT.isoformat()
-    assert smtp_stats["budgets"]["per_day"]["spent_here"] == DAY_LIMIT
-    assert waiting["in_flight"] > 0  # records were waiting, not failed
+    assert waiting[0].throttles is not None
+    smtp_stats = waiting[0].throttles.tools[SMTP_CHECK]
+    assert smtp_stats.paused_until == MIDNIGHT
+    assert smtp_stats.budgets["per_day"].exhausted_until == MIDNIGHT
+    assert smtp_stats.budgets["per_day"].spent_here == DAY_LIMIT
+    assert waiting[0].in_flight > 0  # records were waiting, not failed
     exhausted = [e for e in logs if e["event"] == "budget_exhausted"]
     assert [(e["tool"], e["resumes_at"]) for e in exhausted] == [(SMTP_CHECK, MIDNIGHT.isoformat())]
-    after_stats = run.supervisor.statistics()["throttles"][SMTP_KEY]
-    assert after_stats["paused_until"] is None
+    assert tool_statistics(run.supervisor, SMTP_CHECK).paused_until is None
     # The shared count never passed the limit.
     assert usage.used[(SMTP_CHECK, "per_day", MIDNIGHT - dt.timedelta(days=1))] == DAY_LIMIT
     # No record failed because of the budget: everything has its ground-truth outcome, and the
@@ -399,8 +404,7 @@ async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.Mock
 
     async def stop_when_exhausted(supervisor: Supervisor) -> None:
         # Polling the stats line, as an operator would; there is no event to wait on.
-        stats = supervisor.statistics
-        while stats()["throttles"][SMTP_KEY]["paused_until"] is None:  # noqa: ASYNC110
+        while tool_statistics(supervisor, SMTP_CHECK).paused_until is None:  # noqa: ASYNC110
             await trio.sleep(0.1)
         stopped_at.append(trio.current_time())
         supervisor.request_stop()

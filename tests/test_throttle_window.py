@@ -13,7 +13,12 @@ import random
 
 import pytest
 
-from ct_actors.throttle.window import KeyedWindow, SlidingWindow
+from ct_actors.throttle.window import (
+    KeyedWindow,
+    KeyedWindowStatistics,
+    SlidingWindow,
+    SlidingWindowStatistics,
+)
 
 
 def greedy(window: SlidingWindow, start: float, end: float) -> list[float]:
@@ -86,7 +91,7 @@ def test_greedy_ten_seconds_is_exactly_fifty_per_second() -> None:
     assert per_second(events, 0, 10) == [50] * 10
     assert most_in_any_interval(events, 1.0) == 50
     assert max(trailing_counts(events, events, 1.0)) == 50
-    assert window.statistics()["early"] == 0
+    assert window.statistics().early == 0
 
 
 def test_no_double_burst_across_a_boundary() -> None:
@@ -106,7 +111,7 @@ def test_greedy_after_reload_down() -> None:
     after = greedy(window, 5.5, 10.0)
     assert per_second(before + after, 0, 10) == [50] * 6 + [20] * 4
     assert max(trailing_counts(before + after, after, 1.0)) == 20
-    assert window.statistics()["history"] == 20
+    assert window.statistics().history == 20
 
 
 def test_greedy_after_reload_up() -> None:
@@ -163,14 +168,14 @@ def test_random_arrivals_and_reloads_never_exceed_the_limit(seed: int) -> None:
             now = at
     for at, limit, width in checks:
         assert trailing_counts(events, [at], width)[0] <= limit
-    assert window.statistics()["early"] == 0
+    assert window.statistics().early == 0
 
 
 def test_memory_is_bounded_by_the_limit() -> None:
     window = SlidingWindow(5, 1.0)
     for i in range(1000):
         window.record(i * 0.001)
-    assert window.statistics()["history"] == 5
+    assert window.statistics().history == 5
 
 
 def test_late_record_is_kept_in_order() -> None:
@@ -187,14 +192,9 @@ def test_early_records_are_counted() -> None:
     window.record(0.0)
     window.record(0.5)
     stats = window.statistics()
-    assert stats == {
-        "limit": 1,
-        "window": 1.0,
-        "recorded": 2,
-        "early": 1,
-        "history": 1,
-        "last_event": 0.5,
-    }
+    assert stats == SlidingWindowStatistics(
+        limit=1, window=1.0, recorded=2, early=1, history=1, last_event=0.5
+    )
 
 
 @pytest.mark.parametrize(
@@ -262,14 +262,14 @@ def test_prune_drops_only_idle_keys() -> None:
     assert len(domains) == 1
     assert domains.next_free("new", 2.0) == 3.0
     assert domains.next_free("old", 2.0) == 2.0
-    assert domains.statistics() == {
-        "limit": 1,
-        "window": 2.0,
-        "keys": 1,
-        "recorded": 2,
-        "early": 0,
-        "pruned": 1,
-    }
+    assert domains.statistics() == KeyedWindowStatistics(
+        limit=1,
+        window=2.0,
+        keys=1,
+        recorded=2,
+        early=0,
+        pruned=1,
+    )
 
 
 def test_record_prunes_so_memory_stays_bounded() -> None:
@@ -281,5 +281,5 @@ def test_record_prunes_so_memory_stays_bounded() -> None:
         largest = max(largest, len(domains))
     assert largest <= 1024 + 200
     stats = domains.statistics()
-    assert stats["recorded"] == 20_000
-    assert stats["pruned"] == 20_000 - len(domains)
+    assert stats.recorded == 20_000
+    assert stats.pruned == 20_000 - len(domains)

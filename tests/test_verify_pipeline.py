@@ -76,6 +76,23 @@ async def run(world: World, store: FakeStore, base_url: str, api_key: str, spec=
     return supervisor
 
 
+async def run_money_capped(
+    world: World, store: FakeStore, cap_calls: int
+) -> tuple[Supervisor, int]:
+    """The pipeline with the verifier's monthly money cap at `cap_calls` calls' worth and every
+    address invalid: the supervisor, and how many calls reached the vendor."""
+    mail = sorted(d for d in world.domains if world.domain(d).has_mx)
+    spec = REGISTRY.email_verifier
+    cost = dataclasses.replace(spec.cost, monthly_budget_cap=spec.cost.per_call * cap_calls)
+    async with open_fake_api() as api:
+        for d in mail:
+            api.set_result(f"info@{d}", "invalid")
+        assert api.base_url is not None
+        capped = dataclasses.replace(spec, cost=cost)
+        supervisor = await run(world, store, api.base_url, api.api_key, capped)
+        return supervisor, api.count()
+
+
 async def test_invalid_fails_valid_raises_and_each_address_is_asked_once() -> None:
     world = World.generate(3, 12, latency_ms=0, jitter_ms=0)
     mail = sorted(d for d in world.domains if world.domain(d).has_mx)
@@ -102,19 +119,10 @@ async def test_invalid_fails_valid_raises_and_each_address_is_asked_once() -> No
 async def test_money_cap_stops_calls_and_never_fails_a_record() -> None:
     world = World.generate(4, 20, latency_ms=0, jitter_ms=0)
     mail = sorted(d for d in world.domains if world.domain(d).has_mx)
-    spec = REGISTRY.email_verifier
-    cost = dataclasses.replace(spec.cost, monthly_budget_cap=spec.cost.per_call * 3)
     spine, owner = spine_for(world)
     store = FakeStore(spine)
     with trio.fail_after(30):
-        async with open_fake_api() as api:
-            for d in mail:
-                api.set_result(f"info@{d}", "invalid")
-            assert api.base_url is not None
-            supervisor = await run(
-                world, store, api.base_url, api.api_key, dataclasses.replace(spec, cost=cost)
-            )
-            calls = api.count()
+        supervisor, calls = await run_money_capped(world, store, cap_calls=3)
     assert calls == 3  # the cap, in money: 3 x estimated_cost_per_call
     assert supervisor.switches.is_tripped(BUDGET_CAP_REACHED)
     results = [store.terminal[oid].result for oid in spine if owner[oid] in mail]

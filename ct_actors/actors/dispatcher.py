@@ -15,15 +15,20 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 import trio
 
 from ct_actors.actors.stages import ProbeStages
 from ct_actors.config import DnsConfig, ProbeConfig
-from ct_actors.dns.domain_failures import DnsAttempt, DomainDnsFailures
+from ct_actors.dns.domain_failures import (
+    DnsAttempt,
+    DomainDnsFailures,
+    DomainFailuresStatistics,
+)
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure
+from ct_actors.log import fields_as_log
 from ct_actors.net.address_policy import AddressPolicy
 from ct_actors.outcome import Deferred, Failed, FailureCode, Outcome, Result
 from ct_actors.probe.domain_probe import (
@@ -89,6 +94,25 @@ class DispatchSettings:
     dns_failure_delay: float = _DNS.domain_failure_delay
 
 
+@dataclass(frozen=True, slots=True)
+class DispatcherStatistics:
+    jobs: int
+    domains_probed: int
+    joined: int  # jobs that joined a domain already being probed
+    cache_hits: int  # verdicts reused
+    greylist_deferrals: int
+    greylist_given_up: int
+    domains_in_flight: int
+    greylist_waiting: int
+    dns_broken: DomainFailuresStatistics  # domains whose own DNS is broken
+
+    def as_log(self) -> dict[str, Any]:
+        """The broken-DNS counters flat, `dns_broken_<counter>`, as the dashboards read them."""
+        line = fields_as_log(self)
+        line.update((f"dns_broken_{k}", v) for k, v in line.pop("dns_broken").items())
+        return line
+
+
 @dataclass(slots=True)
 class _DomainGroup:
     domain: NormalisedDomain
@@ -133,13 +157,13 @@ class Dispatcher:
         self._verdicts.ttl = settings.verdict_ttl
         self._dns_broken.configure(settings.dns_failure_retries, settings.dns_failure_delay)
 
-    def statistics(self) -> dict[str, int]:
-        return {
+    def statistics(self) -> DispatcherStatistics:
+        return DispatcherStatistics(
             **self._stats,
-            "domains_in_flight": len(self._groups),
-            "greylist_waiting": self.greylist_waiting(),
-            **{f"dns_broken_{k}": v for k, v in self._dns_broken.statistics().items()},
-        }
+            domains_in_flight=len(self._groups),
+            greylist_waiting=self.greylist_waiting(),
+            dns_broken=self._dns_broken.statistics(),
+        )
 
     def greylist_waiting(self) -> int:
         """Domains whose greylisting retry is still in the future: `run --drain` waits for

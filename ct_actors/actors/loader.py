@@ -73,6 +73,20 @@ class LoaderSettings:
     names_pause: float = _PROBE.names_pause
 
 
+@dataclass(frozen=True, slots=True)
+class LoaderStatistics:
+    claims: int
+    claimed: int  # records
+    empty_claims: int
+    claim_errors: int
+    renewals: int
+    reclaimed_own: int  # records this owner had leased before (a restart)
+    waits_for_other_leases: int
+    spine_duplicate_rows: int
+    names_deferred: int
+    names_pauses: int
+
+
 class LoaderActor:
     def __init__(
         self,
@@ -124,8 +138,8 @@ class LoaderActor:
         """Reload: batch size, lease length and the names-query limits from the next claim."""
         self.settings = settings
 
-    def statistics(self) -> dict[str, int]:
-        return dict(self._stats)
+    def statistics(self) -> LoaderStatistics:
+        return LoaderStatistics(**self._stats)
 
     def stop(self) -> None:
         """Stop claiming; the channel closes and the pipeline drains behind it."""

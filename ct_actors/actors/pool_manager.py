@@ -13,6 +13,7 @@ import structlog
 import trio
 
 from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.pool_statistics import PoolManagerStatistics
 from ct_actors.actors.smtp_pool import HostPool, PoolClosed
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.dns.types import MxHost
@@ -170,7 +171,7 @@ class SmtpPoolManager:
                 if window is not None and _nothing_learnt(window, trio.current_time()):
                     del self._windows[name]
 
-    def statistics(self, top: int = 5) -> dict[str, object]:
+    def statistics(self, top: int = 5) -> PoolManagerStatistics:
         now = trio.current_time()
         busiest = sorted(self._pools.values(), key=lambda p: p.workers, reverse=True)[:top]
         # The busiest host by rejected RCPTs in one window (directory-harvest safety).
@@ -178,26 +179,25 @@ class SmtpPoolManager:
         for name, window in self._windows.items():
             if window.rejected_peak > peak:
                 peak_host, peak = name, window.rejected_peak
-        return {
-            "rejected_rcpts_peak": peak,
-            "rejected_rcpts_peak_host": peak_host or None,
-            "rejection_budget_waits": self.counters["rejection_budget_waits"],
-            "pools": len(self._pools),
-            "pools_created": self._created,
-            "pools_retired": self._retired,
-            "sessions_opened_total": self.counters["sessions_opened"],
-            "open_sessions": sum(p.open_sessions for p in self._pools.values()),
-            "connections_in_use": self.connections.borrowed_tokens,
-            "dead_hosts": sum(1 for p in self._pools.values() if p.is_dead()),
-            # Hosts marked slow (pools retired or not) and what they hold of the slow share.
-            "slow_hosts": sum(1 for w in self._windows.values() if w.is_slow(now)),
-            "slow_connections_in_use": self.slow_connections.borrowed_tokens,
-            "slow_connections_max": self.slow_connections.total_tokens,
-            "slow_share_waits": self.counters["slow_share_waits"],
-            "slow_moves": self.counters["slow_moves"],
-            "slow_evictions": self.counters["slow_evictions"],
-            "top_pools": [p.statistics() for p in busiest],
-        }
+        return PoolManagerStatistics(
+            rejected_rcpts_peak=peak,
+            rejected_rcpts_peak_host=peak_host or None,
+            rejection_budget_waits=self.counters["rejection_budget_waits"],
+            pools=len(self._pools),
+            pools_created=self._created,
+            pools_retired=self._retired,
+            sessions_opened_total=self.counters["sessions_opened"],
+            open_sessions=sum(p.open_sessions for p in self._pools.values()),
+            connections_in_use=self.connections.borrowed_tokens,
+            dead_hosts=sum(1 for p in self._pools.values() if p.is_dead()),
+            slow_hosts=sum(1 for w in self._windows.values() if w.is_slow(now)),
+            slow_connections_in_use=self.slow_connections.borrowed_tokens,
+            slow_connections_max=int(self.slow_connections.total_tokens),
+            slow_share_waits=self.counters["slow_share_waits"],
+            slow_moves=self.counters["slow_moves"],
+            slow_evictions=self.counters["slow_evictions"],
+            top_pools=tuple(p.statistics() for p in busiest),
+        )
 
 
 def pool_key(host: MxHost) -> str:
@@ -210,9 +210,9 @@ def _nothing_learnt(window: HostWindow, now: float) -> bool:
     stats = window.statistics()
     return (
         window.limit == window.settings.initial
-        and stats["dead_streak"] == 0
+        and stats.dead_streak == 0
         and window.error_limit is None
-        and stats["rejected_in_window"] == 0
+        and stats.rejected_in_window == 0
         and not window.is_slow(now)
     )
 

@@ -32,6 +32,7 @@ from ct_actors.config import DnsConfig, KillSwitchConfig
 from ct_actors.dns.health import (
     HealthProbe,
     HealthReport,
+    HealthStatistics,
     ResolverHealth,
 )
 from ct_actors.dns.types import DnsUnavailable, DomainDnsFailure, MxLookup, MxResolver
@@ -61,6 +62,21 @@ class ResolverSettings:
     failure_domains: int = _KILLSWITCH.resolver_failure_domains
     health_check_name: str = _DNS.health_check_name
     health_check_interval: float = _DNS.health_check_interval
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverStatistics:
+    lookups: int
+    cache_hits: int
+    retries: int
+    unavailable: int
+    resolver_switches: int
+    domain_failures: int  # failed while the resolver answered its health check
+    switches_averted: int  # streaks forgiven because the health check answered
+    busy: int  # lookups in progress
+    cached: int
+    active_nameserver: str | None
+    health: HealthStatistics
 
 
 @dataclass(slots=True)
@@ -99,14 +115,14 @@ class ResolverStage:
         }
         self.busy = 0
 
-    def statistics(self) -> dict[str, object]:
-        return {
+    def statistics(self) -> ResolverStatistics:
+        return ResolverStatistics(
             **self._stats,
-            "busy": self.busy,
-            "cached": len(self._cache),
-            "active_nameserver": getattr(self._resolver, "active_nameserver", None),
-            "health": self._health.statistics(),
-        }
+            busy=self.busy,
+            cached=len(self._cache),
+            active_nameserver=getattr(self._resolver, "active_nameserver", None),
+            health=self._health.statistics(),
+        )
 
     def reconfigure(self, settings: ResolverSettings) -> None:
         """Reload: new retry policy and threshold from the next lookup; the cache is kept (the

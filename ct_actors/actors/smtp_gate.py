@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 import trio
@@ -38,8 +39,9 @@ import trio
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.config import KillSwitchConfig
-from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult
+from ct_actors.dns.dnsbl import DnsblChecker, DnsblResult, DnsblStatistics
 from ct_actors.dns.types import MxHost
+from ct_actors.log import fields_as_log
 from ct_actors.probe.visit import (
     NO_CONNECTION_TRIED,
     HostVisit,
@@ -51,11 +53,17 @@ from ct_actors.throttle.blocklist_evidence import (
     BlocklistEvidence,
     BlocklistJudgement,
     Decision,
+    EvidenceStatistics,
     RefusalStreaks,
+    RefusalStreaksStatistics,
     Rule,
     decide,
 )
-from ct_actors.throttle.killswitch import DistinctFailures, KillSwitches
+from ct_actors.throttle.killswitch import (
+    DistinctFailures,
+    DistinctFailuresStatistics,
+    KillSwitches,
+)
 from ct_actors.throttle.limiter import ToolLimiter
 
 log = structlog.get_logger("ct_actors.smtp_gate")
@@ -92,6 +100,35 @@ def _worked(visit: HostVisit) -> bool:
     if visit.outcome in (VisitOutcome.CONCLUDED, VisitOutcome.GREYLISTED):
         return True
     return visit.outcome == VisitOutcome.SESSION_ENDED and visit.progress > 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistStatistics:
+    evidence: EvidenceStatistics  # refusals of our IP and working sessions, in the window
+    weighings: int
+    not_us: int  # weighings that found the refusals about the hosts
+    refusals_given_up: int
+    sending_address: str | None  # our address as the receiving hosts see it
+
+    def as_log(self) -> dict[str, Any]:
+        """The evidence's counters flat in the `blocklist` object, as the dashboards read it."""
+        line = fields_as_log(self)
+        return {**line.pop("evidence"), **line}
+
+
+@dataclass(frozen=True, slots=True)
+class GuardStatistics:
+    last_connected_ago: float | None  # seconds since our latest SMTP connection opened
+    blocklist: BlocklistStatistics
+    refusal_streaks: RefusalStreaksStatistics
+    dnsbl: DnsblStatistics
+    unreachable: DistinctFailuresStatistics  # the port-25 detector
+
+    def as_log(self) -> dict[str, Any]:
+        line = fields_as_log(self)
+        if self.last_connected_ago is not None:
+            line["last_connected_ago"] = round(self.last_connected_ago, 1)
+        return line
 
 
 class SmtpGuard:
@@ -262,21 +299,20 @@ class SmtpGuard:
                 **evidence,
             )
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self) -> GuardStatistics:
         now = trio.current_time()
-        return {
-            "last_connected_ago": None
-            if self.last_connected is None
-            else round(now - self.last_connected, 1),
-            "blocklist": {
-                **self._evidence.statistics(now),
+        last = self.last_connected
+        return GuardStatistics(
+            last_connected_ago=None if last is None else now - last,
+            blocklist=BlocklistStatistics(
+                self._evidence.statistics(now),
                 **self._stats,
-                "sending_address": self.sending_address(),
-            },
-            "refusal_streaks": self._streaks.statistics(),
-            "dnsbl": self.dnsbl.statistics(),
-            "unreachable": self._unreachable.statistics(),
-        }
+                sending_address=self.sending_address(),
+            ),
+            refusal_streaks=self._streaks.statistics(),
+            dnsbl=self.dnsbl.statistics(),
+            unreachable=self._unreachable.statistics(),
+        )
 
 
 class SmtpGate:

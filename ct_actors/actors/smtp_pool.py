@@ -31,6 +31,7 @@ import structlog
 import trio
 
 from ct_actors.actors.pool_settings import PoolSettings
+from ct_actors.actors.pool_statistics import PoolStatistics
 from ct_actors.actors.slow_hosts import HostSlowShare, SlowLease, SlowWatch
 from ct_actors.actors.smtp_session import (
     PooledSession,
@@ -124,19 +125,13 @@ class HostPool:
     def name(self) -> str:
         return self.host.name
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "host": self.host.name,
-            "workers": self.workers,
-            "idle_workers": self.idle_workers,
-            "open_sessions": self.open_sessions,
-            "window": self.window.limit,
-            "rcpt_limit": self.rcpt_limit,
-            "dead": self.is_dead(),
-            "slow": self.is_slow(),
-            "slow_sessions": self._slow.sessions,
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            host=self.host.name, workers=self.workers, idle_workers=self.idle_workers,
+            open_sessions=self.open_sessions, window=self.window.limit, rcpt_limit=self.rcpt_limit,
+            dead=self.is_dead(), slow=self.is_slow(), slow_sessions=self._slow.sessions,
             **self._stats,
-        }
+        )
 
     def reconfigure(self, settings: PoolSettings) -> None:
         """Reload: timeouts and session limits from the next session on; the learnt window

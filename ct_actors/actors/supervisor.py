@@ -29,6 +29,11 @@ from ct_actors.actors.resolver_stage import RESOLVER_FAILURE
 from ct_actors.actors.settings import PipelineSettings, Reconfigurable, Settings
 from ct_actors.actors.smtp_gate import SMTP_SWITCHES
 from ct_actors.actors.stages import ProbeStages
+from ct_actors.actors.supervisor_statistics import (
+    ChannelStatistics,
+    InFlightByStage,
+    SupervisorStatistics,
+)
 from ct_actors.actors.writer import OutcomeStore, WriterActor, WriterSettings
 from ct_actors.dns.dnsbl import DnsblChecker
 from ct_actors.dns.nameservers import QuerySettings
@@ -252,7 +257,7 @@ class Supervisor:
 
     # -- observability ---------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> SupervisorStatistics:
         now = trio.current_time()
         done = sum(self.writer.outcomes.values())
         elapsed = max(now - self.started_at, 1e-9)
@@ -261,38 +266,35 @@ class Supervisor:
         dispatcher = self.dispatcher.statistics()
         writer = self.writer.statistics()
         smtp = self.pools.statistics()
-        return {
-            "records_done": done,
-            "rate_interval": round((done - last_done) / interval, 2),
-            "rate_total": round(done / elapsed, 2),
-            "in_flight": self.credits.in_flight,
-            "in_flight_by_stage": {
-                "domains_probing": dispatcher["domains_in_flight"],
-                "mx_lookups": self.resolver.busy,
-                "smtp_sessions": smtp["open_sessions"],
-                "writer_buffered": writer["buffered"],
-            },
-            "channels": {name: _depth(ch) for name, ch in self._channels.items()},
-            "outcomes": dict(self.writer.outcomes),
-            "loader": self.loader.statistics(),
-            "dispatcher": dispatcher,
-            "resolver": self.resolver.statistics(),
-            "smtp": smtp,
-            "smtp_guard": self.guard.statistics(),
-            "writer": writer,
-            "throttles": self.throttles.statistics() if self.throttles is not None else {},
-            "kill_switches": self.switches.statistics(),
-            **(
-                {"verifier": self.verifier.statistics().as_log()}
-                if self.verifier is not None
-                else {}
+        return SupervisorStatistics(
+            records_done=done,
+            rate_interval=(done - last_done) / interval,
+            rate_total=done / elapsed,
+            in_flight=self.credits.in_flight,
+            in_flight_by_stage=InFlightByStage(
+                domains_probing=dispatcher.domains_in_flight,
+                mx_lookups=self.resolver.busy,
+                smtp_sessions=smtp.open_sessions,
+                writer_buffered=writer.buffered,
             ),
-        }
+            channels={name: _depth(ch) for name, ch in self._channels.items()},
+            outcomes=dict(self.writer.outcomes),
+            loader=self.loader.statistics(),
+            dispatcher=dispatcher,
+            resolver=self.resolver.statistics(),
+            smtp=smtp,
+            smtp_guard=self.guard.statistics(),
+            writer=writer,
+            throttles=self.throttles.statistics() if self.throttles is not None else None,
+            kill_switches=self.switches.statistics(),
+            verifier=self.verifier.statistics() if self.verifier is not None else None,
+        )
 
     def log_stats(self, *, final: bool = False) -> None:
         stats = self.statistics()
-        self._last_stats = (trio.current_time(), stats["records_done"])
-        log.info("stats_final" if final else "stats", **stats)
+        self._last_stats = (trio.current_time(), stats.records_done)
+        # The logging edge: the one place the statistics become the line's text.
+        log.info("stats_final" if final else "stats", **stats.as_log())
 
     async def _stats_loop(self) -> None:
         while True:
@@ -310,11 +312,10 @@ def _writer_settings(settings: PipelineSettings) -> WriterSettings:
     return dataclasses.replace(settings.writer, recover_after=settings.loader.lease_seconds)
 
 
-def _depth(channel: trio.MemorySendChannel[Any]) -> dict[str, int]:
-    # Zero-buffer channels: the depth that matters is who is blocked on either side.
+def _depth(channel: trio.MemorySendChannel[Any]) -> ChannelStatistics:
     stats = channel.statistics()
-    return {
-        "buffered": stats.current_buffer_used,
-        "senders_waiting": stats.tasks_waiting_send,
-        "receivers_waiting": stats.tasks_waiting_receive,
-    }
+    return ChannelStatistics(
+        buffered=stats.current_buffer_used,
+        senders_waiting=stats.tasks_waiting_send,
+        receivers_waiting=stats.tasks_waiting_receive,
+    )

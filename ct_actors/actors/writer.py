@@ -75,6 +75,19 @@ class WriterSettings:
     recover_batch: int = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class WriterStatistics:
+    batches: int
+    rows: int
+    already_terminal: int
+    retries: int
+    fenced: int  # refused by the write fence
+    recovered_lines: int  # outcome lines logged on start for a previous process
+    buffered: int
+    failing_since: float | None  # trio time the database started failing; None while it works
+    by_code: Mapping[str, int]  # committed outcomes by code
+
+
 class WriterActor:
     def __init__(
         self,
@@ -113,13 +126,13 @@ class WriterActor:
         """Reload: batch size and flush interval from the next batch; rows held carry over."""
         self.settings = settings
 
-    def statistics(self) -> dict[str, object]:
-        return {
+    def statistics(self) -> WriterStatistics:
+        return WriterStatistics(
             **self._stats,
-            "buffered": self.buffered,
-            "failing_since": self.failing_since,
-            "by_code": dict(self.outcomes),
-        }
+            buffered=self.buffered,
+            failing_since=self.failing_since,
+            by_code=dict(self.outcomes),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.last_commit = trio.current_time()

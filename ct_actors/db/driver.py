@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 import asyncpg
@@ -59,8 +59,17 @@ T = TypeVar("T")
 MigrationRunner = Callable[[Any], Awaitable[list[str]]]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class DatabaseStatistics:
+    round_trips: int  # statements sent to PostgreSQL
+    crossings: int  # calls across the trio-asyncio boundary
+    errors: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    """The running counts (`DatabaseStatistics` is their snapshot)."""
+
     round_trips: int = 0
     crossings: int = 0
     errors: int = 0
@@ -182,7 +191,7 @@ class Database:
         # DB-clock time the pool was opened: the work queue's leases taken by this owner name
         # before it are a crashed previous incarnation's (see ct_actors.db.work_queue).
         self._incarnation = incarnation
-        self._stats = DatabaseStatistics()
+        self._stats = _Counters()
         self._closed = False
         # Known secrets masked in everything stored (outcomes, verifier ledger): the URL's
         # password from the start, the rest (the verifier API key) from `set_secrets`.
@@ -211,7 +220,7 @@ class Database:
         return self._redactor.redacted_url
 
     def statistics(self) -> DatabaseStatistics:
-        return replace(self._stats)
+        return DatabaseStatistics(**asdict(self._stats))
 
     async def __aenter__(self) -> Database:
         return self

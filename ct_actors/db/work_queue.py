@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 from uuid import UUID
 
@@ -43,8 +43,25 @@ from ct_actors.outcome import Outcome
 __all__ = ["QueueStatistics", "WorkQueue"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class QueueStatistics:
+    claims: int
+    rows_claimed: int
+    writes: int
+    rows_written: int
+    rows_already_terminal: int
+    rows_deferred: int
+    rows_not_in_spine: int
+    rows_fenced: int
+    # Wall-clock seconds spent in claim / write_outcomes calls (crossing + database).
+    claim_seconds: float
+    write_seconds: float
+
+
+@dataclass(slots=True)
+class _Counters:
+    """The running counts (`QueueStatistics` is their snapshot)."""
+
     claims: int = 0
     rows_claimed: int = 0
     writes: int = 0
@@ -53,7 +70,6 @@ class QueueStatistics:
     rows_deferred: int = 0
     rows_not_in_spine: int = 0
     rows_fenced: int = 0
-    # Wall-clock seconds spent in claim / write_outcomes calls (crossing + database).
     claim_seconds: float = 0.0
     write_seconds: float = 0.0
 
@@ -65,7 +81,7 @@ class WorkQueue:
 
     def __init__(self, database: Database) -> None:
         self._db = database
-        self._stats = QueueStatistics()
+        self._stats = _Counters()
         # Keyset-pagination cursor per owner (see queries.CLAIM_AFTER).
         self._cursor: dict[str, UUID | None] = {}
 
@@ -74,7 +90,7 @@ class WorkQueue:
         return self._db
 
     def statistics(self) -> QueueStatistics:
-        return replace(self._stats)
+        return QueueStatistics(**asdict(self._stats))
 
     # -- hot path ---------------------------------------------------------------------------
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedRecord]:

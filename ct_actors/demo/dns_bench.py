@@ -25,6 +25,7 @@ import trio
 from ct_actors.dns.client import UdpDnsClient
 from ct_actors.dns.mx import DnsMxResolver
 from ct_actors.dns.types import MxStatus
+from ct_actors.log import fields_as_log
 from ct_actors.testing.dns import FakeDnsServer, Records
 
 HOST = "127.0.77.1"
@@ -84,8 +85,8 @@ async def _run_lookups(port: int, lookups: int, concurrency: int) -> dict[str, f
         "seconds": wall,
         "lookups_per_s": lookups / wall,
         "cpu_ms_per_lookup": cpu * 1000 / lookups,
-        **{f"client.{k}": v for k, v in stats.items()},
-        **{f"mx.{k}": v for k, v in resolver.statistics().items()},
+        **{f"client.{k}": v for k, v in fields_as_log(stats).items()},
+        **{f"mx.{k}": v for k, v in fields_as_log(resolver.statistics()).items()},
     }
 
 

@@ -23,6 +23,7 @@ from ct_actors.config import Config, env_var_name
 from ct_actors.db.choice import ChosenDatabase
 from ct_actors.demo.scenario import (
     LIFTED_RATE_LIMITS,
+    PipelineTotals,
     Scenario,
     evaluate,
     print_summary,
@@ -83,17 +84,12 @@ async def run_fleet(
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     sim_cpu = (sim_usage.ru_utime - after.ru_utime) + (sim_usage.ru_stime - after.ru_stime)
     finals = [child.final() for child in children]
-    merged = {
-        "records_done": sum(f.get("records_done", 0) for f in finals),
-        "smtp": {
-            "sessions_opened_total": sum(
-                f.get("smtp", {}).get("sessions_opened_total", 0) for f in finals
-            )
-        },
-        "dispatcher": {
-            "domains_probed": sum(f.get("dispatcher", {}).get("domains_probed", 0) for f in finals)
-        },
-    }
+    # Each daemon's `stats_final` line is all a fleet's processes leave of their statistics.
+    merged = PipelineTotals(
+        records_done=sum(f.get("records_done", 0) for f in finals),
+        sessions_opened=sum(f.get("smtp", {}).get("sessions_opened_total", 0) for f in finals),
+        domains_probed=sum(f.get("dispatcher", {}).get("domains_probed", 0) for f in finals),
+    )
     durations = [d for child in children for d in child.durations()]
     maxrss = max(child.maxrss_kb for child in children)
     result = evaluate(

@@ -20,6 +20,7 @@ from ct_actors.db.choice import ChosenDatabase
 from ct_actors.db.driver import open_database
 from ct_actors.demo.fleet import print_fleet_summary, run_fleet
 from ct_actors.demo.scenario import (
+    PipelineTotals,
     Scenario,
     evaluate,
     print_summary,
@@ -168,7 +169,7 @@ async def _run(
         world,
         rows,
         outcomes,
-        supervisor.statistics(),
+        PipelineTotals.of(supervisor.statistics()),
         sim_stats,
         supervisor.writer.durations,
         elapsed,

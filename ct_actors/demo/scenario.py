@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.config import Config, SmtpConfig
 from ct_actors.demo.labels import expected_label, row_label
 from ct_actors.demo.spine import NAMES_QUERY, SpineRow
@@ -130,12 +131,34 @@ def scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) 
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PipelineTotals:
+    """What a bench result needs of the pipeline's statistics: one daemon's
+    (`SupervisorStatistics`), or a fleet's summed from its daemons' `stats_final` lines."""
+
+    records_done: int
+    sessions_opened: int
+    domains_probed: int
+    rejected_rcpts_peak: int | None = None  # one daemon's only: peaks do not add up
+    rejected_rcpts_peak_host: str | None = None
+
+    @classmethod
+    def of(cls, stats: SupervisorStatistics) -> PipelineTotals:
+        return cls(
+            records_done=stats.records_done,
+            sessions_opened=stats.smtp.sessions_opened_total,
+            domains_probed=stats.dispatcher.domains_probed,
+            rejected_rcpts_peak=stats.smtp.rejected_rcpts_peak,
+            rejected_rcpts_peak_host=stats.smtp.rejected_rcpts_peak_host,
+        )
+
+
 def evaluate(
     scenario: Scenario,
     world: World,
     rows: list[SpineRow],
     outcomes: dict[Any, dict[str, Any]],
-    stats: dict[str, Any],
+    stats: PipelineTotals,
     sim_stats: dict[str, Any],
     durations: Iterable[float],
     elapsed: float,
@@ -161,7 +184,7 @@ def evaluate(
                     "got": got_label,
                 }
             )
-    done = stats["records_done"]
+    done = stats.records_done
     ordered = sorted(durations)
     return {
         "scenario": dataclasses.asdict(scenario),
@@ -177,13 +200,10 @@ def evaluate(
             k: sim_stats.get(k)
             for k in ("connections", "rcpts", "rejected_421", "data_attempts", "dropped")
         },
-        "rejected_rcpts_peak_per_host_minute": stats["smtp"].get("rejected_rcpts_peak"),
-        "rejected_rcpts_peak_host": stats["smtp"].get("rejected_rcpts_peak_host"),
+        "rejected_rcpts_peak_per_host_minute": stats.rejected_rcpts_peak,
+        "rejected_rcpts_peak_host": stats.rejected_rcpts_peak_host,
         "rejected_rcpts_budget": _dha_budget(world),
-        "smtp_sessions_per_domain": round(
-            stats["smtp"]["sessions_opened_total"] / max(stats["dispatcher"]["domains_probed"], 1),
-            3,
-        ),
+        "smtp_sessions_per_domain": round(stats.sessions_opened / max(stats.domains_probed, 1), 3),
         "accuracy": {
             "checked": len(rows),
             "mismatches": len(mismatches),

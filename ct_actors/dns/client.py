@@ -96,6 +96,23 @@ class _Waiter:
 _DNS = DnsConfig()
 
 
+@dataclass(frozen=True, slots=True)
+class DnsClientStatistics:
+    """Counters since start. `received` counts every datagram read; `stray` those ignored
+    (unknown or finished id, wrong source, wrong question); `malformed` those that matched
+    but did not parse; `timeouts` attempts without a usable reply; `in_flight` queries in
+    progress, including those queued behind `max_in_flight`."""
+
+    sent: int
+    received: int
+    timeouts: int
+    retries: int
+    stray: int
+    malformed: int
+    tcp_fallbacks: int
+    in_flight: int
+
+
 class UdpDnsClient:
     """Shared-socket DNS client. Use as `async with UdpDnsClient([...]) as client:`.
 
@@ -179,12 +196,8 @@ class UdpDnsClient:
         """SO_RCVBUF as granted by the kernel (Linux reports twice the usable payload)."""
         return self._receive_buffer
 
-    def statistics(self) -> dict[str, int]:
-        """Counters since start. `received` counts every datagram read; `stray` those ignored
-        (unknown or finished id, wrong source, wrong question); `malformed` those that matched
-        but did not parse; `timeouts` attempts without a usable reply; `in_flight` queries in
-        progress, including those queued behind `max_in_flight`."""
-        return {**self._stats, "in_flight": self._in_flight}
+    def statistics(self) -> DnsClientStatistics:
+        return DnsClientStatistics(**self._stats, in_flight=self._in_flight)
 
     async def __aenter__(self) -> Self:
         if self._nursery_cm is not None or self._closed:

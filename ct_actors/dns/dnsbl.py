@@ -169,6 +169,16 @@ def usable_address(address: str | None) -> str | None:
     return str(ip) if ip.is_global else None
 
 
+@dataclass(frozen=True, slots=True)
+class DnsblStatistics:
+    zones: tuple[str, ...]
+    cached: int  # (zone, address) answers in the cache
+    checks: int
+    queries: int
+    cache_hits: int
+    failures: int  # queries without a verdict (timeout, SERVFAIL)
+
+
 class DnsblChecker:
     """Looks our sending address up in the configured zones; answers cached per zone."""
 
@@ -279,5 +289,5 @@ class DnsblChecker:
         """After the operator's fix (SIGHUP): ask the lists again."""
         self._cache.clear()
 
-    def statistics(self) -> dict[str, object]:
-        return {"zones": list(self.zones), "cached": len(self._cache), **self._stats}
+    def statistics(self) -> DnsblStatistics:
+        return DnsblStatistics(self.zones, len(self._cache), **self._stats)

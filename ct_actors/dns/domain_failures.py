@@ -72,6 +72,16 @@ class _State:
     retry_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class DomainFailuresStatistics:
+    counted: int
+    deferred: int
+    concluded: int  # CT-M-NO-MX after the last retry
+    early: int  # failed again before their retry time
+    recovered: int
+    domains: int  # waiting now
+
+
 class DomainDnsFailures:
     def __init__(self, retries: int = 3, delay: float = 1800.0) -> None:
         self.retries = retries
@@ -117,8 +127,8 @@ class DomainDnsFailures:
         if self._state.pop(domain, None) is not None:
             self._stats["recovered"] += 1
 
-    def statistics(self) -> dict[str, int]:
-        return {**self._stats, "domains": len(self._state)}
+    def statistics(self) -> DomainFailuresStatistics:
+        return DomainFailuresStatistics(**self._stats, domains=len(self._state))
 
     def _sweep(self, now: float) -> None:
         if now - self._swept_at < _SWEEP_EVERY:

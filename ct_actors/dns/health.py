@@ -82,6 +82,18 @@ class _Running:
     report: HealthReport | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HealthStatistics:
+    checks: int  # asked the nameserver
+    healthy: int
+    unhealthy: int
+    shared: int  # waited for a check in flight
+    cached: int  # answered by the last result
+    name: str  # the name asked (dns.health_check_name)
+    last_healthy: bool | None
+    last_checked_at: float | None  # trio time
+
+
 class ResolverHealth:
     """Cached, coalesced health checks of the active nameserver (see the module docstring)."""
 
@@ -102,14 +114,14 @@ class ResolverHealth:
         """The nameserver changed (switch, clear): nothing known about it yet."""
         self._last = None
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self) -> HealthStatistics:
         last = self._last
-        return {
+        return HealthStatistics(
             **self._stats,
-            "name": self.name,
-            "last_healthy": None if last is None else last.healthy,
-            "last_checked_at": None if last is None else last.checked_at,
-        }
+            name=self.name,
+            last_healthy=None if last is None else last.healthy,
+            last_checked_at=None if last is None else last.checked_at,
+        )
 
     async def check(
         self, probe: HealthProbe | None, nameserver: str | None, *, max_age: float

@@ -37,6 +37,18 @@ class _HostFetch:
     error: DnsUnavailable | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MxResolverStatistics:
+    lookups: int
+    invalid_names: int  # not a DNS name: concluded without a query
+    cache_hits: int  # host addresses, from the cache
+    cache_misses: int
+    coalesced: int  # joined a fetch already in flight
+    address_queries: int
+    address_failures: int
+    cached_hosts: int
+
+
 class DnsMxResolver:
     """`MxResolver` over a `UdpDnsClient` (or anything with its `exchange`).
 
@@ -90,8 +102,8 @@ class DnsMxResolver:
         if reset is not None:
             reset()
 
-    def statistics(self) -> dict[str, int]:
-        return {**self._stats, "cached_hosts": len(self._cache)}
+    def statistics(self) -> MxResolverStatistics:
+        return MxResolverStatistics(**self._stats, cached_hosts=len(self._cache))
 
     async def check_health(self, name: str) -> tuple[HealthAnswer, ...]:
         """The active nameserver's answers to `name` IN A and `. NS` (dns/health.py says why

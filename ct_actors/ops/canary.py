@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from ct_actors import __version__
+from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.app import run_pipeline
 from ct_actors.config import Config
 from ct_actors.db import queries as daemon_queries
@@ -161,7 +162,7 @@ async def run_canary(
         notes: list[str] = []
         pipeline_error: str | None = None
         denied: str | None = None
-        stats: dict[str, Any] | None = None
+        stats: SupervisorStatistics | None = None
         timed_out = False
         duration = 0.0
         proof_role = None
@@ -224,7 +225,7 @@ async def run_canary(
         notes.append(f"The canary stopped at its timeout ({options.timeout:g} s).")
     processed = sum(1 for i in ids if facts.outcome(i) in ("PASS", "FAIL"))
     if stats is not None:
-        ours = sum(n for k, n in dict(stats.get("outcomes", {})).items() if k != "DEFERRED")
+        ours = sum(n for k, n in stats.outcomes.items() if k != "DEFERRED")
         if ours < processed:
             notes.append(
                 f"{processed - ours} of the {processed} outcomes were written by another "

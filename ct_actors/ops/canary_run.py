@@ -4,11 +4,12 @@ the pipeline's figures, and the outcome counts and rate derived from them (pure)
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.ops.canary_facts import CanaryFacts, SovereignProof
 from ct_actors.ops.checks import CheckResult
 from ct_actors.ops.selection import Selection
@@ -33,7 +34,7 @@ class CanaryRun:
     max_in_flight: int
     timeout: float
     timed_out: bool = False
-    pipeline: Mapping[str, Any] | None = None  # Supervisor.statistics() at the end
+    pipeline: SupervisorStatistics | None = None  # Supervisor.statistics() at the end
     pipeline_error: str | None = None
     output: Path | None = None
     notes: Sequence[str] = field(default_factory=tuple)

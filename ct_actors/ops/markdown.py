@@ -41,15 +41,6 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _stat(stats: Mapping[str, Any] | None, *path: str) -> Any:
-    cur: Any = stats
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            return None
-        cur = cur[key]
-    return cur
-
-
 def human_hours(hours: float) -> str:
     """'8.4 hours', or minutes below a tenth of an hour."""
     return f"{hours:.1f} hours" if hours >= 0.1 else f"{hours * 60:.1f} minutes"
@@ -223,12 +214,13 @@ def _distribution(run: CanaryRun) -> list[str]:
 def _flow(run: CanaryRun) -> list[str]:
     stats = run.pipeline
     n = len(run.ids)
-    claimed = _stat(stats, "loader", "claimed")
-    already = _stat(stats, "writer", "already_terminal")
-    lookups = _stat(stats, "resolver", "lookups")
-    cache_hits = _stat(stats, "resolver", "cache_hits")
-    sessions = _stat(stats, "smtp", "sessions_opened_total")
-    deferred = _stat(stats, "outcomes", "DEFERRED") or 0
+    # Unknown (None) when the pipeline did not run to its end.
+    claimed = stats.loader.claimed if stats else None
+    already = stats.writer.already_terminal if stats else None
+    lookups = stats.resolver.lookups if stats else None
+    cache_hits = stats.resolver.cache_hits if stats else None
+    sessions = stats.smtp.sessions_opened_total if stats else None
+    deferred = stats.outcomes.get("DEFERRED", 0) if stats else 0
     passes = [run.facts.targets[i] for i, o in run.outcomes.items() if o == "PASS"]
     fails = [i for i, o in run.outcomes.items() if o == "FAIL"]
     no_domain = sum(1 for i in fails if run.facts.failure_code(i) == FailureCode.NO_DOMAIN.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -13,20 +13,12 @@ from ct_actors.service.watchdog import HealthSample, HealthVerdict
 
 if TYPE_CHECKING:
     from ct_actors.actors.supervisor import Supervisor
+    from ct_actors.actors.supervisor_statistics import SupervisorStatistics
     from ct_actors.throttle.limiter import ToolThrottles
-
-# Counters that move while records in flight are being worked on.
-_DISPATCHER_COUNTERS = ("jobs", "domains_probed", "joined", "cache_hits")
-_RESOLVER_COUNTERS = ("lookups", "cache_hits", "retries", "unavailable")
-_LOADER_COUNTERS = ("claims", "empty_claims", "claim_errors", "waits_for_other_leases")
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _count(stats: Mapping[str, Any], keys: tuple[str, ...]) -> int:
-    return sum(int(stats.get(key) or 0) for key in keys)
 
 
 def budget_pauses(throttles: ToolThrottles | None) -> dict[str, dt.datetime]:
@@ -42,7 +34,7 @@ def budget_pauses(throttles: ToolThrottles | None) -> dict[str, dt.datetime]:
 
 
 def sample_statistics(
-    stats: Mapping[str, Any],
+    stats: SupervisorStatistics,
     *,
     now: float,
     credits_free: int,
@@ -53,37 +45,39 @@ def sample_statistics(
     paused_until: Mapping[str, dt.datetime] | None = None,
 ) -> HealthSample:
     """A `HealthSample` from `Supervisor.statistics()` and the few gauges it does not carry
-    (`paused_until`: `budget_pauses`). Missing keys read as zero, so the stats line can grow
-    without breaking this."""
-    writer = stats.get("writer") or {}
-    throttles: Mapping[str, Mapping[str, Any]] = stats.get("throttles") or {}
-    switches: Mapping[str, Mapping[str, Any]] = stats.get("kill_switches") or {}
+    (`paused_until`: `budget_pauses`)."""
+    writer, loader = stats.writer, stats.loader
+    dispatcher, resolver = stats.dispatcher, stats.resolver
+    limiters = stats.throttles.tools.values() if stats.throttles is not None else ()
+    # Counters that move while records in flight are being worked on.
     activity = (
-        _count(stats.get("dispatcher") or {}, _DISPATCHER_COUNTERS)
-        + _count(stats.get("resolver") or {}, _RESOLVER_COUNTERS)
-        + _count(stats.get("smtp") or {}, ("sessions_opened_total",))
-        + sum(_count(t, ("calls", "throttle_waits")) for t in throttles.values())
-    )
-    failing = writer.get("failing_since")
+        dispatcher.jobs + dispatcher.domains_probed + dispatcher.joined + dispatcher.cache_hits
+        + resolver.lookups + resolver.cache_hits + resolver.retries + resolver.unavailable
+        + stats.smtp.sessions_opened_total
+        + sum(t.calls + t.throttle_waits for t in limiters)
+    )  # fmt: skip
+    claims = loader.claims + loader.empty_claims + loader.claim_errors
     return HealthSample(
         now=now,
-        committed=_count(writer, ("batches",)),
-        write_retries=_count(writer, ("retries",)),
-        writer_buffered=_count(writer, ("buffered",)),
-        writer_failing_since=float(failing) if failing is not None else None,
-        claims=_count(stats.get("loader") or {}, _LOADER_COUNTERS),
+        committed=writer.batches,
+        write_retries=writer.retries,
+        writer_buffered=writer.buffered,
+        writer_failing_since=writer.failing_since,
+        claims=claims + loader.waits_for_other_leases,
         activity=activity,
-        in_flight=int(stats.get("in_flight") or 0),
+        in_flight=stats.in_flight,
         credits_free=credits_free,
         oldest_in_flight=oldest_in_flight,
-        kill_switches=tuple(name for name, s in switches.items() if s.get("tripped")),
+        kill_switches=tuple(
+            name for name, s in stats.kill_switches.switches.items() if s.tripped
+        ),
         budget_paused=tuple(
             f"{tool} until {until.isoformat()}"
             for tool, until in (paused_until or {}).items()
             if until > utc
         ),
         stopping=stopping or drained,
-        done=int(stats.get("records_done") or 0),
+        done=stats.records_done,
         drained=drained,
     )
 

@@ -16,11 +16,18 @@ from typing import Any, NamedTuple
 import trio
 
 from ct_actors.gc_pace import pace_collector
+from ct_actors.log import as_log
 from ct_actors.sim.dns_server import BrokenDns, DnsFault
 from ct_actors.sim.server import serve_world
+from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import World
 from ct_actors.sim.world_generator import DEFAULT_MIX, NAMED_MIXES
 from ct_actors.sim.world_types import Behaviour
+
+
+def stopped_event(signal_name: str, stats: SimStats) -> dict[str, Any]:
+    """The `sim_stopped` line: the logging edge of the sim's statistics."""
+    return {"event": "sim_stopped", "signal": signal_name, "stats": as_log(stats.statistics())}
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -127,13 +134,7 @@ async def _serve(world: World, world_file: Path, broken_dns: Sequence[BrokenDns]
                 }
             )
             async for signum in signals:
-                _emit(
-                    {
-                        "event": "sim_stopped",
-                        "signal": signal.Signals(signum).name,
-                        "stats": stats.statistics(),
-                    }
-                )
+                _emit(stopped_event(signal.Signals(signum).name, stats))
                 nursery.cancel_scope.cancel()
                 break
 

@@ -9,7 +9,9 @@ Greylist triplets and per-host session counts live here too: they must outlive a
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from ct_actors.sim.behaviours import DhaGuard, DhaLimits
 
@@ -18,6 +20,40 @@ class RcptEvent(NamedTuple):
     time: float  # trio.current_time() when the RCPT command arrived
     host: str
     domain: str  # recipient domain, lower-case
+
+
+@dataclass(frozen=True, slots=True)
+class SimStatistics:
+    """What the simulated servers saw, as a value; the sim's `sim_stopped` line carries it as
+    `stats` (rendered by `ct_actors.log.as_log`)."""
+
+    connections: int
+    connections_by_host: Mapping[str, int]
+    peak_concurrent_by_host: Mapping[str, int]
+    open_connections: int
+    commands: Mapping[str, int]  # by verb
+    replies: Mapping[str, int]  # by reply code
+    rejected_421: int
+    rejected_421_by_host: Mapping[str, int]
+    dropped: int
+    idle_timeouts: int
+    data_attempts: int
+    rcpts: int
+    rcpt_domains: int
+    greylist_entries: int
+    dha_blocks: int
+    dha_refusals: int
+    error_limit_hits: int
+    error_delays: int
+    greet_421: int
+    tls_broken: int
+    closed_not_loopback: int  # the listener refused a connection not on 127.0.0.0/8
+    reset_dead_host: int  # connections to a non-listening host, reset before any byte
+    reset_unknown_address: int  # connections to an address no simulated host has
+    dns_queries: Mapping[str, int]  # by query type
+    dns_rcodes: Mapping[str, int]
+    dns_malformed: int
+    dns_dropped: int
 
 
 class SimStats:
@@ -75,34 +111,33 @@ class SimStats:
     def rcpt_times(self, domain: str) -> list[float]:
         return [e.time for e in self.rcpts if e.domain == domain]
 
-    def statistics(self) -> dict[str, Any]:
-        """A JSON-ready snapshot."""
-        return {
-            "connections": sum(self.connections.values()),
-            "connections_by_host": dict(self.connections),
-            "peak_concurrent_by_host": dict(self.peak_concurrent),
-            "open_connections": sum(self.open.values()),
-            "commands": dict(self.commands),
-            "replies": dict(self.replies),
-            "rejected_421": sum(self.rejected_421.values()),
-            "rejected_421_by_host": dict(self.rejected_421),
-            "dropped": sum(self.dropped.values()),
-            "idle_timeouts": self.idle_timeouts,
-            "data_attempts": self.data_attempts,
-            "rcpts": len(self.rcpts),
-            "rcpt_domains": len({e.domain for e in self.rcpts}),
-            "greylist_entries": len(self.greylist),
-            "dha_blocks": sum(g.blocks for g in self.dha.values()),
-            "dha_refusals": sum(self.dha_refusals.values()),
-            "error_limit_hits": sum(self.error_limit_hits.values()),
-            "error_delays": sum(self.error_delays.values()),
-            "greet_421": sum(self.greet_421.values()),
-            "tls_broken": sum(self.tls_broken.values()),
-            "closed_not_loopback": self.closed_not_loopback,
-            "reset_dead_host": sum(self.reset_dead_host.values()),
-            "reset_unknown_address": self.reset_unknown_address,
-            "dns_queries": dict(self.dns_queries),
-            "dns_rcodes": dict(self.dns_rcodes),
-            "dns_malformed": self.dns_malformed,
-            "dns_dropped": self.dns_dropped,
-        }
+    def statistics(self) -> SimStatistics:
+        return SimStatistics(
+            connections=sum(self.connections.values()),
+            connections_by_host=dict(self.connections),
+            peak_concurrent_by_host=dict(self.peak_concurrent),
+            open_connections=sum(self.open.values()),
+            commands=dict(self.commands),
+            replies=dict(self.replies),
+            rejected_421=sum(self.rejected_421.values()),
+            rejected_421_by_host=dict(self.rejected_421),
+            dropped=sum(self.dropped.values()),
+            idle_timeouts=self.idle_timeouts,
+            data_attempts=self.data_attempts,
+            rcpts=len(self.rcpts),
+            rcpt_domains=len({e.domain for e in self.rcpts}),
+            greylist_entries=len(self.greylist),
+            dha_blocks=sum(g.blocks for g in self.dha.values()),
+            dha_refusals=sum(self.dha_refusals.values()),
+            error_limit_hits=sum(self.error_limit_hits.values()),
+            error_delays=sum(self.error_delays.values()),
+            greet_421=sum(self.greet_421.values()),
+            tls_broken=sum(self.tls_broken.values()),
+            closed_not_loopback=self.closed_not_loopback,
+            reset_dead_host=sum(self.reset_dead_host.values()),
+            reset_unknown_address=self.reset_unknown_address,
+            dns_queries=dict(self.dns_queries),
+            dns_rcodes=dict(self.dns_rcodes),
+            dns_malformed=self.dns_malformed,
+            dns_dropped=self.dns_dropped,
+        )

@@ -10,7 +10,7 @@ import functools
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import trio
 
@@ -35,7 +35,7 @@ from ct_actors.smtp.reply import (
 )
 from ct_actors.smtp.step_watch import SLOW_EVICTION, StepWatch, WatchedStream
 from ct_actors.smtp.tls import opportunistic_tls_context
-from ct_actors.smtp.types import TEXT_LIMIT, Reply, Stage, TranscriptEntry
+from ct_actors.smtp.types import TEXT_LIMIT, Reply, SessionStatistics, Stage, TranscriptEntry
 
 StartTlsMode = Literal["opportunistic", "never"]
 
@@ -156,19 +156,19 @@ class SmtpSession:
         """False once closed, broken, or after the server said 421 (closing)."""
         return not (self._closed or self._broken is not None or self._server_closing)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "address": self.address,
-            "port": self.port,
-            "started_at": self._started_at,
-            "duration": trio.current_time() - self._started_at,
-            "commands": self._commands,
-            "bytes_sent": self._bytes_sent,
-            "bytes_received": self._bytes_received,
-            "esmtp": self.esmtp,
-            "tls": self.tls,
-            "broken": self._broken,
-        }
+    def statistics(self) -> SessionStatistics:
+        return SessionStatistics(
+            address=self.address,
+            port=self.port,
+            started_at=self._started_at,
+            duration=trio.current_time() - self._started_at,
+            commands=self._commands,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            esmtp=self.esmtp,
+            tls=self.tls,
+            broken=self._broken,
+        )
 
     async def aclose(self) -> None:
         """QUIT (bounded by `quit_timeout`, shielded from outer cancellation) and close. Never

@@ -118,3 +118,19 @@ class TranscriptEntry:
             "started_at": round(self.started_at, 6),
             "elapsed": round(self.elapsed, 6),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatistics:
+    """One SMTP session's counters (`SmtpSession.statistics()`)."""
+
+    address: str
+    port: int
+    started_at: float  # trio time
+    duration: float  # seconds, until the snapshot
+    commands: int
+    bytes_sent: int
+    bytes_received: int
+    esmtp: bool
+    tls: bool
+    broken: str | None  # why the session cannot be used any more

@@ -117,6 +117,16 @@ class _Latest:
             del self.items[key]
 
 
+@dataclass(frozen=True, slots=True)
+class EvidenceStatistics:
+    window: float  # seconds
+    refusing_networks: int  # in the window now
+    working_networks: int
+    refusals: int  # since start
+    working_sessions: int
+    refusals_without_address: int
+
+
 class BlocklistEvidence:
     """Refusals about our IP and working sessions, by network, over a sliding window.
 
@@ -174,16 +184,16 @@ class BlocklistEvidence:
         self._refused = _Latest()
         self._worked = _Latest()
 
-    def statistics(self, now: float) -> dict[str, object]:
+    def statistics(self, now: float) -> EvidenceStatistics:
         a = self.assess(now)
-        return {
-            "window": self.window,
-            "refusing_networks": a.refusing_networks,
-            "working_networks": a.working_networks,
-            "refusals": self.refusals,
-            "working_sessions": self.working,
-            "refusals_without_address": self.ignored,
-        }
+        return EvidenceStatistics(
+            window=self.window,
+            refusing_networks=a.refusing_networks,
+            working_networks=a.working_networks,
+            refusals=self.refusals,
+            working_sessions=self.working,
+            refusals_without_address=self.ignored,
+        )
 
 
 # -- the rule ---------------------------------------------------------------------------------
@@ -286,6 +296,13 @@ class Streak:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class RefusalStreaksStatistics:
+    give_up: float  # seconds
+    streaks: int  # addresses refusing us now
+    given_up: int
+
+
 class RefusalStreaks:
     """Per MX address: since when it has refused us. A refusal of our IP is deferred, not
     failed, because it might be about us; once an address has refused us for `give_up`
@@ -334,5 +351,5 @@ class RefusalStreaks:
     def reset(self) -> None:
         self._streaks.clear()
 
-    def statistics(self) -> dict[str, object]:
-        return {"give_up": self.give_up, "streaks": len(self._streaks), "given_up": self.given_up}
+    def statistics(self) -> RefusalStreaksStatistics:
+        return RefusalStreaksStatistics(self.give_up, len(self._streaks), self.given_up)

@@ -13,6 +13,7 @@ first of the month) — our own budget is never a reason to fail a record.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -31,6 +32,19 @@ class UsageStore(Protocol):
         self, tool_id: str, scope: str, window_start: dt.datetime, count: int
     ) -> None: ...
     async def usage(self, tool_id: str, scope: str, window_start: dt.datetime) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatistics:
+    scope: str  # per_day, per_month
+    limit: int
+    window: dt.datetime | None  # start of the current window (UTC); None before the first call
+    spent_here: int  # calls this process spent in the window
+    left: int | None  # the shared count's remainder at the last refresh; None before one
+    reserved_unspent: int
+    block: int  # the current reservation size
+    exhausted_until: dt.datetime | None  # the window is used up until then (UTC)
+    exhausted_waits: int
 
 
 class CalendarBudget:
@@ -68,20 +82,19 @@ class CalendarBudget:
         self._waits = 0
         self.used_in_window: int | None = None  # the shared count, as of the last refresh
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "scope": self.scope,
-            "limit": self.limit,
-            "window": self._window.isoformat() if self._window else None,
-            "spent_here": self.spent,
-            "left": None
-            if self.used_in_window is None
-            else max(0, self.limit - self.used_in_window),
-            "reserved_unspent": self._left,
-            "block": self._block,
-            "exhausted_until": self.exhausted_until.isoformat() if self.exhausted_until else None,
-            "exhausted_waits": self._waits,
-        }
+    def statistics(self) -> BudgetStatistics:
+        used = self.used_in_window
+        return BudgetStatistics(
+            scope=self.scope,
+            limit=self.limit,
+            window=self._window,
+            spent_here=self.spent,
+            left=None if used is None else max(0, self.limit - used),
+            reserved_unspent=self._left,
+            block=self._block,
+            exhausted_until=self.exhausted_until,
+            exhausted_waits=self._waits,
+        )
 
     def set_limit(self, limit: int, block: int | None = None) -> None:
         """New limit from a reload; applies from the next call."""

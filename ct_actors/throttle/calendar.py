@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import dataclass
 
 import trio
 
@@ -24,6 +25,12 @@ def _require_aware(value: dt.datetime, what: str) -> dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
     return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class UtcClockStatistics:
+    origin_utc: dt.datetime  # the wall-clock moment taken as `origin_trio`
+    origin_trio: float
 
 
 class UtcClock:
@@ -49,8 +56,8 @@ class UtcClock:
         delta = _require_aware(utc, "utc") - self.origin_utc
         return self.origin_trio + delta.total_seconds()
 
-    def statistics(self) -> dict[str, object]:
-        return {"origin_utc": self.origin_utc.isoformat(), "origin_trio": self.origin_trio}
+    def statistics(self) -> UtcClockStatistics:
+        return UtcClockStatistics(self.origin_utc, self.origin_trio)
 
 
 def window_start(scope: str, utc: dt.datetime) -> dt.datetime:

@@ -65,6 +65,29 @@ class HostWindowSettings:
             raise ValueError("slow hosts need slow_for >= 0 and slow_sessions >= 1")
 
 
+@dataclass(frozen=True, slots=True)
+class HostWindowStatistics:
+    limit: int  # concurrent sessions allowed now
+    maximum: int
+    credit: int  # successes earned at the current limit
+    dead_until: float | None  # trio time; None when not marked dead
+    dead_streak: int
+    slow_until: float | None  # trio time; None when never marked slow
+    error_limit: int | None  # learnt from the host
+    rejected_in_window: int
+    rejected_peak: int
+    rejected_total: int
+    successes: int
+    throttled: int
+    connect_failures: int
+    dead_marked: int
+    slow_marked: int
+    slow_replies: int
+    last_success: float | None  # trio times
+    last_throttled: float | None
+    last_failure: float | None
+
+
 class HostWindow:
     def __init__(self, settings: HostWindowSettings) -> None:
         self.settings = settings
@@ -257,20 +280,20 @@ class HostWindow:
             self._limit = clamped
             self._credit = 0
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "limit": self._limit,
-            "maximum": self.settings.maximum,
-            "credit": self._credit,
-            "dead_until": self._dead_until if math.isfinite(self._dead_until) else None,
-            "dead_streak": self._streak,
-            "slow_until": self._slow_until if math.isfinite(self._slow_until) else None,
-            "error_limit": self.error_limit,
-            "rejected_in_window": self._in_window(),
-            "rejected_peak": self._rejected_peak,
-            "rejected_total": self._rejected_total,
+    def statistics(self) -> HostWindowStatistics:
+        return HostWindowStatistics(
+            limit=self._limit,
+            maximum=self.settings.maximum,
+            credit=self._credit,
+            dead_until=self._dead_until if math.isfinite(self._dead_until) else None,
+            dead_streak=self._streak,
+            slow_until=self._slow_until if math.isfinite(self._slow_until) else None,
+            error_limit=self.error_limit,
+            rejected_in_window=self._in_window(),
+            rejected_peak=self._rejected_peak,
+            rejected_total=self._rejected_total,
             **self._counts,
-            "last_success": self._last["success"],
-            "last_throttled": self._last["throttled"],
-            "last_failure": self._last["failure"],
-        }
+            last_success=self._last["success"],
+            last_throttled=self._last["throttled"],
+            last_failure=self._last["failure"],
+        )

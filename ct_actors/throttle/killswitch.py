@@ -9,15 +9,28 @@ only counts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import trio
+
+from ct_actors.log import as_log
 
 
 def _check_threshold(threshold: int) -> None:
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1, got {threshold}")
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctFailuresStatistics:
+    threshold: int
+    distinct: int  # distinct keys failed since the last success
+    tripped: bool
+    trips: int
+    failures: int
+    successes: int
 
 
 class DistinctFailures:
@@ -58,15 +71,15 @@ class DistinctFailures:
         self._keys.clear()
         self._tripped = False
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "threshold": self.threshold,
-            "distinct": len(self._keys),
-            "tripped": self._tripped,
-            "trips": self.trips,
-            "failures": self.failures,
-            "successes": self.successes,
-        }
+    def statistics(self) -> DistinctFailuresStatistics:
+        return DistinctFailuresStatistics(
+            threshold=self.threshold,
+            distinct=len(self._keys),
+            tripped=self._tripped,
+            trips=self.trips,
+            failures=self.failures,
+            successes=self.successes,
+        )
 
 
 @dataclass
@@ -77,6 +90,23 @@ class SwitchState:
     tripped_at: float | None
     reason: str | None
     trips: int
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchStatistics:
+    action: str
+    tripped: bool
+    since: float | None  # trio time of the trip
+    reason: str | None
+    trips: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchesStatistics:
+    switches: Mapping[str, SwitchStatistics]  # by switch name
+
+    def as_log(self) -> dict[str, Any]:
+        return {name: as_log(s) for name, s in self.switches.items()}
 
 
 class KillSwitches:
@@ -153,14 +183,10 @@ class KillSwitches:
             for event in pending:
                 await event.wait()
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            name: {
-                "action": s.action,
-                "tripped": s.tripped,
-                "since": s.tripped_at,
-                "reason": s.reason,
-                "trips": s.trips,
+    def statistics(self) -> KillSwitchesStatistics:
+        return KillSwitchesStatistics(
+            {
+                name: SwitchStatistics(s.action, s.tripped, s.tripped_at, s.reason, s.trips)
+                for name, s in self._states.items()
             }
-            for name, s in self._states.items()
-        }
+        )

@@ -22,7 +22,8 @@ from typing import Any
 import trio
 
 from ct_actors.config import ThrottleConfig
-from ct_actors.throttle.budget import CalendarBudget, UsageStore
+from ct_actors.log import fields_as_log
+from ct_actors.throttle.budget import BudgetStatistics, CalendarBudget, UsageStore
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.window import KeyedWindow, SlidingWindow
 from ct_actors.toolbox import ToolSpec
@@ -31,6 +32,32 @@ _LOCAL_SCOPES = ("per_second", "per_minute")
 RELEASE_SECONDS = 5.0
 _CALENDAR_SCOPES = ("per_day", "per_month")
 _BUDGET_BLOCK = ThrottleConfig().budget_block
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStatistics:
+    tool: str  # the registry's name (SMTPCheck); not in the line, where it is part of the key
+    calls: int
+    throttle_waits: int  # calls that had to wait for a limit
+    throttle_wait_seconds: float  # their waits, summed
+    limits: tuple[str, ...]  # the registry's rate limits, as text ("50 per_second")
+    budgets: Mapping[str, BudgetStatistics]  # by calendar scope
+    paused_until: dt.datetime | None  # a calendar budget is spent until then (UTC)
+
+    def as_log(self) -> dict[str, Any]:
+        line = fields_as_log(self)
+        del line["tool"]
+        line["throttle_wait_seconds"] = round(self.throttle_wait_seconds, 3)
+        return line
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottlesStatistics:
+    tools: Mapping[str, LimiterStatistics]  # by tool_id
+
+    def as_log(self) -> dict[str, Any]:
+        """Keyed `"<tool_id> <name>"` (`"TOOL-005 SMTPCheck"`), as the dashboards read it."""
+        return {f"{tool_id} {s.tool}": s.as_log() for tool_id, s in self.tools.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,17 +218,16 @@ class ToolLimiter:
             default=None,
         )
 
-    def statistics(self) -> dict[str, Any]:
-        budgets = {scope: b.statistics() for scope, b in self._budgets.items()}
-        paused = self.paused_until
-        return {
-            "calls": self.calls,
-            "throttle_waits": self.waits,
-            "throttle_wait_seconds": round(self.wait_seconds, 3),
-            "limits": [r.describe() for r in self.spec.rate_limits],
-            "budgets": budgets,
-            "paused_until": paused.isoformat() if paused is not None else None,
-        }
+    def statistics(self) -> LimiterStatistics:
+        return LimiterStatistics(
+            tool=self.spec.name,
+            calls=self.calls,
+            throttle_waits=self.waits,
+            throttle_wait_seconds=self.wait_seconds,
+            limits=tuple(r.describe() for r in self.spec.rate_limits),
+            budgets={scope: b.statistics() for scope, b in self._budgets.items()},
+            paused_until=self.paused_until,
+        )
 
 
 async def _wait_until(next_free: Any) -> bool:
@@ -258,8 +284,7 @@ class ToolThrottles:
         for limiter in self.by_tool.values():
             await limiter.refresh(transient)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            f"{tool_id} {limiter.spec.name}": limiter.statistics()
-            for tool_id, limiter in self.by_tool.items()
-        }
+    def statistics(self) -> ThrottlesStatistics:
+        return ThrottlesStatistics(
+            {tool_id: limiter.statistics() for tool_id, limiter in self.by_tool.items()}
+        )

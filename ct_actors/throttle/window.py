@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from dataclasses import dataclass
 
 # KeyedWindow sweeps idle keys after at least this many records, or after as many records as
 # the sweep left keys if that is more, so the sweep's cost is amortised O(1) per record.
@@ -56,6 +57,26 @@ def _resize(events: deque[float], old_limit: int, limit: int) -> None:
         events.extendleft([oldest] * (limit - old_limit))
 
 
+@dataclass(frozen=True, slots=True)
+class SlidingWindowStatistics:
+    limit: int
+    window: float  # seconds
+    recorded: int
+    early: int  # events recorded before next_free allowed them
+    history: int  # events kept in the log
+    last_event: float | None  # trio time
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedWindowStatistics:
+    limit: int
+    window: float  # seconds
+    keys: int  # keys with a log now
+    recorded: int
+    early: int
+    pruned: int  # idle keys forgotten
+
+
 class SlidingWindow:
     def __init__(self, limit: int, window: float) -> None:
         _check(limit, window)
@@ -83,15 +104,15 @@ class SlidingWindow:
         self.limit = limit
         self.window = float(window)
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "limit": self.limit,
-            "window": self.window,
-            "recorded": self.recorded,
-            "early": self.early,
-            "history": len(self._events),
-            "last_event": self._events[-1] if self._events else None,
-        }
+    def statistics(self) -> SlidingWindowStatistics:
+        return SlidingWindowStatistics(
+            limit=self.limit,
+            window=self.window,
+            recorded=self.recorded,
+            early=self.early,
+            history=len(self._events),
+            last_event=self._events[-1] if self._events else None,
+        )
 
 
 class KeyedWindow:
@@ -150,12 +171,12 @@ class KeyedWindow:
         self._prune_after = max(_PRUNE_EVERY, len(self._logs))
         return len(idle)
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "limit": self.limit,
-            "window": self.window,
-            "keys": len(self._logs),
-            "recorded": self.recorded,
-            "early": self.early,
-            "pruned": self.pruned,
-        }
+    def statistics(self) -> KeyedWindowStatistics:
+        return KeyedWindowStatistics(
+            limit=self.limit,
+            window=self.window,
+            keys=len(self._logs),
+            recorded=self.recorded,
+            early=self.early,
+            pruned=self.pruned,
+        )
