@@ -242,13 +242,13 @@ def test_accepted_rcpts_free_their_places_whatever_their_order_and_time() -> Non
     window.settle_rejection(5.0, rejected=False)  # the newest, freed before older ones
     window.settle_rejection(0.0, rejected=True)
     window.settle_rejection(0.0, rejected=False)
-    assert window.statistics()["rejected_in_window"] == 1  # only the rejection at t=0
+    assert window.statistics().rejected_in_window == 1  # only the rejection at t=0
     assert window.reserve_rejection(6.0) and window.reserve_rejection(7.0)
     assert window.rejection_wait(8.0) == 52.0  # full again: until the rejection at 0 expires
     assert window.rejection_wait(60.0) == 0.0  # it has: the two at 6 and 7 remain
-    assert window.statistics()["rejected_in_window"] == 2
+    assert window.statistics().rejected_in_window == 2
     window.settle_rejection(6.0, rejected=False)
     window.settle_rejection(7.0, rejected=False)
     window.settle_rejection(0.0, rejected=False)  # long expired: nothing to free
-    assert window.statistics()["rejected_in_window"] == 0
+    assert window.statistics().rejected_in_window == 0
     assert window.rejection_wait(61.0) == 0.0
