@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -93,10 +94,13 @@ def merged(lines: list[dict[str, Any]]) -> dict[str, set[str]]:
 def log_lines() -> Any:
     buf = io.StringIO()
     configure_logging("json", "info", stream=buf)
+    # Not cached: a module's logger first used here would keep writing to `buf` in later
+    # tests of this process and escape their structlog.testing.capture_logs().
+    structlog.configure(cache_logger_on_first_use=False)
     try:
         yield lambda: [json.loads(line) for line in buf.getvalue().splitlines()]
     finally:
-        configure_logging("json", "info")
+        structlog.reset_defaults()
 
 
 async def paused_and_resumed() -> Run:
