@@ -179,5 +179,3 @@ async def _run(
 
 
 # ─── bench --processes N: a fleet of real daemon processes ───────────────────────────────────
-
-

@@ -109,12 +109,8 @@ async def _serve_dns_only(
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_dns, world, stats)
         for broken in broken_dns:
-            await nursery.start(
-                functools.partial(
-                    serve_dns, world, stats,
-                    address=broken.address, port=broken.port, fault=broken.fault,
-                )  # fmt: skip
-            )
+            where = {"address": broken.address, "port": broken.port, "fault": broken.fault}
+            await nursery.start(functools.partial(serve_dns, world, stats, **where))
         task_status.started(stats)
 
 

@@ -11,8 +11,8 @@ prober bug shows up as a disagreement instead of being copied into the oracle.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ct_actors.sim.behaviours import (

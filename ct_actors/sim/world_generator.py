@@ -135,7 +135,6 @@ _EXTRA_MAILBOXES = ("sales", "support", "hr", "admin", "billing", "jobs", "press
 _ALWAYS_MAILBOXES = ("postmaster", "abuse")
 
 
-
 def generate_network(
     seed: int,
     n_domains: int,
@@ -243,9 +242,7 @@ def iter_network(
         people = _people(rng)
         new: list[SimHost] = []
         if behaviour is Behaviour.SHARED_HOST:
-            mx: tuple[tuple[int, str], ...] = (
-                (1, rng.choices(SHARED_HOSTS, _SHARED_WEIGHTS)[0]),
-            )
+            mx: tuple[tuple[int, str], ...] = ((1, rng.choices(SHARED_HOSTS, _SHARED_WEIGHTS)[0]),)
         elif behaviour is Behaviour.FIRST_MX_DEAD:
             new = [host(f"mx1.{name}", behaviour, listening=False),
                    host(f"mx2.{name}", Behaviour.VERIFIABLE)]  # fmt: skip
