@@ -127,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(first start to last exit), per-process records and CPU (default: 1 pipeline in this "
         "process)",
     )
+    bench.add_argument(
+        "--soak",
+        action="store_true",
+        help="a long run that shows whether memory stays flat: every --sample-seconds print "
+        "the process's current RSS and the records/s since the previous sample; at the end "
+        "draw both (a PNG chart beside the daemon log if matplotlib is importable, else text "
+        "sparklines) and judge the RSS after warm-up (the first 10%% of the run or its first "
+        "60 s, whichever is longer): flat when every later sample is within 10%% of the "
+        "lowest. E.g. bench --soak --mode mx-only --domains 1000000 (not with --processes)",
+    )
+    bench.add_argument(
+        "--sample-seconds",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds between --soak samples (10)",
+    )
 
     report = sub.add_parser(
         "report",
@@ -188,6 +205,16 @@ _MIX_HELP = (
     "simulated internet: 'default', or 'real' to add the real servers' defences (error limits, "
     "DHA blocker, 421 banner, postgrey 300 s, broken TLS, reply-text zoo) (default)"
 )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -109,8 +109,10 @@ async def _serve_dns_only(
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_dns, world, stats)
         for broken in broken_dns:
-            where = {"address": broken.address, "port": broken.port, "fault": broken.fault}
-            await nursery.start(functools.partial(serve_dns, world, stats, **where))
+            serve_broken = functools.partial(
+                serve_dns, world, stats, address=broken.address, port=broken.port
+            )
+            await nursery.start(functools.partial(serve_broken, fault=broken.fault))
         task_status.started(stats)
 
 
