@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "process)",
     )
     bench.add_argument(
+        "--sim-ports",
+        type=_port_pair,
+        metavar="SMTP,DNS",
+        help="the simulated internet's SMTP and DNS ports (default 2525,5353); other ports let "
+        "two benches run on one machine at once",
+    )
+    bench.add_argument(
         "--soak",
         action="store_true",
         help="a long run that shows whether memory stays flat: every --sample-seconds print "
@@ -205,6 +212,16 @@ _MIX_HELP = (
     "simulated internet: 'default', or 'real' to add the real servers' defences (error limits, "
     "DHA blocker, 421 banner, postgrey 300 s, broken TLS, reply-text zoo) (default)"
 )
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    try:
+        smtp, dns = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SMTP,DNS ports, got {text!r}") from None
+    if not (1 <= smtp <= 65535 and 1 <= dns <= 65535):
+        raise argparse.ArgumentTypeError(f"ports must be 1-65535, got {text!r}")
+    return smtp, dns
 
 
 def _positive_float(text: str) -> float:

@@ -85,6 +85,7 @@ async def run_bench(
         initial_per_host=64,
         processes=getattr(args, "processes", None) or 1,
         mix=getattr(args, "mix", None) or "default",
+        **_sim_ports(getattr(args, "sim_ports", None)),
     )
     if getattr(args, "soak", False) and getattr(args, "processes", None) is not None:
         print(
@@ -211,6 +212,10 @@ async def _run(
         result["soak_samples"] = [dataclasses.asdict(s) for s in soak.samples]
         result["soak_report"] = report(soak.samples, workdir / "soak.png")
     return result
+
+
+def _sim_ports(ports: tuple[int, int] | None) -> dict[str, int]:
+    return {} if ports is None else {"smtp_port": ports[0], "dns_port": ports[1]}
 
 
 def records_done(supervisor: Supervisor) -> int:

@@ -38,6 +38,10 @@ class Scenario:
     # The simulated internet's behaviour mix, passed through to `python -m ct_actors.sim serve
     # --mix` ("default", or "real": plus the real servers' defences and reply texts).
     mix: str = "default"
+    # The simulator's ports (its SMTP port on every host address, its DNS port on 127.0.53.53):
+    # fixed by default; `bench --sim-ports` moves them so that two benches can run at once.
+    smtp_port: int = 2525
+    dns_port: int = 5353
 
 
 # Large enough never to bind in a simulation; still counted (budgets in PostgreSQL) so the

@@ -108,6 +108,7 @@ class SimProcess:
             "--world-file", str(world_path),
             "--latency-ms", str(scenario.latency_ms), "--jitter-ms", str(scenario.jitter_ms),
             "--mix", scenario.mix,
+            "--smtp-port", str(scenario.smtp_port), "--dns-port", str(scenario.dns_port),
         ]  # fmt: skip
         if scenario.mode == "mx-only":
             command.append("--dns-only")  # an MX-only prober never connects to port 25
