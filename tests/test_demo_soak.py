@@ -84,8 +84,8 @@ def _samples(rss: list[float], every: float = 10.0) -> list[Sample]:
 
 def test_flatness_ignores_the_warm_up_and_judges_the_spread() -> None:
     # 20 samples 10 s apart: warm-up is max(60 s, 10% of 200 s) = 60 s, so the first six go.
-    rss = [50, 80, 120, 140, 150, 155] + [200, 205, 210, 199, 203, 207, 212, 208, 201, 215,
-                                          209, 204, 213, 210]  # fmt: skip
+    warming = [50, 80, 120, 140, 150, 155]
+    rss = [*warming, 200, 205, 210, 199, 203, 207, 212, 208, 201, 215, 209, 204, 213, 210]
     judged = flatness(_samples(rss))
     assert judged is not None
     assert (judged.warmup_s, judged.samples, judged.min_mb, judged.max_mb) == (60, 14, 199, 215)

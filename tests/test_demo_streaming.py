@@ -14,37 +14,21 @@ from e2e_support import db_fetch, db_run
 from ct_actors.demo.labels import PENDING, expected_label
 from ct_actors.demo.seeding import check_outcomes, seed_from_world_file
 from ct_actors.demo.spine import SpineMaker, SpineRow, spine_rows
-from ct_actors.sim.behaviours import (
-    DEFAULT_DHA_LIMITS,
-    POSTFIX_ERROR_LIMITS,
-    POSTGREY_DELAY,
-    STRICT_ERROR_LIMITS,
-)
 from ct_actors.sim.world import REAL_SERVER_MIX, World, WorldHeader
 from ct_actors.sim.world_file import iter_domains, read_header
-from ct_actors.sim.world_generator import behaviour_counts, iter_network
+from ct_actors.sim.world_generator import NetworkParams, behaviour_counts, iter_network
 from ct_actors.sim.world_types import Behaviour, SimDomain, SimHost
 
 pytestmark = pytest.mark.timeout(60)
 pytest_plugins = ["dbfixtures"]
 
-_NETWORK = {
-    "mix": REAL_SERVER_MIX,
-    "greylist_delay": 2.0,
-    "tarpit_delay": 3.0,
-    "conn_limit": 4,
-    "blocklist_hosts": 2,
-    "error_limits": POSTFIX_ERROR_LIMITS,
-    "strict_error_limits": STRICT_ERROR_LIMITS,
-    "dha_limits": DEFAULT_DHA_LIMITS,
-    "greylist_300_delay": POSTGREY_DELAY,
-}
+_NETWORK = NetworkParams(mix=REAL_SERVER_MIX, blocklist_hosts=2)
 
 
 def test_the_generator_streams_every_host_before_its_first_domain() -> None:
     seen_hosts: set[str] = set()
     domains: list[SimDomain] = []
-    for item in iter_network(5, 1500, **_NETWORK):
+    for item in iter_network(5, 1500, _NETWORK):
         if isinstance(item, SimHost):
             assert item.name not in seen_hosts
             seen_hosts.add(item.name)

@@ -35,6 +35,7 @@ from ct_actors.sim.world_generator import (
     DEFAULT_MIX,
     NAMED_MIXES,
     REAL_SERVER_MIX,
+    NetworkParams,
     generate_network,
 )
 from ct_actors.sim.world_types import (
@@ -149,9 +150,7 @@ class World:
         `error_limits`/`strict_error_limits`/`dha_limits`/`greylist_300_delay` parametrise the
         ERROR_LIMIT, ERROR_LIMIT_STRICT, DHA_BLOCK and GREYLIST_300 hosts; they travel in the
         hosts' JSON, so a world served from its file behaves the same."""
-        domains, hosts = generate_network(
-            seed,
-            n_domains,
+        params = NetworkParams(
             mix=mix,
             greylist_delay=greylist_delay,
             tarpit_delay=tarpit_delay,
@@ -162,6 +161,7 @@ class World:
             dha_limits=dha_limits,
             greylist_300_delay=greylist_300_delay,
         )
+        domains, hosts = generate_network(seed, n_domains, params)
         # float() so that 50 and 50.0 give the same JSON: the world file is compared byte-wise.
         return cls(
             seed=seed,

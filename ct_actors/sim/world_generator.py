@@ -6,8 +6,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Container, Iterator, Mapping
+from dataclasses import dataclass
 
 from ct_actors.sim.behaviours import (
+    DEFAULT_DHA_LIMITS,
+    POSTFIX_ERROR_LIMITS,
+    POSTGREY_DELAY,
+    STRICT_ERROR_LIMITS,
     DhaLimits,
     ErrorLimits,
 )
@@ -135,36 +140,28 @@ _EXTRA_MAILBOXES = ("sales", "support", "hr", "admin", "billing", "jobs", "press
 _ALWAYS_MAILBOXES = ("postmaster", "abuse")
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkParams:
+    """`World.generate`'s knobs for the hosts and the mix (its docstring says what they mean)."""
+
+    mix: Mapping[Behaviour, float] | None = None
+    greylist_delay: float = 2.0
+    tarpit_delay: float = 3.0
+    conn_limit: int = 4
+    blocklist_hosts: int = 1
+    error_limits: ErrorLimits = POSTFIX_ERROR_LIMITS
+    strict_error_limits: ErrorLimits = STRICT_ERROR_LIMITS
+    dha_limits: DhaLimits = DEFAULT_DHA_LIMITS
+    greylist_300_delay: float = POSTGREY_DELAY
+
+
 def generate_network(
-    seed: int,
-    n_domains: int,
-    *,
-    mix: Mapping[Behaviour, float] | None,
-    greylist_delay: float,
-    tarpit_delay: float,
-    conn_limit: int,
-    blocklist_hosts: int,
-    error_limits: ErrorLimits,
-    strict_error_limits: ErrorLimits,
-    dha_limits: DhaLimits,
-    greylist_300_delay: float,
+    seed: int, n_domains: int, params: NetworkParams
 ) -> tuple[dict[str, SimDomain], dict[str, SimHost]]:
-    """`World.generate`'s domains and hosts (its docstring says what the parameters mean)."""
+    """`iter_network` collected: the domains and the hosts by name."""
     domains: dict[str, SimDomain] = {}
     hosts: dict[str, SimHost] = {}
-    for item in iter_network(
-        seed,
-        n_domains,
-        mix=mix,
-        greylist_delay=greylist_delay,
-        tarpit_delay=tarpit_delay,
-        conn_limit=conn_limit,
-        blocklist_hosts=blocklist_hosts,
-        error_limits=error_limits,
-        strict_error_limits=strict_error_limits,
-        dha_limits=dha_limits,
-        greylist_300_delay=greylist_300_delay,
-    ):
+    for item in iter_network(seed, n_domains, params):
         if isinstance(item, SimHost):
             hosts[item.name] = item
         else:
@@ -180,38 +177,27 @@ def behaviour_counts(n_domains: int, mix: Mapping[Behaviour, float] | None) -> d
     return _apportion(n_domains, weights)
 
 
-def iter_network(
-    seed: int,
-    n_domains: int,
-    *,
-    mix: Mapping[Behaviour, float] | None,
-    greylist_delay: float,
-    tarpit_delay: float,
-    conn_limit: int,
-    blocklist_hosts: int,
-    error_limits: ErrorLimits,
-    strict_error_limits: ErrorLimits,
-    dha_limits: DhaLimits,
-    greylist_300_delay: float,
-) -> Iterator[SimHost | SimDomain]:
+def iter_network(seed: int, n_domains: int, params: NetworkParams) -> Iterator[SimHost | SimDomain]:
     """The world as a stream: the shared hosts, then each domain preceded by the hosts it
     brings, so a reader always meets a host before the first domain that names it. What stays
     in memory is the set of names taken (names are drawn at random and must be unique) and the
     blocklisting hosts, not the world."""
     rng = random.Random(seed)
-    plan = [b for b, count in behaviour_counts(n_domains, mix).items() for _ in range(count)]
+    plan = [
+        b for b, count in behaviour_counts(n_domains, params.mix).items() for _ in range(count)
+    ]
     rng.shuffle(plan)
 
     n_hosts = 0
     blocking: list[str] = []
     taken: set[str] = set()
     grey_delays = {
-        Behaviour.GREYLIST: float(greylist_delay),
-        Behaviour.GREYLIST_300: float(greylist_300_delay),
+        Behaviour.GREYLIST: float(params.greylist_delay),
+        Behaviour.GREYLIST_300: float(params.greylist_300_delay),
     }
     limits = {
-        Behaviour.ERROR_LIMIT: error_limits,
-        Behaviour.ERROR_LIMIT_STRICT: strict_error_limits,
+        Behaviour.ERROR_LIMIT: params.error_limits,
+        Behaviour.ERROR_LIMIT_STRICT: params.strict_error_limits,
     }
 
     def host(
@@ -223,11 +209,11 @@ def iter_network(
             ip=_ip(_HOST_NET, n_hosts),
             behaviour=behaviour,
             listening=listening,
-            conn_limit=conn_limit if behaviour is Behaviour.CONN_LIMIT_421 else None,
+            conn_limit=params.conn_limit if behaviour is Behaviour.CONN_LIMIT_421 else None,
             greylist_delay=grey_delays.get(behaviour, 0.0),
-            tarpit_delay=float(tarpit_delay) if behaviour is Behaviour.TARPIT else 0.0,
+            tarpit_delay=float(params.tarpit_delay) if behaviour is Behaviour.TARPIT else 0.0,
             error_limits=limits.get(behaviour),
-            dha=dha_limits if behaviour is Behaviour.DHA_BLOCK else None,
+            dha=params.dha_limits if behaviour is Behaviour.DHA_BLOCK else None,
             zoo=zoo,
         )
         n_hosts += 1
@@ -248,7 +234,7 @@ def iter_network(
                    host(f"mx2.{name}", Behaviour.VERIFIABLE)]  # fmt: skip
             mx = ((10, new[0].name), (20, new[1].name))
         elif behaviour is Behaviour.BLOCKLIST:
-            if len(blocking) < max(1, blocklist_hosts):
+            if len(blocking) < max(1, params.blocklist_hosts):
                 new = [host(f"mx.sim-blocking-{len(blocking) + 1}.test", behaviour)]
                 blocking.append(new[0].name)
                 mx = ((10, new[0].name),)
