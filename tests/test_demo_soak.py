@@ -6,13 +6,19 @@ from __future__ import annotations
 import importlib
 import io
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 import trio.testing
 
+from ct_actors.cli_parser import build_parser
+from ct_actors.config import Config
 from ct_actors.demo import soak
+from ct_actors.demo.harness import run_bench
 from ct_actors.demo.soak import Sample, Sampler, current_rss_mb, flatness, report, sparkline
+from ct_actors.exit_codes import EXIT_CONFIG
+from ct_actors.toolbox import Toolbox
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -135,3 +141,25 @@ def test_report_without_matplotlib_draws_sparklines(
     assert lines[4] == "[soak] warm-up: first 60 s; 6 samples after"
     assert not (tmp_path / "soak.png").exists()
     assert report([], tmp_path / "soak.png")[-1].startswith("RSS after warm-up: no sample")
+
+
+def test_bench_parses_the_soak_options() -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        ["bench", "--soak", "--sample-seconds", "2.5", "--sim-ports", "2600,5400"]
+    )
+    assert (args.soak, args.sample_seconds, args.sim_ports) == (True, 2.5, (2600, 5400))
+    defaults = parser.parse_args(["bench"])
+    assert (defaults.soak, defaults.sample_seconds, defaults.sim_ports) == (False, 10.0, None)
+    for bad in (["--sample-seconds", "0"], ["--sim-ports", "2600"], ["--sim-ports", "0,53"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", *bad])
+
+
+async def test_soak_refuses_processes_before_touching_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["bench", "--soak", "--processes", "2"])
+    # Neither the configuration nor the registry is looked at: the refusal comes first.
+    assert await run_bench(cast(Config, None), cast(Toolbox, None), args) == EXIT_CONFIG
+    assert "--soak samples this process" in capsys.readouterr().err

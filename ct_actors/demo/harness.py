@@ -142,7 +142,9 @@ async def _run(
     async with trio_asyncio.open_loop():
         if not await recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
+        sim_started = time.perf_counter()
         sim = await SimProcess.start(scenario, world_path)
+        sim_start_s = time.perf_counter() - sim_started
         try:
             seeded = await migrate_and_seed(db_url, world_path, scenario)
             print(
@@ -187,7 +189,9 @@ async def _run(
                 configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
         finally:
             sim_stats = await sim.stop()
+        check_started = time.perf_counter()
         accuracy = await fetch_accuracy(db_url)
+        check_s = time.perf_counter() - check_started
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (
         usage_after.ru_stime - usage_before.ru_stime
     )
@@ -203,7 +207,11 @@ async def _run(
         usage_after.ru_maxrss,
         log_path,
     )
+    # Around the run: the simulator's start (generating and writing the world), the seeding,
+    # and the check of every row against the world's expectation.
+    result["sim_start_s"] = round(sim_start_s, 1)
     result["seeding_s"] = round(seeded.seconds, 1)
+    result["check_s"] = round(check_s, 1)
     # The harness holds no world (it streams the world file): what it had before the pipeline
     # started is the interpreter, the libraries and the asyncio loop for seeding.
     result["rss_before_pipeline_mb"] = round(rss_before, 1)

@@ -198,7 +198,9 @@ def print_summary(result: dict[str, Any]) -> None:
         *(f"  {code:<24} {count:>6}" for code, count in sorted(result["outcomes"].items())),
         "",
         f"throughput        {result['records_per_s']} records/s ({result['elapsed_s']} s wall)",
-        f"seeding           {result.get('seeding_s')} s (the spine streamed from the world file)",
+        f"around the run    simulator start {result.get('sim_start_s', '-')} s, seeding "
+        f"{result.get('seeding_s')} s (streamed from the world file), check "
+        f"{result.get('check_s', '-')} s",
         f"latency p50/p99   {result['latency_p50_s']} s / {result['latency_p99_s']} s",
         f"cpu per record    {result['cpu_s_per_record'] * 1000:.2f} ms",
         f"peak RSS          {result['peak_rss_mb']} MB{_rss_note(result)}",
