@@ -147,7 +147,15 @@ def report(samples: Sequence[Sample], chart: Path) -> list[str]:
     """The end of a soak: a PNG chart at `chart` if matplotlib is importable, else sparklines;
     then the verdict."""
     lines = []
-    if samples and _plot(samples, chart):
+    judged = flatness(samples)
+    if judged is None:
+        verdict = (
+            f"RSS after warm-up: no sample after the warm-up (the first {WARMUP_SECONDS:.0f} s or "
+            f"{WARMUP_FRACTION:.0%} of the run); run longer or sample more often"
+        )
+    else:
+        verdict = judged.verdict()
+    if samples and _plot(samples, chart, judged):
         lines.append(f"[soak] chart: {chart}")
     elif samples:
         rss = [s.rss_mb for s in samples]
@@ -155,21 +163,14 @@ def report(samples: Sequence[Sample], chart: Path) -> list[str]:
         lines.append(f"[soak] RSS       {sparkline(rss)}  {min(rss):.0f}-{max(rss):.0f} MB")
         lines.append(f"[soak] records/s {sparkline(rates)}  {min(rates):.0f}-{max(rates):.0f}")
         lines.append("[soak] (matplotlib is not installed: no PNG chart)")
-    judged = flatness(samples)
-    if judged is None:
-        lines.append(
-            f"RSS after warm-up: no sample after the warm-up (the first {WARMUP_SECONDS:.0f} s or "
-            f"{WARMUP_FRACTION:.0%} of the run); run longer or sample more often"
-        )
-    else:
-        lines.append(judged.verdict())
-        lines.append(
-            f"[soak] warm-up: first {judged.warmup_s:.0f} s; {judged.samples} samples after"
-        )
+    lines.append(verdict)
+    if judged is not None:
+        after = f"{judged.samples} samples after"
+        lines.append(f"[soak] warm-up: first {judged.warmup_s:.0f} s; {after}")
     return lines
 
 
-def _plot(samples: Sequence[Sample], chart: Path) -> bool:
+def _plot(samples: Sequence[Sample], chart: Path, judged: Flatness | None) -> bool:
     try:
         matplotlib: Any = importlib.import_module("matplotlib")
     except ImportError:
@@ -184,6 +185,9 @@ def _plot(samples: Sequence[Sample], chart: Path) -> bool:
     rate_axis = rss_axis.twinx()
     rate_axis.plot(t, [s.rate for s in samples], color="tab:orange")
     rate_axis.set_ylabel("records/s", color="tab:orange")
+    if judged is not None:
+        rss_axis.axvspan(0, judged.warmup_s, color="0.9")  # the warm-up, not judged
+        rss_axis.set_title(judged.verdict(), fontsize=9)
     figure.tight_layout()
     figure.savefig(chart)
     pyplot.close(figure)
