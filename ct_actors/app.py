@@ -158,8 +158,10 @@ async def run_pipeline(
     service: SystemdService | None = None,
     progress: TextIO | None = None,
     dnsbl_lookup: AddressLookup | None = None,
+    on_ready: Callable[[Supervisor], None] | None = None,
 ) -> Supervisor:
     """Run the daemon's pipeline until drained (with `drain`) or stopped by a signal.
+    `on_ready` is handed the running supervisor (the bench's sampler reads its counters).
     `queue`: the work queue (default: the whole spine's, on `database`).
     `progress`: a terminal to draw the progress bar on (`run --drain` on a TTY).
     `load` re-reads the config and the registry on SIGHUP (see `Reloader`). `service` speaks
@@ -208,6 +210,8 @@ async def run_pipeline(
                 nursery.start_soon(_signal_loop, supervisor, nursery.cancel_scope, reloader)
             await nursery.start(supervisor.run)
             log.info("ready", owner=cfg.daemon.owner, mode=cfg.probe.mode)
+            if on_ready is not None:
+                on_ready(supervisor)
             # systemd integration: READY=1 only now that the database, resolver, registry and
             # pipeline are all running; then STATUS/WATCHDOG, and STOPPING=1 when a stop begins.
             await nursery.start(service.run, supervisor)

@@ -127,6 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(first start to last exit), per-process records and CPU (default: 1 pipeline in this "
         "process)",
     )
+    bench.add_argument(
+        "--sim-ports",
+        type=_port_pair,
+        metavar="SMTP,DNS",
+        help="the simulated internet's SMTP and DNS ports (default 2525,5353); other ports let "
+        "two benches run on one machine at once",
+    )
+    bench.add_argument(
+        "--soak",
+        action="store_true",
+        help="a long run that shows whether memory stays flat: every --sample-seconds print "
+        "the process's current RSS and the records/s since the previous sample; at the end "
+        "draw both (a PNG chart beside the daemon log if matplotlib is importable, else text "
+        "sparklines) and judge the RSS after warm-up (the first 10%% of the run or its first "
+        "60 s, whichever is longer): flat when every later sample is within 10%% of the "
+        "lowest. E.g. bench --soak --mode mx-only --domains 1000000 (not with --processes)",
+    )
+    bench.add_argument(
+        "--sample-seconds",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds between --soak samples (10)",
+    )
 
     report = sub.add_parser(
         "report",
@@ -188,6 +212,26 @@ _MIX_HELP = (
     "simulated internet: 'default', or 'real' to add the real servers' defences (error limits, "
     "DHA blocker, 421 banner, postgrey 300 s, broken TLS, reply-text zoo) (default)"
 )
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    try:
+        smtp, dns = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SMTP,DNS ports, got {text!r}") from None
+    if not (1 <= smtp <= 65535 and 1 <= dns <= 65535):
+        raise argparse.ArgumentTypeError(f"ports must be 1-65535, got {text!r}")
+    return smtp, dns
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:

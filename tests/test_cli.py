@@ -66,7 +66,7 @@ HELP_PHRASES: dict[str, tuple[str, ...]] = {
     "once": ("OUTREACH_ID", "single-pass"),
     "probe": ("DOMAIN", "--name", "--mode", "writes nothing"),
     "demo": ("--domains", "--seed", "ground truth"),
-    "bench": ("--domains", "records/s", "--json"),
+    "bench": ("--domains", "records/s", "--json", "--soak", "--sample-seconds", "--sim-ports"),
 }
 
 

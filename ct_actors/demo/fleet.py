@@ -30,10 +30,9 @@ from ct_actors.demo.scenario import (
     scenario_config,
     simulation_toolbox,
 )
-from ct_actors.demo.spine import spine_rows
 from ct_actors.demo.staging import (
     SimProcess,
-    fetch_outcomes,
+    fetch_accuracy,
     migrate_and_seed,
     recreate_or_explain,
     with_database,
@@ -49,21 +48,20 @@ async def run_fleet(
     with the benchmark's configuration) started together. Wall time runs from the first start
     to the last exit (process start-up included); CPU is every daemon process's own."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ct-actors-{scenario.name}-x{scenario.processes}-"))
-    world_path = workdir / "world.json"
+    world_path = workdir / "world.jsonl"
     db_url = with_database(cfg.database.url, scenario.database)
     async with trio_asyncio.open_loop():
         if not await recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
         sim = await SimProcess.start(scenario, world_path)
-        world = sim.world
         try:
-            rows = spine_rows(world, scenario.seed)
-            await migrate_and_seed(db_url, world, rows)
-            fleet_cfg = scenario_config(cfg, scenario, world, db_url)
+            seeded = await migrate_and_seed(db_url, world_path, scenario)
+            fleet_cfg = scenario_config(cfg, scenario, sim.header, db_url)
             registry = _write_simulation_toolbox(toolbox, workdir / "toolbox.yaml")
             print(
-                f"[{scenario.name}] world: {len(world.domains)} domains; spine: {len(rows)} "
-                f"records; {scenario.processes} daemon processes; logs: {workdir}",
+                f"[{scenario.name}] world: {seeded.domains} domains; spine: {seeded.records} "
+                f"records seeded in {seeded.seconds:.1f} s; {scenario.processes} daemon "
+                f"processes; logs: {workdir}",
                 file=sys.stderr,
             )
             children = [
@@ -80,7 +78,7 @@ async def run_fleet(
         finally:
             sim_stats = await sim.stop()
         sim_usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # now the sim's too
-        outcomes = await fetch_outcomes(db_url)
+        accuracy = await fetch_accuracy(db_url)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     sim_cpu = (sim_usage.ru_utime - after.ru_utime) + (sim_usage.ru_stime - after.ru_stime)
     finals = [child.final() for child in children]
@@ -93,8 +91,9 @@ async def run_fleet(
     durations = [d for child in children for d in child.durations()]
     maxrss = max(child.maxrss_kb for child in children)
     result = evaluate(
-        scenario, world, rows, outcomes, merged, sim_stats, durations, elapsed, cpu, maxrss, workdir
+        scenario, sim.header, accuracy, merged, sim_stats, durations, elapsed, cpu, maxrss, workdir
     )
+    result["seeding_s"] = round(seeded.seconds, 1)
     result["processes"] = scenario.processes
     result["wall_clock"] = "first process start to last exit, start-up included"
     # The simulated internet runs on the same cores (its whole life: start-up and seeding too).

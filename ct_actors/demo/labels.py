@@ -11,7 +11,7 @@ from typing import Any
 
 from ct_actors.demo.spine import SpineRow
 from ct_actors.outcome import Deferred, Failed, FailureCode, Passed
-from ct_actors.sim.world import World
+from ct_actors.sim.world import SimDomain, World, expected_for
 
 PENDING = "PENDING"
 
@@ -29,9 +29,15 @@ def expected_label(world: World, record: SpineRow | str | None, mode: str = "smt
     """What a correct prober leaves for a spine row (or its normalised domain; None: no
     usable domain)."""
     domain = record.domain if isinstance(record, SpineRow) else record
+    return domain_label(None if domain is None else world.domain(domain), mode)
+
+
+def domain_label(domain: SimDomain | None, mode: str = "smtp") -> str:
+    """`expected_label` from the world's domain itself (None: no usable domain), for a reader
+    that streams the world instead of holding it."""
     if domain is None:
         return fail_label(FailureCode.NO_DOMAIN)
-    exp = world.expected_mx_only(domain) if mode == "mx-only" else world.expected(domain)
+    exp = expected_for(domain, mx_only=mode == "mx-only")
     if exp.outcome == "DEFERRED":
         return PENDING
     if exp.outcome == "FAIL":

@@ -6,16 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.config import Config, SmtpConfig
-from ct_actors.demo.labels import expected_label, row_label
-from ct_actors.demo.spine import NAMES_QUERY, SpineRow
-from ct_actors.sim.world import World
+from ct_actors.demo.seeding import Accuracy
+from ct_actors.demo.spine import NAMES_QUERY
+from ct_actors.sim.world_file import WorldHeader
 from ct_actors.sim.world_types import SIM_NETWORK, Behaviour
 from ct_actors.toolbox import Toolbox
 
@@ -40,6 +39,10 @@ class Scenario:
     # The simulated internet's behaviour mix, passed through to `python -m ct_actors.sim serve
     # --mix` ("default", or "real": plus the real servers' defences and reply texts).
     mix: str = "default"
+    # The simulator's ports (its SMTP port on every host address, its DNS port on 127.0.53.53):
+    # fixed by default; `bench --sim-ports` moves them so that two benches can run at once.
+    smtp_port: int = 2525
+    dns_port: int = 5353
 
 
 # Large enough never to bind in a simulation; still counted (budgets in PostgreSQL) so the
@@ -68,19 +71,19 @@ def simulation_toolbox(toolbox: Toolbox) -> Toolbox:
 _DHA_WINDOW = 60.0
 
 
-def _greylist_delay(world: World) -> float:
-    if world.by_behaviour(Behaviour.GREYLIST_300):
+def _greylist_delay(world: WorldHeader) -> float:
+    if world.has(Behaviour.GREYLIST_300):
         return SmtpConfig().greylist_retry_delay
     return world.greylist_delay + 0.5
 
 
-def _dha_budget(world: World) -> int:
-    if world.by_behaviour(Behaviour.DHA_BLOCK):
+def _dha_budget(world: WorldHeader) -> int:
+    if world.has(Behaviour.DHA_BLOCK):
         return SmtpConfig().max_rejected_rcpts_per_host
     return 1_000_000
 
 
-def scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) -> Config:
+def scenario_config(cfg: Config, scenario: Scenario, world: WorldHeader, db_url: str) -> Config:
     return dataclasses.replace(
         cfg,
         database=dataclasses.replace(cfg.database, url=db_url, lease_seconds=600),
@@ -98,7 +101,7 @@ def scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) 
             mail_from="postmaster@prober.ct-actors-sim.test",
             # Only --mix real has a STARTTLS host (one that breaks the handshake, to exercise
             # the plaintext fallback); the default world offers none.
-            starttls="opportunistic" if world.by_behaviour(Behaviour.TLS_BROKEN) else "never",
+            starttls="opportunistic" if world.has(Behaviour.TLS_BROKEN) else "never",
             connect_timeout=2.0,
             command_timeout=10.0,
             max_connections=scenario.max_connections,
@@ -107,7 +110,7 @@ def scenario_config(cfg: Config, scenario: Scenario, world: World, db_url: str) 
             # postgrey-like hosts (--mix real) need the production 300 s retry; the default
             # world's greylisters are quick, and so is the bench then.
             greylist_retry_delay=_greylist_delay(world),
-            greylist_max_retries=4 if world.by_behaviour(Behaviour.GREYLIST_300) else 2,
+            greylist_max_retries=4 if world.has(Behaviour.GREYLIST_300) else 2,
             # The default mix has no directory-harvest blockers: lift the per-host rejected-RCPT
             # budget like the registry's rates (said on stderr). A world that has them keeps
             # the production default, which stays under their threshold.
@@ -155,9 +158,8 @@ class PipelineTotals:
 
 def evaluate(
     scenario: Scenario,
-    world: World,
-    rows: list[SpineRow],
-    outcomes: dict[Any, dict[str, Any]],
+    world: WorldHeader,
+    accuracy: Accuracy,
     stats: PipelineTotals,
     sim_stats: dict[str, Any],
     durations: Iterable[float],
@@ -166,30 +168,12 @@ def evaluate(
     maxrss_kb: int,
     log_path: Path,
 ) -> dict[str, Any]:
-    by_code: Counter[str] = Counter()
-    mismatches: list[dict[str, Any]] = []
-    for row in rows:
-        got = outcomes.get(row.outreach_id)
-        got_label = row_label(got)
-        by_code[" ".join(got_label.split(" ")[:2])] += 1
-        want_label = expected_label(world, row, scenario.mode)
-        if got_label != want_label:
-            behaviour = world.domain(row.domain).behaviour if row.domain else "unusable"
-            mismatches.append(
-                {
-                    "outreach_id": str(row.outreach_id),
-                    "domain": row.raw_domain,
-                    "behaviour": str(behaviour),
-                    "expected": want_label,
-                    "got": got_label,
-                }
-            )
     done = stats.records_done
     ordered = sorted(durations)
     return {
         "scenario": dataclasses.asdict(scenario),
-        "records": len(rows),
-        "outcomes": dict(by_code),
+        "records": accuracy.checked,
+        "outcomes": dict(accuracy.by_code),
         "elapsed_s": round(elapsed, 2),
         "records_per_s": round(done / elapsed, 1) if elapsed else None,
         "latency_p50_s": round(_pct(ordered, 0.50), 3),
@@ -204,14 +188,18 @@ def evaluate(
         "rejected_rcpts_peak_host": stats.rejected_rcpts_peak_host,
         "rejected_rcpts_budget": _dha_budget(world),
         "smtp_sessions_per_domain": round(stats.sessions_opened / max(stats.domains_probed, 1), 3),
-        "accuracy": {
-            "checked": len(rows),
-            "mismatches": len(mismatches),
-            "percent": round(100 * (len(rows) - len(mismatches)) / max(len(rows), 1), 2),
-            "examples": mismatches[:10],
-        },
+        "accuracy": accuracy.to_dict(),
         "log": str(log_path),
     }
+
+
+def _rss_note(result: dict[str, Any]) -> str:
+    if "rss_before_pipeline_mb" not in result:
+        return ""  # a fleet: each daemon process's own peak
+    return (
+        f" (this process's lifetime peak; {result['rss_before_pipeline_mb']} MB before the "
+        f"pipeline started, {result['rss_peak_sampled_mb']} MB sampled peak while it ran)"
+    )
 
 
 def _pct(ordered: list[float], q: float) -> float:
@@ -230,9 +218,12 @@ def print_summary(result: dict[str, Any]) -> None:
         *(f"  {code:<24} {count:>6}" for code, count in sorted(result["outcomes"].items())),
         "",
         f"throughput        {result['records_per_s']} records/s ({result['elapsed_s']} s wall)",
+        f"around the run    simulator start {result.get('sim_start_s', '-')} s, seeding "
+        f"{result.get('seeding_s')} s (streamed from the world file), check "
+        f"{result.get('check_s', '-')} s",
         f"latency p50/p99   {result['latency_p50_s']} s / {result['latency_p99_s']} s",
         f"cpu per record    {result['cpu_s_per_record'] * 1000:.2f} ms",
-        f"peak RSS          {result['peak_rss_mb']} MB",
+        f"peak RSS          {result['peak_rss_mb']} MB{_rss_note(result)}",
         f"SMTP sessions     {result['smtp_sessions_per_domain']} per probed domain",
         f"rejected RCPTs    {result['rejected_rcpts_peak_per_host_minute']} per host per "
         f"{_DHA_WINDOW:g} s at peak ({result['rejected_rcpts_peak_host']}; budget "

@@ -43,20 +43,35 @@ class SpineRow:
 def spine_rows(world: World, seed: int, *, shared_fraction: float = 0.1) -> list[SpineRow]:
     """One row per domain, a few domains with several rows (shared by several companies, e.g.
     subsidiaries), spine values written as messy URLs, and a few unusable values."""
-    rng = random.Random(seed * 7919 + 1)
-    rows: list[SpineRow] = []
-
-    def new_id() -> uuid.UUID:
-        return uuid.UUID(int=rng.getrandbits(128), version=4)
-
-    for name in sorted(world.domains):
-        copies = 1 + (rng.randint(1, 3) if rng.random() < shared_fraction else 0)
-        for _ in range(copies):
-            rows.append(SpineRow(new_id(), _messy(rng, name), name))
-    for index in range(max(3, len(world.domains) // 200)):
-        rows.append(SpineRow(new_id(), UNUSABLE[index % len(UNUSABLE)], None))
-    rng.shuffle(rows)
+    maker = SpineMaker(seed, shared_fraction=shared_fraction)
+    rows = [row for name in sorted(world.domains) for row in maker.for_domain(name)]
+    rows.extend(maker.unusable(len(world.domains)))
+    maker.rng.shuffle(rows)
     return rows
+
+
+class SpineMaker:
+    """`spine_rows` one domain at a time, for a reader that streams the world (the bench):
+    the rows of a domain, then the unusable rows once every domain is done. The same seed and
+    the same order of domains give the same rows."""
+
+    def __init__(self, seed: int, *, shared_fraction: float = 0.1) -> None:
+        self.rng = random.Random(seed * 7919 + 1)
+        self.shared_fraction = shared_fraction
+
+    def _new_id(self) -> uuid.UUID:
+        return uuid.UUID(int=self.rng.getrandbits(128), version=4)
+
+    def for_domain(self, name: str) -> list[SpineRow]:
+        rng = self.rng
+        copies = 1 + (rng.randint(1, 3) if rng.random() < self.shared_fraction else 0)
+        return [SpineRow(self._new_id(), _messy(rng, name), name) for _ in range(copies)]
+
+    def unusable(self, n_domains: int) -> list[SpineRow]:
+        return [
+            SpineRow(self._new_id(), UNUSABLE[index % len(UNUSABLE)], None)
+            for index in range(max(3, n_domains // 200))
+        ]
 
 
 def _messy(rng: random.Random, domain: str) -> str:
@@ -77,8 +92,17 @@ def _messy(rng: random.Random, domain: str) -> str:
 async def write_spine(conn: Any, world: World, rows: Sequence[SpineRow]) -> None:
     """Write the spine (`outreach.outreach`) and the demo's people table on an asyncpg
     connection (asyncio side), as upstream would; the demo, the bench and the end-to-end tests
-    all seed through it."""
+    all seed through it (the bench chunk by chunk: `ct_actors.demo.seeding`)."""
     await conn.execute(PEOPLE_DDL)
+    await copy_spine(
+        conn, rows, [world.people(r.domain) if r.domain is not None else () for r in rows]
+    )
+
+
+async def copy_spine(
+    conn: Any, rows: Sequence[SpineRow], people: Sequence[Sequence[tuple[str, str]]]
+) -> None:
+    """COPY `rows` and each row's `people` (same order) into the spine and the people table."""
     await conn.copy_records_to_table(
         "outreach",
         schema_name="outreach",
@@ -91,8 +115,7 @@ async def write_spine(conn: Any, world: World, rows: Sequence[SpineRow]) -> None
         columns=["outreach_id", "ord", "first_name", "last_name"],
         records=[
             (r.outreach_id, i, first, last)
-            for r in rows
-            if r.domain is not None
-            for i, (first, last) in enumerate(world.people(r.domain))
+            for r, names in zip(rows, people, strict=True)
+            for i, (first, last) in enumerate(names)
         ],
     )

@@ -19,9 +19,9 @@ from ct_actors.db.choice import ChosenDatabase
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.db.migrate import migrate
 from ct_actors.demo.scenario import Scenario
-from ct_actors.demo.spine import SpineRow, write_spine
+from ct_actors.demo.seeding import Accuracy, Seeded, check_outcomes, seed_from_world_file
 from ct_actors.redact import redact_url
-from ct_actors.sim.world import World
+from ct_actors.sim.world_file import WorldHeader, read_header
 
 
 async def recreate_or_explain(
@@ -65,28 +65,25 @@ async def _recreate_database(admin_url: str, database: str) -> None:
             await aio_as_trio(conn.close)()
 
 
-async def migrate_and_seed(db_url: str, world: World, rows: list[SpineRow]) -> None:
+async def migrate_and_seed(db_url: str, world_path: Path, scenario: Scenario) -> Seeded:
+    """Migrate the fresh database and seed it from the world file, streamed."""
     conn = await aio_as_trio(asyncpg.connect)(db_url, timeout=5)
     try:
         await aio_as_trio(migrate)(conn)
-        await aio_as_trio(write_spine)(conn, world, rows)
+        seeded: Seeded = await aio_as_trio(seed_from_world_file)(
+            conn, world_path, scenario.seed, scenario.mode
+        )
+        return seeded
     finally:
         with trio.CancelScope(shield=True):
             await aio_as_trio(conn.close)()
 
 
-async def fetch_outcomes(db_url: str) -> dict[Any, dict[str, Any]]:
+async def fetch_accuracy(db_url: str) -> Accuracy:
     conn = await aio_as_trio(asyncpg.connect)(db_url, timeout=5)
     try:
-        rows = await aio_as_trio(conn.fetch)(
-            """SELECT ct.outreach_id, ct.execution_status, ct.method_type, ct.confidence_score,
-                      ct.is_catchall, e.failure_code
-                 FROM outreach.company_target ct
-            LEFT JOIN outreach.company_target_errors e
-                   ON e.outreach_id = ct.outreach_id AND e.resolved_at IS NULL
-                WHERE ct.execution_status IN ('ready', 'failed')"""
-        )
-        return {r["outreach_id"]: dict(r) for r in rows}
+        accuracy: Accuracy = await aio_as_trio(check_outcomes)(conn)
+        return accuracy
     finally:
         with trio.CancelScope(shield=True):
             await aio_as_trio(conn.close)()
@@ -95,9 +92,12 @@ async def fetch_outcomes(db_url: str) -> dict[Any, dict[str, Any]]:
 class SimProcess:
     """The simulated internet in its own process, as remote servers would be."""
 
-    def __init__(self, process: trio.Process, world: World, buffer: bytes) -> None:
+    def __init__(
+        self, process: trio.Process, header: WorldHeader, ready: dict[str, Any], buffer: bytes
+    ) -> None:
         self.process = process
-        self.world = world
+        self.header = header
+        self.ready = ready  # its `sim_ready` line: listeners, hosts...
         self._buffer = buffer
 
     @classmethod
@@ -108,24 +108,28 @@ class SimProcess:
             "--world-file", str(world_path),
             "--latency-ms", str(scenario.latency_ms), "--jitter-ms", str(scenario.jitter_ms),
             "--mix", scenario.mix,
+            "--smtp-port", str(scenario.smtp_port), "--dns-port", str(scenario.dns_port),
         ]  # fmt: skip
+        if scenario.mode == "mx-only":
+            command.append("--dns-only")  # an MX-only prober never connects to port 25
         process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
         assert process.stdout is not None
         buffer = b""
         try:
-            with trio.fail_after(120):
-                while b"sim_ready" not in buffer:
+            # Generating and writing a world takes ~0.1 ms per domain on this machine.
+            with trio.fail_after(120 + scenario.domains / 1000):
+                while (ready := _ready_line(buffer)) is None:
                     chunk = await process.stdout.receive_some()
                     if not chunk:
                         raise RuntimeError("the simulated internet exited before it was ready")
                     buffer += chunk
-            world = World.from_json(await trio.Path(world_path).read_text())
+            header = read_header(world_path)
         except BaseException:
             process.kill()
             with trio.CancelScope(shield=True):
                 await process.wait()
             raise
-        return cls(process, world, buffer)
+        return cls(process, header, ready, buffer)
 
     async def stop(self) -> dict[str, Any]:
         """SIGTERM, read its final stats line, wait for it to exit."""
@@ -142,3 +146,12 @@ class SimProcess:
                 stats: dict[str, Any] = json.loads(line).get("stats", {})
                 return stats
         return {}
+
+
+def _ready_line(buffer: bytes) -> dict[str, Any] | None:
+    complete = buffer[: buffer.rfind(b"\n") + 1].decode(errors="replace")
+    for line in complete.splitlines():
+        if '"sim_ready"' in line:
+            ready: dict[str, Any] = json.loads(line)
+            return ready
+    return None

@@ -17,10 +17,11 @@ import trio
 
 from ct_actors.gc_pace import pace_collector
 from ct_actors.log import as_log
-from ct_actors.sim.dns_server import BrokenDns, DnsFault
+from ct_actors.sim.dns_server import BrokenDns, DnsFault, serve_dns
 from ct_actors.sim.server import serve_world
 from ct_actors.sim.stats import SimStats
-from ct_actors.sim.world import World
+from ct_actors.sim.world import World, ground_truth_row
+from ct_actors.sim.world_file import iter_domains
 from ct_actors.sim.world_generator import DEFAULT_MIX, NAMED_MIXES
 from ct_actors.sim.world_types import Behaviour
 
@@ -103,21 +104,34 @@ def _resolve_broken_dns(
     return out
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # A reader polling for the file must never see half a world.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+async def _serve_dns_only(
+    world: World,
+    *,
+    broken_dns: Sequence[BrokenDns] = (),
+    task_status: trio.TaskStatus[SimStats] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """`serve_world` without its SMTP listeners, for MX-only runs: a world of a million
+    domains then costs a few sockets, not one listener per host."""
+    stats = SimStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_dns, world, stats)
+        for broken in broken_dns:
+            serve_broken = functools.partial(
+                serve_dns, world, stats, address=broken.address, port=broken.port
+            )
+            await nursery.start(functools.partial(serve_broken, fault=broken.fault))
+        task_status.started(stats)
 
 
-async def _serve(world: World, world_file: Path, broken_dns: Sequence[BrokenDns] = ()) -> None:
+async def _serve(
+    world: World, world_file: Path, broken_dns: Sequence[BrokenDns] = (), dns_only: bool = False
+) -> None:
     # Listen for signals before announcing readiness, so a SIGTERM right after the
     # sim_ready line is never lost.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            stats = await nursery.start(
-                functools.partial(serve_world, world, broken_dns=broken_dns)
-            )
+            serve = _serve_dns_only if dns_only else serve_world
+            stats = await nursery.start(functools.partial(serve, world, broken_dns=broken_dns))
             _emit(
                 {
                     "event": "sim_ready",
@@ -125,8 +139,8 @@ async def _serve(world: World, world_file: Path, broken_dns: Sequence[BrokenDns]
                     "seed": world.seed,
                     "domains": len(world.domains),
                     "hosts": len(world.hosts),
-                    "smtp_hosts": len(world.live_hosts()),
-                    "smtp_listener": stats.smtp_listener,
+                    "smtp_hosts": 0 if dns_only else len(world.live_hosts()),
+                    "smtp_listener": None if dns_only else stats.smtp_listener,
                     "dns": f"{world.dns_address}:{world.dns_port}",
                     "broken_dns": [str(b) for b in broken_dns],
                     "smtp_port": world.smtp_port,
@@ -159,10 +173,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tarpit_delay=args.tarpit_delay,
         conn_limit=args.conn_limit,
     )
-    _write_atomically(args.world_file, world.to_json())
+    world.write_file(args.world_file)
     failed = False
     try:
-        trio.run(_serve, world, args.world_file, args.broken_dns)
+        trio.run(_serve, world, args.world_file, args.broken_dns, args.dns_only)
     except* OSError as group:
         # Typically a port already in use: say so in one line rather than a traceback.
         errors = [str(exc) for exc in _leaves(group)]
@@ -172,8 +186,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_truth(args: argparse.Namespace) -> int:
-    world = World.from_json(args.world_file.read_text(encoding="utf-8"))
-    for row in world.ground_truth_rows(mx_only=args.mx_only):
+    for domain in iter_domains(args.world_file):
+        row = ground_truth_row(domain, mx_only=args.mx_only)
         sys.stdout.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
     return 0
 
@@ -189,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="generate a world, write it to --world-file and serve it until SIGTERM/SIGINT",
-        description="Generate a world from --seed, write its JSON to --world-file, bind DNS "
+        description="Generate a world from --seed, write it to --world-file (JSON lines: a "
+        "header, then hosts, then domains), bind DNS "
         "and one SMTP listener per live MX host, print one JSON line "
         '{"event": "sim_ready", ...} when bound, and serve until SIGTERM or SIGINT (then '
         'print {"event": "sim_stopped", "stats": ...}).',
@@ -236,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="sessions a conn_limit_421 host allows before 421 (%(default)s)",
+    )
+    serve.add_argument(
+        "--dns-only",
+        action="store_true",
+        help="serve DNS only, no SMTP listener (what an MX-only prober needs; a world of any "
+        "size then costs a few sockets)",
     )
     serve.add_argument(
         "--mix",

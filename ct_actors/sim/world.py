@@ -10,9 +10,9 @@ prober bug shows up as a disagreement instead of being copied into the oracle.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ct_actors.sim.behaviours import (
@@ -23,10 +23,19 @@ from ct_actors.sim.behaviours import (
     DhaLimits,
     ErrorLimits,
 )
+from ct_actors.sim.world_file import (
+    JSON_VERSION,
+    WorldHeader,
+    behaviour_histogram,
+    parse_world_lines,
+    world_lines,
+    write_world_file,
+)
 from ct_actors.sim.world_generator import (
     DEFAULT_MIX,
     NAMED_MIXES,
     REAL_SERVER_MIX,
+    NetworkParams,
     generate_network,
 )
 from ct_actors.sim.world_types import (
@@ -50,8 +59,6 @@ from ct_actors.sim.world_types import (
     fold_name,
     local_part,
 )
-
-JSON_VERSION = 1
 
 # The world's types and mixes, re-exported: `ct_actors.sim.world` is where tests and the
 # simulator have always imported them from.
@@ -77,7 +84,9 @@ __all__ = [
     "SimDomain",
     "SimHost",
     "World",
+    "WorldHeader",
     "candidate_order",
+    "expected_for",
     "fold_name",
     "local_part",
 ]
@@ -141,9 +150,7 @@ class World:
         `error_limits`/`strict_error_limits`/`dha_limits`/`greylist_300_delay` parametrise the
         ERROR_LIMIT, ERROR_LIMIT_STRICT, DHA_BLOCK and GREYLIST_300 hosts; they travel in the
         hosts' JSON, so a world served from its file behaves the same."""
-        domains, hosts = generate_network(
-            seed,
-            n_domains,
+        params = NetworkParams(
             mix=mix,
             greylist_delay=greylist_delay,
             tarpit_delay=tarpit_delay,
@@ -154,6 +161,7 @@ class World:
             dha_limits=dha_limits,
             greylist_300_delay=greylist_300_delay,
         )
+        domains, hosts = generate_network(seed, n_domains, params)
         # float() so that 50 and 50.0 give the same JSON: the world file is compared byte-wise.
         return cls(
             seed=seed,
@@ -206,83 +214,101 @@ class World:
     # -- ground truth -----------------------------------------------------------------------
 
     def expected(self, domain: str) -> Expected:
-        d = self.domain(domain)
-        if d.behaviour in NO_MAIL_BEHAVIOURS:
-            return _FAIL_NO_MX
-        if d.behaviour is Behaviour.DROP_MID:
-            return Expected("FAIL", "CT-M-SMTP-FAIL")
-        if d.behaviour is Behaviour.GREET_421:
-            # Every MX host refuses every connection: after its bounded retries the prober must
-            # conclude that the domain's SMTP service fails (not defer it forever).
-            return Expected("FAIL", "CT-M-SMTP-FAIL")
-        if d.behaviour is Behaviour.BLOCKLIST:
-            return Expected("DEFERRED")
-        # The other server behaviours (error limits, DHA, postgrey, broken TLS, reply zoo) hide
-        # nothing from a polite prober: the domain's own truth stands.
-        if d.is_catchall:
-            return Expected("PASS", None, "first.last", True, CATCHALL_CONFIDENCE)
-        for local, method in candidate_order(d.people):
-            if local in d.mailboxes:
-                return Expected("PASS", None, method, False, CONFIDENCE[method])
-        return Expected("FAIL", "CT-M-NO-PATTERN")
+        return expected_for(self.domain(domain))
 
     def expected_mx_only(self, domain: str) -> Expected:
-        if self.domain(domain).has_mx:
-            return Expected("PASS", None, "first.last", False, MX_ONLY_CONFIDENCE)
-        return _FAIL_NO_MX
+        return expected_for(self.domain(domain), mx_only=True)
 
     def ground_truth_rows(self, *, mx_only: bool = False) -> list[dict[str, Any]]:
-        rows = []
-        for d in self.domains.values():
-            exp = self.expected_mx_only(d.name) if mx_only else self.expected(d.name)
-            rows.append(
-                {
-                    "domain": d.name,
-                    "behaviour": str(d.behaviour),
-                    **exp.to_dict(),
-                    "format": d.format,
-                    "mx": [host for _, host in sorted(d.mx)],
-                    "people": [list(p) for p in d.people],
-                }
-            )
-        return rows
+        return [ground_truth_row(d, mx_only=mx_only) for d in self.domains.values()]
 
     # -- serialisation ----------------------------------------------------------------------
 
+    def header(self) -> WorldHeader:
+        return WorldHeader(
+            seed=self.seed,
+            latency_ms=self.latency_ms,
+            jitter_ms=self.jitter_ms,
+            smtp_port=self.smtp_port,
+            dns_address=self.dns_address,
+            dns_port=self.dns_port,
+            greylist_delay=self.greylist_delay,
+            tarpit_delay=self.tarpit_delay,
+            conn_limit=self.conn_limit,
+            domains=len(self.domains),
+            behaviours=behaviour_histogram(self.domains.values()),
+        )
+
+    def lines(self) -> Iterator[str]:
+        """The world file's lines (`ct_actors.sim.world_file`): header, hosts, domains."""
+        return world_lines(self.header(), self.hosts.values(), self.domains.values())
+
+    def write_file(self, path: Path) -> None:
+        write_world_file(path, self.lines())
+
     def to_json(self) -> str:
-        doc = {
-            "version": JSON_VERSION,
-            "seed": self.seed,
-            "latency_ms": self.latency_ms,
-            "jitter_ms": self.jitter_ms,
-            "smtp_port": self.smtp_port,
-            "dns_address": self.dns_address,
-            "dns_port": self.dns_port,
-            "greylist_delay": self.greylist_delay,
-            "tarpit_delay": self.tarpit_delay,
-            "conn_limit": self.conn_limit,
-            "hosts": [h.to_dict() for h in self.hosts.values()],
-            "domains": [d.to_dict() for d in self.domains.values()],
-        }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        return "".join(self.lines())
 
     @classmethod
     def from_json(cls, text: str) -> World:
-        doc = json.loads(text)
-        if doc.get("version") != JSON_VERSION:
-            raise ValueError(f"unsupported world version {doc.get('version')!r}")
-        hosts = [SimHost.from_dict(h) for h in doc["hosts"]]
-        domains = [SimDomain.from_dict(d) for d in doc["domains"]]
+        return cls.from_lines(text.splitlines())
+
+    @classmethod
+    def read_file(cls, path: Path) -> World:
+        with path.open(encoding="utf-8") as lines:
+            return cls.from_lines(lines)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> World:
+        header, hosts, domains = parse_world_lines(lines)
         return cls(
-            seed=doc["seed"],
+            seed=header.seed,
             domains={d.name: d for d in domains},
             hosts={h.name: h for h in hosts},
-            latency_ms=doc["latency_ms"],
-            jitter_ms=doc["jitter_ms"],
-            smtp_port=doc["smtp_port"],
-            dns_address=doc["dns_address"],
-            dns_port=doc["dns_port"],
-            greylist_delay=doc["greylist_delay"],
-            tarpit_delay=doc["tarpit_delay"],
-            conn_limit=doc["conn_limit"],
+            latency_ms=header.latency_ms,
+            jitter_ms=header.jitter_ms,
+            smtp_port=header.smtp_port,
+            dns_address=header.dns_address,
+            dns_port=header.dns_port,
+            greylist_delay=header.greylist_delay,
+            tarpit_delay=header.tarpit_delay,
+            conn_limit=header.conn_limit,
         )
+
+
+def expected_for(d: SimDomain, *, mx_only: bool = False) -> Expected:
+    """The outcome a correct prober reaches for `d` (in MX-only mode with `mx_only`)."""
+    if mx_only:
+        if d.has_mx:
+            return Expected("PASS", None, "first.last", False, MX_ONLY_CONFIDENCE)
+        return _FAIL_NO_MX
+    if d.behaviour in NO_MAIL_BEHAVIOURS:
+        return _FAIL_NO_MX
+    if d.behaviour is Behaviour.DROP_MID:
+        return Expected("FAIL", "CT-M-SMTP-FAIL")
+    if d.behaviour is Behaviour.GREET_421:
+        # Every MX host refuses every connection: after its bounded retries the prober must
+        # conclude that the domain's SMTP service fails (not defer it forever).
+        return Expected("FAIL", "CT-M-SMTP-FAIL")
+    if d.behaviour is Behaviour.BLOCKLIST:
+        return Expected("DEFERRED")
+    # The other server behaviours (error limits, DHA, postgrey, broken TLS, reply zoo) hide
+    # nothing from a polite prober: the domain's own truth stands.
+    if d.is_catchall:
+        return Expected("PASS", None, "first.last", True, CATCHALL_CONFIDENCE)
+    for local, method in candidate_order(d.people):
+        if local in d.mailboxes:
+            return Expected("PASS", None, method, False, CONFIDENCE[method])
+    return Expected("FAIL", "CT-M-NO-PATTERN")
+
+
+def ground_truth_row(d: SimDomain, *, mx_only: bool = False) -> dict[str, Any]:
+    """One line of `python -m ct_actors.sim truth`."""
+    return {
+        "domain": d.name,
+        "behaviour": str(d.behaviour),
+        **expected_for(d, mx_only=mx_only).to_dict(),
+        "format": d.format,
+        "mx": [host for _, host in sorted(d.mx)],
+        "people": [list(p) for p in d.people],
+    }

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Container, Iterator, Mapping
+from dataclasses import dataclass
 
 from ct_actors.sim.behaviours import (
+    DEFAULT_DHA_LIMITS,
+    POSTFIX_ERROR_LIMITS,
+    POSTGREY_DELAY,
+    STRICT_ERROR_LIMITS,
     DhaLimits,
     ErrorLimits,
 )
@@ -135,102 +140,130 @@ _EXTRA_MAILBOXES = ("sales", "support", "hr", "admin", "billing", "jobs", "press
 _ALWAYS_MAILBOXES = ("postmaster", "abuse")
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkParams:
+    """`World.generate`'s knobs for the hosts and the mix (its docstring says what they mean)."""
+
+    mix: Mapping[Behaviour, float] | None = None
+    greylist_delay: float = 2.0
+    tarpit_delay: float = 3.0
+    conn_limit: int = 4
+    blocklist_hosts: int = 1
+    error_limits: ErrorLimits = POSTFIX_ERROR_LIMITS
+    strict_error_limits: ErrorLimits = STRICT_ERROR_LIMITS
+    dha_limits: DhaLimits = DEFAULT_DHA_LIMITS
+    greylist_300_delay: float = POSTGREY_DELAY
+
 
 def generate_network(
-    seed: int,
-    n_domains: int,
-    *,
-    mix: Mapping[Behaviour, float] | None,
-    greylist_delay: float,
-    tarpit_delay: float,
-    conn_limit: int,
-    blocklist_hosts: int,
-    error_limits: ErrorLimits,
-    strict_error_limits: ErrorLimits,
-    dha_limits: DhaLimits,
-    greylist_300_delay: float,
+    seed: int, n_domains: int, params: NetworkParams
 ) -> tuple[dict[str, SimDomain], dict[str, SimHost]]:
-    """`World.generate`'s domains and hosts (its docstring says what the parameters mean)."""
+    """`iter_network` collected: the domains and the hosts by name."""
+    domains: dict[str, SimDomain] = {}
+    hosts: dict[str, SimHost] = {}
+    for item in iter_network(seed, n_domains, params):
+        if isinstance(item, SimHost):
+            hosts[item.name] = item
+        else:
+            domains[item.name] = item
+    return domains, hosts
+
+
+def behaviour_counts(n_domains: int, mix: Mapping[Behaviour, float] | None) -> dict[Behaviour, int]:
+    """How many domains of each behaviour a world of `n_domains` has (exact, seed-independent)."""
     if n_domains < 0:
         raise ValueError("n_domains must not be negative")
-    rng = random.Random(seed)
     weights = {Behaviour(k): float(v) for k, v in (mix or DEFAULT_MIX).items()}
-    plan = [b for b, count in _apportion(n_domains, weights).items() for _ in range(count)]
+    return _apportion(n_domains, weights)
+
+
+def iter_network(seed: int, n_domains: int, params: NetworkParams) -> Iterator[SimHost | SimDomain]:
+    """The world as a stream: the shared hosts, then each domain preceded by the hosts it
+    brings, so a reader always meets a host before the first domain that names it. What stays
+    in memory is the set of names taken (names are drawn at random and must be unique) and the
+    blocklisting hosts, not the world."""
+    rng = random.Random(seed)
+    plan = [
+        b for b, count in behaviour_counts(n_domains, params.mix).items() for _ in range(count)
+    ]
     rng.shuffle(plan)
 
-    hosts: dict[str, SimHost] = {}
-
+    n_hosts = 0
+    blocking: list[str] = []
+    taken: set[str] = set()
     grey_delays = {
-        Behaviour.GREYLIST: float(greylist_delay),
-        Behaviour.GREYLIST_300: float(greylist_300_delay),
+        Behaviour.GREYLIST: float(params.greylist_delay),
+        Behaviour.GREYLIST_300: float(params.greylist_300_delay),
     }
     limits = {
-        Behaviour.ERROR_LIMIT: error_limits,
-        Behaviour.ERROR_LIMIT_STRICT: strict_error_limits,
+        Behaviour.ERROR_LIMIT: params.error_limits,
+        Behaviour.ERROR_LIMIT_STRICT: params.strict_error_limits,
     }
 
-    def add_host(
+    def host(
         name: str, behaviour: Behaviour, listening: bool = True, zoo: str | None = None
-    ) -> str:
-        hosts[name] = SimHost(
+    ) -> SimHost:
+        nonlocal n_hosts
+        made = SimHost(
             name=name,
-            ip=_ip(_HOST_NET, len(hosts)),
+            ip=_ip(_HOST_NET, n_hosts),
             behaviour=behaviour,
             listening=listening,
-            conn_limit=conn_limit if behaviour is Behaviour.CONN_LIMIT_421 else None,
+            conn_limit=params.conn_limit if behaviour is Behaviour.CONN_LIMIT_421 else None,
             greylist_delay=grey_delays.get(behaviour, 0.0),
-            tarpit_delay=float(tarpit_delay) if behaviour is Behaviour.TARPIT else 0.0,
+            tarpit_delay=float(params.tarpit_delay) if behaviour is Behaviour.TARPIT else 0.0,
             error_limits=limits.get(behaviour),
-            dha=dha_limits if behaviour is Behaviour.DHA_BLOCK else None,
+            dha=params.dha_limits if behaviour is Behaviour.DHA_BLOCK else None,
             zoo=zoo,
         )
-        return name
+        n_hosts += 1
+        return made
 
     for shared in SHARED_HOSTS:
-        add_host(shared, Behaviour.SHARED_HOST)
+        yield host(shared, Behaviour.SHARED_HOST)
 
-    domains: dict[str, SimDomain] = {}
     for index, behaviour in enumerate(plan):
-        name = _domain_name(rng, domains)
+        name = _domain_name(rng, taken)
+        taken.add(name)
         people = _people(rng)
+        new: list[SimHost] = []
         if behaviour is Behaviour.SHARED_HOST:
-            mx: tuple[tuple[int, str], ...] = (
-                (1, rng.choices(SHARED_HOSTS, _SHARED_WEIGHTS)[0]),
-            )
+            mx: tuple[tuple[int, str], ...] = ((1, rng.choices(SHARED_HOSTS, _SHARED_WEIGHTS)[0]),)
         elif behaviour is Behaviour.FIRST_MX_DEAD:
-            dead = add_host(f"mx1.{name}", behaviour, listening=False)
-            mx = ((10, dead), (20, add_host(f"mx2.{name}", Behaviour.VERIFIABLE)))
+            new = [host(f"mx1.{name}", behaviour, listening=False),
+                   host(f"mx2.{name}", Behaviour.VERIFIABLE)]  # fmt: skip
+            mx = ((10, new[0].name), (20, new[1].name))
         elif behaviour is Behaviour.BLOCKLIST:
-            n = sum(1 for h in hosts.values() if h.behaviour is Behaviour.BLOCKLIST)
-            if n < max(1, blocklist_hosts):
-                host = add_host(f"mx.sim-blocking-{n + 1}.test", behaviour)
+            if len(blocking) < max(1, params.blocklist_hosts):
+                new = [host(f"mx.sim-blocking-{len(blocking) + 1}.test", behaviour)]
+                blocking.append(new[0].name)
+                mx = ((10, new[0].name),)
             else:
-                blocking = [h for h in hosts.values() if h.behaviour is Behaviour.BLOCKLIST]
-                host = blocking[index % len(blocking)].name
-            mx = ((10, host),)
+                mx = ((10, blocking[index % len(blocking)]),)
         elif behaviour is Behaviour.NULL_MX:
             mx = ((0, NULL_MX_HOST),)
         elif behaviour in NO_MAIL_BEHAVIOURS:
             mx = ()
         elif behaviour is Behaviour.GREET_421:
             # Every MX host refuses: trying the backup must not help either.
-            mx = ((10, add_host(f"mx1.{name}", behaviour)),
-                  (20, add_host(f"mx2.{name}", behaviour)))  # fmt: skip
+            new = [host(f"mx1.{name}", behaviour), host(f"mx2.{name}", behaviour)]
+            mx = ((10, new[0].name), (20, new[1].name))
         elif behaviour is Behaviour.REPLY_ZOO:
-            mx = ((10, add_host(f"mx1.{name}", behaviour, zoo=rng.choice(PROFILE_NAMES))),)
+            new = [host(f"mx1.{name}", behaviour, zoo=rng.choice(PROFILE_NAMES))]
+            mx = ((10, new[0].name),)
         else:
-            mx = ((10, add_host(f"mx1.{name}", behaviour)),)
+            new = [host(f"mx1.{name}", behaviour)]
+            mx = ((10, new[0].name),)
         kind = behaviour
         if behaviour in SERVER_BEHAVIOURS:
             kind = rng.choices(_KIND_BEHAVIOURS, _KIND_WEIGHTS)[0]
         fmt, mailboxes, roles = _mailboxes(rng, kind, people)
         web = None if behaviour is Behaviour.NXDOMAIN else _ip(_WEB_NET, index)
-        domains[name] = SimDomain(
+        yield from new
+        yield SimDomain(
             name, behaviour, mx, fmt, people, mailboxes, roles, web,
             catchall=kind is Behaviour.CATCHALL,
         )  # fmt: skip
-
-    return domains, hosts
 
 
 def _ip(net: int, index: int) -> str:
@@ -265,7 +298,7 @@ def _apportion(n: int, mix: Mapping[Behaviour, float]) -> dict[Behaviour, int]:
     return counts
 
 
-def _domain_name(rng: random.Random, taken: Mapping[str, object]) -> str:
+def _domain_name(rng: random.Random, taken: Container[str]) -> str:
     tlds, tld_weights = zip(*_TLDS, strict=True)
     while True:
         a, b = rng.choice(_WORDS_A), rng.choice(_WORDS_B)
