@@ -149,11 +149,11 @@ async def test_dead_and_unknown_addresses_accept_then_reset_and_are_counted() ->
             # The live second MX of the same domain answers on the same listener.
             assert await _banner(live.ip, world.smtp_port) == _greeting(live)
     snap = stats.statistics()
-    assert (snap["reset_dead_host"], snap["reset_unknown_address"]) == (1, 2)
+    assert (snap.reset_dead_host, snap.reset_unknown_address) == (1, 2)
     assert stats.reset_dead_host == {dead.name: 1}
-    assert snap["closed_not_loopback"] == 0
+    assert snap.closed_not_loopback == 0
     # Reset connections are not sessions: the host's own counters saw only the live one.
-    assert snap["connections_by_host"] == {live.name: 1}
+    assert snap.connections_by_host == {live.name: 1}
 
 
 async def test_the_prober_passes_a_first_mx_dead_domain_on_its_second_mx() -> None:
