@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-ms", type=float, default=20.0, help="simulated per-command SMTP latency (20)"
     )
     demo.add_argument("--mix", choices=SIM_MIXES, default="default", help=_MIX_HELP)
+    _add_sim_ports(demo)
 
     bench = sub.add_parser(
         "bench",
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--database", default="ct_actors_bench")
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
     bench.add_argument("--mix", choices=SIM_MIXES, default="default", help=_MIX_HELP)
+    _add_sim_ports(bench)
     bench.add_argument(
         "--processes",
         type=_positive_int,
@@ -126,13 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
         "against the same database and simulated internet, and report the fleet's records/s "
         "(first start to last exit), per-process records and CPU (default: 1 pipeline in this "
         "process)",
-    )
-    bench.add_argument(
-        "--sim-ports",
-        type=_port_pair,
-        metavar="SMTP,DNS",
-        help="the simulated internet's SMTP and DNS ports (default 2525,5353); other ports let "
-        "two benches run on one machine at once",
     )
     bench.add_argument(
         "--soak",
@@ -242,3 +237,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _add_sim_ports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sim-ports",
+        type=_port_pair,
+        metavar="SMTP,DNS",
+        help="the simulated internet's SMTP and DNS ports (default 2525,5353); other ports let "
+        "two demos or benches run on one machine at once",
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -100,12 +101,20 @@ def test_single_box_installation_on_the_embedded_server(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+def _free_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
 def test_two_demos_one_after_another_on_the_embedded_server(state_dir: Path) -> None:
     env = {**NO_URL, "XDG_STATE_HOME": str(state_dir)}
     data = state_dir / "ct-actors" / "pg"
+    # Ports of their own: the simulator's wildcard listener would clash with another test's.
+    ports = f"{_free_port(socket.SOCK_STREAM)},{_free_port(socket.SOCK_DGRAM)}"
     runs = [
-        ct_actors_cli("demo", "--domains", "40", env=env, timeout=110),
-        ct_actors_cli("demo", "--domains", "40", env=env, timeout=110),
+        ct_actors_cli("demo", "--domains", "40", "--sim-ports", ports, env=env, timeout=110),
+        ct_actors_cli("demo", "--domains", "40", "--sim-ports", ports, env=env, timeout=110),
     ]
     for result in runs:
         assert result.returncode == 0, result.stderr[-3000:]

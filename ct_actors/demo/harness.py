@@ -61,6 +61,7 @@ async def run_demo(
         max_connections=256,
         max_in_flight=1024,
         mix=getattr(args, "mix", None) or "default",
+        **_sim_ports(getattr(args, "sim_ports", None)),
     )
     result = await _run(cfg, toolbox, scenario, chosen)
     if result is None:
