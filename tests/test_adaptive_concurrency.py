@@ -26,7 +26,7 @@ from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
-from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.supervisor import PipelineSettings
 from ct_actors.actors.visit_request import ProbeRequest
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.demo.labels import expected_label
@@ -34,13 +34,12 @@ from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.visit import HostVisit, VisitOutcome
-from ct_actors.sim.memory import SimResolver, open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
 from ct_actors.throttle.host_window import HostWindow
 from ct_actors.toolbox import load_toolbox
-from tests.fakes import FakeStore, Unavailable
-from tests.test_pipeline_sim import label, names_for, spine_for
+from tests.fakes import FakeStore
+from tests.pipeline_support import SimPipelines, label, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,7 +142,9 @@ class Measured:
         )
 
 
-async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False) -> Measured:
+async def measure(
+    pipelines: SimPipelines, name: str, initial: int, maximum: int, *, pinned: bool = False
+) -> Measured:
     world = limited_world()
     spine, owner = spine_for(world)
     store = FakeStore(spine)
@@ -151,23 +152,20 @@ async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False
     pool = dataclasses.replace(
         POOL, initial_connections_per_host=initial, max_connections_per_host=maximum
     )
-    start = trio.current_time()
-    async with open_sim_connector(world, stats) as connector:
+
+    def counting(connector: Connector) -> CountingPools:
         pools = CountingPools(pool, connector)
         if pinned:
             # Windows are per IP address (pool_key), like every per-host politeness limit.
             pools._windows[LIMITED.ip] = PinnedWindow(pool.window())
-        supervisor = Supervisor(
-            settings(),
-            store=store,
-            resolver=SimResolver(world),
-            pools=pools,
-            transient_db_errors=(Unavailable,),
-            names=names_for(world, owner),
-            drain=True,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
+        return pools
+
+    start = trio.current_time()
+    supervisor = await pipelines.run(
+        world, store, stats=stats, settings=settings(), pools=counting, owner=owner
+    )
+    pools = supervisor.pools
+    assert isinstance(pools, CountingPools)
     assert store.leases == {} and supervisor.credits.in_flight == 0
     wrong = {
         owner[oid]: (expected_label(world, owner[oid]), label(o.result))
@@ -196,12 +194,12 @@ async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False
 
 
 async def test_adaptive_concurrency_keeps_421s_well_below_fixed_concurrency(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     with trio.fail_after(BOUND):
-        fixed = await measure("fixed 8 (pinned)", 8, 8, pinned=True)
-        fixed_settings = await measure("initial=max=8 (adaptive window)", 8, 8)
-        adaptive = await measure("adaptive 1..8", 1, 8)
+        fixed = await measure(sim_pipeline, "fixed 8 (pinned)", 8, 8, pinned=True)
+        fixed_settings = await measure(sim_pipeline, "initial=max=8 (adaptive window)", 8, 8)
+        adaptive = await measure(sim_pipeline, "adaptive 1..8", 1, 8)
     report = "\n".join(m.line() for m in (fixed, fixed_settings, adaptive))
     print("\n" + report)
     # The host was really over-driven by the fixed prober, and the adaptive one stays near its
@@ -220,10 +218,12 @@ async def test_adaptive_concurrency_keeps_421s_well_below_fixed_concurrency(
     assert adaptive.concluded_visits >= N_DOMAINS - 5, report
 
 
-async def test_no_record_is_failed_for_a_421(autojump_clock: trio.testing.MockClock) -> None:
+async def test_no_record_is_failed_for_a_421(
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
+) -> None:
     # The fixed-concurrency run: 421s galore, so many records spend all their retries on them.
     # (The adaptive run shows the same bug on the odd unlucky record.)
     with trio.fail_after(BOUND):
-        run = await measure("fixed", 8, 8, pinned=True)
+        run = await measure(sim_pipeline, "fixed", 8, 8, pinned=True)
     # Every record has its ground-truth outcome or stays pending: never a wrong terminal row.
     assert run.wrong_terminal == {}

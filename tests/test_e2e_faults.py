@@ -65,7 +65,6 @@ from ct_actors.demo.spine import SpineRow, spine_rows
 from ct_actors.sim.world import Behaviour, World
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]

@@ -27,14 +27,13 @@ from structlog.testing import capture_logs
 
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
-from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.demo.labels import expected_label
 from ct_actors.outcome import Outcome
 from ct_actors.probe.domain_probe import RetryPolicy
-from ct_actors.sim.memory import SimResolver, open_sim_connector
+from ct_actors.sim.memory import open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
 from ct_actors.smtp.client import connect_session
@@ -42,7 +41,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore, Report, Unavailable
-from tests.test_pipeline_sim import POOL, label, names_for, spine_for
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, spine_for
 
 # The asyncpg pool's per-statement timeout (database.command_timeout's default): how long a call
 # into a blackholed database hangs before the client gives up.
@@ -130,6 +129,7 @@ class OutageStore(FakeStore):
 
 
 def pipeline(
+    pipelines: SimPipelines,
     world: World,
     store: OutageStore,
     owner: dict[uuid.UUID, str],
@@ -140,8 +140,11 @@ def pipeline(
     drain_deadline: float = 60.0,
     throttles: ToolThrottles | None = None,
 ) -> Supervisor:
-    return Supervisor(
-        PipelineSettings(
+    return pipelines.build(
+        world,
+        store,
+        connector,
+        settings=PipelineSettings(
             owner=name,
             max_in_flight=MAX_IN_FLIGHT,
             drain_deadline=drain_deadline,
@@ -159,11 +162,7 @@ def pipeline(
             ),
             writer=WRITER,
         ),
-        store=store,
-        resolver=SimResolver(world),
-        pools=SmtpPoolManager(POOL, connector, max_connections=32),
-        transient_db_errors=(Unavailable,),
-        names=names_for(world, owner),
+        owner=owner,
         drain=drain,
         throttles=throttles,
     )
@@ -187,7 +186,7 @@ def ground_truth_problems(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_database_outage_mid_run_is_waited_out(
-    autojump_clock: trio.testing.MockClock, kind: str
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, kind: str
 ) -> None:
     world = World.generate(21, 60, latency_ms=40, jitter_ms=20)
     spine, owner = spine_for(world)
@@ -195,7 +194,9 @@ async def test_a_database_outage_mid_run_is_waited_out(
     down_for = 90.0  # past the writer's and the loader's back-off caps (30 s, 60 s)
     samples: list[dict[str, Any]] = []
     async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = pipeline(world, store, owner, connector, name="test:1", drain=True)
+        supervisor = pipeline(
+            sim_pipeline, world, store, owner, connector, name="test:1", drain=True
+        )
 
         async def sample() -> None:
             while True:
@@ -242,7 +243,7 @@ async def test_a_database_outage_mid_run_is_waited_out(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_nothing(
-    autojump_clock: trio.testing.MockClock, kind: str
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, kind: str
 ) -> None:
     world = World.generate(22, 60, latency_ms=40, jitter_ms=20)
     spine, owner = spine_for(world)
@@ -253,7 +254,7 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
     assert trio.current_time() == 0.0  # ORIGIN
     async with open_sim_connector(world, SimStats()) as connector:
         first = pipeline(
-            world, store, owner, connector, name="first:1", drain=False,
+            sim_pipeline, world, store, owner, connector, name="first:1", drain=False,
             drain_deadline=drain_deadline, throttles=budgets(usage),
         )  # fmt: skip
         with capture_logs() as logs, trio.fail_after(3600):
@@ -294,7 +295,14 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
         usage.fail_calls = 0
         await trio.sleep(LEASE_SECONDS)
         second = pipeline(
-            world, store, owner, connector, name="second:1", drain=True, throttles=budgets(usage)
+            sim_pipeline,
+            world,
+            store,
+            owner,
+            connector,
+            name="second:1",
+            drain=True,
+            throttles=budgets(usage),
         )
         with trio.fail_after(3600):
             async with trio.open_nursery() as nursery:
@@ -324,8 +332,8 @@ async def test_a_deadline_that_cuts_a_session_off_mid_greeting_closes_it(
             await connect_session(
                 connector,
                 host.ip,
-                POOL.port,
-                helo_name=POOL.helo_name,
+                SIM_POOL.port,
+                helo_name=SIM_POOL.helo_name,
                 connect_timeout=5.0,
                 command_timeout=10.0,
                 starttls="never",

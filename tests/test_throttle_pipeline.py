@@ -41,14 +41,14 @@ from ct_actors.dns.types import MxHost, MxLookup
 from ct_actors.net.connector import Connector
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.visit import HostVisit
-from ct_actors.sim.memory import SimResolver, open_sim_connector
+from ct_actors.sim.memory import SimResolver
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, ToolSpec, load_toolbox
-from tests.fakes import FakeStore, MemoryUsageStore, Unavailable
-from tests.test_pipeline_sim import label, names_for, spine_for
+from tests.fakes import FakeStore, MemoryUsageStore
+from tests.pipeline_support import SimPipelines, label, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,6 +177,7 @@ class Run:
 
 
 async def run_pipeline(
+    pipelines: SimPipelines,
     world: World,
     store: FakeStore,
     owner: dict[uuid.UUID, str],
@@ -188,23 +189,20 @@ async def run_pipeline(
     """The whole pipeline in drain mode; `during` runs alongside it (it may request a stop)."""
     stats = SimStats()
     resolver = RecordingResolver(world)
-    async with open_sim_connector(world, stats) as connector:
-        pools = RecordingPools(connector)
-        supervisor = Supervisor(
-            settings(drain_deadline=drain_deadline),
-            store=store,
-            resolver=resolver,
-            pools=pools,
-            transient_db_errors=(Unavailable,),
-            names=names_for(world, owner),
-            drain=True,
-            throttles=limits,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            if during is not None:
-                await during(supervisor)
-    return Run(supervisor, resolver, pools, stats)
+    async with pipelines.open(
+        world,
+        store,
+        stats=stats,
+        settings=settings(drain_deadline=drain_deadline),
+        resolver=resolver,
+        pools=RecordingPools,
+        owner=owner,
+        throttles=limits,
+    ) as supervisor:
+        if during is not None:
+            await during(supervisor)
+    assert isinstance(supervisor.pools, RecordingPools)
+    return Run(supervisor, resolver, supervisor.pools, stats)
 
 
 def mismatches(
@@ -239,7 +237,7 @@ def max_in_window(times: list[float], window: float) -> int:
 
 
 async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     assert trio.current_time() == 0.0
     world = World.generate(11, 300, latency_ms=20, jitter_ms=10)
@@ -248,7 +246,7 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
     usage = MemoryUsageStore()
     limits = throttles(dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC), usage)
     with trio.fail_after(BOUND):
-        run = await run_pipeline(world, store, owner, limits)
+        run = await run_pipeline(sim_pipeline, world, store, owner, limits)
 
     # Every record still ends with the ground-truth outcome.
     assert mismatches(world, store, spine, owner) == {}
@@ -336,7 +334,7 @@ DAY_LIMIT = 60  # the worlds below need about 78 SMTP calls: two days, not three
 
 
 async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     assert trio.current_time() == 0.0
     midnight = (MIDNIGHT - BEFORE_MIDNIGHT).total_seconds()  # 120.0 in trio time
@@ -352,7 +350,7 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
         waiting.update(supervisor.statistics())
 
     with trio.fail_after(BOUND), capture_logs() as logs:
-        run = await run_pipeline(world, store, owner, limits, during=watch)
+        run = await run_pipeline(sim_pipeline, world, store, owner, limits, during=watch)
 
     times = sorted(t for t, _, _ in run.pools.calls)
     assert DAY_LIMIT < len(times) <= 2 * DAY_LIMIT  # the world needs the next day, not a third
@@ -381,7 +379,9 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
     assert completed_after
 
 
-async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.MockClock) -> None:
+async def test_daily_budget_survives_a_restart(
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
+) -> None:
     assert trio.current_time() == 0.0
     origin = dt.datetime(2026, 3, 2, 23, 55, tzinfo=dt.UTC)
     midnight = (MIDNIGHT - origin).total_seconds()  # 300.0
@@ -402,6 +402,7 @@ async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.Mock
 
     with trio.fail_after(BOUND):
         first = await run_pipeline(
+            sim_pipeline,
             world,
             store,
             owner,
@@ -420,7 +421,9 @@ async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.Mock
     # A new daemon, new throttles, same database, same UTC day.
     restarted_at = trio.current_time()
     with trio.fail_after(BOUND):
-        second = await run_pipeline(world, store, owner, throttles(origin, usage, spec))
+        second = await run_pipeline(
+            sim_pipeline, world, store, owner, throttles(origin, usage, spec)
+        )
     times = sorted(t for t, _, _ in second.pools.calls)
     assert times, "the restarted daemon never probed"
     assert [t for t in times if t < midnight - EPS] == []

@@ -28,10 +28,10 @@ from ct_actors.demo.scenario import (
 )
 from ct_actors.demo.spine import spine_rows
 from ct_actors.demo.staging import (
-    SimProcess,
     fetch_outcomes,
     migrate_and_seed,
     recreate_or_explain,
+    start_sim,
     with_database,
 )
 from ct_actors.exit_codes import EXIT_DATABASE, EXIT_FAILED, EXIT_OK
@@ -118,7 +118,7 @@ async def _run(
     async with trio_asyncio.open_loop():
         if not await recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
-        sim = await SimProcess.start(scenario, world_path)
+        sim = await start_sim(scenario, world_path)
         world = sim.world
         try:
             rows = spine_rows(world, scenario.seed)
@@ -158,7 +158,7 @@ async def _run(
                     await database.aclose()
                 configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
         finally:
-            sim_stats = await sim.stop()
+            sim_stats = await sim.aclose()
         outcomes = await fetch_outcomes(db_url)
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (
         usage_after.ru_stime - usage_before.ru_stime

@@ -1,10 +1,8 @@
 """The stage a demo or benchmark run plays on: a fresh PostgreSQL database seeded with the world's
-spine, and the simulated internet in its own process (`SimProcess`)."""
+spine, and the simulated internet in its own process (`start_sim`)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from ct_actors.db.migrate import migrate
 from ct_actors.demo.scenario import Scenario
 from ct_actors.demo.spine import SpineRow, write_spine
 from ct_actors.redact import redact_url
+from ct_actors.sim.process import SimProcess
 from ct_actors.sim.world import World
 
 
@@ -92,53 +91,16 @@ async def fetch_outcomes(db_url: str) -> dict[Any, dict[str, Any]]:
             await aio_as_trio(conn.close)()
 
 
-class SimProcess:
-    """The simulated internet in its own process, as remote servers would be."""
-
-    def __init__(self, process: trio.Process, world: World, buffer: bytes) -> None:
-        self.process = process
-        self.world = world
-        self._buffer = buffer
-
-    @classmethod
-    async def start(cls, scenario: Scenario, world_path: Path) -> SimProcess:
-        command = [
-            sys.executable, "-m", "ct_actors.sim", "serve",
-            "--seed", str(scenario.seed), "--domains", str(scenario.domains),
-            "--world-file", str(world_path),
-            "--latency-ms", str(scenario.latency_ms), "--jitter-ms", str(scenario.jitter_ms),
-            "--mix", scenario.mix,
-        ]  # fmt: skip
-        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
-        assert process.stdout is not None
-        buffer = b""
-        try:
-            with trio.fail_after(120):
-                while b"sim_ready" not in buffer:
-                    chunk = await process.stdout.receive_some()
-                    if not chunk:
-                        raise RuntimeError("the simulated internet exited before it was ready")
-                    buffer += chunk
-            world = World.from_json(await trio.Path(world_path).read_text())
-        except BaseException:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-            raise
-        return cls(process, world, buffer)
-
-    async def stop(self) -> dict[str, Any]:
-        """SIGTERM, read its final stats line, wait for it to exit."""
-        self.process.terminate()
-        assert self.process.stdout is not None
-        with trio.move_on_after(30, shield=True) as scope:
-            while chunk := await self.process.stdout.receive_some():
-                self._buffer += chunk
-            await self.process.wait()
-        if scope.cancelled_caught:
-            self.process.kill()
-        for line in self._buffer.decode(errors="replace").splitlines():
-            if '"sim_stopped"' in line:
-                stats: dict[str, Any] = json.loads(line).get("stats", {})
-                return stats
-        return {}
+async def start_sim(scenario: Scenario, world_path: Path) -> SimProcess:
+    """The scenario's simulated internet in its own process, on the simulator's default ports
+    (the ones the demo's documentation names)."""
+    return await SimProcess.open(
+        world_path,
+        seed=scenario.seed,
+        domains=scenario.domains,
+        latency_ms=scenario.latency_ms,
+        jitter_ms=scenario.jitter_ms,
+        mix=scenario.mix,
+        random_ports=False,
+        ready_timeout=120.0,
+    )
