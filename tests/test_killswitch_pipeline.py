@@ -24,7 +24,6 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings
 from ct_actors.actors.smtp_gate import IP_BLACKLISTED, PORT_BLOCKED, GuardSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
@@ -41,7 +40,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore
-from tests.pipeline_support import SimPipelines, label
+from tests.pipeline_support import SIM_POOL, SimPipelines, label
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,18 +49,9 @@ REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLB
 DEFER = 30.0  # probe.defer_seconds: deferred records come back quickly
 PORT = 2525
 
-POOL = PoolSettings(
-    port=PORT,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
-    initial_connections_per_host=1,
-    max_connections_per_host=4,
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
+# Per-host windows that start at one session and may grow to four.
+POOL = dataclasses.replace(
+    SIM_POOL, port=PORT, initial_connections_per_host=1, max_connections_per_host=4
 )
 
 # A world of ordinary domains: the only legitimate terminal FAILs are NO-MX (and NO-PATTERN).

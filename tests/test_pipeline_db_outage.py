@@ -13,6 +13,7 @@ real store turns each real-world cut into `DatabaseUnavailable` is test_e2e_faul
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections import Counter
@@ -25,14 +26,12 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.demo.labels import expected_label
 from ct_actors.outcome import Outcome
-from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.memory import open_sim_connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
@@ -41,7 +40,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore, Report, Unavailable
-from tests.pipeline_support import SIM_POOL, SimPipelines, label, spine_for
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, pipeline_settings, spine_for
 
 # The asyncpg pool's per-statement timeout (database.command_timeout's default): how long a call
 # into a blackholed database hangs before the client gives up.
@@ -144,22 +143,12 @@ def pipeline(
         world,
         store,
         connector,
-        settings=PipelineSettings(
+        settings=dataclasses.replace(
+            pipeline_settings(),
             owner=name,
             max_in_flight=MAX_IN_FLIGHT,
             drain_deadline=drain_deadline,
-            stats_interval=1000.0,
             loader=LoaderSettings(claim_batch=8, lease_seconds=LEASE_SECONDS),
-            dispatch=DispatchSettings(
-                mode="smtp",
-                retry=RetryPolicy(
-                    greylist_delay=2.5,
-                    greylist_retries=2,
-                    throttle_delay=2.0,
-                    throttle_retries=2,
-                    defer_seconds=600.0,
-                ),
-            ),
             writer=WRITER,
         ),
         owner=owner,

@@ -31,7 +31,6 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.visit_request import ProbeRequest
@@ -48,7 +47,7 @@ from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, ToolSpec, load_toolbox
 from tests.fakes import FakeStore, MemoryUsageStore
-from tests.pipeline_support import SimPipelines, label, spine_for
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,21 +58,13 @@ MX = REGISTRY.mx_lookup
 SMTP = REGISTRY.smtp_check
 SMTP_KEY = f"{SMTP_CHECK} {SMTP.name}"  # statistics()["throttles"] key
 
-POOL = PoolSettings(
+POOL = dataclasses.replace(
+    SIM_POOL,
     # Not about directory-harvest pacing (test_actors_probe's rejected-RCPT budget test is):
     # lifted, so the timelines below show the behaviour under test alone.
     max_rejected_rcpts_per_host=1_000_000,
-    port=2525,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
     initial_connections_per_host=1,
     max_connections_per_host=4,
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
 )
 
 
