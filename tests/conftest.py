@@ -29,3 +29,11 @@ def sim_pipeline() -> SimPipelines:
     drained; `sim_pipeline.open(...)` to act while it runs, `sim_pipeline.build(...)` to wire
     one without starting it. See `pipeline_support.SimPipelines` for the knobs."""
     return SimPipelines()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-time end-to-end tests (marker `e2e`: real processes, 5-30 s each, mostly
+    waiting) first, in their order. On two xdist workers (`--dist worksteal`) the run then ends
+    with short tests that either worker can take, rather than one worker idle while the other
+    waits out a long smoke test it started last."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
