@@ -26,13 +26,18 @@ lint: install
 # daemons and simulators the e2e tests start (python -m subprocesses) measured too.
 TEST_WORKERS ?= 2
 PYTEST_ARGS := -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+# Bytecode caches (__pycache__, ignored by git) are written whatever PYTHONDONTWRITEBYTECODE says
+# in the calling environment: without them every worker compiles the package and pytest rewrites
+# the asserts of every test module again (collection: 7.7 s of CPU instead of 2.0 s), and every
+# daemon and simulator the tests start compiles the package.
+PYCACHE := PYTHONDONTWRITEBYTECODE=
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYCACHE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 coverage: install
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(PYCACHE) $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --format=total
 

@@ -181,7 +181,8 @@ async def _with_open_database(cfg: Config, body: Any, *, unbounded: bool = False
             )
             return EXIT_CONFIG
         finally:
-            await database.aclose()
+            # Half of daemon.stop_timeout, as for the budget refunds: the pool's last step.
+            await database.aclose(grace=cfg.daemon.stop_timeout / 2)
 
 
 async def _migrate(cfg: Config) -> int:

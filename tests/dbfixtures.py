@@ -1,6 +1,6 @@
 """Shared PostgreSQL fixtures for the db tests (and anyone else who needs a real database).
 
-Use from a test module with `pytest_plugins = ["dbfixtures"]` (or from the root conftest); the
+Registered as a plugin by tests/conftest.py; the
 helpers they build on (`Db`, `insert_spine`, ...) are in `conftest_db`. Importing this module
 directly from a test module defeats pytest's assertion rewriting of it, hence the split.
 

@@ -1,5 +1,5 @@
-"""Fixtures for the end-to-end and CLI tests (helpers are in `e2e_support`). Use from a test
-module with `pytest_plugins = ["dbfixtures", "e2e_fixtures"]`."""
+"""Fixtures for the end-to-end and CLI tests (helpers are in `e2e_support`), registered as a
+plugin by tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DaemonProcess, SimProcess
+from e2e_support import DaemonProcess, SimProcess, start_sim_process
 
 
 @pytest.fixture
 def start_sim(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
-    """`start_sim(seed=..., domains=..., ...)`: a SimProcess stopped after the test, whatever
-    happened."""
+    """`start_sim(seed=..., domains=..., ...)`: a SimProcess (`start_sim_process`) stopped
+    after the test, whatever happened."""
     started: list[SimProcess] = []
 
     def start(**kwargs: Any) -> SimProcess:
-        sim = SimProcess.start(tmp_path, **kwargs)
+        sim = start_sim_process(tmp_path, **kwargs)
         started.append(sim)
         return sim
 

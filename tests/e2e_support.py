@@ -1,10 +1,11 @@
 """Helpers for the end-to-end and CLI tests: the simulated internet and the daemon as real
 processes on real loopback sockets, a seeded spine in a real PostgreSQL database, and the
-comparison of what the daemon wrote with the world's ground truth.
+comparison of what the daemon wrote with the world's ground truth. The simulator's process
+class (`SimProcess`, with `LineReader` and `json_events`) is the package's, shared with the demo.
 
 Everything here is synchronous (subprocesses, reader threads, `asyncio.run` for the database),
 so the tests read as a script of what an operator would do. The fixtures are in `e2e_fixtures`
-(use `pytest_plugins = ["dbfixtures", "e2e_fixtures"]`); importing a plugin module from a test
+(registered by tests/conftest.py); importing a plugin module from a test
 module defeats pytest's assertion rewriting, hence the split, as with dbfixtures/conftest_db.
 """
 
@@ -14,14 +15,11 @@ import asyncio
 import contextlib
 import json
 import os
-import random
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import asyncpg
 
 from ct_actors.demo.labels import PENDING, expected_label, fail_label, pass_label
 from ct_actors.demo.spine import NAMES_QUERY, SpineRow, write_spine
+from ct_actors.sim.process import LineReader, SimProcess, json_events
 from ct_actors.sim.world import SIM_NETWORK, World
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,70 +41,8 @@ MAIL_FROM = "postmaster@prober.ct-actors-sim.test"
 # The operations runbook ships outside this repository; its queries are copied in the tests and
 # compared with it when it is there.
 
-# Loopback ports for the simulated internet. Chosen at random (per test) below the ephemeral
-# range, and retried on a clash, so several suites (or several checkouts) can run at once.
-_PORT_LOW, _PORT_HIGH = 20000, 26000
-_DNS_OFFSET = 6000
-
 
 # ─── processes ──────────────────────────────────────────────────────────────────────────────
-
-
-class LineReader:
-    """Drains a pipe in a daemon thread (so the child never blocks on a full pipe) and keeps
-    every line for inspection."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for raw in iter(self._stream.readline, b""):
-                with self._cond:
-                    self._lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
-                    self._cond.notify_all()
-        finally:
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
-
-    @property
-    def lines(self) -> list[str]:
-        with self._cond:
-            return list(self._lines)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
-        """Wait until `predicate(lines)` holds; False on EOF or timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self._lines):
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    return predicate(self._lines)
-                self._cond.wait(min(remaining, 0.5))
-            return True
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
-def json_events(lines: Sequence[str]) -> list[dict[str, Any]]:
-    """The JSON objects among `lines` (log lines); anything else is skipped."""
-    out = []
-    for line in lines:
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
 
 
 def _is_outcome(line: str) -> bool:
@@ -122,104 +59,25 @@ def drain_exit_code(expected: Iterable[str]) -> int:
     return 4 if "PENDING" in set(expected) else 0
 
 
-def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
-    """Send `sig` (if still running) and wait; SIGKILL after `timeout`. Returns the exit code."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(10)
+# The simulator's defaults, made short where a test waits for them in real time.
+SIM_TEST_OPTIONS: dict[str, Any] = {
+    "latency_ms": 5.0,
+    "jitter_ms": 2.0,
+    "greylist_delay": 1.0,
+    "tarpit_delay": 1.0,
+}
 
 
-class SimProcess:
-    """`python -m ct_actors.sim serve` in its own process, as remote servers would be."""
-
-    def __init__(
-        self,
-        proc: subprocess.Popen[bytes],
-        world: World,
-        out: LineReader,
-        err: LineReader,
-        ready: dict[str, Any] | None = None,
-    ) -> None:
-        self.proc = proc
-        self.world = world
-        self.out = out
-        self.err = err
-        self.ready = ready or {}  # its `sim_ready` line
-        self.stats: dict[str, Any] | None = None
-
-    @classmethod
-    def start(
-        cls,
-        workdir: Path,
-        *,
-        seed: int,
-        domains: int,
-        latency_ms: float = 5.0,
-        jitter_ms: float = 2.0,
-        greylist_delay: float = 1.0,
-        tarpit_delay: float = 1.0,
-        attempts: int = 6,
-        broken_dns: Sequence[str] = (),
-    ) -> SimProcess:
-        """`broken_dns`: extra broken resolvers, each `ADDRESS[:PORT]=FAULT` as the simulator's
-        `--broken-dns` takes it (FAULT servfail or silent; PORT defaults to the healthy DNS
-        server's, as the prober asks all its nameservers on one port)."""
-        world_file = workdir / f"world-{seed}-{domains}.json"
-        failures: list[str] = []
-        for _ in range(attempts):
-            smtp_port = random.randrange(_PORT_LOW, _PORT_HIGH)
-            command = [
-                sys.executable, "-m", "ct_actors.sim", "serve",
-                "--seed", str(seed), "--domains", str(domains), "--world-file", str(world_file),
-                "--smtp-port", str(smtp_port), "--dns-port", str(smtp_port + _DNS_OFFSET),
-                "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
-                "--greylist-delay", str(greylist_delay), "--tarpit-delay", str(tarpit_delay),
-            ]  # fmt: skip
-            for broken in broken_dns:
-                command += ["--broken-dns", broken]
-            proc = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
-            )
-            out, err = LineReader(proc.stdout), LineReader(proc.stderr)
-            ready = out.wait_for(lambda lines: any('"sim_ready"' in x for x in lines), 60)
-            if ready:
-                world = World.from_json(world_file.read_text(encoding="utf-8"))
-                assert world.smtp_port == smtp_port
-                ready_line = next(
-                    e for e in json_events(out.lines) if e.get("event") == "sim_ready"
-                )
-                return cls(proc, world, out, err, ready_line)
-            _stop_process(proc, signal.SIGKILL, 10)
-            err.join(5)
-            # A port clash (another suite's simulator) is retried on other ports.
-            failures.append(f"port {smtp_port}: {err.text.strip()[-500:] or 'no output'}")
-        raise RuntimeError("the simulated internet did not start: " + "; ".join(failures))
-
-    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
-        """SIGTERM; returns the `stats` of its `sim_stopped` line (empty if it had to be
-        killed). Safe to call twice."""
-        if self.stats is not None:
-            return self.stats
-        _stop_process(self.proc, signal.SIGTERM, timeout)
-        self.out.join(5)
-        for event in json_events(self.out.lines):
-            if event.get("event") == "sim_stopped":
-                self.stats = dict(event.get("stats", {}))
-                break
-        else:
-            self.stats = {}
-        return self.stats
-
-    def __enter__(self) -> SimProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def start_sim_process(workdir: Path, *, seed: int, domains: int, **options: Any) -> SimProcess:
+    """A SimProcess on random ports (retried on a clash), its world file in `workdir`, with the
+    tests' short delays unless `options` (SimProcess.start's) say otherwise."""
+    return SimProcess.start(
+        workdir / f"world-{seed}-{domains}.json",
+        seed=seed,
+        domains=domains,
+        cwd=REPO,
+        **{**SIM_TEST_OPTIONS, **options},
+    )
 
 
 class DaemonProcess:

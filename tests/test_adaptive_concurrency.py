@@ -22,24 +22,20 @@ import pytest
 import trio
 import trio.testing
 
-from ct_actors.actors.dispatcher import DispatchSettings
-from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
-from ct_actors.actors.supervisor import PipelineSettings, Supervisor
+from ct_actors.actors.supervisor import PipelineSettings
 from ct_actors.actors.visit_request import ProbeRequest
-from ct_actors.actors.writer import WriterSettings
 from ct_actors.demo.labels import expected_label
 from ct_actors.dns.types import MxHost
 from ct_actors.net.connector import Connector
-from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.probe.visit import HostVisit, VisitOutcome
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, SimHost, World
-from ct_actors.testing import FakeStore, SimResolver, Unavailable, open_sim_connector
+from ct_actors.testing import FakeStore
 from ct_actors.throttle.host_window import HostWindow
 from ct_actors.toolbox import load_toolbox
-from tests.test_pipeline_sim import label, names_for, spine_for
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, pipeline_settings, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,18 +43,6 @@ BOUND = 100_000  # virtual seconds
 REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")
 LIMITED = SimHost("mx.sim-limited.test", "127.10.200.1", Behaviour.CONN_LIMIT_421, conn_limit=2)
 N_DOMAINS = 100
-
-POOL = PoolSettings(
-    port=2525,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
-)
 
 
 def limited_world() -> World:
@@ -81,26 +65,17 @@ def limited_world() -> World:
 
 
 def settings() -> PipelineSettings:
+    """The shared pipeline settings, with the registry's back-off for 421s (exponential 2 s,
+    4 s)."""
     smtp = REGISTRY.smtp_check
-    return PipelineSettings(
-        owner="test:1",
-        max_in_flight=64,
-        drain_deadline=60.0,
-        stats_interval=1000.0,
-        loader=LoaderSettings(claim_batch=20, lease_seconds=600.0),
-        dispatch=DispatchSettings(
-            mode="smtp",
-            retry=RetryPolicy(
-                greylist_delay=2.5,
-                greylist_retries=2,
-                throttle_delay=smtp.backoff.initial_delay,  # 421: exponential 2 s, 4 s
-                throttle_retries=smtp.backoff.max_retries,
-                throttle_strategy=smtp.backoff.strategy,
-                defer_seconds=600.0,
-            ),
-        ),
-        writer=WriterSettings(batch_size=50, flush_interval=0.2),
+    base = pipeline_settings()
+    retry = dataclasses.replace(
+        base.dispatch.retry,
+        throttle_delay=smtp.backoff.initial_delay,
+        throttle_retries=smtp.backoff.max_retries,
+        throttle_strategy=smtp.backoff.strategy,
     )
+    return dataclasses.replace(base, dispatch=dataclasses.replace(base.dispatch, retry=retry))
 
 
 class CountingPools(SmtpPoolManager):
@@ -142,31 +117,30 @@ class Measured:
         )
 
 
-async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False) -> Measured:
+async def measure(
+    pipelines: SimPipelines, name: str, initial: int, maximum: int, *, pinned: bool = False
+) -> Measured:
     world = limited_world()
     spine, owner = spine_for(world)
     store = FakeStore(spine)
     stats = SimStats()
     pool = dataclasses.replace(
-        POOL, initial_connections_per_host=initial, max_connections_per_host=maximum
+        SIM_POOL, initial_connections_per_host=initial, max_connections_per_host=maximum
     )
-    start = trio.current_time()
-    async with open_sim_connector(world, stats) as connector:
+
+    def counting(connector: Connector) -> CountingPools:
         pools = CountingPools(pool, connector)
         if pinned:
             # Windows are per IP address (pool_key), like every per-host politeness limit.
             pools._windows[LIMITED.ip] = PinnedWindow(pool.window())
-        supervisor = Supervisor(
-            settings(),
-            store=store,
-            resolver=SimResolver(world),
-            pools=pools,
-            transient_db_errors=(Unavailable,),
-            names=names_for(world, owner),
-            drain=True,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
+        return pools
+
+    start = trio.current_time()
+    supervisor = await pipelines.run(
+        world, store, stats=stats, settings=settings(), pools=counting, owner=owner
+    )
+    pools = supervisor.pools
+    assert isinstance(pools, CountingPools)
     assert store.leases == {} and supervisor.credits.in_flight == 0
     wrong = {
         owner[oid]: (expected_label(world, owner[oid]), label(o.result))
@@ -195,12 +169,12 @@ async def measure(name: str, initial: int, maximum: int, *, pinned: bool = False
 
 
 async def test_adaptive_concurrency_keeps_421s_well_below_fixed_concurrency(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     with trio.fail_after(BOUND):
-        fixed = await measure("fixed 8 (pinned)", 8, 8, pinned=True)
-        fixed_settings = await measure("initial=max=8 (adaptive window)", 8, 8)
-        adaptive = await measure("adaptive 1..8", 1, 8)
+        fixed = await measure(sim_pipeline, "fixed 8 (pinned)", 8, 8, pinned=True)
+        fixed_settings = await measure(sim_pipeline, "initial=max=8 (adaptive window)", 8, 8)
+        adaptive = await measure(sim_pipeline, "adaptive 1..8", 1, 8)
     report = "\n".join(m.line() for m in (fixed, fixed_settings, adaptive))
     print("\n" + report)
     # The host was really over-driven by the fixed prober, and the adaptive one stays near its
@@ -219,10 +193,12 @@ async def test_adaptive_concurrency_keeps_421s_well_below_fixed_concurrency(
     assert adaptive.concluded_visits >= N_DOMAINS - 5, report
 
 
-async def test_no_record_is_failed_for_a_421(autojump_clock: trio.testing.MockClock) -> None:
+async def test_no_record_is_failed_for_a_421(
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
+) -> None:
     # The fixed-concurrency run: 421s galore, so many records spend all their retries on them.
     # (The adaptive run shows the same bug on the odd unlucky record.)
     with trio.fail_after(BOUND):
-        run = await measure("fixed", 8, 8, pinned=True)
+        run = await measure(sim_pipeline, "fixed", 8, 8, pinned=True)
     # Every record has its ground-truth outcome or stays pending: never a wrong terminal row.
     assert run.wrong_terminal == {}

@@ -27,8 +27,6 @@ from e2e_support import (
 from ct_actors.demo.spine import PEOPLE_DDL
 from ct_actors.sim.world import Behaviour, SimDomain, World
 
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
-
 StartSim = Callable[..., SimProcess]
 
 SUBCOMMANDS = ("migrate", "run", "once", "probe", "demo", "bench")

@@ -14,7 +14,6 @@ from ct_actors.db import WorkQueue, open_database
 from ct_actors.outcome import FailureCode
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 
 def ids_of(records: Any) -> list[uuid.UUID]:

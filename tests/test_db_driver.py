@@ -16,7 +16,6 @@ from ct_actors.db import Database, DatabaseUnavailable, NamesQuery, WorkQueue, o
 from ct_actors.db.driver import _loop_exception_handler
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 SLEEPY = "SELECT 'a', 'b' FROM pg_sleep(30) WHERE $1::uuid IS NOT NULL"
 

@@ -21,7 +21,6 @@ from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.outcome import Failed, FailureCode, Outcome, Passed
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
-pytest_plugins = ["dbfixtures"]
 
 
 async def lease(db: Db, oid: uuid.UUID) -> Any:

@@ -18,7 +18,6 @@ from ct_actors.db.migrate import SQL_DIR, load_migrations, migrate
 from ct_actors.outcome import Failed, FailureCode, Outcome, Passed
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 ALL_VERSIONS = [m.version for m in load_migrations()]
 

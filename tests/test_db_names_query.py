@@ -19,7 +19,6 @@ from ct_actors.db import ConfigurationError, NamesQuery
 from ct_actors.db.names_query import names_query_problem
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
-pytest_plugins = ["dbfixtures"]
 
 GOOD = (
     "SELECT first_name, last_name FROM public.people WHERE outreach_id = $1 ORDER BY rank"

@@ -14,7 +14,6 @@ import trio
 from ct_actors.db.owner_lock import OwnerInUse, acquire_owner_lock
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
-pytest_plugins = ["dbfixtures"]
 
 
 async def test_a_second_daemon_with_the_same_owner_is_refused(

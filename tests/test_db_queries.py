@@ -23,7 +23,6 @@ from ct_actors.outcome import FailureCode
 from tests.shared_docs import RUNBOOK, skip_unless_ci
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 # Copied verbatim from operations-runbook.md ("Queries"); test_runbook_copy_is_verbatim checks
 # them against the seed when it is available.

@@ -15,8 +15,6 @@ from ct_actors.db.driver import translate_exception
 from ct_actors.db.errors import QueryError, SchemaError
 from ct_actors.db.redact import UrlRedactor
 
-pytest_plugins = ["dbfixtures"]
-
 SECRET = "s3cr3t-P@ss:w/rd?#x"
 
 

@@ -37,7 +37,6 @@ from ct_actors.ops.report import (
 )
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(60)]
-pytest_plugins = ["dbfixtures"]
 
 # A spine as upstream may have it: no primary key, no NOT NULL on outreach_id.
 _LOOSE_SPINE = """

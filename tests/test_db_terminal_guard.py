@@ -9,7 +9,6 @@ import pytest
 from conftest_db import Db, insert_spine
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 READY = (
     "INSERT INTO outreach.company_target (outreach_id, execution_status, email_method, "

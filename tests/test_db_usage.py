@@ -16,7 +16,6 @@ from ct_actors.db import Database, QueryError, UsageBook, open_database, usage_w
 from ct_actors.testing import MemoryUsageStore
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 UTC = dt.UTC
 DAY = dt.datetime(2024, 5, 17, tzinfo=UTC)

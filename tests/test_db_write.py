@@ -16,7 +16,6 @@ from ct_actors.db import Database, QueryError, WorkQueue, open_database
 from ct_actors.outcome import Failed, FailureCode, Outcome, Passed
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 SNAPSHOT_CT = (
     "SELECT outreach_id, execution_status, email_method, method_type, confidence_score, "

@@ -20,7 +20,6 @@ from ct_actors.sim.world_generator import NetworkParams, behaviour_counts, iter_
 from ct_actors.sim.world_types import Behaviour, SimDomain, SimHost
 
 pytestmark = pytest.mark.timeout(60)
-pytest_plugins = ["dbfixtures"]
 
 _NETWORK = NetworkParams(mix=REAL_SERVER_MIX, blocklist_hosts=2)
 

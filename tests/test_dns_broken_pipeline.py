@@ -26,6 +26,7 @@ from ct_actors.dns.types import DnsUnavailable, MxLookup
 from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.sim.world import World
 from ct_actors.testing import SimResolver
+from tests.pipeline_support import SimPipelines, label
 from tests.test_killswitch_pipeline import (
     MIX,
     REGISTRY,
@@ -35,7 +36,6 @@ from tests.test_killswitch_pipeline import (
     run_scenario,
     wait_until,
 )
-from tests.test_pipeline_sim import label
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,7 +110,7 @@ def settled_except(records: Records, skip: set[uuid.UUID]) -> bool:
 
 
 async def test_cname_loops_do_not_trip_and_end_no_mx_after_bounded_deferrals(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     records, resolver, broken = scenario(59)
     deferrals: dict[uuid.UUID, list[tuple[float, float]]] = {oid: [] for oid in broken}
@@ -133,7 +133,9 @@ async def test_cname_loops_do_not_trip_and_end_no_mx_after_bounded_deferrals(
         seen["stats"] = supervisor.statistics()
 
     with capture_logs() as logs, trio.fail_after(BOUND):
-        await run_scenario(records, script=script, resolver=resolver, failure_domains=20)
+        await run_scenario(
+            sim_pipeline, records, script=script, resolver=resolver, failure_domains=20
+        )
 
     # Never tripped, never switched: the resolver answered its health check.
     assert not seen["tripped"]
@@ -176,7 +178,7 @@ async def test_cname_loops_do_not_trip_and_end_no_mx_after_bounded_deferrals(
 
 
 async def test_a_dead_resolver_trips_and_charges_nothing_to_the_domains(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     records, resolver, broken = scenario(61)
     resolver.dead = True
@@ -192,7 +194,9 @@ async def test_a_dead_resolver_trips_and_charges_nothing_to_the_domains(
         seen["stats"] = supervisor.statistics()
 
     with capture_logs() as logs, trio.fail_after(BOUND):
-        await run_scenario(records, script=script, resolver=resolver, failure_domains=20)
+        await run_scenario(
+            sim_pipeline, records, script=script, resolver=resolver, failure_domains=20
+        )
 
     [alert] = alerts(logs, RESOLVER_FAILURE)
     assert "the health check failed too" in alert["reason"]

@@ -16,9 +16,7 @@ from structlog.testing import capture_logs
 
 from ct_actors.actors.credits import WorkCredits
 from ct_actors.actors.loader import DRAIN_PAUSE_POLL
-from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.smtp_gate import IP_BLACKLISTED
-from ct_actors.actors.supervisor import Supervisor
 from ct_actors.actors.writer import WriterActor, WriterSettings
 from ct_actors.cli import drain_exit_code
 from ct_actors.db.errors import DatabaseUnavailable
@@ -30,12 +28,12 @@ from ct_actors.sim.world import Behaviour
 from ct_actors.testing import (
     FakeStore,
     MemoryUsageStore,
-    SimResolver,
     Unavailable,
     open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
+from tests.pipeline_support import SimPipelines
 from tests.test_killswitch_pipeline import (
     BOUND,
     POOL,
@@ -77,7 +75,9 @@ class HeldStore(FakeStore):
 
 
 async def test_drain_ends_once_a_kill_switch_holds_everything_left(
-    autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
+    autojump_clock: trio.testing.MockClock,
+    capsys: pytest.CaptureFixture[str],
+    sim_pipeline: SimPipelines,
 ) -> None:
     world = blocklisted_world(43, 100, blocking=5)
     base = Records.of(world)
@@ -90,14 +90,13 @@ async def test_drain_ends_once_a_kill_switch_holds_everything_left(
     }
     seen: dict[str, float] = {}
     async with open_sim_connector(world, SimStats()) as sim:
-        supervisor = Supervisor(
-            settings(),
-            store=store,
-            resolver=SimResolver(world),
-            pools=SmtpPoolManager(POOL, sim, max_connections=32),
-            transient_db_errors=(Unavailable,),
+        supervisor = sim_pipeline.build(
+            world,
+            store,
+            sim,
+            settings=settings(),
+            pool=POOL,
             names=records.names,
-            drain=True,
             throttles=ToolThrottles(
                 dict(REGISTRY.tools),
                 clock=UtcClock(EPOCH, trio.current_time()),

@@ -63,24 +63,18 @@ from test_e2e_faults import (
     terminal_ids,
 )
 from test_e2e_restart import in_process_supervisor
-from test_pipeline_sim import POOL as SIM_POOL
-from test_pipeline_sim import label as sim_label
-from test_pipeline_sim import names_for as sim_names_for
-from test_pipeline_sim import settings as sim_settings
-from test_pipeline_sim import spine_for as sim_spine_for
 
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.supervisor import Supervisor
 from ct_actors.db import WorkQueue
 from ct_actors.db import queries as q
 from ct_actors.demo.labels import expected_label as sim_expected_label
 from ct_actors.demo.spine import spine_rows
+from ct_actors.net.connector import Connector
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
-from ct_actors.testing import FakeStore, SimResolver, Unavailable, open_sim_connector
+from ct_actors.testing import FakeStore, open_sim_connector
 from ct_actors.toolbox import load_toolbox
-
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, spine_for
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]
@@ -471,7 +465,9 @@ class LoggedConnector:
 
 
 @pytest.mark.timeout(60)
-def test_refusals_while_connections_succeed_do_not_trip_port_blocked() -> None:
+def test_refusals_while_connections_succeed_do_not_trip_port_blocked(
+    sim_pipeline: SimPipelines,
+) -> None:
     # 12 domains whose first MX host refuses connections (the second one answers) and 4
     # ordinary ones, on slow servers (200 ms a reply): all claimed at once, as a daemon does at
     # start-up or in a fleet. Port 25 works: the live hosts accept every connection.
@@ -482,27 +478,19 @@ def test_refusals_while_connections_succeed_do_not_trip_port_blocked() -> None:
         latency_ms=200,
         jitter_ms=0,
     )
-    spine, owner = sim_spine_for(world)
+    spine, owner = spine_for(world)
     store = FakeStore(spine)
 
     async def run() -> None:
-        async with open_sim_connector(world, SimStats()) as inner:
-            supervisor = Supervisor(
-                sim_settings("smtp"),
-                store=store,
-                resolver=SimResolver(world),
-                pools=SmtpPoolManager(SIM_POOL, LoggedConnector(inner), max_connections=32),
-                transient_db_errors=(Unavailable,),
-                names=sim_names_for(world, owner),
-                drain=True,
-            )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(supervisor.run)
-                # With the switch tripped the drain never ends (the loader is paused): give
-                # it ample virtual time, then stop it.
-                with trio.move_on_after(600):
-                    await supervisor.finished.wait()
-                supervisor.request_stop()
+        def logged(inner: Connector) -> SmtpPoolManager:
+            return SmtpPoolManager(SIM_POOL, LoggedConnector(inner), max_connections=32)
+
+        async with sim_pipeline.open(world, store, owner=owner, pools=logged) as supervisor:
+            # With the switch tripped the drain never ends (the loader is paused): give it
+            # ample virtual time, then stop it.
+            with trio.move_on_after(600):
+                await supervisor.finished.wait()
+            supervisor.request_stop()
 
     # Synchronous, under trio.run, so that an AssertionError below is reported as such.
     with capture_logs() as logs:
@@ -519,7 +507,7 @@ def test_refusals_while_connections_succeed_do_not_trip_port_blocked() -> None:
         f"{events[trip]['reason']} ({len(connected_before_trip)} connections to live hosts "
         "had succeeded before)"
     )
-    got = {oid: sim_label(o.result) for oid, o in {**store.deferred, **store.terminal}.items()}
+    got = {oid: label(o.result) for oid, o in {**store.deferred, **store.terminal}.items()}
     assert {
         owner[oid]: (sim_expected_label(world, owner[oid]), got.get(oid))
         for oid in spine
@@ -533,7 +521,7 @@ def test_refusals_while_connections_succeed_do_not_trip_port_blocked() -> None:
 @pytest.mark.db
 @pytest.mark.timeout(60)
 async def test_drain_waits_for_records_another_daemon_is_claiming(
-    queue: WorkQueue, db: Db, migrated_db: str
+    queue: WorkQueue, db: Db, migrated_db: str, sim_pipeline: SimPipelines
 ) -> None:
     world = World.generate(2, 6, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
@@ -547,7 +535,7 @@ async def test_drain_waits_for_records_another_daemon_is_claiming(
         claimed = await other.fetch(q.CLAIM_FROM_START, "other:1", 100, 1.0, incarnation)
         assert len(claimed) == len(ids)
         async with open_sim_connector(world, SimStats()) as connector:
-            supervisor = in_process_supervisor(queue, world, connector, drain=True)
+            supervisor = in_process_supervisor(sim_pipeline, queue, world, connector, drain=True)
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
                 with trio.move_on_after(3):

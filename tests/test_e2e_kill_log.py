@@ -36,7 +36,6 @@ from e2e_support import (
 from ct_actors.demo.spine import spine_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]

@@ -33,7 +33,6 @@ from ct_actors.sim.world import DEFAULT_MIX, Behaviour, World, local_part
 from tests.shared_docs import RUNBOOK, skip_unless_ci
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]

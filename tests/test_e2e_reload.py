@@ -44,7 +44,6 @@ from ct_actors.dns.types import DnsUnavailable
 from ct_actors.sim.world import World
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]

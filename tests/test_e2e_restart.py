@@ -31,17 +31,16 @@ from e2e_support import (
 
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
-from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.db import DatabaseUnavailable, WorkQueue
 from ct_actors.demo.spine import spine_rows
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
-from ct_actors.testing import SimResolver, open_sim_connector
+from ct_actors.testing import open_sim_connector
+from tests.pipeline_support import SimPipelines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]
@@ -190,32 +189,37 @@ class SlowClaimAnswers:
         return getattr(self._store, name)
 
 
-def in_process_supervisor(store: Any, world: World, connector: Any, *, drain: bool) -> Supervisor:
-    return Supervisor(
-        PipelineSettings(
+def in_process_supervisor(
+    pipelines: SimPipelines, store: Any, world: World, connector: Any, *, drain: bool
+) -> Supervisor:
+    """The pipeline on the in-memory world and a real database (`store`)."""
+    return pipelines.build(
+        world,
+        store,
+        connector,
+        settings=PipelineSettings(
             owner=f"in-process:{uuid.uuid4().hex[:8]}",
             max_in_flight=16,
             drain_deadline=5.0,
             loader=LoaderSettings(claim_batch=16, lease_seconds=300.0, idle_poll=0.1),
             dispatch=DispatchSettings(mode="mx-only"),
         ),
-        store=store,
-        resolver=SimResolver(world),
-        pools=SmtpPoolManager(PoolSettings(), connector, max_connections=4),
+        pool=PoolSettings(),
+        max_connections=4,
         transient_db_errors=(DatabaseUnavailable,),
         drain=drain,
     )
 
 
 async def test_a_stop_while_a_claim_is_answered_strands_no_lease(
-    queue: WorkQueue, db: Db
+    queue: WorkQueue, db: Db, sim_pipeline: SimPipelines
 ) -> None:
     world = World.generate(1, 10, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
     await insert_spine(db, len(names), domain=names.__getitem__)
     slow = SlowClaimAnswers(queue, delay=5.0)
     async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = in_process_supervisor(slow, world, connector, drain=False)
+        supervisor = in_process_supervisor(sim_pipeline, slow, world, connector, drain=False)
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             with trio.fail_after(10):
@@ -230,7 +234,7 @@ async def test_a_stop_while_a_claim_is_answered_strands_no_lease(
 
 
 async def test_drain_finishes_records_a_crashed_daemon_still_leases(
-    queue: WorkQueue, db: Db
+    queue: WorkQueue, db: Db, sim_pipeline: SimPipelines
 ) -> None:
     world = World.generate(2, 6, latency_ms=0, jitter_ms=0)
     names = sorted(world.domains)
@@ -242,7 +246,7 @@ async def test_drain_finishes_records_a_crashed_daemon_still_leases(
         ids[:2],
     )
     async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = in_process_supervisor(queue, world, connector, drain=True)
+        supervisor = in_process_supervisor(sim_pipeline, queue, world, connector, drain=True)
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)

@@ -24,13 +24,13 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import RESOLVER_FAILURE, ResolverSettings
 from ct_actors.actors.smtp_gate import IP_BLACKLISTED, PORT_BLOCKED, GuardSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.demo.labels import expected_label
 from ct_actors.dns.types import DnsUnavailable, MxLookup, MxResolver
+from ct_actors.net.connector import Connector
 from ct_actors.outcome import Deferred, Failed, FailureCode
 from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.stats import SimStats
@@ -38,15 +38,12 @@ from ct_actors.sim.world import Behaviour, World
 from ct_actors.testing import (
     FakeStore,
     MemoryUsageStore,
-    SimConnector,
     SimResolver,
-    Unavailable,
-    open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
-from tests.test_pipeline_sim import label
+from tests.pipeline_support import SIM_POOL, SimPipelines, label
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,18 +52,9 @@ REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLB
 DEFER = 30.0  # probe.defer_seconds: deferred records come back quickly
 PORT = 2525
 
-POOL = PoolSettings(
-    port=PORT,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
-    initial_connections_per_host=1,
-    max_connections_per_host=4,
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
+# Per-host windows that start at one session and may grow to four.
+POOL = dataclasses.replace(
+    SIM_POOL, port=PORT, initial_connections_per_host=1, max_connections_per_host=4
 )
 
 # A world of ordinary domains: the only legitimate terminal FAILs are NO-MX (and NO-PATTERN).
@@ -126,7 +114,7 @@ class Firewall:
     """A connector in front of the simulated internet. While `blocked`, a TCP connect to the
     SMTP port hangs, as when a firewall drops the SYN; the pool's connect_timeout fires."""
 
-    def __init__(self, inner: SimConnector) -> None:
+    def __init__(self, inner: Connector) -> None:
         self.inner = inner
         self.blocked = False
         self.dropped: list[tuple[float, str]] = []
@@ -254,6 +242,7 @@ def quiet(supervisor: Supervisor) -> bool:
 
 
 async def run_scenario(
+    pipelines: SimPipelines,
     records: Records,
     *,
     script: Callable[[Supervisor], Awaitable[None]],
@@ -263,30 +252,31 @@ async def run_scenario(
     **kw: int,
 ) -> Supervisor:
     """Run the pipeline (not in drain mode: deferred records must come back) while `script`
-    drives the scenario; the script ends the run with request_stop()."""
-    world = records.world
-    async with open_sim_connector(world, stats) as sim:
+    drives the scenario; the run ends with request_stop() once the script has run. Its SMTP
+    connections pass a `Firewall` (appended to `firewall`)."""
+
+    def pools(sim: Connector) -> SmtpPoolManager:
         wall = Firewall(sim)
         if firewall is not None:
             firewall.append(wall)
-        supervisor = Supervisor(
-            settings(**kw),
-            store=records.store,
-            resolver=resolver if resolver is not None else SimResolver(world),
-            pools=SmtpPoolManager(POOL, wall, max_connections=32),
-            transient_db_errors=(Unavailable,),
-            names=records.names,
-            throttles=ToolThrottles(
-                dict(REGISTRY.tools),
-                clock=UtcClock(dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC), trio.current_time()),
-                usage=MemoryUsageStore(),
-            ),
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            await script(supervisor)
-            supervisor.request_stop()
-    return supervisor
+        return SmtpPoolManager(POOL, wall, max_connections=32)
+
+    return await pipelines.run(
+        records.world,
+        records.store,
+        script=script,
+        settings=settings(**kw),
+        stats=stats,
+        resolver=resolver,
+        pools=pools,
+        names=records.names,
+        drain=False,
+        throttles=ToolThrottles(
+            dict(REGISTRY.tools),
+            clock=UtcClock(dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC), trio.current_time()),
+            usage=MemoryUsageStore(),
+        ),
+    )
 
 
 def claims_between(store: FakeStore, start: float, end: float) -> list[tuple[float, int]]:
@@ -312,7 +302,7 @@ class Outage:
     seen: dict[str, Any]
 
 
-async def port_blocked(outage: float) -> Outage:
+async def port_blocked(pipelines: SimPipelines, outage: float) -> Outage:
     """Port 25 firewalled from the start until `outage` (virtual seconds), then opened and the
     switches cleared; runs until every record has its ground-truth outcome (or an hour)."""
     world = World.generate(41, 120, mix=MIX, latency_ms=20, jitter_ms=10)
@@ -342,7 +332,7 @@ async def port_blocked(outage: float) -> Outage:
             await wait_until(records.settled, step=1.0)
 
     with capture_logs() as logs, trio.fail_after(BOUND):
-        supervisor = await run_scenario(records, script=script, firewall=walls)
+        supervisor = await run_scenario(pipelines, records, script=script, firewall=walls)
     return Outage(world, records, supervisor, logs, seen)
 
 
@@ -354,9 +344,9 @@ async def port_blocked(outage: float) -> Outage:
     ],
 )
 async def test_port_25_blocked_trips_and_defers_then_clearing_completes(
-    autojump_clock: trio.testing.MockClock, outage: float
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, outage: float
 ) -> None:
-    run = await port_blocked(outage)
+    run = await port_blocked(sim_pipeline, outage)
     records, seen, world = run.records, run.seen, run.world
     # Tripped at the first connect timeouts, alerted, and SMTP stayed halted: no connection
     # was tried after the trip.
@@ -385,8 +375,9 @@ async def test_port_25_blocked_trips_and_defers_then_clearing_completes(
 
 async def test_loader_claims_nothing_once_a_switch_has_tripped(
     autojump_clock: trio.testing.MockClock,
+    sim_pipeline: SimPipelines,
 ) -> None:
-    run = await port_blocked(60.0)
+    run = await port_blocked(sim_pipeline, 60.0)
     assert claims_between(run.records.store, run.seen["tripped_at"], 60.0) == []
 
 
@@ -416,6 +407,7 @@ def blocklisted_world(seed: int, n: int, *, blocking: int) -> World:
 
 async def test_blocklisted_ip_trips_and_defers_then_delisting_and_clearing_completes(
     autojump_clock: trio.testing.MockClock,
+    sim_pipeline: SimPipelines,
 ) -> None:
     world = blocklisted_world(43, 100, blocking=5)
     blocking = [h for h in world.hosts.values() if h.behaviour is Behaviour.BLOCKLIST]
@@ -456,7 +448,7 @@ async def test_blocklisted_ip_trips_and_defers_then_delisting_and_clearing_compl
 
     stats = SimStats()
     with capture_logs() as logs, trio.fail_after(BOUND):
-        supervisor = await run_scenario(records, script=script, stats=stats)
+        supervisor = await run_scenario(sim_pipeline, records, script=script, stats=stats)
 
     [alert] = alerts(logs, IP_BLACKLISTED)
     assert "3 networks refused us" in alert["reason"]
@@ -496,6 +488,7 @@ HOSTILE_MIX = {**MIX, Behaviour.BLOCKLIST: 0.03}
 
 async def test_hostile_domains_on_one_ip_neither_halt_the_fleet_nor_come_back_forever(
     autojump_clock: trio.testing.MockClock,
+    sim_pipeline: SimPipelines,
 ) -> None:
     """Issue 10 item 2, the reproduction on the whole pipeline: three hostile domains whose
     MX names all resolve to one IP that answers 554 5.7.1 "blocked using zen.spamhaus.org".
@@ -526,7 +519,7 @@ async def test_hostile_domains_on_one_ip_neither_halt_the_fleet_nor_come_back_fo
         seen["stats"] = supervisor.guard.statistics()
 
     with capture_logs() as logs, trio.fail_after(BOUND):
-        supervisor = await run_scenario(records, script=script)
+        supervisor = await run_scenario(sim_pipeline, records, script=script)
 
     assert alerts(logs, IP_BLACKLISTED) == []
     assert not supervisor.switches.is_tripped(IP_BLACKLISTED)
@@ -557,7 +550,7 @@ async def test_hostile_domains_on_one_ip_neither_halt_the_fleet_nor_come_back_fo
     ],
 )
 async def test_failing_resolver_switches_to_the_next_nameserver(
-    autojump_clock: trio.testing.MockClock, delay: float
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, delay: float
 ) -> None:
     world = World.generate(47, 100, mix=MIX, latency_ms=20, jitter_ms=10)
     records = Records.of(world)
@@ -574,7 +567,7 @@ async def test_failing_resolver_switches_to_the_next_nameserver(
 
     with capture_logs() as logs, trio.fail_after(BOUND):
         supervisor = await run_scenario(
-            records, script=script, resolver=resolver, failure_domains=5
+            sim_pipeline, records, script=script, resolver=resolver, failure_domains=5
         )
 
     # Whatever happened, no fault of ours was written as a verdict.
@@ -599,7 +592,7 @@ async def test_failing_resolver_switches_to_the_next_nameserver(
     assert supervisor.statistics().resolver.resolver_switches == 1
 
 
-async def all_resolvers_down(delay: float) -> Outage:
+async def all_resolvers_down(pipelines: SimPipelines, delay: float) -> Outage:
     """Both nameservers broken from the start; repaired and cleared 3 * DEFER after the
     pipeline went quiet; runs until every record is settled (or an hour)."""
     world = World.generate(53, 100, mix=MIX, latency_ms=20, jitter_ms=10)
@@ -628,16 +621,16 @@ async def all_resolvers_down(delay: float) -> Outage:
 
     with capture_logs() as logs, trio.fail_after(BOUND):
         supervisor = await run_scenario(
-            records, script=script, resolver=resolver, failure_domains=5
+            pipelines, records, script=script, resolver=resolver, failure_domains=5
         )
     return Outage(world, records, supervisor, logs, seen)
 
 
 @pytest.mark.parametrize("delay", [0.0, 1.0], ids=["servfail", "timeout-1s"])
 async def test_all_resolvers_failing_trips_and_pauses_then_clearing_completes(
-    autojump_clock: trio.testing.MockClock, delay: float
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, delay: float
 ) -> None:
-    run = await all_resolvers_down(delay)
+    run = await all_resolvers_down(sim_pipeline, delay)
     records, seen, logs = run.records, run.seen, run.logs
     [switched] = [e for e in logs if e["event"] == "resolver_switched"]
     assert (switched["failed"], switched["now_using"]) == ("10.0.0.1", "10.0.0.2")
@@ -663,7 +656,8 @@ async def test_all_resolvers_failing_trips_and_pauses_then_clearing_completes(
 
 async def test_no_lookup_reaches_a_resolver_once_the_switch_has_tripped(
     autojump_clock: trio.testing.MockClock,
+    sim_pipeline: SimPipelines,
 ) -> None:
-    run = await all_resolvers_down(0.0)
+    run = await all_resolvers_down(sim_pipeline, 0.0)
     after = [a for a in run.seen["attempts"] if a[0] > run.seen["tripped_at"]]
     assert after == []

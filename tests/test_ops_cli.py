@@ -40,7 +40,6 @@ from ct_actors.ops.selection import select_canary
 from ct_actors.ops.text import parse_markdown_table
 from ct_actors.sim.world import Behaviour, World
 
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 pytestmark = [pytest.mark.db, pytest.mark.e2e]
 
 StartSim = Callable[..., SimProcess]

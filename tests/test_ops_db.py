@@ -35,7 +35,6 @@ from ct_actors.outcome import FailureCode
 from tests.shared_docs import RUNBOOK, skip_unless_ci
 
 pytestmark = pytest.mark.db
-pytest_plugins = ["dbfixtures"]
 
 # The runbook's pass-rate query, verbatim (compared with the runbook below when it is there).
 RUNBOOK_PASS_RATE = """SELECT

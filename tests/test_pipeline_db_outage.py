@@ -13,6 +13,7 @@ real store turns each real-world cut into `DatabaseUnavailable` is test_e2e_faul
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections import Counter
@@ -25,16 +26,13 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
-from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.actors.writer import WriterSettings
 from ct_actors.db.errors import DatabaseUnavailable
 from ct_actors.demo.labels import expected_label
 from ct_actors.outcome import Outcome
-from ct_actors.probe.domain_probe import RetryPolicy
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
 from ct_actors.smtp.client import connect_session
@@ -42,14 +40,13 @@ from ct_actors.testing import (
     FakeStore,
     MemoryUsageStore,
     Report,
-    SimResolver,
     Unavailable,
     open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import ToolThrottles
 from ct_actors.toolbox import load_toolbox
-from tests.test_pipeline_sim import POOL, label, names_for, spine_for
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, pipeline_settings, spine_for
 
 # The asyncpg pool's per-statement timeout (database.command_timeout's default): how long a call
 # into a blackholed database hangs before the client gives up.
@@ -137,6 +134,7 @@ class OutageStore(FakeStore):
 
 
 def pipeline(
+    pipelines: SimPipelines,
     world: World,
     store: OutageStore,
     owner: dict[uuid.UUID, str],
@@ -147,30 +145,19 @@ def pipeline(
     drain_deadline: float = 60.0,
     throttles: ToolThrottles | None = None,
 ) -> Supervisor:
-    return Supervisor(
-        PipelineSettings(
+    return pipelines.build(
+        world,
+        store,
+        connector,
+        settings=dataclasses.replace(
+            pipeline_settings(),
             owner=name,
             max_in_flight=MAX_IN_FLIGHT,
             drain_deadline=drain_deadline,
-            stats_interval=1000.0,
             loader=LoaderSettings(claim_batch=8, lease_seconds=LEASE_SECONDS),
-            dispatch=DispatchSettings(
-                mode="smtp",
-                retry=RetryPolicy(
-                    greylist_delay=2.5,
-                    greylist_retries=2,
-                    throttle_delay=2.0,
-                    throttle_retries=2,
-                    defer_seconds=600.0,
-                ),
-            ),
             writer=WRITER,
         ),
-        store=store,
-        resolver=SimResolver(world),
-        pools=SmtpPoolManager(POOL, connector, max_connections=32),
-        transient_db_errors=(Unavailable,),
-        names=names_for(world, owner),
+        owner=owner,
         drain=drain,
         throttles=throttles,
     )
@@ -194,7 +181,7 @@ def ground_truth_problems(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_database_outage_mid_run_is_waited_out(
-    autojump_clock: trio.testing.MockClock, kind: str
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, kind: str
 ) -> None:
     world = World.generate(21, 60, latency_ms=40, jitter_ms=20)
     spine, owner = spine_for(world)
@@ -202,7 +189,9 @@ async def test_a_database_outage_mid_run_is_waited_out(
     down_for = 90.0  # past the writer's and the loader's back-off caps (30 s, 60 s)
     samples: list[SupervisorStatistics] = []
     async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = pipeline(world, store, owner, connector, name="test:1", drain=True)
+        supervisor = pipeline(
+            sim_pipeline, world, store, owner, connector, name="test:1", drain=True
+        )
 
         async def sample() -> None:
             while True:
@@ -249,7 +238,7 @@ async def test_a_database_outage_mid_run_is_waited_out(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_nothing(
-    autojump_clock: trio.testing.MockClock, kind: str
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, kind: str
 ) -> None:
     world = World.generate(22, 60, latency_ms=40, jitter_ms=20)
     spine, owner = spine_for(world)
@@ -260,7 +249,7 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
     assert trio.current_time() == 0.0  # ORIGIN
     async with open_sim_connector(world, SimStats()) as connector:
         first = pipeline(
-            world, store, owner, connector, name="first:1", drain=False,
+            sim_pipeline, world, store, owner, connector, name="first:1", drain=False,
             drain_deadline=drain_deadline, throttles=budgets(usage),
         )  # fmt: skip
         with capture_logs() as logs, trio.fail_after(3600):
@@ -301,7 +290,14 @@ async def test_a_stop_during_a_database_outage_ends_in_bounded_time_and_loses_no
         usage.fail_calls = 0
         await trio.sleep(LEASE_SECONDS)
         second = pipeline(
-            world, store, owner, connector, name="second:1", drain=True, throttles=budgets(usage)
+            sim_pipeline,
+            world,
+            store,
+            owner,
+            connector,
+            name="second:1",
+            drain=True,
+            throttles=budgets(usage),
         )
         with trio.fail_after(3600):
             async with trio.open_nursery() as nursery:
@@ -331,8 +327,8 @@ async def test_a_deadline_that_cuts_a_session_off_mid_greeting_closes_it(
             await connect_session(
                 connector,
                 host.ip,
-                POOL.port,
-                helo_name=POOL.helo_name,
+                SIM_POOL.port,
+                helo_name=SIM_POOL.helo_name,
                 connect_timeout=5.0,
                 command_timeout=10.0,
                 starttls="never",

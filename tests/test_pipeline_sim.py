@@ -8,115 +8,27 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from ct_actors.actors.dispatcher import DispatchSettings, NamesFailed
-from ct_actors.actors.loader import LoaderSettings
-from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
-from ct_actors.actors.supervisor import PipelineSettings, Supervisor
-from ct_actors.actors.writer import WriterSettings
-from ct_actors.demo.labels import expected_label, result_label
-from ct_actors.outcome import Deferred, Failed, Passed
-from ct_actors.probe.domain_probe import RetryPolicy
+from ct_actors.actors.dispatcher import NamesFailed
+from ct_actors.demo.labels import expected_label
+from ct_actors.outcome import Deferred
 from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import Behaviour, World
-from ct_actors.testing import FakeStore, SimResolver, Unavailable, open_sim_connector
-
-POOL = PoolSettings(
-    port=2525,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
-    max_connections_per_host=2,
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
-)
-
-
-def settings(mode: str = "smtp", **kw: object) -> PipelineSettings:
-    return PipelineSettings(
-        owner="test:1",
-        max_in_flight=64,
-        drain_deadline=60.0,
-        stats_interval=1000.0,
-        loader=LoaderSettings(claim_batch=20, lease_seconds=600.0),
-        dispatch=DispatchSettings(
-            mode=mode,  # type: ignore[arg-type]
-            retry=RetryPolicy(
-                greylist_delay=2.5,
-                greylist_retries=2,
-                throttle_delay=2.0,
-                throttle_retries=2,
-                defer_seconds=600.0,
-            ),
-        ),
-        writer=WriterSettings(batch_size=50, flush_interval=0.2),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def spine_for(
-    world: World, copies: int = 1
-) -> tuple[dict[uuid.UUID, str | None], dict[uuid.UUID, str]]:
-    spine: dict[uuid.UUID, str | None] = {}
-    owner: dict[uuid.UUID, str] = {}
-    for i, name in enumerate(sorted(world.domains)):
-        for c in range(copies):
-            oid = uuid.UUID(int=(i << 8) + c + 1)
-            spine[oid] = name if c == 0 else f"https://www.{name.upper()}/about"
-            owner[oid] = name
-    return spine, owner
-
-
-def names_for(world: World, owner: dict[uuid.UUID, str]):  # type: ignore[no-untyped-def]
-    async def fetch(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[tuple[str, str]]]:
-        await trio.lowlevel.checkpoint()
-        return {i: world.people(owner[i]) for i in ids}
-
-    return fetch
-
-
-async def run_world(
-    world: World,
-    store: FakeStore,
-    owner: dict[uuid.UUID, str],
-    mode: str = "smtp",
-    stats: SimStats | None = None,
-) -> Supervisor:
-    stats = stats or SimStats()
-    async with open_sim_connector(world, stats) as connector:
-        pools = SmtpPoolManager(POOL, connector, max_connections=32)
-        supervisor = Supervisor(
-            settings(mode),
-            store=store,
-            resolver=SimResolver(world),
-            pools=pools,
-            transient_db_errors=(Unavailable,),
-            names=names_for(world, owner),
-            drain=True,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-        return supervisor
-
-
-def label(result: object) -> str:
-    assert isinstance(result, Passed | Failed | Deferred)
-    return result_label(result)
+from ct_actors.testing import FakeStore
+from tests.pipeline_support import SimPipelines, label, pipeline_settings, spine_for
 
 
 @pytest.mark.parametrize("mode", ["smtp", "mx-only"])
 async def test_every_record_matches_ground_truth(
-    autojump_clock: trio.testing.MockClock, mode: str
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines, mode: str
 ) -> None:
     world = World.generate(5, 120, latency_ms=40, jitter_ms=20, conn_limit=1)
     spine, owner = spine_for(world, copies=2)
     store = FakeStore(spine)
     stats = SimStats()
     with trio.fail_after(3600):
-        supervisor = await run_world(world, store, owner, mode, stats)
+        supervisor = await sim_pipeline.run(
+            world, store, owner=owner, settings=pipeline_settings(mode), stats=stats
+        )
     got = {oid: label(o.result) for oid, o in {**store.deferred, **store.terminal}.items()}
     mismatches = {
         owner[oid]: (
@@ -151,14 +63,16 @@ async def test_every_record_matches_ground_truth(
 
 
 async def test_writer_holds_results_while_the_database_is_down(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     world = World.generate(9, 30, latency_ms=10, jitter_ms=0)
     spine, owner = spine_for(world)
     store = FakeStore(spine)
     store.fail_writes = 4  # back-off 0.5 + 1 + 2 + 4 s before the first batch lands
     with trio.fail_after(3600):
-        supervisor = await run_world(world, store, owner, "mx-only")
+        supervisor = await sim_pipeline.run(
+            world, store, owner=owner, settings=pipeline_settings("mx-only")
+        )
     assert len(store.terminal) == len(spine)
     assert supervisor.writer.statistics().retries == 4
     first_write = store.writes[0][0]
@@ -166,7 +80,7 @@ async def test_writer_holds_results_while_the_database_is_down(
 
 
 async def test_a_record_without_its_names_is_deferred_and_the_rest_concludes(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     # Issue 10, item 6: one record's names query times out; it is deferred with the reason
     # (never probed role-only), and the healthy records of its batch conclude.
@@ -182,19 +96,8 @@ async def test_a_record_without_its_names_is_deferred_and_the_rest_concludes(
         failed = NamesFailed("the names query timed out or failed for this record")
         return {i: world.people(owner[i]) if i != poison else failed for i in ids}
 
-    async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = Supervisor(
-            settings(),
-            store=store,
-            resolver=SimResolver(world),
-            pools=SmtpPoolManager(POOL, connector, max_connections=32),
-            transient_db_errors=(Unavailable,),
-            names=names,
-            drain=True,
-        )
-        with trio.fail_after(3600):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(supervisor.run)
+    with trio.fail_after(3600):
+        await sim_pipeline.run(world, store, names=names)
     deferred = store.deferred[poison].result
     assert isinstance(deferred, Deferred)
     assert deferred.reason == (
@@ -211,25 +114,17 @@ async def test_a_record_without_its_names_is_deferred_and_the_rest_concludes(
 
 
 async def test_mixed_script_labels_are_recorded_in_the_evidence(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     # Issue 10: a look-alike label (Cyrillic U+0430 among Latin letters) is probed like any other
     # domain and flagged in the evidence for a human.
     world = World.generate(3, 4, latency_ms=5, jitter_ms=2)
     ids = [uuid.UUID(int=1), uuid.UUID(int=2)]
     store = FakeStore({ids[0]: "\u0430pple.com", ids[1]: "apple.com"})
-    async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = Supervisor(
-            settings("mx-only"),
-            store=store,
-            resolver=SimResolver(world),
-            pools=SmtpPoolManager(POOL, connector, max_connections=8),
-            transient_db_errors=(Unavailable,),
-            drain=True,
+    with trio.fail_after(600):
+        await sim_pipeline.run(
+            world, store, settings=pipeline_settings("mx-only"), max_connections=8
         )
-        with trio.fail_after(600):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(supervisor.run)
     outcomes = {**store.deferred, **store.terminal}
     assert outcomes[ids[0]].result.evidence["mixed_script_labels"] == ["xn--pple-43d"]
     assert "mixed_script_labels" not in outcomes[ids[1]].result.evidence

@@ -20,7 +20,6 @@ from ct_actors.testing import SimResolver, open_sim_connector
 from ct_actors.toolbox import load_toolbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db, pytest.mark.timeout(120)]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 
 async def test_drain_draws_progress_up_to_the_pending_total(

@@ -459,6 +459,16 @@ def test_component_settings_defaults_are_the_configs() -> None:
     assert wrong == [], "\n".join(wrong)
 
 
+def test_daemon_stop_timeout_bounds_each_database_step_of_a_stop() -> None:
+    # Not reloadable (a restart applies it), but it must reach every step it bounds.
+    base = Config()
+    cfg = dataclasses.replace(base, daemon=dataclasses.replace(base.daemon, stop_timeout=3.0))
+    pipeline = Settings.from_config(cfg, REGISTRY).pipeline
+    assert pipeline.writer.final_flush_timeout == 3.0
+    assert pipeline.release_timeout == 3.0
+    assert pipeline.refund_timeout == 1.5
+
+
 def defaults_of(call: Callable[..., object], *names: str) -> dict[str, object]:
     params = inspect.signature(call).parameters
     return {name: params[name].default for name in names}
@@ -475,6 +485,8 @@ def test_defaults_of_components_built_from_arguments_are_the_configs() -> None:
     }
     assert defaults_of(ToolLimiter, "budget_block") == {"budget_block": budget}
     assert defaults_of(ToolThrottles, "budget_block") == {"budget_block": budget}
+    # The budget refunds at a stop: half of daemon.stop_timeout, when the caller names none.
+    assert defaults_of(ToolThrottles.release, "within") == {"within": cfg.daemon.stop_timeout / 2}
     assert defaults_of(DnsblChecker, "cache_ttl") == {"cache_ttl": ks.dnsbl_cache}
     assert defaults_of(make_email_verifier, "timeout", "vendor_timeout") == {
         "timeout": verifier.timeout,

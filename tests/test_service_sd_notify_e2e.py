@@ -38,7 +38,6 @@ from ct_actors.testing import SimResolver, open_sim_connector
 from ct_actors.toolbox import load_toolbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
-pytest_plugins = ["dbfixtures", "e2e_fixtures"]
 
 StartSim = Callable[..., SimProcess]
 StartDaemon = Callable[..., DaemonProcess]

@@ -24,8 +24,6 @@ from structlog.testing import capture_logs
 
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
-from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.supervisor_statistics import SupervisorStatistics
 from ct_actors.actors.writer import WriterSettings, WriterStatistics
@@ -46,15 +44,13 @@ from ct_actors.testing import (
     FakeStore,
     MemoryUsageStore,
     Report,
-    SimResolver,
-    Unavailable,
     open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitchesStatistics, SwitchStatistics
 from ct_actors.throttle.limiter import LimiterStatistics, ThrottlesStatistics, ToolThrottles
 from ct_actors.toolbox import SMTP_CHECK, load_toolbox
-from tests.test_pipeline_sim import names_for, spine_for
+from tests.pipeline_support import SimPipelines, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 T = TypeVar("T")
@@ -483,19 +479,6 @@ def itertools_pairwise(xs: list[float]) -> list[tuple[float, float]]:
 
 # ─── on a real supervisor ───────────────────────────────────────────────────────────────────
 
-POOL = PoolSettings(
-    port=2525,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
-    max_connections_per_host=2,
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
-)
-
 
 def pipeline_settings(mode: str = "mx-only") -> PipelineSettings:
     return PipelineSettings(
@@ -552,27 +535,35 @@ async def watch_supervisor(
 
 
 async def make_supervisor(
-    store: FakeStore, world: World, owner: dict[uuid.UUID, str], connector: Any, **kw: Any
+    pipelines: SimPipelines,
+    store: FakeStore,
+    world: World,
+    owner: dict[uuid.UUID, str],
+    connector: Any,
+    *,
+    mode: str = "mx-only",
+    drain: bool = False,
+    **kw: Any,
 ) -> Supervisor:
-    return Supervisor(
-        pipeline_settings(kw.pop("mode", "mx-only")),
-        store=store,
-        resolver=SimResolver(world),
-        pools=SmtpPoolManager(POOL, connector, max_connections=32),
-        transient_db_errors=(Unavailable,),
-        names=names_for(world, owner),
+    return pipelines.build(
+        world,
+        store,
+        connector,
+        settings=pipeline_settings(mode),
+        owner=owner,
+        drain=drain,
         **kw,
     )
 
 
 async def test_supervisor_with_a_wedged_writer_stops_the_pings(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     world = World.generate(3, 200, latency_ms=20, jitter_ms=5)
     spine, owner = spine_for(world)
     store = WedgingStore(spine, wedge_after=3)
     async with open_sim_connector(world) as connector:
-        supervisor = await make_supervisor(store, world, owner, connector)
+        supervisor = await make_supervisor(sim_pipeline, store, world, owner, connector)
         notifier, logs = await watch_supervisor(supervisor, world, 1800, watchdog_usec=2_000_000)
     assert store.wedged_at is not None
     pings = notifier.times("WATCHDOG=1")
@@ -583,10 +574,12 @@ async def test_supervisor_with_a_wedged_writer_stops_the_pings(
     assert supervisor.credits.in_flight > 0
 
 
-async def test_idle_supervisor_keeps_pinging(autojump_clock: trio.testing.MockClock) -> None:
+async def test_idle_supervisor_keeps_pinging(
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
+) -> None:
     world = World.generate(3, 5)
     async with open_sim_connector(world) as connector:
-        supervisor = await make_supervisor(FakeStore({}), world, {}, connector)
+        supervisor = await make_supervisor(sim_pipeline, FakeStore({}), world, {}, connector)
         notifier, logs = await watch_supervisor(supervisor, world, 4 * 3600)
     pings = notifier.times("WATCHDOG=1")
     assert len(pings) >= 4 * 3600 / 30 - 1  # every 30 s (WatchdogSec=60)
@@ -595,7 +588,7 @@ async def test_idle_supervisor_keeps_pinging(autojump_clock: trio.testing.MockCl
 
 
 async def test_smtp_budget_used_up_until_midnight_keeps_pinging(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     """SMTPCheck's per_day budget runs out at 20:00 with records in flight: they wait 4 h in
     the throttle (far beyond every threshold), which is no wedge; at midnight they finish and
@@ -614,7 +607,7 @@ async def test_smtp_budget_used_up_until_midnight_keeps_pinging(
     store = FakeStore(spine)
     async with open_sim_connector(world) as connector:
         supervisor = await make_supervisor(
-            store, world, owner, connector, mode="smtp", throttles=throttles
+            sim_pipeline, store, world, owner, connector, mode="smtp", throttles=throttles
         )
         notifier, logs = await watch_supervisor(supervisor, world, 5 * 3600, clock=clock)
     assert not [e for e in logs if e["event"] == "watchdog_unhealthy"]
@@ -629,14 +622,18 @@ async def test_smtp_budget_used_up_until_midnight_keeps_pinging(
     assert all(isinstance(o, Outcome) for o in store.terminal.values())
 
 
-async def test_drained_pipeline_says_stopping_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_drained_pipeline_says_stopping_once(
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
+) -> None:
     """`run --drain`: STOPPING=1 as soon as the loader has drained, not only at a signal."""
     world = World.generate(7, 20, latency_ms=20, jitter_ms=5)
     spine, owner = spine_for(world)
     notifier = RecordingNotifier()
     service = SystemdService(notifier, watchdog_usec=2_000_000, policy=POLICY)
     async with open_sim_connector(world) as connector:
-        supervisor = await make_supervisor(FakeStore(spine), world, owner, connector, drain=True)
+        supervisor = await make_supervisor(
+            sim_pipeline, FakeStore(spine), world, owner, connector, drain=True
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             await nursery.start(service.run, supervisor)

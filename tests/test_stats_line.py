@@ -32,6 +32,7 @@ from ct_actors.sim.__main__ import stopped_event
 from ct_actors.sim.world import World
 from ct_actors.testing import FakeStore, MemoryUsageStore
 from ct_actors.toolbox import SMTP_CHECK
+from tests.pipeline_support import SimPipelines
 from tests.test_pipeline_sim import spine_for
 from tests.test_throttle_pipeline import (
     BEFORE_MIDNIGHT,
@@ -103,7 +104,7 @@ def log_lines() -> Any:
         structlog.reset_defaults()
 
 
-async def paused_and_resumed() -> Run:
+async def paused_and_resumed(sim_pipeline: SimPipelines) -> Run:
     """The pipeline waiting for the SMTPCheck daily budget, with a stats line while it waits;
     returns the run (its final line is logged by the supervisor)."""
     assert trio.current_time() == 0.0
@@ -117,13 +118,15 @@ async def paused_and_resumed() -> Run:
         supervisor.log_stats()
 
     with trio.fail_after(100_000):
-        return await run_pipeline(world, FakeStore(spine), owner, limits, during=watch)
+        return await run_pipeline(
+            sim_pipeline, world, FakeStore(spine), owner, limits, during=watch
+        )
 
 
 async def test_the_stats_lines_keep_their_keys_and_value_types(
-    autojump_clock: trio.testing.MockClock, log_lines: Any
+    autojump_clock: trio.testing.MockClock, log_lines: Any, sim_pipeline: SimPipelines
 ) -> None:
-    run = await paused_and_resumed()
+    run = await paused_and_resumed(sim_pipeline)
     throttled = [line for line in log_lines() if line["event"] in ("stats", "stats_final")]
     assert [line["event"] for line in throttled] == ["stats", "stats_final"]
     # The line while waiting shows when work resumes; the final one, that it did.
@@ -134,11 +137,13 @@ async def test_the_stats_lines_keep_their_keys_and_value_types(
     record_or_compare("throttled", got)
 
 
-async def test_the_verifier_stats_line_keeps_its_keys_and_value_types(log_lines: Any) -> None:
+async def test_the_verifier_stats_line_keeps_its_keys_and_value_types(
+    log_lines: Any, sim_pipeline: SimPipelines
+) -> None:
     world = World.generate(4, 20, latency_ms=0, jitter_ms=0)
     spine, _ = spine_for(world)
     with trio.fail_after(30):
-        await run_money_capped(world, FakeStore(spine), cap_calls=3)
+        await run_money_capped(sim_pipeline, world, FakeStore(spine), cap_calls=3)
     final = [line for line in log_lines() if line["event"] == "stats_final"]
     assert len(final) == 1 and final[0]["verifier"]["budget_switch"] is True
     record_or_compare("verified", {"stats": merged(final)})

@@ -30,7 +30,6 @@ from structlog.testing import capture_logs
 from ct_actors.actors.dispatcher import DispatchSettings
 from ct_actors.actors.loader import LoaderSettings
 from ct_actors.actors.pool_manager import SmtpPoolManager
-from ct_actors.actors.pool_settings import PoolSettings
 from ct_actors.actors.resolver_stage import ResolverSettings
 from ct_actors.actors.supervisor import PipelineSettings, Supervisor
 from ct_actors.actors.supervisor_statistics import SupervisorStatistics
@@ -47,13 +46,11 @@ from ct_actors.testing import (
     FakeStore,
     MemoryUsageStore,
     SimResolver,
-    Unavailable,
-    open_sim_connector,
 )
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.limiter import LimiterStatistics, ToolThrottles
 from ct_actors.toolbox import MX_LOOKUP, SMTP_CHECK, ToolSpec, load_toolbox
-from tests.test_pipeline_sim import label, names_for, spine_for
+from tests.pipeline_support import SIM_POOL, SimPipelines, label, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,21 +60,13 @@ REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLB
 MX = REGISTRY.mx_lookup
 SMTP = REGISTRY.smtp_check
 
-POOL = PoolSettings(
+POOL = dataclasses.replace(
+    SIM_POOL,
     # Not about directory-harvest pacing (test_actors_probe's rejected-RCPT budget test is):
     # lifted, so the timelines below show the behaviour under test alone.
     max_rejected_rcpts_per_host=1_000_000,
-    port=2525,
-    helo_name="prober.ct-actors-sim.test",
-    mail_from="postmaster@prober.ct-actors-sim.test",
-    connect_timeout=5.0,
-    command_timeout=10.0,
-    starttls="never",
     initial_connections_per_host=1,
     max_connections_per_host=4,
-    session_reuse_seconds=30.0,
-    pool_idle_seconds=30.0,
-    dead_host_backoff=300.0,
 )
 
 
@@ -181,6 +170,7 @@ class Run:
 
 
 async def run_pipeline(
+    pipelines: SimPipelines,
     world: World,
     store: FakeStore,
     owner: dict[uuid.UUID, str],
@@ -192,23 +182,20 @@ async def run_pipeline(
     """The whole pipeline in drain mode; `during` runs alongside it (it may request a stop)."""
     stats = SimStats()
     resolver = RecordingResolver(world)
-    async with open_sim_connector(world, stats) as connector:
-        pools = RecordingPools(connector)
-        supervisor = Supervisor(
-            settings(drain_deadline=drain_deadline),
-            store=store,
-            resolver=resolver,
-            pools=pools,
-            transient_db_errors=(Unavailable,),
-            names=names_for(world, owner),
-            drain=True,
-            throttles=limits,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            if during is not None:
-                await during(supervisor)
-    return Run(supervisor, resolver, pools, stats)
+    async with pipelines.open(
+        world,
+        store,
+        stats=stats,
+        settings=settings(drain_deadline=drain_deadline),
+        resolver=resolver,
+        pools=RecordingPools,
+        owner=owner,
+        throttles=limits,
+    ) as supervisor:
+        if during is not None:
+            await during(supervisor)
+    assert isinstance(supervisor.pools, RecordingPools)
+    return Run(supervisor, resolver, supervisor.pools, stats)
 
 
 def tool_statistics(supervisor: Supervisor, tool_id: str) -> LimiterStatistics:
@@ -249,7 +236,7 @@ def max_in_window(times: list[float], window: float) -> int:
 
 
 async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     assert trio.current_time() == 0.0
     world = World.generate(11, 300, latency_ms=20, jitter_ms=10)
@@ -258,7 +245,7 @@ async def test_shipped_registry_paces_smtp_per_domain_and_mx_lookups_per_second(
     usage = MemoryUsageStore()
     limits = throttles(dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC), usage)
     with trio.fail_after(BOUND):
-        run = await run_pipeline(world, store, owner, limits)
+        run = await run_pipeline(sim_pipeline, world, store, owner, limits)
 
     # Every record still ends with the ground-truth outcome.
     assert mismatches(world, store, spine, owner) == {}
@@ -346,7 +333,7 @@ DAY_LIMIT = 60  # the worlds below need about 78 SMTP calls: two days, not three
 
 
 async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
 ) -> None:
     assert trio.current_time() == 0.0
     midnight = (MIDNIGHT - BEFORE_MIDNIGHT).total_seconds()  # 120.0 in trio time
@@ -362,7 +349,7 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
         waiting.append(supervisor.statistics())
 
     with trio.fail_after(BOUND), capture_logs() as logs:
-        run = await run_pipeline(world, store, owner, limits, during=watch)
+        run = await run_pipeline(sim_pipeline, world, store, owner, limits, during=watch)
 
     times = sorted(t for t, _, _ in run.pools.calls)
     assert DAY_LIMIT < len(times) <= 2 * DAY_LIMIT  # the world needs the next day, not a third
@@ -391,7 +378,9 @@ async def test_daily_budget_stops_at_its_limit_and_resumes_at_utc_midnight(
     assert completed_after
 
 
-async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.MockClock) -> None:
+async def test_daily_budget_survives_a_restart(
+    autojump_clock: trio.testing.MockClock, sim_pipeline: SimPipelines
+) -> None:
     assert trio.current_time() == 0.0
     origin = dt.datetime(2026, 3, 2, 23, 55, tzinfo=dt.UTC)
     midnight = (MIDNIGHT - origin).total_seconds()  # 300.0
@@ -411,6 +400,7 @@ async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.Mock
 
     with trio.fail_after(BOUND):
         first = await run_pipeline(
+            sim_pipeline,
             world,
             store,
             owner,
@@ -429,7 +419,9 @@ async def test_daily_budget_survives_a_restart(autojump_clock: trio.testing.Mock
     # A new daemon, new throttles, same database, same UTC day.
     restarted_at = trio.current_time()
     with trio.fail_after(BOUND):
-        second = await run_pipeline(world, store, owner, throttles(origin, usage, spec))
+        second = await run_pipeline(
+            sim_pipeline, world, store, owner, throttles(origin, usage, spec)
+        )
     times = sorted(t for t, _, _ in second.pools.calls)
     assert times, "the restarted daemon never probed"
     assert [t for t in times if t < midnight - EPS] == []

@@ -35,7 +35,6 @@ from ct_actors.verify.pg_ledger import PgVerifierLedger
 from tests.verify_support import with_spec
 
 pytestmark = [pytest.mark.db, pytest.mark.timeout(120)]
-pytest_plugins = ["dbfixtures"]
 
 SPEC = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml").email_verifier
 TOOL = SPEC.tool_id

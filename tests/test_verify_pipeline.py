@@ -12,34 +12,36 @@ from pathlib import Path
 import pytest
 import trio
 
-from ct_actors.actors.pool_manager import SmtpPoolManager
 from ct_actors.actors.supervisor import Supervisor
 from ct_actors.outcome import Failed, FailureCode, Passed
-from ct_actors.sim.stats import SimStats
 from ct_actors.sim.world import World
 from ct_actors.testing import (
     FakeStore,
     MemoryUsageStore,
     MemoryVerifierLedger,
-    SimResolver,
-    Unavailable,
-    open_sim_connector,
 )
 from ct_actors.testing.verifier import open_fake_api
 from ct_actors.throttle.calendar import UtcClock
 from ct_actors.throttle.killswitch import KillSwitches
 from ct_actors.throttle.limiter import ToolThrottles
-from ct_actors.toolbox import EMAIL_VERIFIER, load_toolbox
+from ct_actors.toolbox import EMAIL_VERIFIER, ToolSpec, load_toolbox
 from ct_actors.verify.factory import make_email_verifier
 from ct_actors.verify.gate import BUDGET_CAP_REACHED, EmailVerifier
-from tests.test_pipeline_sim import POOL, settings, spine_for
+from tests.pipeline_support import SimPipelines, pipeline_settings, spine_for
 
 pytestmark = pytest.mark.timeout(60)
 REGISTRY = load_toolbox(Path(__file__).parent.parent / "config" / "SNAP_ON_TOOLBOX.yaml")
 NOON = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
 
 
-async def run(world: World, store: FakeStore, base_url: str, api_key: str, spec=None):  # type: ignore[no-untyped-def]
+async def run(
+    pipelines: SimPipelines,
+    world: World,
+    store: FakeStore,
+    base_url: str,
+    api_key: str,
+    spec: ToolSpec | None = None,
+) -> Supervisor:
     spec = spec or REGISTRY.email_verifier
     clock = UtcClock(NOON, trio.current_time())
     throttles = ToolThrottles(
@@ -60,40 +62,19 @@ async def run(world: World, store: FakeStore, base_url: str, api_key: str, spec=
             timeout=5.0,
         )
 
-    async with open_sim_connector(world, SimStats()) as connector:
-        supervisor = Supervisor(
-            settings("mx-only"),
-            store=store,
-            resolver=SimResolver(world),
-            pools=SmtpPoolManager(POOL, connector, max_connections=8),
-            transient_db_errors=(Unavailable,),
-            drain=True,
-            throttles=throttles,
-            verifier=verifier,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-    return supervisor
+    return await pipelines.run(
+        world,
+        store,
+        settings=pipeline_settings("mx-only"),
+        max_connections=8,
+        throttles=throttles,
+        verifier=verifier,
+    )
 
 
-async def run_money_capped(
-    world: World, store: FakeStore, cap_calls: int
-) -> tuple[Supervisor, int]:
-    """The pipeline with the verifier's monthly money cap at `cap_calls` calls' worth and every
-    address invalid: the supervisor, and how many calls reached the vendor."""
-    mail = sorted(d for d in world.domains if world.domain(d).has_mx)
-    spec = REGISTRY.email_verifier
-    cost = dataclasses.replace(spec.cost, monthly_budget_cap=spec.cost.per_call * cap_calls)
-    async with open_fake_api() as api:
-        for d in mail:
-            api.set_result(f"info@{d}", "invalid")
-        assert api.base_url is not None
-        capped = dataclasses.replace(spec, cost=cost)
-        supervisor = await run(world, store, api.base_url, api.api_key, capped)
-        return supervisor, api.count()
-
-
-async def test_invalid_fails_valid_raises_and_each_address_is_asked_once() -> None:
+async def test_invalid_fails_valid_raises_and_each_address_is_asked_once(
+    sim_pipeline: SimPipelines,
+) -> None:
     world = World.generate(3, 12, latency_ms=0, jitter_ms=0)
     mail = sorted(d for d in world.domains if world.domain(d).has_mx)
     bad, good = mail[0], mail[1]
@@ -104,7 +85,7 @@ async def test_invalid_fails_valid_raises_and_each_address_is_asked_once() -> No
             api.set_result(f"info@{bad}", "invalid", subresult="mailbox_not_found")
             api.set_result(f"info@{good}", "ok")
             assert api.base_url is not None
-            await run(world, store, api.base_url, api.api_key)
+            await run(sim_pipeline, world, store, api.base_url, api.api_key)
             asked = {r.address for r in api.requests}
             counts = {a: api.count(a) for a in asked}
     assert counts == {f"info@{d}": 1 for d in mail}  # role address: no sample names here
@@ -116,13 +97,30 @@ async def test_invalid_fails_valid_raises_and_each_address_is_asked_once() -> No
     assert passed.evidence["verifier"]["verdict"] == "valid"
 
 
-async def test_money_cap_stops_calls_and_never_fails_a_record() -> None:
+async def run_money_capped(
+    pipelines: SimPipelines, world: World, store: FakeStore, cap_calls: int
+) -> tuple[Supervisor, int]:
+    """The pipeline with the verifier's monthly money cap at `cap_calls` calls' worth and every
+    address invalid: the supervisor, and how many calls reached the vendor."""
+    mail = sorted(d for d in world.domains if world.domain(d).has_mx)
+    spec = REGISTRY.email_verifier
+    cost = dataclasses.replace(spec.cost, monthly_budget_cap=spec.cost.per_call * cap_calls)
+    async with open_fake_api() as api:
+        for d in mail:
+            api.set_result(f"info@{d}", "invalid")
+        assert api.base_url is not None
+        capped = dataclasses.replace(spec, cost=cost)
+        supervisor = await run(pipelines, world, store, api.base_url, api.api_key, capped)
+        return supervisor, api.count()
+
+
+async def test_money_cap_stops_calls_and_never_fails_a_record(sim_pipeline: SimPipelines) -> None:
     world = World.generate(4, 20, latency_ms=0, jitter_ms=0)
     mail = sorted(d for d in world.domains if world.domain(d).has_mx)
     spine, owner = spine_for(world)
     store = FakeStore(spine)
     with trio.fail_after(30):
-        supervisor, calls = await run_money_capped(world, store, cap_calls=3)
+        supervisor, calls = await run_money_capped(sim_pipeline, world, store, cap_calls=3)
     assert calls == 3  # the cap, in money: 3 x estimated_cost_per_call
     assert supervisor.switches.is_tripped(BUDGET_CAP_REACHED)
     results = [store.terminal[oid].result for oid in spine if owner[oid] in mail]

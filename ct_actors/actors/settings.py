@@ -56,7 +56,9 @@ class PipelineSettings:
     max_in_flight: int = _PROBE.max_in_flight
     drain_deadline: float = _DAEMON.drain_deadline
     stats_interval: float = _LOG.stats_interval
-    release_timeout: float = 10.0
+    # daemon.stop_timeout: the lease release at a stop gets all of it, the budget refunds half.
+    release_timeout: float = _DAEMON.stop_timeout
+    refund_timeout: float = _DAEMON.stop_timeout / 2
     loader: LoaderSettings = field(default_factory=LoaderSettings)
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
@@ -177,6 +179,8 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
         max_in_flight=cfg.probe.max_in_flight,
         drain_deadline=cfg.daemon.drain_deadline,
         stats_interval=cfg.log.stats_interval,
+        release_timeout=cfg.daemon.stop_timeout,
+        refund_timeout=cfg.daemon.stop_timeout / 2,
         loader=LoaderSettings(
             claim_batch=cfg.probe.claim_batch,
             lease_seconds=float(cfg.database.lease_seconds),
@@ -186,7 +190,9 @@ def pipeline_settings(cfg: Config, toolbox: Toolbox) -> PipelineSettings:
         resolver=resolver_settings(cfg, toolbox),
         dispatch=dispatch_settings(cfg, toolbox),
         writer=WriterSettings(
-            batch_size=cfg.writer.batch_size, flush_interval=cfg.writer.flush_interval
+            batch_size=cfg.writer.batch_size,
+            flush_interval=cfg.writer.flush_interval,
+            final_flush_timeout=cfg.daemon.stop_timeout,
         ),
         guard=guard_settings(cfg),
     )

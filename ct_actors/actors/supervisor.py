@@ -161,7 +161,7 @@ class Supervisor:
             finally:
                 await self._release_unfinished()
                 if self.throttles is not None:
-                    await self.throttles.release()
+                    await self.throttles.release(self.settings.refund_timeout)
                 if self.verifier is not None:
                     await self.verifier.aclose()
                 self.log_stats(final=True)

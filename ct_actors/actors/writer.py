@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from ct_actors.actors.credits import WorkCredits
-from ct_actors.config import DatabaseConfig, WriterConfig
+from ct_actors.config import DaemonConfig, DatabaseConfig, WriterConfig
 from ct_actors.outcome import Deferred, Failed, Outcome, Passed
 
 log = structlog.get_logger("ct_actors.writer")
@@ -60,6 +60,7 @@ class OutcomeStore(Protocol):
 # Defaults are the config's (ct_actors/config/sections.py): defaults live in one place.
 _WRITER = WriterConfig()
 _DATABASE = DatabaseConfig()
+_DAEMON = DaemonConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ class WriterSettings:
     flush_interval: float = _WRITER.flush_interval
     retry_initial: float = 0.5
     retry_max: float = 30.0
-    final_flush_timeout: float = 10.0
+    final_flush_timeout: float = _DAEMON.stop_timeout
     # Outcomes of another daemon name still unlogged after this long are logged by us on start
     # (their writer is gone: a live one forgets its notes milliseconds after committing).
     recover_after: float = float(_DATABASE.lease_seconds)

@@ -302,6 +302,9 @@ class VerifierConfig:
 class DaemonConfig:
     owner: str = key_factory(_default_owner, KeySpec("str", False, "lease owner id"))
     drain_deadline: float = key(60.0, KeySpec("float", True, "shutdown drain seconds", gt=0))
+    stop_timeout: float = key(
+        10.0, KeySpec("float", False, "seconds per database step of a stop", gt=0, le=600)
+    )
     owner_lock_wait: float = key(
         30.0, KeySpec("float", False, "wait for the owner name to be free at start", ge=0, le=600)
     )

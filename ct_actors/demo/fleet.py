@@ -31,10 +31,10 @@ from ct_actors.demo.scenario import (
     simulation_toolbox,
 )
 from ct_actors.demo.staging import (
-    SimProcess,
     fetch_accuracy,
     migrate_and_seed,
     recreate_or_explain,
+    start_sim,
     with_database,
 )
 from ct_actors.toolbox import Toolbox, load_toolbox
@@ -53,7 +53,7 @@ async def run_fleet(
     async with trio_asyncio.open_loop():
         if not await recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
-        sim = await SimProcess.start(scenario, world_path)
+        sim = await start_sim(scenario, world_path)
         try:
             seeded = await migrate_and_seed(db_url, world_path, scenario)
             fleet_cfg = scenario_config(cfg, scenario, sim.header, db_url)
@@ -76,7 +76,7 @@ async def run_fleet(
             elapsed = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the daemons, not the sim yet
         finally:
-            sim_stats = await sim.stop()
+            sim_stats = await sim.aclose()
         sim_usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # now the sim's too
         accuracy = await fetch_accuracy(db_url)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

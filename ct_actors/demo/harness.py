@@ -32,10 +32,10 @@ from ct_actors.demo.scenario import (
 )
 from ct_actors.demo.soak import Sampler, current_rss_mb, report
 from ct_actors.demo.staging import (
-    SimProcess,
     fetch_accuracy,
     migrate_and_seed,
     recreate_or_explain,
+    start_sim,
     with_database,
 )
 from ct_actors.exit_codes import EXIT_CONFIG, EXIT_DATABASE, EXIT_FAILED, EXIT_OK
@@ -145,13 +145,13 @@ async def _run(
         if not await recreate_or_explain(cfg, scenario, db_url, chosen):
             return None
         sim_started = time.perf_counter()
-        sim = await SimProcess.start(scenario, world_path)
+        sim = await start_sim(scenario, world_path)
         sim_start_s = time.perf_counter() - sim_started
         try:
             seeded = await migrate_and_seed(db_url, world_path, scenario)
             print(
                 f"[{scenario.name}] world: {seeded.domains} domains, "
-                f"{sim.ready.get('listeners')} SMTP listeners; spine: {seeded.records} records "
+                f"{sim.ready.get('smtp_hosts')} SMTP hosts; spine: {seeded.records} records "
                 f"seeded in {seeded.seconds:.1f} s; logs: {log_path}",
                 file=sys.stderr,
             )
@@ -190,7 +190,7 @@ async def _run(
                     await database.aclose()
                 configure_logging(cfg.log.format, cfg.log.level, secrets=cfg.secrets())
         finally:
-            sim_stats = await sim.stop()
+            sim_stats = await sim.aclose()
         check_started = time.perf_counter()
         accuracy = await fetch_accuracy(db_url)
         check_s = time.perf_counter() - check_started

@@ -1,13 +1,10 @@
 """The stage a demo or benchmark run plays on: a fresh PostgreSQL database seeded with the world's
-spine, and the simulated internet in its own process (`SimProcess`)."""
+spine, and the simulated internet in its own process (`start_sim`)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,7 +18,7 @@ from ct_actors.db.migrate import migrate
 from ct_actors.demo.scenario import Scenario
 from ct_actors.demo.seeding import Accuracy, Seeded, check_outcomes, seed_from_world_file
 from ct_actors.redact import redact_url
-from ct_actors.sim.world_file import WorldHeader, read_header
+from ct_actors.sim.process import SimProcess
 
 
 async def recreate_or_explain(
@@ -89,69 +86,21 @@ async def fetch_accuracy(db_url: str) -> Accuracy:
             await aio_as_trio(conn.close)()
 
 
-class SimProcess:
-    """The simulated internet in its own process, as remote servers would be."""
-
-    def __init__(
-        self, process: trio.Process, header: WorldHeader, ready: dict[str, Any], buffer: bytes
-    ) -> None:
-        self.process = process
-        self.header = header
-        self.ready = ready  # its `sim_ready` line: listeners, hosts...
-        self._buffer = buffer
-
-    @classmethod
-    async def start(cls, scenario: Scenario, world_path: Path) -> SimProcess:
-        command = [
-            sys.executable, "-m", "ct_actors.sim", "serve",
-            "--seed", str(scenario.seed), "--domains", str(scenario.domains),
-            "--world-file", str(world_path),
-            "--latency-ms", str(scenario.latency_ms), "--jitter-ms", str(scenario.jitter_ms),
-            "--mix", scenario.mix,
-            "--smtp-port", str(scenario.smtp_port), "--dns-port", str(scenario.dns_port),
-        ]  # fmt: skip
-        if scenario.mode == "mx-only":
-            command.append("--dns-only")  # an MX-only prober never connects to port 25
-        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
-        assert process.stdout is not None
-        buffer = b""
-        try:
-            # Generating and writing a world takes ~0.1 ms per domain on this machine.
-            with trio.fail_after(120 + scenario.domains / 1000):
-                while (ready := _ready_line(buffer)) is None:
-                    chunk = await process.stdout.receive_some()
-                    if not chunk:
-                        raise RuntimeError("the simulated internet exited before it was ready")
-                    buffer += chunk
-            header = read_header(world_path)
-        except BaseException:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-            raise
-        return cls(process, header, ready, buffer)
-
-    async def stop(self) -> dict[str, Any]:
-        """SIGTERM, read its final stats line, wait for it to exit."""
-        self.process.terminate()
-        assert self.process.stdout is not None
-        with trio.move_on_after(30, shield=True) as scope:
-            while chunk := await self.process.stdout.receive_some():
-                self._buffer += chunk
-            await self.process.wait()
-        if scope.cancelled_caught:
-            self.process.kill()
-        for line in self._buffer.decode(errors="replace").splitlines():
-            if '"sim_stopped"' in line:
-                stats: dict[str, Any] = json.loads(line).get("stats", {})
-                return stats
-        return {}
-
-
-def _ready_line(buffer: bytes) -> dict[str, Any] | None:
-    complete = buffer[: buffer.rfind(b"\n") + 1].decode(errors="replace")
-    for line in complete.splitlines():
-        if '"sim_ready"' in line:
-            ready: dict[str, Any] = json.loads(line)
-            return ready
-    return None
+async def start_sim(scenario: Scenario, world_path: Path) -> SimProcess:
+    """The scenario's simulated internet in its own process, on the scenario's ports (the
+    simulator's defaults, the ones the demo's documentation names, unless --sim-ports moved
+    them); DNS only in MX-only mode."""
+    return await SimProcess.open(
+        world_path,
+        seed=scenario.seed,
+        domains=scenario.domains,
+        latency_ms=scenario.latency_ms,
+        jitter_ms=scenario.jitter_ms,
+        mix=scenario.mix,
+        random_ports=False,
+        smtp_port=scenario.smtp_port,
+        dns_port=scenario.dns_port,
+        dns_only=scenario.mode == "mx-only",
+        # Generating and writing a world takes ~0.1 ms per domain on this machine.
+        ready_timeout=120.0 + scenario.domains / 1000,
+    )

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ct_actors.config import ThrottleConfig
+from ct_actors.config import DaemonConfig, ThrottleConfig
 from ct_actors.log import fields_as_log
 from ct_actors.throttle.budget import BudgetStatistics, CalendarBudget, UsageStore
 from ct_actors.throttle.calendar import UtcClock
@@ -29,7 +29,8 @@ from ct_actors.throttle.window import KeyedWindow, SlidingWindow
 from ct_actors.toolbox import ToolSpec
 
 _LOCAL_SCOPES = ("per_second", "per_minute")
-RELEASE_SECONDS = 5.0
+# Refunds at a stop: half of daemon.stop_timeout, like closing the pool.
+RELEASE_SECONDS = DaemonConfig().stop_timeout / 2
 _CALENDAR_SCOPES = ("per_day", "per_month")
 _BUDGET_BLOCK = ThrottleConfig().budget_block
 
@@ -272,10 +273,10 @@ class ToolThrottles:
         for tool_id, limiter in self.by_tool.items():
             limiter.reconfigure(settings.tools[tool_id], budget_block=settings.budget_block)
 
-    async def release(self) -> None:
-        """Shutdown: every tool's unspent reservations back at once, within RELEASE_SECONDS in
-        all (a stop during a database outage must not wait for each in turn)."""
-        with trio.move_on_after(RELEASE_SECONDS, shield=True):
+    async def release(self, within: float = RELEASE_SECONDS) -> None:
+        """Shutdown: every tool's unspent reservations back at once, given up after `within`
+        seconds in all (a stop during a database outage must not wait for each in turn)."""
+        with trio.move_on_after(within, shield=True):
             async with trio.open_nursery() as nursery:
                 for limiter in self.by_tool.values():
                     nursery.start_soon(limiter.release)
