@@ -270,8 +270,8 @@ class WorkQueue:
     async def renew_leases(
         self, owner: str, ids: Iterable[UUID], lease_seconds: float
     ) -> list[UUID]:
-        """Extend `owner`'s leases; returns the ids still held (a missing id was lost: taken
-        over after expiry, or finished)."""
+        """Extend `owner`'s live leases; returns the ids still held (a missing id was lost:
+        taken over after expiry, finished, deferred or released by our own write meanwhile)."""
         id_list = list(ids)
         if not id_list:
             return []

@@ -107,9 +107,11 @@ class FakeStore:
 
     async def renew_leases(self, owner: str, ids: Sequence[uuid.UUID], lease_seconds: float) -> int:
         await trio.lowlevel.checkpoint()
+        now = trio.current_time()
         for oid in ids:
-            if self.leases.get(oid, ("", 0))[0] == owner:
-                self.leases[oid] = (owner, trio.current_time() + lease_seconds)
+            held_by, expires = self.leases.get(oid, ("", 0.0))
+            if held_by == owner and expires > now:  # only live leases, as the SQL
+                self.leases[oid] = (owner, now + lease_seconds)
         return len(ids)
 
     async def release(self, owner: str, ids: Sequence[uuid.UUID]) -> int:

@@ -79,10 +79,15 @@ CLAIM_AFTER: Final = _claim("{t}.outreach_id > $5")
 CLAIM_AMONG: Final = _claim("{t}.outreach_id = ANY ($5::uuid[])")
 
 
+# Only live leases: the ids are the loader's records in flight, read before this statement runs,
+# and a record's outcome may have been committed in between. A deferral leaves its lease expired
+# with not_before in the future (claimable again then); renewing it would hide the record from
+# the claim and from the drain's count for a whole lease (a `run --drain` ended with greylisted
+# records pending this way).
 RENEW_LEASES: Final = """
 UPDATE ct_actors.lease
 SET expires_at = now() + make_interval(secs => $3)
-WHERE outreach_id = ANY ($2::uuid[]) AND owner = $1
+WHERE outreach_id = ANY ($2::uuid[]) AND owner = $1 AND expires_at > now()
 RETURNING outreach_id
 """
 
