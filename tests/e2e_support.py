@@ -45,6 +45,13 @@ MAIL_FROM = "postmaster@prober.ct-actors-sim.test"
 # ─── processes ──────────────────────────────────────────────────────────────────────────────
 
 
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port free on every address right now (the simulator's listener is a wildcard)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
 def _is_outcome(line: str) -> bool:
     """A canonical line of an outcome this process committed (not a `recovered` one, logged on
     start for an outcome a killed process committed without its line)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import TOOLBOX, ct_actors_cli, toml_text
+from e2e_support import TOOLBOX, ct_actors_cli, free_port, toml_text
 
 from ct_actors.db.postmaster import is_postmaster_of, parse_postmaster_pid
 
@@ -101,17 +101,12 @@ def test_single_box_installation_on_the_embedded_server(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-def _free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
 
 def test_two_demos_one_after_another_on_the_embedded_server(state_dir: Path) -> None:
     env = {**NO_URL, "XDG_STATE_HOME": str(state_dir)}
     data = state_dir / "ct-actors" / "pg"
     # Ports of their own: the simulator's wildcard listener would clash with another test's.
-    ports = f"{_free_port(socket.SOCK_STREAM)},{_free_port(socket.SOCK_DGRAM)}"
+    ports = f"{free_port(socket.SOCK_STREAM)},{free_port(socket.SOCK_DGRAM)}"
     runs = [
         ct_actors_cli("demo", "--domains", "40", "--sim-ports", ports, env=env, timeout=110),
         ct_actors_cli("demo", "--domains", "40", "--sim-ports", ports, env=env, timeout=110),

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from e2e_support import free_port
 
 from ct_actors.actors.domain_task import smtp_probe
 from ct_actors.actors.pool_manager import SmtpPoolManager
@@ -26,18 +27,13 @@ from ct_actors.sim.world import Behaviour, SimHost, World
 pytestmark = pytest.mark.timeout(60)
 
 
-def _free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
 
 def _world(seed: int, domains: int, **kw: object) -> World:
     return World.generate(
         seed,
         domains,
-        smtp_port=_free_port(socket.SOCK_STREAM),
-        dns_port=_free_port(socket.SOCK_DGRAM),
+        smtp_port=free_port(socket.SOCK_STREAM),
+        dns_port=free_port(socket.SOCK_DGRAM),
         latency_ms=1,
         jitter_ms=0,
         **kw,  # type: ignore[arg-type]
@@ -107,7 +103,7 @@ def test_connection_allowed_only_when_both_ends_are_in_127_8(
 async def test_the_listener_is_bound_to_lo_or_says_it_is_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port(socket.SOCK_STREAM)
     listener, where = await open_smtp_listener(port)
     with listener:
         assert listener.getsockname() == ("0.0.0.0", port)
@@ -135,6 +131,9 @@ async def test_one_listener_serves_many_hosts_told_apart_by_local_address() -> N
 
 
 async def test_dead_and_unknown_addresses_accept_then_reset_and_are_counted() -> None:
+    """As a TCP load balancer with no healthy backend answers (Envoy's TCP proxy closes with
+    response flag UH, "no healthy upstream"; HAProxy in TCP mode accepts and closes): the
+    connect succeeds and the connection is reset before any byte (sim/server.py)."""
     world = _world(21, 200)
     domain = world.by_behaviour(Behaviour.FIRST_MX_DEAD)[0]
     dead, live = world.mx_hosts(domain.name)
@@ -220,8 +219,8 @@ async def test_a_world_of_50000_hosts_costs_a_handful_of_descriptors() -> None:
         hosts=hosts,
         latency_ms=1,
         jitter_ms=0,
-        smtp_port=_free_port(socket.SOCK_STREAM),
-        dns_port=_free_port(socket.SOCK_DGRAM),
+        smtp_port=free_port(socket.SOCK_STREAM),
+        dns_port=free_port(socket.SOCK_DGRAM),
     )
     first, last = hosts["mx0.big.test"], hosts[f"mx{n - 1}.big.test"]
     with trio.fail_after(30):

@@ -225,6 +225,10 @@ class _Compiled:
         """`text`: the reply's text, lower-cased (see TEXT_RE)."""
         if self.codes is not None and code not in self.codes:
             return False
+        return self.matches_beyond_code(enhanced, text)
+
+    def matches_beyond_code(self, enhanced: EnhancedStatus | None, text: str) -> bool:
+        """`matches` for a reply whose code is already known to match."""
         if self.enhanced is not None and not any(_enh_match(p, enhanced) for p in self.enhanced):
             return False
         return self.text is None or self.text.search(text) is not None
@@ -310,15 +314,14 @@ class _CompiledTable:
         self.by_code: dict[int, _Rules] = {}
 
     def for_code(self, code: int) -> _Rules:
+        """Rules that can match `code` (the parser admits only 200..599: at most 400 entries)."""
         rules = self.by_code.get(code)
         if rules is None:
-            rules = tuple(
+            rules = self.by_code[code] = tuple(
                 (compiled, answer)
                 for compiled, answer in self.rules
                 if compiled.codes is None or code in compiled.codes
             )
-            if len(self.by_code) < 1000:  # codes are 100..599: never more than 500 entries
-                self.by_code[code] = rules
         return rules
 
 
@@ -329,17 +332,10 @@ def _first(table: Sequence[Rule[V]], reply: Reply) -> Classification[V]:
     entry = _TABLES.get(id(table))
     if entry is None or entry.table is not table:
         entry = _TABLES[id(table)] = _CompiledTable(table)
-    enhanced = reply.enhanced
-    text: str | None = None  # lower-cased on the first rule that reads it
+    enhanced, text = reply.enhanced, reply.text.lower()
     for rule, answer in entry.for_code(reply.code):
-        if rule.enhanced is not None and not any(_enh_match(p, enhanced) for p in rule.enhanced):
-            continue
-        if rule.text is not None:
-            if text is None:
-                text = reply.text.lower()
-            if rule.text.search(text) is None:
-                continue
-        return answer
+        if rule.matches_beyond_code(enhanced, text):
+            return answer
     raise AssertionError("classification tables end with catch-all rules")  # pragma: no cover
 
 
